@@ -1,0 +1,354 @@
+//! Storage for the infinibay host.
+//!
+//! One async [`Store`] trait, two backends: SQLite (embedded default) and PostgreSQL
+//! (production). The host's ingest pipeline writes through the batch methods from a single
+//! writer task; the API reads through the query methods. Backends own their migrations.
+//!
+//! **Architecture invariant:** nothing here knows about sockets, GraphQL or Socket.IO, and
+//! every value stored under a VM id was attributed by the host (from the socket path), never
+//! taken from what a guest claimed.
+#![deny(missing_docs)]
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use infinibay_protocol as protocol;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row asked for does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A uniqueness or reference constraint refused the write.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database could not be reached or opened.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the backend reported.
+    #[error("storage error: {0}")]
+    Other(String),
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Whether a VM's agent is talking to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmStatus {
+    /// A valid message arrived and pings are answered.
+    Online,
+    /// Closed, missed pings, or never heard from.
+    Offline,
+}
+
+impl VmStatus {
+    /// Lower-case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Offline => "offline",
+        }
+    }
+}
+
+/// A VM as the host knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// The uuid from the socket file name.
+    pub id: String,
+    /// Display name (defaults to the agent's hostname, else the id).
+    pub name: String,
+    /// Owning user id, if any.
+    pub owner_id: Option<i64>,
+    /// Department name, if any.
+    pub department: Option<String>,
+    /// Current status.
+    pub status: VmStatus,
+    /// Host time of the last valid message.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// What the agent said of itself in `vm_identification` (sanitised).
+    pub agent: Option<protocol::message::VmIdentification>,
+    /// First seen.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One stored `system_metrics` sample: the numbers charts and rollups need as columns, and the
+/// whole sanitised message for detail views.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricSample {
+    /// VM (from the socket path).
+    pub vm_id: String,
+    /// Host receive time: the time of record.
+    pub received_at: DateTime<Utc>,
+    /// The guest's own timestamp, informational.
+    pub guest_time: Option<DateTime<Utc>>,
+    /// Overall CPU percent.
+    pub cpu_percent: f64,
+    /// Memory used, kB.
+    pub mem_used_kb: i64,
+    /// Memory total, kB.
+    pub mem_total_kb: i64,
+    /// Swap used, kB.
+    pub swap_used_kb: Option<i64>,
+    /// Most-used file system percent (0–100), if any file system was reported.
+    pub disk_used_percent: Option<f64>,
+    /// Block read bytes/s.
+    pub disk_read_bps: f64,
+    /// Block write bytes/s.
+    pub disk_write_bps: f64,
+    /// Network receive bytes/s over all interfaces.
+    pub net_rx_bps: f64,
+    /// Network transmit bytes/s over all interfaces.
+    pub net_tx_bps: f64,
+    /// 1-minute load average.
+    pub load1: f64,
+    /// The sanitised message body (per core, per disk, per interface).
+    pub detail: protocol::message::MetricsBody,
+}
+
+/// A point of a metrics series, raw or rolled up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    /// Start of the bucket (or the sample time for raw points).
+    pub at: DateTime<Utc>,
+    /// Average CPU percent.
+    pub cpu_avg: f64,
+    /// Minimum CPU percent.
+    pub cpu_min: f64,
+    /// Maximum CPU percent.
+    pub cpu_max: f64,
+    /// Average memory used, kB.
+    pub mem_used_kb_avg: f64,
+    /// Memory total, kB (last in bucket).
+    pub mem_total_kb: i64,
+    /// Average disk read bytes/s.
+    pub disk_read_bps: f64,
+    /// Average disk write bytes/s.
+    pub disk_write_bps: f64,
+    /// Average net receive bytes/s.
+    pub net_rx_bps: f64,
+    /// Average net transmit bytes/s.
+    pub net_tx_bps: f64,
+    /// Samples in the bucket (1 for raw).
+    pub samples: i64,
+}
+
+/// The resolution a metrics query was answered at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resolution {
+    /// Raw samples.
+    Raw,
+    /// Per-minute rollups.
+    Minute,
+    /// Per-hour rollups.
+    Hour,
+}
+
+/// The inventories kept per VM (latest only, replaced on change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InventoryKind {
+    /// `process_snapshot`.
+    Processes,
+    /// `port_usage`.
+    Ports,
+    /// `application_usage`.
+    Applications,
+    /// `service_inventory`.
+    Services,
+}
+
+/// The latest inventory of one kind for one VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// VM.
+    pub vm_id: String,
+    /// Which inventory.
+    pub kind: InventoryKind,
+    /// Host time it was received.
+    pub received_at: DateTime<Utc>,
+    /// The sanitised list as JSON (an array of the protocol's item type for `kind`).
+    pub items: serde_json::Value,
+}
+
+/// A service changing state, derived when a new service inventory replaces the previous one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStateChange {
+    /// VM.
+    pub vm_id: String,
+    /// Service name.
+    pub service: String,
+    /// Previous active state (`None` when the service is new).
+    pub from_state: Option<String>,
+    /// New active state (`None` when the service disappeared).
+    pub to_state: Option<String>,
+    /// Host time.
+    pub at: DateTime<Utc>,
+}
+
+/// One command sent to a guest, who sent it and what came back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandLogEntry {
+    /// Command id (as sent on the wire).
+    pub id: String,
+    /// VM.
+    pub vm_id: String,
+    /// User who issued it (`None` for the host itself).
+    pub user_id: Option<i64>,
+    /// `safe` or `unsafe`.
+    pub kind: String,
+    /// The command as sent (JSON of the protocol message).
+    pub command: serde_json::Value,
+    /// The response, if one came.
+    pub response: Option<serde_json::Value>,
+    /// Whether it succeeded.
+    pub success: bool,
+    /// Wall time from send to response (or failure).
+    pub duration_ms: i64,
+    /// When it was issued.
+    pub created_at: DateTime<Utc>,
+}
+
+/// An error a VM reported (`error` message) or the host recorded about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmErrorRecord {
+    /// VM.
+    pub vm_id: String,
+    /// Host time.
+    pub at: DateTime<Utc>,
+    /// Short kind.
+    pub code: Option<String>,
+    /// Message.
+    pub message: String,
+    /// More context.
+    pub details: Option<String>,
+}
+
+/// How long each kind of data is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Raw samples (default 48 h).
+    pub raw: chrono::Duration,
+    /// Minute rollups (default 30 days).
+    pub minute: chrono::Duration,
+    /// Hour rollups (default 1 year).
+    pub hour: chrono::Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            raw: chrono::Duration::hours(48),
+            minute: chrono::Duration::days(30),
+            hour: chrono::Duration::days(365),
+        }
+    }
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// Minute buckets written or updated.
+    pub minute_buckets: u64,
+    /// Hour buckets written or updated.
+    pub hour_buckets: u64,
+    /// Rows deleted by retention.
+    pub pruned: u64,
+}
+
+/// The storage contract both backends implement.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend (`sqlite`, `postgres`), for logs and `doctor`.
+    fn backend(&self) -> &'static str;
+
+    /// Cheap round trip, for health checks.
+    async fn ping(&self) -> Result<()>;
+
+    // ----- VMs ---------------------------------------------------------------------------
+
+    /// Register a VM on first sight (no-op when it exists). Returns the record.
+    async fn upsert_vm(&self, id: &str, now: DateTime<Utc>) -> Result<VmRecord>;
+    /// Set status (and `last_seen` when given).
+    async fn set_vm_status(
+        &self,
+        id: &str,
+        status: VmStatus,
+        last_seen: Option<DateTime<Utc>>,
+    ) -> Result<()>;
+    /// Record what the agent said of itself; also sets the name when none was chosen.
+    async fn set_vm_agent(
+        &self,
+        id: &str,
+        agent: &protocol::message::VmIdentification,
+    ) -> Result<()>;
+    /// Set owner and department.
+    async fn set_vm_owner(
+        &self,
+        id: &str,
+        owner_id: Option<i64>,
+        department: Option<&str>,
+    ) -> Result<()>;
+    /// One VM.
+    async fn get_vm(&self, id: &str) -> Result<Option<VmRecord>>;
+    /// All VMs, ordered by id.
+    async fn list_vms(&self) -> Result<Vec<VmRecord>>;
+    /// Remove a VM and everything stored about it.
+    async fn delete_vm(&self, id: &str) -> Result<()>;
+
+    // ----- Ingest (called by the single writer task, in batches) -------------------------
+
+    /// Insert samples in one transaction; also advances each VM's `last_seen`.
+    async fn insert_samples(&self, samples: &[MetricSample]) -> Result<()>;
+    /// Replace the latest inventories; service inventories also append state changes.
+    /// Returns the service state changes derived.
+    async fn replace_inventories(
+        &self,
+        inventories: &[Inventory],
+    ) -> Result<Vec<ServiceStateChange>>;
+    /// Append VM errors.
+    async fn insert_vm_errors(&self, errors: &[VmErrorRecord]) -> Result<()>;
+
+    // ----- Commands ------------------------------------------------------------------------
+
+    /// Append (or complete, same id) a command log entry.
+    async fn log_command(&self, entry: &CommandLogEntry) -> Result<()>;
+    /// Newest first.
+    async fn command_logs(&self, vm_id: &str, limit: u32) -> Result<Vec<CommandLogEntry>>;
+
+    // ----- Queries -------------------------------------------------------------------------
+
+    /// The newest sample of a VM.
+    async fn latest_sample(&self, vm_id: &str) -> Result<Option<MetricSample>>;
+    /// A series between `from` and `to`, at the coarsest resolution that still gives about
+    /// `max_points` points (raw inside raw retention, else minute, else hour).
+    async fn metrics(
+        &self,
+        vm_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max_points: u32,
+    ) -> Result<(Resolution, Vec<MetricPoint>)>;
+    /// The latest inventory of a kind.
+    async fn inventory(&self, vm_id: &str, kind: InventoryKind) -> Result<Option<Inventory>>;
+    /// Service state changes, newest first.
+    async fn service_history(&self, vm_id: &str, limit: u32) -> Result<Vec<ServiceStateChange>>;
+    /// VM errors, newest first.
+    async fn vm_errors(&self, vm_id: &str, limit: u32) -> Result<Vec<VmErrorRecord>>;
+
+    // ----- Maintenance -------------------------------------------------------------------
+
+    /// Roll raw samples up into minute and hour buckets and prune by retention, in small
+    /// batches (at most `batch` rows per statement) so that writers are never blocked long.
+    async fn maintain(
+        &self,
+        now: DateTime<Utc>,
+        retention: Retention,
+        batch: u32,
+    ) -> Result<MaintenanceReport>;
+}
