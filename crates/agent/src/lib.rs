@@ -1,4 +1,6 @@
-//! InfiniService guest agent (being built; see issue "Guest agent").
+//! InfiniService guest agent (being built).
 #![deny(missing_docs)]
+
+pub mod platform;
 
 pub use infinibay_protocol as protocol;

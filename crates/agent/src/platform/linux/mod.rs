@@ -1,0 +1,3 @@
+//! Linux implementation of the platform boundary.
+
+pub mod collect;
