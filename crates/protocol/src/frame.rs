@@ -112,7 +112,11 @@ impl LineDecoder {
             if delimiter == RESYNC {
                 let dropped = self.partial.len() + segment.len();
                 self.partial.clear();
-                if dropped > 0 {
+                // Report exactly what a byte-by-byte feed would: a partial line that had
+                // already outgrown the limit is an over-long line, whatever ends it.
+                if dropped > self.max_line {
+                    on_frame(Frame::Oversize { discarded: dropped });
+                } else if dropped > 0 {
                     on_frame(Frame::Resynced { dropped });
                 }
                 continue;
