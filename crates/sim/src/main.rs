@@ -1,0 +1,137 @@
+//! `infinibay-sim`: the VM simulator standalone (the host mounts the same options as
+//! `infinibay sim`), plus the load drivers of `bench/host/run.sh`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use infinibay_sim::{Profile, SimArgs, feed};
+
+#[derive(Parser)]
+#[command(
+    name = "infinibay-sim",
+    version,
+    about = "Many simulated VMs (QEMU-like agent sockets) in one process",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    /// Worker threads of the runtime; 0 runs everything on the main thread (cheapest for the
+    /// simulator: its work is many tiny writes).
+    #[arg(long, default_value_t = 0, global = true)]
+    threads: usize,
+    #[command(flatten)]
+    sim: Option<SimArgs>,
+    #[command(subcommand)]
+    tool: Option<Tool>,
+}
+
+#[derive(Subcommand)]
+enum Tool {
+    /// Write a corpus of sample lines to a file (the bytes both ingest consumers get).
+    Corpus {
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Distinct messages.
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+        /// Profile of the messages.
+        #[arg(long, value_enum, default_value_t = Profile::Small)]
+        profile: Profile,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Serve a corpus file `--repeat` times to the one client that connects, then exit.
+    Feed {
+        /// Socket to bind.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Corpus file.
+        #[arg(long)]
+        corpus: PathBuf,
+        /// How many times to send it.
+        #[arg(long, default_value_t = 100)]
+        repeat: u64,
+    },
+    /// Connect to a socket and run decode + sanitise + publish on everything it sends; print a
+    /// JSON report.
+    Ingest {
+        /// Socket to connect to.
+        #[arg(long)]
+        socket: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = if cli.threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.threads)
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the tokio runtime")?;
+    runtime.block_on(async move {
+        match (cli.tool, cli.sim) {
+            (Some(tool), _) => run_tool(tool).await,
+            (None, Some(sim)) => infinibay_sim::run(sim).await.context("simulator failed"),
+            (None, None) => anyhow::bail!("give --socket-dir DIR (see --help)"),
+        }
+    })
+}
+
+async fn run_tool(tool: Tool) -> anyhow::Result<()> {
+    match tool {
+        Tool::Corpus {
+            out,
+            messages,
+            profile,
+            seed,
+        } => {
+            let bytes = feed::corpus(profile, messages, seed)?;
+            std::fs::write(&out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "wrote {} messages, {} bytes ({:.0} bytes/message) to {}",
+                messages,
+                bytes.len(),
+                bytes.len() as f64 / feed::count_lines(&bytes).max(1) as f64,
+                out.display()
+            );
+        }
+        Tool::Feed {
+            socket,
+            corpus,
+            repeat,
+        } => {
+            let bytes = std::fs::read(&corpus)
+                .with_context(|| format!("cannot read corpus {}", corpus.display()))?;
+            let report = feed::serve_corpus(&socket, Arc::new(bytes), repeat).await?;
+            eprintln!(
+                "fed {} messages, {} bytes in {:.3} s",
+                report.messages,
+                report.bytes,
+                report.wall.as_secs_f64()
+            );
+        }
+        Tool::Ingest { socket } => {
+            let report = feed::ingest_pipeline(&socket).await?;
+            println!("{}", report.to_json("rust-protocol-pipeline"));
+        }
+    }
+    Ok(())
+}
