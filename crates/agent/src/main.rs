@@ -1,4 +1,117 @@
-fn main() {
-    eprintln!("infiniservice: the agent is not built yet");
-    std::process::exit(2);
+//! The `infiniservice` binary: flags, config, logging, runtime, then the library does the work.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use infiniservice::channel::Channel;
+use infiniservice::cli::Args;
+use infiniservice::config::Config;
+use infiniservice::platform::collect::{Collector, Roots};
+use infiniservice::platform::port::{self, PortHints};
+use infiniservice::policy::Policy;
+use infiniservice::session::{self, Session};
+use infiniservice::{diagnose, snapshot};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("infiniservice: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config, args.config_is_explicit())?;
+    init_logging(&config, args.debug);
+    let vm_id = config.effective_vm_id(std::env::var("INFINIBAY_VM_ID").ok());
+    let hints = PortHints {
+        flag: args.device.clone(),
+        env: std::env::var("INFINISERVICE_DEVICE").ok(),
+        config: Some(config.virtio_serial_path.clone()),
+    };
+
+    if args.diagnose {
+        let diagnosis = diagnose::diagnose(&config, &hints, Path::new("/sys"), Path::new("/dev"));
+        print!("{}", diagnosis.report);
+        return Ok(if diagnosis.ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+
+    let mut collector = Collector::new(Roots::default());
+    if args.once {
+        let id = session::identification(&collector, &Policy::new(config.policy.clone()), vm_id);
+        let snap = snapshot::take(
+            &mut collector,
+            id,
+            config.limits.process_top_n,
+            Duration::from_millis(500),
+        );
+        println!("{}", serde_json::to_string_pretty(&snap)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(cycles) = args.bench_collect {
+        let result = snapshot::bench(&mut collector, cycles, config.limits.process_top_n);
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let channel = match &args.listen_unix {
+            Some(path) => Channel::listen_unix(path)?,
+            None => {
+                let (path, source) = port::discover(&hints, Path::new("/sys"), Path::new("/dev"))?;
+                tracing::info!(port = %path.display(), from = source.describe(), "using port");
+                Channel::open_virtio(&path)?
+            }
+        };
+        Session::new(config, collector, channel, vm_id)
+            .run(shutdown_signal())
+            .await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+fn init_logging(config: &Config, debug: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::new(v),
+        _ if debug => EnvFilter::new("debug"),
+        _ => EnvFilter::new(&config.log_level),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
 }

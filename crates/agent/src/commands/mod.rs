@@ -1,0 +1,223 @@
+//! Commands from the host: checked (validation, then policy) before anything runs, then either
+//! answered at once or run as a task of their own with a deadline and a cancel signal.
+//!
+//! Every command gets exactly one `response`.
+
+pub mod safe;
+pub mod unsafe_cmd;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use infinibay_protocol::message::{CommandResponse, ErrorCode, ResponseError};
+use tokio::sync::oneshot;
+
+use crate::config::Limits;
+use crate::platform::exec::{self, ExecEnd, ExecOutcome, ExecSpec};
+
+/// A command task's future.
+pub type CommandFuture = Pin<Box<dyn Future<Output = CommandResponse> + Send + 'static>>;
+
+/// What to do with a command.
+pub enum Plan {
+    /// The response is ready: refused, invalid, or answered from memory.
+    Done(CommandResponse),
+    /// Run this task; it resolves to the response.
+    Run(CommandFuture),
+    /// Send this response, then run the task (power off / reboot: the host must hear the
+    /// answer before the guest goes down). The task's own result is only logged.
+    RespondThenRun(CommandResponse, CommandFuture),
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Done(r) => f.debug_tuple("Done").field(r).finish(),
+            Self::Run(_) => f.write_str("Run(..)"),
+            Self::RespondThenRun(r, _) => f.debug_tuple("RespondThenRun").field(r).finish(),
+        }
+    }
+}
+
+/// Turns a cancel receiver into a future that resolves only on an actual cancel (a dropped
+/// sender means "nobody will cancel", not "cancel").
+pub async fn cancelled(receiver: oneshot::Receiver<()>) {
+    if receiver.await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The timeout a command gets: its own, else the default, never above the maximum.
+pub fn effective_timeout(requested: Option<u64>, limits: &Limits) -> Duration {
+    let secs = requested
+        .filter(|&s| s > 0)
+        .unwrap_or(limits.default_timeout_secs)
+        .min(limits.max_timeout_secs);
+    Duration::from_secs(secs)
+}
+
+/// Milliseconds since `since`.
+pub fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A failure response that ran nothing.
+pub fn refused(
+    id: &str,
+    code: ErrorCode,
+    message: impl Into<String>,
+    command_type: &str,
+) -> CommandResponse {
+    CommandResponse {
+        command_type: Some(command_type.into()),
+        ..CommandResponse::failure(id, code, message)
+    }
+}
+
+/// Run several invocations in order (stopping at the first failure) and fold their results.
+pub async fn run_steps(
+    steps: Vec<ExecSpec>,
+    cancel: oneshot::Receiver<()>,
+) -> Result<ExecOutcome, exec::SpawnError> {
+    let cancel = cancelled(cancel);
+    tokio::pin!(cancel);
+    let mut folded: Option<ExecOutcome> = None;
+    for spec in &steps {
+        let outcome = exec::run(spec, &mut cancel).await?;
+        let cap = spec.max_output;
+        folded = Some(match folded.take() {
+            None => outcome,
+            Some(mut acc) => {
+                append_capped(&mut acc.stdout, outcome.stdout, cap);
+                append_capped(&mut acc.stderr, outcome.stderr, cap);
+                acc.end = outcome.end;
+                acc.elapsed += outcome.elapsed;
+                acc
+            }
+        });
+        if !matches!(folded.as_ref().map(|o| o.end), Some(ExecEnd::Exited(0))) {
+            break;
+        }
+    }
+    folded.ok_or_else(|| exec::SpawnError {
+        program: String::new(),
+        source: std::io::Error::other("no step to run"),
+    })
+}
+
+fn append_capped(acc: &mut exec::CappedOutput, next: exec::CappedOutput, cap: usize) {
+    let room = cap.saturating_sub(acc.bytes.len());
+    acc.truncated |= next.truncated || next.bytes.len() > room;
+    acc.bytes
+        .extend_from_slice(&next.bytes[..next.bytes.len().min(room)]);
+    acc.total += next.total;
+}
+
+/// The response for a finished process. `success` is decided by `succeeded(exit_code)`.
+pub fn exec_response(
+    id: &str,
+    command_type: &str,
+    received: Instant,
+    outcome: ExecOutcome,
+    succeeded: impl Fn(i32) -> bool,
+) -> CommandResponse {
+    let (success, exit_code, error) = match outcome.end {
+        ExecEnd::Exited(code) => (succeeded(code), Some(code), None),
+        ExecEnd::Signaled(sig) => (
+            false,
+            None,
+            Some(ResponseError {
+                code: ErrorCode::Failed,
+                message: format!("killed by signal {sig}"),
+            }),
+        ),
+        ExecEnd::TimedOut => (
+            false,
+            None,
+            Some(ResponseError {
+                code: ErrorCode::Timeout,
+                message: format!(
+                    "ran past its deadline ({} ms); its process group was killed",
+                    outcome.elapsed.as_millis()
+                ),
+            }),
+        ),
+        ExecEnd::Cancelled => (
+            false,
+            None,
+            Some(ResponseError {
+                code: ErrorCode::Cancelled,
+                message: "cancelled by the host; its process group was killed".into(),
+            }),
+        ),
+    };
+    CommandResponse {
+        id: id.to_owned(),
+        success,
+        exit_code,
+        stdout: String::from_utf8_lossy(&outcome.stdout.bytes).into_owned(),
+        stderr: String::from_utf8_lossy(&outcome.stderr.bytes).into_owned(),
+        stdout_truncated: outcome.stdout.truncated,
+        stderr_truncated: outcome.stderr.truncated,
+        data: None,
+        execution_time_ms: elapsed_ms(received),
+        error,
+        command_type: Some(command_type.into()),
+    }
+}
+
+/// The response when the program could not be started.
+pub fn spawn_failed(
+    id: &str,
+    command_type: &str,
+    received: Instant,
+    error: &exec::SpawnError,
+) -> CommandResponse {
+    CommandResponse {
+        execution_time_ms: elapsed_ms(received),
+        ..refused(id, ErrorCode::SpawnFailed, error.to_string(), command_type)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_default_and_are_clamped() {
+        let limits = Limits {
+            default_timeout_secs: 60,
+            max_timeout_secs: 600,
+            ..Limits::default()
+        };
+        assert_eq!(effective_timeout(None, &limits), Duration::from_secs(60));
+        assert_eq!(effective_timeout(Some(0), &limits), Duration::from_secs(60));
+        assert_eq!(effective_timeout(Some(5), &limits), Duration::from_secs(5));
+        assert_eq!(
+            effective_timeout(Some(100_000), &limits),
+            Duration::from_secs(600)
+        );
+    }
+
+    #[test]
+    fn folded_output_stays_under_the_cap() {
+        let mut acc = exec::CappedOutput {
+            bytes: b"abc".to_vec(),
+            truncated: false,
+            total: 3,
+        };
+        append_capped(
+            &mut acc,
+            exec::CappedOutput {
+                bytes: b"defgh".to_vec(),
+                truncated: false,
+                total: 5,
+            },
+            6,
+        );
+        assert_eq!(acc.bytes, b"abcdef");
+        assert!(acc.truncated);
+        assert_eq!(acc.total, 8);
+    }
+}

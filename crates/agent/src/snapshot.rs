@@ -1,0 +1,106 @@
+//! `--once` and `--bench-collect`: the collectors outside the service loop.
+
+use std::time::Duration;
+
+use infinibay_protocol::message::VmIdentification;
+use serde::Serialize;
+
+use crate::platform::collect::Collector;
+
+/// Every collector's output once.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    /// What `vm_identification` would say.
+    pub vm_identification: VmIdentification,
+    /// `system_metrics` (rates and CPU % over the priming gap).
+    pub system_metrics: infinibay_protocol::message::SystemMetrics,
+    /// `process_snapshot`.
+    pub process_snapshot: infinibay_protocol::message::ProcessSnapshot,
+    /// `port_usage`.
+    pub port_usage: infinibay_protocol::message::PortUsage,
+    /// `application_usage`.
+    pub application_usage: infinibay_protocol::message::ApplicationUsage,
+    /// `service_inventory`.
+    pub service_inventory: infinibay_protocol::message::ServiceInventory,
+}
+
+/// Take one snapshot. CPU percentages and rates need two readings: the first primes the
+/// counters, `gap` later the second is reported.
+pub fn take(
+    collector: &mut Collector,
+    identification: VmIdentification,
+    top_n: usize,
+    gap: Duration,
+) -> Snapshot {
+    let _ = collector.system_metrics();
+    let _ = collector.process_snapshot(top_n);
+    std::thread::sleep(gap);
+    Snapshot {
+        vm_identification: identification,
+        system_metrics: collector.system_metrics(),
+        process_snapshot: collector.process_snapshot(top_n),
+        port_usage: collector.port_usage(),
+        application_usage: collector.applications(),
+        service_inventory: collector.services(),
+    }
+}
+
+/// CPU (user + system) this process used so far.
+pub fn cpu_time() -> Duration {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Result of `--bench-collect`.
+#[derive(Debug, Serialize)]
+pub struct CollectBench {
+    /// Cycles per collector.
+    pub cycles: u32,
+    /// Processes seen by the last snapshot (all, not only the top N).
+    pub processes: u64,
+    /// CPU µs per `system_metrics`.
+    pub system_metrics_cpu_us: f64,
+    /// CPU µs per `process_snapshot`.
+    pub process_snapshot_cpu_us: f64,
+    /// CPU µs per `port_usage`.
+    pub port_usage_cpu_us: f64,
+}
+
+/// Run each collector `cycles` times and measure CPU per call.
+pub fn bench(collector: &mut Collector, cycles: u32, top_n: usize) -> CollectBench {
+    let cycles = cycles.max(1);
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(cycles);
+    let _ = collector.system_metrics();
+    let t = cpu_time();
+    for _ in 0..cycles {
+        std::hint::black_box(collector.system_metrics());
+    }
+    let system_metrics_cpu_us = per(cpu_time() - t);
+    let mut processes = 0;
+    let _ = collector.process_snapshot(top_n);
+    let t = cpu_time();
+    for _ in 0..cycles {
+        let s = collector.process_snapshot(top_n);
+        processes = s.total_processes.unwrap_or(s.processes.len() as u64);
+        std::hint::black_box(s);
+    }
+    let process_snapshot_cpu_us = per(cpu_time() - t);
+    let t = cpu_time();
+    for _ in 0..cycles {
+        std::hint::black_box(collector.port_usage());
+    }
+    let port_usage_cpu_us = per(cpu_time() - t);
+    CollectBench {
+        cycles,
+        processes,
+        system_metrics_cpu_us,
+        process_snapshot_cpu_us,
+        port_usage_cpu_us,
+    }
+}
