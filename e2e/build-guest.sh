@@ -136,6 +136,7 @@ else
     cp "$guest_src/infiniservice.toml" "$root/etc/infiniservice/config.toml"
     cp "$guest_src/infiniservice.args" "$root/etc/infiniservice/args"
     cp "$guest_src/os-release" "$root/etc/os-release"
+    install -m 755 "$guest_src/shutdown" "$root/sbin/shutdown"
     printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
     printf 'root:x:0:\n' >"$root/etc/group"
     echo "$kver" >"$root/etc/kernel-release"
