@@ -15,6 +15,15 @@ use serde::{Deserialize, Serialize};
 
 pub use infinibay_protocol as protocol;
 
+mod common;
+mod open;
+pub mod postgres;
+pub mod sqlite;
+
+pub use open::{open, open_with_retention};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -123,7 +132,7 @@ pub struct MetricPoint {
     pub cpu_max: f64,
     /// Average memory used, kB.
     pub mem_used_kb_avg: f64,
-    /// Memory total, kB (last in bucket).
+    /// Memory total, kB (the largest in the bucket; a VM's total rarely changes).
     pub mem_total_kb: i64,
     /// Average disk read bytes/s.
     pub disk_read_bps: f64,
@@ -147,6 +156,17 @@ pub enum Resolution {
     Minute,
     /// Per-hour rollups.
     Hour,
+}
+
+/// A metrics series and how it was computed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricSeries {
+    /// The table the points came from.
+    pub resolution: Resolution,
+    /// Width of each point's bucket in seconds; `None` when every point is one raw sample.
+    pub bucket_seconds: Option<i64>,
+    /// Points, oldest first.
+    pub points: Vec<MetricPoint>,
 }
 
 /// The inventories kept per VM (latest only, replaced on change).
@@ -334,6 +354,27 @@ pub trait Store: Send + Sync + 'static {
         to: DateTime<Utc>,
         max_points: u32,
     ) -> Result<(Resolution, Vec<MetricPoint>)>;
+    /// Like [`Store::metrics`], and also says how wide the buckets are. The resolution rule
+    /// is documented in `docs/storage.md`.
+    async fn metrics_series(
+        &self,
+        vm_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max_points: u32,
+    ) -> Result<MetricSeries> {
+        let (resolution, points) = self.metrics(vm_id, from, to, max_points).await?;
+        let bucket_seconds = match resolution {
+            Resolution::Raw => None,
+            Resolution::Minute => Some(60),
+            Resolution::Hour => Some(3600),
+        };
+        Ok(MetricSeries {
+            resolution,
+            bucket_seconds,
+            points,
+        })
+    }
     /// The latest inventory of a kind.
     async fn inventory(&self, vm_id: &str, kind: InventoryKind) -> Result<Option<Inventory>>;
     /// Service state changes, newest first.

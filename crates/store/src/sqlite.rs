@@ -1,0 +1,1137 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! All writes go through a pool of exactly one connection (the single writer), so batches
+//! never contend for SQLite's write lock with each other; reads use a small separate pool and,
+//! thanks to WAL, never wait for the writer. Times are stored as INTEGER milliseconds since the
+//! epoch, JSON as TEXT.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::RwLock;
+use std::time::Duration as StdDuration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::common::{
+    self, HOUR_MS, MINUTE_MS, Plan, ROLLUP_GRACE, ceil_to, ctx, floor_to, from_ms, json_error,
+};
+use crate::protocol::message::{MetricsBody, VmIdentification};
+use crate::{
+    CommandLogEntry, Inventory, InventoryKind, MaintenanceReport, MetricPoint, MetricSample,
+    MetricSeries, Resolution, Result, Retention, ServiceStateChange, Store, StoreError,
+    VmErrorRecord, VmRecord, VmStatus,
+};
+
+/// Rows per multi-row INSERT of samples (13 bound parameters each; SQLite allows 32,766).
+const SAMPLE_ROWS_PER_STATEMENT: usize = 500;
+/// Rows per multi-row upsert of the latest sample (14 parameters each).
+const LATEST_ROWS_PER_STATEMENT: usize = 200;
+/// Rows per multi-row upsert of `vms.last_seen`.
+const VM_ROWS_PER_STATEMENT: usize = 500;
+/// Raw rows deleted per statement by `delete_vm`.
+const DELETE_VM_BATCH: i64 = 10_000;
+
+/// SQLite implementation of [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    retention: RwLock<Retention>,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database a `sqlite:` URL names and migrates it.
+    pub async fn open(url: &str, retention: Retention) -> Result<Self> {
+        let base = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid SQLite URL `{url}`: {e}")))?;
+        let explicit_mode = url.contains("mode=");
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let base = if explicit_mode {
+            base
+        } else {
+            base.create_if_missing(true)
+        };
+        let base = base
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(StdDuration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("temp_store", "memory");
+        let path = base.get_filename().to_path_buf();
+        if !in_memory && !explicit_mode {
+            probe_writable(&path)?;
+        }
+        let unavailable = |e: sqlx::Error| {
+            StoreError::Unavailable(format!(
+                "cannot open SQLite database {}: {e}",
+                path.display()
+            ))
+        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(StdDuration::from_secs(60))
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(base.clone().pragma("cache_size", "-65536"))
+            .await
+            .map_err(unavailable)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot migrate SQLite database {}: {e}",
+                    path.display()
+                ))
+            })?;
+        // An in-memory database exists only inside its one connection: readers share it.
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(StdDuration::from_secs(30))
+                .connect_with(base.create_if_missing(false))
+                .await
+                .map_err(unavailable)?
+        };
+        Ok(Self {
+            writer,
+            reader,
+            retention: RwLock::new(retention),
+        })
+    }
+
+    fn retention(&self) -> Retention {
+        self.retention.read().map(|r| *r).unwrap_or_default()
+    }
+}
+
+/// Gives "directory does not exist" / "permission denied" instead of SQLite's bare "unable to
+/// open database file".
+fn probe_writable(path: &Path) -> Result<()> {
+    let parent: PathBuf = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(StoreError::Unavailable(format!(
+            "cannot create SQLite database {}: directory {} does not exist",
+            path.display(),
+            parent.display()
+        )));
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+        .map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot open SQLite database {} for writing: {e} (is {} writable by this user?)",
+                path.display(),
+                parent.display()
+            ))
+        })
+}
+
+/// `(?, ?, …), (?, ?, …)` for `rows` rows of `cols` parameters.
+fn values_placeholders(rows: usize, cols: usize) -> String {
+    let row = format!("({})", vec!["?"; cols].join(", "));
+    vec![row; rows].join(", ")
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn opt_ms(t: Option<DateTime<Utc>>) -> Option<i64> {
+    t.map(ms)
+}
+
+fn opt_from_ms(v: Option<i64>) -> Result<Option<DateTime<Utc>>> {
+    v.map(from_ms).transpose()
+}
+
+const VM_COLUMNS: &str = "id, name, owner_id, department, status, last_seen, agent, created_at";
+
+fn vm_from_row(row: &SqliteRow) -> Result<VmRecord> {
+    let agent: Option<String> = row.try_get("agent").map_err(ctx("read vm"))?;
+    let agent = agent
+        .map(|text| serde_json::from_str::<VmIdentification>(&text))
+        .transpose()
+        .map_err(|e| json_error("stored agent info", e))?;
+    let status: String = row.try_get("status").map_err(ctx("read vm"))?;
+    Ok(VmRecord {
+        id: row.try_get("id").map_err(ctx("read vm"))?,
+        name: row.try_get("name").map_err(ctx("read vm"))?,
+        owner_id: row.try_get("owner_id").map_err(ctx("read vm"))?,
+        department: row.try_get("department").map_err(ctx("read vm"))?,
+        status: common::parse_status(&status)?,
+        last_seen: opt_from_ms(row.try_get("last_seen").map_err(ctx("read vm"))?)?,
+        agent,
+        created_at: from_ms(row.try_get("created_at").map_err(ctx("read vm"))?)?,
+    })
+}
+
+/// Registers VMs the batch mentions that are not known yet (a sample, inventory or error is
+/// never dropped for want of a registration).
+async fn ensure_vms(
+    tx: &mut Transaction<'_, Sqlite>,
+    vm_ids: &[&str],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for chunk in vm_ids.chunks(VM_ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO vms (id, name, created_at) VALUES {} ON CONFLICT (id) DO NOTHING",
+            values_placeholders(chunk.len(), 3)
+        );
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(*id).bind(*id).bind(ms(now));
+        }
+        query
+            .execute(&mut **tx)
+            .await
+            .map_err(ctx("register vms"))?;
+    }
+    Ok(())
+}
+
+/// Columns of a metric point, as every metrics query selects them.
+fn point_from_row(row: &SqliteRow) -> Result<MetricPoint> {
+    let get_f = |name: &str| -> Result<f64> { row.try_get(name).map_err(ctx("read metrics")) };
+    Ok(MetricPoint {
+        at: from_ms(row.try_get("at").map_err(ctx("read metrics"))?)?,
+        cpu_avg: get_f("cpu_avg")?,
+        cpu_min: get_f("cpu_min")?,
+        cpu_max: get_f("cpu_max")?,
+        mem_used_kb_avg: get_f("mem_used_kb_avg")?,
+        mem_total_kb: row.try_get("mem_total_kb").map_err(ctx("read metrics"))?,
+        disk_read_bps: get_f("disk_read_bps")?,
+        disk_write_bps: get_f("disk_write_bps")?,
+        net_rx_bps: get_f("net_rx_bps")?,
+        net_tx_bps: get_f("net_tx_bps")?,
+        samples: row.try_get("samples").map_err(ctx("read metrics"))?,
+    })
+}
+
+/// Recomputes the rollup buckets of `[start, end)` for all VMs and moves the watermark, in one
+/// transaction. Returns the buckets written.
+async fn roll_range(pool: &SqlitePool, tier: Resolution, start: i64, end: i64) -> Result<u64> {
+    let sql = match tier {
+        Resolution::Minute => {
+            "INSERT INTO metric_minute (vm_id, bucket, samples, cpu_avg, cpu_min, cpu_max, \
+             mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
+             SELECT vm_id, (at / 60000) * 60000, COUNT(*), AVG(cpu), MIN(cpu), MAX(cpu), \
+             CAST(AVG(mem_used_kb) AS REAL), MAX(mem_total_kb), AVG(disk_read_bps), \
+             AVG(disk_write_bps), AVG(net_rx_bps), AVG(net_tx_bps) \
+             FROM metric_samples WHERE at >= ?1 AND at < ?2 GROUP BY vm_id, at / 60000 \
+             ON CONFLICT (vm_id, bucket) DO UPDATE SET samples = excluded.samples, \
+             cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
+             mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
+             disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
+             net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps"
+        }
+        _ => {
+            "INSERT INTO metric_hour (vm_id, bucket, samples, cpu_avg, cpu_min, cpu_max, \
+             mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
+             SELECT vm_id, (bucket / 3600000) * 3600000, SUM(samples), \
+             SUM(cpu_avg * samples) / SUM(samples), MIN(cpu_min), MAX(cpu_max), \
+             SUM(mem_used_kb_avg * samples) / SUM(samples), MAX(mem_total_kb), \
+             SUM(disk_read_bps * samples) / SUM(samples), SUM(disk_write_bps * samples) / SUM(samples), \
+             SUM(net_rx_bps * samples) / SUM(samples), SUM(net_tx_bps * samples) / SUM(samples) \
+             FROM metric_minute WHERE bucket >= ?1 AND bucket < ?2 GROUP BY vm_id, bucket / 3600000 \
+             ON CONFLICT (vm_id, bucket) DO UPDATE SET samples = excluded.samples, \
+             cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
+             mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
+             disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
+             net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps"
+        }
+    };
+    let tier_name = if tier == Resolution::Minute {
+        "minute"
+    } else {
+        "hour"
+    };
+    let mut tx = pool.begin().await.map_err(ctx("maintain: begin"))?;
+    let written = sqlx::query(sql)
+        .bind(start)
+        .bind(end)
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx("maintain: roll up"))?
+        .rows_affected();
+    sqlx::query("UPDATE rollup_state SET done_until = ?1 WHERE tier = ?2")
+        .bind(end)
+        .bind(tier_name)
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx("maintain: watermark"))?;
+    if tier == Resolution::Minute {
+        // Recomputed minutes change their hours.
+        sqlx::query(
+            "UPDATE rollup_state SET done_until = ?1 WHERE tier = 'hour' AND done_until > ?1",
+        )
+        .bind(floor_to(start, HOUR_MS))
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx("maintain: hour watermark"))?;
+    }
+    tx.commit().await.map_err(ctx("maintain: commit"))?;
+    Ok(written)
+}
+
+/// Rolls one tier forward from its watermark to `end`, one step-sized range per transaction,
+/// skipping empty stretches.
+async fn roll_tier(
+    pool: &SqlitePool,
+    tier: Resolution,
+    oldest_allowed: i64,
+    end: i64,
+) -> Result<u64> {
+    let (step, tier_name, source_min) = match tier {
+        Resolution::Minute => (
+            MINUTE_MS,
+            "minute",
+            "SELECT MIN(at) FROM metric_samples WHERE at >= ?1",
+        ),
+        _ => (
+            HOUR_MS,
+            "hour",
+            "SELECT MIN(bucket) FROM metric_minute WHERE bucket >= ?1",
+        ),
+    };
+    let watermark: Option<i64> =
+        sqlx::query_scalar("SELECT done_until FROM rollup_state WHERE tier = ?1")
+            .bind(tier_name)
+            .fetch_one(pool)
+            .await
+            .map_err(ctx("maintain: read watermark"))?;
+    let mut cursor = watermark.unwrap_or(i64::MIN / 2).max(oldest_allowed);
+    let mut written = 0;
+    while cursor < end {
+        let next_source: Option<i64> = sqlx::query_scalar(source_min)
+            .bind(cursor)
+            .fetch_one(pool)
+            .await
+            .map_err(ctx("maintain: find next rows"))?;
+        let Some(next_source) = next_source else {
+            break;
+        };
+        let start = floor_to(next_source, step).max(cursor);
+        if start >= end {
+            break;
+        }
+        let stop = (start + step).min(end);
+        written += roll_range(pool, tier, start, stop).await?;
+        cursor = stop;
+    }
+    // Every source row before `end` is now rolled up (or there were none).
+    sqlx::query(
+        "UPDATE rollup_state SET done_until = ?1 \
+         WHERE tier = ?2 AND (done_until IS NULL OR done_until < ?1)",
+    )
+    .bind(end)
+    .bind(tier_name)
+    .execute(pool)
+    .await
+    .map_err(ctx("maintain: watermark"))?;
+    Ok(written)
+}
+
+/// Deletes rows older than `cutoff` from `table` (time column `column`), `batch` rows per
+/// statement, until none are left.
+async fn prune(
+    pool: &SqlitePool,
+    table: &str,
+    column: &str,
+    cutoff: i64,
+    batch: i64,
+) -> Result<u64> {
+    let sql = format!(
+        "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {column} < ?1 LIMIT ?2)"
+    );
+    let mut pruned = 0;
+    loop {
+        let deleted = sqlx::query(&sql)
+            .bind(cutoff)
+            .bind(batch)
+            .execute(pool)
+            .await
+            .map_err(ctx("maintain: prune"))?
+            .rows_affected();
+        pruned += deleted;
+        if deleted < u64::try_from(batch).unwrap_or(u64::MAX) {
+            return Ok(pruned);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(ctx("ping"))?;
+        Ok(())
+    }
+
+    async fn upsert_vm(&self, id: &str, now: DateTime<Utc>) -> Result<VmRecord> {
+        sqlx::query(
+            "INSERT INTO vms (id, name, created_at) VALUES (?1, ?1, ?2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(ms(now))
+        .execute(&self.writer)
+        .await
+        .map_err(ctx("upsert_vm"))?;
+        let row = sqlx::query(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"))
+            .bind(id)
+            .fetch_one(&self.writer)
+            .await
+            .map_err(ctx("upsert_vm: read back"))?;
+        vm_from_row(&row)
+    }
+
+    async fn set_vm_status(
+        &self,
+        id: &str,
+        status: VmStatus,
+        last_seen: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        let updated = sqlx::query(
+            "UPDATE vms SET status = ?2, \
+             last_seen = CASE WHEN ?3 IS NULL THEN last_seen \
+                              ELSE MAX(COALESCE(last_seen, ?3), ?3) END \
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(opt_ms(last_seen))
+        .execute(&self.writer)
+        .await
+        .map_err(ctx("set_vm_status"))?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound(format!("vm {id}")));
+        }
+        Ok(())
+    }
+
+    async fn set_vm_agent(&self, id: &str, agent: &VmIdentification) -> Result<()> {
+        let text = serde_json::to_string(agent).map_err(|e| json_error("agent info", e))?;
+        let updated = sqlx::query(
+            "UPDATE vms SET agent = ?2, \
+             name = CASE WHEN name_source <> 'user' AND ?3 <> '' THEN ?3 ELSE name END, \
+             name_source = CASE WHEN name_source <> 'user' AND ?3 <> '' THEN 'agent' ELSE name_source END \
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(text)
+        .bind(agent.hostname.as_str())
+        .execute(&self.writer)
+        .await
+        .map_err(ctx("set_vm_agent"))?
+        .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound(format!("vm {id}")));
+        }
+        Ok(())
+    }
+
+    async fn set_vm_owner(
+        &self,
+        id: &str,
+        owner_id: Option<i64>,
+        department: Option<&str>,
+    ) -> Result<()> {
+        let updated = sqlx::query("UPDATE vms SET owner_id = ?2, department = ?3 WHERE id = ?1")
+            .bind(id)
+            .bind(owner_id)
+            .bind(department)
+            .execute(&self.writer)
+            .await
+            .map_err(ctx("set_vm_owner"))?
+            .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound(format!("vm {id}")));
+        }
+        Ok(())
+    }
+
+    async fn get_vm(&self, id: &str) -> Result<Option<VmRecord>> {
+        sqlx::query(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(ctx("get_vm"))?
+            .as_ref()
+            .map(vm_from_row)
+            .transpose()
+    }
+
+    async fn list_vms(&self) -> Result<Vec<VmRecord>> {
+        sqlx::query(&format!("SELECT {VM_COLUMNS} FROM vms ORDER BY id"))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(ctx("list_vms"))?
+            .iter()
+            .map(vm_from_row)
+            .collect()
+    }
+
+    async fn delete_vm(&self, id: &str) -> Result<()> {
+        // Raw samples can be many: delete them in slices so the writer is never held long.
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM metric_samples WHERE rowid IN \
+                 (SELECT rowid FROM metric_samples WHERE vm_id = ?1 LIMIT ?2)",
+            )
+            .bind(id)
+            .bind(DELETE_VM_BATCH)
+            .execute(&self.writer)
+            .await
+            .map_err(ctx("delete_vm: samples"))?
+            .rows_affected();
+            if deleted < DELETE_VM_BATCH as u64 {
+                break;
+            }
+        }
+        let mut tx = self.writer.begin().await.map_err(ctx("delete_vm: begin"))?;
+        for table in [
+            "metric_samples",
+            "metric_minute",
+            "metric_hour",
+            "vm_latest_sample",
+            "vm_inventory",
+            "service_history",
+            "command_log",
+            "vm_errors",
+        ] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE vm_id = ?1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx("delete_vm"))?;
+        }
+        let deleted = sqlx::query("DELETE FROM vms WHERE id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx("delete_vm"))?
+            .rows_affected();
+        tx.commit().await.map_err(ctx("delete_vm: commit"))?;
+        if deleted == 0 {
+            return Err(StoreError::NotFound(format!("vm {id}")));
+        }
+        Ok(())
+    }
+
+    async fn insert_samples(&self, samples: &[MetricSample]) -> Result<()> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        if samples.iter().any(common::has_non_finite) {
+            tracing::warn!(target: "infinibay::store", "non-finite metric values stored as 0");
+        }
+        let newest = common::newest_per_vm(samples);
+        let details: Vec<String> = newest
+            .iter()
+            .map(|&i| serde_json::to_string(&samples[i].detail))
+            .collect::<Result<_, _>>()
+            .map_err(|e| json_error("sample detail", e))?;
+        let oldest = samples.iter().map(|s| ms(s.received_at)).min().unwrap_or(0);
+
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(ctx("insert_samples: begin"))?;
+        // Registers VMs not seen before and advances last_seen, one row per VM.
+        for chunk in newest.chunks(VM_ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO vms (id, name, created_at, last_seen) VALUES {} \
+                 ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen \
+                 WHERE vms.last_seen IS NULL OR vms.last_seen < excluded.last_seen",
+                values_placeholders(chunk.len(), 4)
+            );
+            let mut query = sqlx::query(&sql);
+            for &i in chunk {
+                let s = &samples[i];
+                query = query
+                    .bind(s.vm_id.as_str())
+                    .bind(s.vm_id.as_str())
+                    .bind(ms(s.received_at))
+                    .bind(ms(s.received_at));
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx("insert_samples: vms"))?;
+        }
+        for chunk in samples.chunks(SAMPLE_ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO metric_samples (vm_id, at, guest_time, cpu, mem_used_kb, mem_total_kb, \
+                 swap_used_kb, disk_used_percent, disk_read_bps, disk_write_bps, net_rx_bps, \
+                 net_tx_bps, load1) VALUES {}",
+                values_placeholders(chunk.len(), 13)
+            );
+            let mut query = sqlx::query(&sql);
+            for s in chunk {
+                query = query
+                    .bind(s.vm_id.as_str())
+                    .bind(ms(s.received_at))
+                    .bind(opt_ms(s.guest_time))
+                    .bind(common::finite(s.cpu_percent))
+                    .bind(s.mem_used_kb)
+                    .bind(s.mem_total_kb)
+                    .bind(s.swap_used_kb)
+                    .bind(common::finite_opt(s.disk_used_percent))
+                    .bind(common::finite(s.disk_read_bps))
+                    .bind(common::finite(s.disk_write_bps))
+                    .bind(common::finite(s.net_rx_bps))
+                    .bind(common::finite(s.net_tx_bps))
+                    .bind(common::finite(s.load1));
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx("insert_samples"))?;
+        }
+        let pairs: Vec<(usize, &String)> = newest.iter().copied().zip(details.iter()).collect();
+        for chunk in pairs.chunks(LATEST_ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO vm_latest_sample (vm_id, at, guest_time, cpu, mem_used_kb, mem_total_kb, \
+                 swap_used_kb, disk_used_percent, disk_read_bps, disk_write_bps, net_rx_bps, \
+                 net_tx_bps, load1, detail) VALUES {} \
+                 ON CONFLICT (vm_id) DO UPDATE SET at = excluded.at, guest_time = excluded.guest_time, \
+                 cpu = excluded.cpu, mem_used_kb = excluded.mem_used_kb, \
+                 mem_total_kb = excluded.mem_total_kb, swap_used_kb = excluded.swap_used_kb, \
+                 disk_used_percent = excluded.disk_used_percent, \
+                 disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
+                 net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps, \
+                 load1 = excluded.load1, detail = excluded.detail \
+                 WHERE excluded.at >= vm_latest_sample.at",
+                values_placeholders(chunk.len(), 14)
+            );
+            let mut query = sqlx::query(&sql);
+            for (i, detail) in chunk {
+                let s = &samples[*i];
+                query = query
+                    .bind(s.vm_id.as_str())
+                    .bind(ms(s.received_at))
+                    .bind(opt_ms(s.guest_time))
+                    .bind(common::finite(s.cpu_percent))
+                    .bind(s.mem_used_kb)
+                    .bind(s.mem_total_kb)
+                    .bind(s.swap_used_kb)
+                    .bind(common::finite_opt(s.disk_used_percent))
+                    .bind(common::finite(s.disk_read_bps))
+                    .bind(common::finite(s.disk_write_bps))
+                    .bind(common::finite(s.net_rx_bps))
+                    .bind(common::finite(s.net_tx_bps))
+                    .bind(common::finite(s.load1))
+                    .bind(detail.as_str());
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx("insert_samples: latest"))?;
+        }
+        sqlx::query(
+            "UPDATE rollup_state SET done_until = ?1 WHERE tier = 'minute' AND done_until > ?1",
+        )
+        .bind(floor_to(oldest, MINUTE_MS))
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx("insert_samples: watermark"))?;
+        tx.commit().await.map_err(ctx("insert_samples: commit"))?;
+        Ok(())
+    }
+
+    async fn replace_inventories(
+        &self,
+        inventories: &[Inventory],
+    ) -> Result<Vec<ServiceStateChange>> {
+        let mut changes = Vec::new();
+        if inventories.is_empty() {
+            return Ok(changes);
+        }
+        let mut texts = Vec::with_capacity(inventories.len());
+        for inv in inventories {
+            common::require_array(&inv.items, &inv.vm_id)?;
+            texts.push(serde_json::to_string(&inv.items).map_err(|e| json_error("inventory", e))?);
+        }
+        let mut vm_ids: Vec<&str> = inventories.iter().map(|i| i.vm_id.as_str()).collect();
+        vm_ids.sort_unstable();
+        vm_ids.dedup();
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(ctx("replace_inventories: begin"))?;
+        ensure_vms(&mut tx, &vm_ids, inventories[0].received_at).await?;
+        for (inv, text) in inventories.iter().zip(&texts) {
+            let kind = common::kind_str(inv.kind);
+            let hash = common::fingerprint(text);
+            let stored: Option<(i64, Option<String>)> = sqlx::query_as(
+                "SELECT items_hash, CASE WHEN kind = 'services' THEN items END \
+                 FROM vm_inventory WHERE vm_id = ?1 AND kind = ?2",
+            )
+            .bind(inv.vm_id.as_str())
+            .bind(kind)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(ctx("replace_inventories: read"))?;
+            if stored.as_ref().is_some_and(|(h, _)| *h == hash) {
+                continue;
+            }
+            if inv.kind == InventoryKind::Services {
+                let previous = stored
+                    .and_then(|(_, items)| items)
+                    .map(|t| serde_json::from_str::<serde_json::Value>(&t))
+                    .transpose()
+                    .map_err(|e| json_error("stored services", e))?;
+                let diff = common::diff_services(
+                    &inv.vm_id,
+                    previous.as_ref(),
+                    &inv.items,
+                    inv.received_at,
+                );
+                for change in &diff {
+                    sqlx::query(
+                        "INSERT INTO service_history (vm_id, service, from_state, to_state, at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .bind(change.vm_id.as_str())
+                    .bind(change.service.as_str())
+                    .bind(change.from_state.as_deref())
+                    .bind(change.to_state.as_deref())
+                    .bind(ms(change.at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(ctx("replace_inventories: history"))?;
+                }
+                changes.extend(diff);
+            }
+            sqlx::query(
+                "INSERT INTO vm_inventory (vm_id, kind, received_at, items_hash, items) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (vm_id, kind) DO UPDATE SET \
+                 received_at = excluded.received_at, items_hash = excluded.items_hash, \
+                 items = excluded.items",
+            )
+            .bind(inv.vm_id.as_str())
+            .bind(kind)
+            .bind(ms(inv.received_at))
+            .bind(hash)
+            .bind(text.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx("replace_inventories: write"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(ctx("replace_inventories: commit"))?;
+        Ok(changes)
+    }
+
+    async fn insert_vm_errors(&self, errors: &[VmErrorRecord]) -> Result<()> {
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let mut vm_ids: Vec<&str> = errors.iter().map(|e| e.vm_id.as_str()).collect();
+        vm_ids.sort_unstable();
+        vm_ids.dedup();
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(ctx("insert_vm_errors: begin"))?;
+        ensure_vms(&mut tx, &vm_ids, errors[0].at).await?;
+        for chunk in errors.chunks(500) {
+            let sql = format!(
+                "INSERT INTO vm_errors (vm_id, at, code, message, details) VALUES {}",
+                values_placeholders(chunk.len(), 5)
+            );
+            let mut query = sqlx::query(&sql);
+            for e in chunk {
+                query = query
+                    .bind(e.vm_id.as_str())
+                    .bind(ms(e.at))
+                    .bind(e.code.as_deref())
+                    .bind(e.message.as_str())
+                    .bind(e.details.as_deref());
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx("insert_vm_errors"))?;
+        }
+        tx.commit().await.map_err(ctx("insert_vm_errors: commit"))?;
+        Ok(())
+    }
+
+    async fn log_command(&self, entry: &CommandLogEntry) -> Result<()> {
+        let command =
+            serde_json::to_string(&entry.command).map_err(|e| json_error("command", e))?;
+        let response = entry
+            .response
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| json_error("command response", e))?;
+        let written = sqlx::query(
+            "INSERT INTO command_log (id, vm_id, user_id, kind, command, response, success, \
+             duration_ms, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (id) DO UPDATE SET response = excluded.response, \
+             success = excluded.success, duration_ms = excluded.duration_ms \
+             WHERE command_log.vm_id = excluded.vm_id",
+        )
+        .bind(entry.id.as_str())
+        .bind(entry.vm_id.as_str())
+        .bind(entry.user_id)
+        .bind(entry.kind.as_str())
+        .bind(command)
+        .bind(response)
+        .bind(entry.success)
+        .bind(entry.duration_ms)
+        .bind(ms(entry.created_at))
+        .execute(&self.writer)
+        .await
+        .map_err(ctx("log_command"))?
+        .rows_affected();
+        if written == 0 {
+            return Err(StoreError::Conflict(format!(
+                "command {} is logged under another VM than {}",
+                entry.id, entry.vm_id
+            )));
+        }
+        Ok(())
+    }
+
+    async fn command_logs(&self, vm_id: &str, limit: u32) -> Result<Vec<CommandLogEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, vm_id, user_id, kind, command, response, success, duration_ms, created_at \
+             FROM command_log WHERE vm_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
+        )
+        .bind(vm_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(ctx("command_logs"))?;
+        rows.iter()
+            .map(|row| {
+                let command: String = row.try_get("command").map_err(ctx("command_logs"))?;
+                let response: Option<String> =
+                    row.try_get("response").map_err(ctx("command_logs"))?;
+                Ok(CommandLogEntry {
+                    id: row.try_get("id").map_err(ctx("command_logs"))?,
+                    vm_id: row.try_get("vm_id").map_err(ctx("command_logs"))?,
+                    user_id: row.try_get("user_id").map_err(ctx("command_logs"))?,
+                    kind: row.try_get("kind").map_err(ctx("command_logs"))?,
+                    command: serde_json::from_str(&command)
+                        .map_err(|e| json_error("stored command", e))?,
+                    response: response
+                        .map(|r| serde_json::from_str(&r))
+                        .transpose()
+                        .map_err(|e| json_error("stored response", e))?,
+                    success: row.try_get("success").map_err(ctx("command_logs"))?,
+                    duration_ms: row.try_get("duration_ms").map_err(ctx("command_logs"))?,
+                    created_at: from_ms(row.try_get("created_at").map_err(ctx("command_logs"))?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn latest_sample(&self, vm_id: &str) -> Result<Option<MetricSample>> {
+        let row = sqlx::query(
+            "SELECT vm_id, at, guest_time, cpu, mem_used_kb, mem_total_kb, swap_used_kb, \
+             disk_used_percent, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps, load1, detail \
+             FROM vm_latest_sample WHERE vm_id = ?1",
+        )
+        .bind(vm_id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(ctx("latest_sample"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let c = ctx("latest_sample");
+        let detail: String = row.try_get("detail").map_err(c)?;
+        let detail: MetricsBody =
+            serde_json::from_str(&detail).map_err(|e| json_error("stored detail", e))?;
+        let get_f = |n: &str| -> Result<f64> { row.try_get(n).map_err(ctx("latest_sample")) };
+        Ok(Some(MetricSample {
+            vm_id: row.try_get("vm_id").map_err(ctx("latest_sample"))?,
+            received_at: from_ms(row.try_get("at").map_err(ctx("latest_sample"))?)?,
+            guest_time: opt_from_ms(row.try_get("guest_time").map_err(ctx("latest_sample"))?)?,
+            cpu_percent: get_f("cpu")?,
+            mem_used_kb: row.try_get("mem_used_kb").map_err(ctx("latest_sample"))?,
+            mem_total_kb: row.try_get("mem_total_kb").map_err(ctx("latest_sample"))?,
+            swap_used_kb: row.try_get("swap_used_kb").map_err(ctx("latest_sample"))?,
+            disk_used_percent: row
+                .try_get("disk_used_percent")
+                .map_err(ctx("latest_sample"))?,
+            disk_read_bps: get_f("disk_read_bps")?,
+            disk_write_bps: get_f("disk_write_bps")?,
+            net_rx_bps: get_f("net_rx_bps")?,
+            net_tx_bps: get_f("net_tx_bps")?,
+            load1: get_f("load1")?,
+            detail,
+        }))
+    }
+
+    async fn metrics(
+        &self,
+        vm_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max_points: u32,
+    ) -> Result<(Resolution, Vec<MetricPoint>)> {
+        let series = self.metrics_series(vm_id, from, to, max_points).await?;
+        Ok((series.resolution, series.points))
+    }
+
+    async fn metrics_series(
+        &self,
+        vm_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        max_points: u32,
+    ) -> Result<MetricSeries> {
+        let (from_ms_, to_ms_) = (ms(from), ms(to));
+        let plan = common::plan(
+            Utc::now(),
+            self.retention(),
+            from,
+            to,
+            max_points,
+            || async {
+                sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM metric_samples WHERE vm_id = ?1 AND at >= ?2 AND at <= ?3",
+            )
+            .bind(vm_id)
+            .bind(from_ms_)
+            .bind(to_ms_)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(ctx("metrics: count"))
+            },
+        )
+        .await?;
+        let (resolution, bucket_seconds, sql, width) = match plan {
+            Plan::Empty => {
+                return Ok(MetricSeries {
+                    resolution: Resolution::Raw,
+                    bucket_seconds: None,
+                    points: Vec::new(),
+                });
+            }
+            Plan::Raw => (
+                Resolution::Raw,
+                None,
+                "SELECT at, cpu AS cpu_avg, cpu AS cpu_min, cpu AS cpu_max, \
+                 CAST(mem_used_kb AS REAL) AS mem_used_kb_avg, mem_total_kb, disk_read_bps, \
+                 disk_write_bps, net_rx_bps, net_tx_bps, 1 AS samples \
+                 FROM metric_samples WHERE vm_id = ?1 AND at >= ?2 AND at <= ?3 ORDER BY at"
+                    .to_owned(),
+                None,
+            ),
+            Plan::RawBuckets { width_ms } => (
+                Resolution::Raw,
+                Some(width_ms / 1000),
+                "SELECT (at / ?4) * ?4 AS at, AVG(cpu) AS cpu_avg, MIN(cpu) AS cpu_min, \
+                 MAX(cpu) AS cpu_max, CAST(AVG(mem_used_kb) AS REAL) AS mem_used_kb_avg, \
+                 MAX(mem_total_kb) AS mem_total_kb, AVG(disk_read_bps) AS disk_read_bps, \
+                 AVG(disk_write_bps) AS disk_write_bps, AVG(net_rx_bps) AS net_rx_bps, \
+                 AVG(net_tx_bps) AS net_tx_bps, COUNT(*) AS samples \
+                 FROM metric_samples WHERE vm_id = ?1 AND at >= ?2 AND at <= ?3 \
+                 GROUP BY at / ?4 ORDER BY 1"
+                    .to_owned(),
+                Some(width_ms),
+            ),
+            Plan::Rollup { tier, width_ms } => {
+                let table = if tier == Resolution::Minute {
+                    "metric_minute"
+                } else {
+                    "metric_hour"
+                };
+                (
+                    tier,
+                    Some(width_ms / 1000),
+                    format!(
+                        "SELECT (bucket / ?4) * ?4 AS at, \
+                         SUM(cpu_avg * samples) / SUM(samples) AS cpu_avg, MIN(cpu_min) AS cpu_min, \
+                         MAX(cpu_max) AS cpu_max, \
+                         SUM(mem_used_kb_avg * samples) / SUM(samples) AS mem_used_kb_avg, \
+                         MAX(mem_total_kb) AS mem_total_kb, \
+                         SUM(disk_read_bps * samples) / SUM(samples) AS disk_read_bps, \
+                         SUM(disk_write_bps * samples) / SUM(samples) AS disk_write_bps, \
+                         SUM(net_rx_bps * samples) / SUM(samples) AS net_rx_bps, \
+                         SUM(net_tx_bps * samples) / SUM(samples) AS net_tx_bps, \
+                         SUM(samples) AS samples \
+                         FROM {table} WHERE vm_id = ?1 AND bucket >= ?2 AND bucket <= ?3 \
+                         GROUP BY bucket / ?4 ORDER BY 1"
+                    ),
+                    Some(width_ms),
+                )
+            }
+        };
+        let lower = match plan {
+            Plan::Rollup { tier, .. } => floor_to(
+                from_ms_,
+                if tier == Resolution::Minute {
+                    MINUTE_MS
+                } else {
+                    HOUR_MS
+                },
+            ),
+            _ => from_ms_,
+        };
+        let mut query = sqlx::query(&sql).bind(vm_id).bind(lower).bind(to_ms_);
+        if let Some(width) = width {
+            query = query.bind(width);
+        }
+        let points = query
+            .fetch_all(&self.reader)
+            .await
+            .map_err(ctx("metrics"))?
+            .iter()
+            .map(point_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(MetricSeries {
+            resolution,
+            bucket_seconds,
+            points,
+        })
+    }
+
+    async fn inventory(&self, vm_id: &str, kind: InventoryKind) -> Result<Option<Inventory>> {
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "SELECT received_at, items FROM vm_inventory WHERE vm_id = ?1 AND kind = ?2",
+        )
+        .bind(vm_id)
+        .bind(common::kind_str(kind))
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(ctx("inventory"))?;
+        row.map(|(at, items)| {
+            Ok(Inventory {
+                vm_id: vm_id.to_owned(),
+                kind,
+                received_at: from_ms(at)?,
+                items: serde_json::from_str(&items)
+                    .map_err(|e| json_error("stored inventory", e))?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn service_history(&self, vm_id: &str, limit: u32) -> Result<Vec<ServiceStateChange>> {
+        let rows: Vec<(String, Option<String>, Option<String>, i64)> = sqlx::query_as(
+            "SELECT service, from_state, to_state, at FROM service_history WHERE vm_id = ?1 \
+             ORDER BY at DESC, seq DESC LIMIT ?2",
+        )
+        .bind(vm_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(ctx("service_history"))?;
+        rows.into_iter()
+            .map(|(service, from_state, to_state, at)| {
+                Ok(ServiceStateChange {
+                    vm_id: vm_id.to_owned(),
+                    service,
+                    from_state,
+                    to_state,
+                    at: from_ms(at)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn vm_errors(&self, vm_id: &str, limit: u32) -> Result<Vec<VmErrorRecord>> {
+        let rows: Vec<(i64, Option<String>, String, Option<String>)> = sqlx::query_as(
+            "SELECT at, code, message, details FROM vm_errors WHERE vm_id = ?1 \
+             ORDER BY at DESC, seq DESC LIMIT ?2",
+        )
+        .bind(vm_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(ctx("vm_errors"))?;
+        rows.into_iter()
+            .map(|(at, code, message, details)| {
+                Ok(VmErrorRecord {
+                    vm_id: vm_id.to_owned(),
+                    at: from_ms(at)?,
+                    code,
+                    message,
+                    details,
+                })
+            })
+            .collect()
+    }
+
+    async fn maintain(
+        &self,
+        now: DateTime<Utc>,
+        retention: Retention,
+        batch: u32,
+    ) -> Result<MaintenanceReport> {
+        if let Ok(mut current) = self.retention.write() {
+            *current = retention;
+        }
+        let batch = i64::from(batch.max(1));
+        let raw_cutoff = ms(now - retention.raw);
+        let minute_cutoff = ms(now - retention.minute);
+        let hour_cutoff = ms(now - retention.hour);
+        // Minutes whose raw rows may already be partly pruned are never recomputed.
+        let minute_end = floor_to(ms(now - ROLLUP_GRACE), MINUTE_MS);
+        let minute_buckets = roll_tier(
+            &self.writer,
+            Resolution::Minute,
+            ceil_to(raw_cutoff, MINUTE_MS),
+            minute_end,
+        )
+        .await?;
+        let hour_end = floor_to(minute_end, HOUR_MS);
+        let hour_buckets = roll_tier(
+            &self.writer,
+            Resolution::Hour,
+            ceil_to(minute_cutoff, HOUR_MS),
+            hour_end,
+        )
+        .await?;
+        let mut pruned = prune(&self.writer, "metric_samples", "at", raw_cutoff, batch).await?;
+        pruned += prune(
+            &self.writer,
+            "metric_minute",
+            "bucket",
+            minute_cutoff,
+            batch,
+        )
+        .await?;
+        pruned += prune(&self.writer, "metric_hour", "bucket", hour_cutoff, batch).await?;
+        Ok(MaintenanceReport {
+            minute_buckets,
+            hour_buckets,
+            pruned,
+        })
+    }
+}

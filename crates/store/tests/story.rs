@@ -1,0 +1,833 @@
+//! One story of the storage layer, written once and run against both backends.
+//!
+//! Every scenario is an `async fn(Arc<dyn Store>)` in `story`; the `both_backends!` macro makes
+//! a `sqlite::<name>` and a `postgres::<name>` test of each.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use infinibay_store::protocol::samples::{Jitter, identification, small_metrics};
+use infinibay_store::{
+    CommandLogEntry, Inventory, InventoryKind, MetricSample, Resolution, Retention, Store,
+    StoreError, VmErrorRecord, VmStatus,
+};
+use serde_json::json;
+
+/// Now, to the millisecond (the precision both backends keep).
+fn now_ms() -> DateTime<Utc> {
+    Utc::now()
+        .duration_trunc(Duration::milliseconds(1))
+        .expect("truncate to ms")
+}
+
+fn sample(vm: &str, at: DateTime<Utc>, cpu: f64, mem_used_kb: i64) -> MetricSample {
+    let mut jitter = Jitter::new(at.timestamp_millis() as u64);
+    let mut detail = small_metrics(&mut jitter, 1000).metrics;
+    detail.cpu.usage_percent = cpu;
+    MetricSample {
+        vm_id: vm.to_owned(),
+        received_at: at,
+        guest_time: Some(at - Duration::milliseconds(250)),
+        cpu_percent: cpu,
+        mem_used_kb,
+        mem_total_kb: 4_028_440,
+        swap_used_kb: Some(0),
+        disk_used_percent: Some(41.5),
+        disk_read_bps: cpu * 10.0,
+        disk_write_bps: cpu * 5.0,
+        net_rx_bps: 1000.0 + cpu,
+        net_tx_bps: 500.0,
+        load1: 0.25,
+        detail,
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * (1.0 + a.abs().max(b.abs()))
+}
+
+/// avg, min, max, count of a list.
+fn stats(values: &[f64]) -> (f64, f64, f64, i64) {
+    let sum: f64 = values.iter().sum();
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (sum / values.len() as f64, min, max, values.len() as i64)
+}
+
+fn floor_to(t: DateTime<Utc>, step: Duration) -> DateTime<Utc> {
+    let ms = t.timestamp_millis();
+    let step = step.num_milliseconds();
+    DateTime::from_timestamp_millis(ms.div_euclid(step) * step).expect("valid time")
+}
+
+mod story {
+    use super::*;
+
+    pub async fn vms_register_once_and_keep_status_agent_and_owner(store: Arc<dyn Store>) {
+        let t0 = now_ms() - Duration::minutes(5);
+        let vm = store.upsert_vm("vm-b", t0).await.expect("register");
+        assert_eq!(vm.name, "vm-b", "the name defaults to the id");
+        assert_eq!(vm.status, VmStatus::Offline);
+        assert_eq!(vm.created_at, t0);
+        assert_eq!(vm.last_seen, None);
+
+        let again = store
+            .upsert_vm("vm-b", t0 + Duration::minutes(1))
+            .await
+            .expect("register again");
+        assert_eq!(
+            again.created_at, t0,
+            "registering twice keeps the first sighting"
+        );
+        store.upsert_vm("vm-a", t0).await.expect("register a");
+
+        let seen = t0 + Duration::minutes(2);
+        store
+            .set_vm_status("vm-b", VmStatus::Online, Some(seen))
+            .await
+            .expect("online");
+        let mut agent = identification("web-01");
+        agent.timestamp = None;
+        store.set_vm_agent("vm-b", &agent).await.expect("agent");
+        store
+            .set_vm_owner("vm-b", Some(7), Some("engineering"))
+            .await
+            .expect("owner");
+
+        let vm = store.get_vm("vm-b").await.expect("get").expect("exists");
+        assert_eq!(vm.status, VmStatus::Online);
+        assert_eq!(vm.last_seen, Some(seen));
+        assert_eq!(
+            vm.name, "web-01",
+            "the agent's host name replaces the default name"
+        );
+        assert_eq!(vm.agent, Some(agent));
+        assert_eq!(vm.owner_id, Some(7));
+        assert_eq!(vm.department.as_deref(), Some("engineering"));
+
+        store
+            .set_vm_status("vm-b", VmStatus::Offline, None)
+            .await
+            .expect("offline");
+        let vm = store.get_vm("vm-b").await.expect("get").expect("exists");
+        assert_eq!(vm.status, VmStatus::Offline);
+        assert_eq!(vm.last_seen, Some(seen), "no time given keeps last_seen");
+
+        let ids: Vec<String> = store
+            .list_vms()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|v| v.id)
+            .collect();
+        assert_eq!(ids, ["vm-a", "vm-b"]);
+        assert!(store.get_vm("nope").await.expect("get").is_none());
+        assert!(matches!(
+            store.set_vm_status("nope", VmStatus::Online, None).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    pub async fn samples_land_and_latest_sample_keeps_full_detail(store: Arc<dyn Store>) {
+        let t = now_ms() - Duration::seconds(30);
+        let newest = sample("vm-a", t - Duration::seconds(1), 42.5, 2_000_000);
+        let batch = vec![
+            sample("vm-a", t - Duration::seconds(3), 10.0, 1_000_000),
+            newest.clone(),
+            sample("vm-a", t - Duration::seconds(2), 20.0, 1_500_000),
+            sample("vm-new", t, 5.0, 100),
+        ];
+        store.insert_samples(&batch).await.expect("insert");
+        let latest = store.latest_sample("vm-a").await.expect("latest");
+        assert_eq!(
+            latest,
+            Some(newest.clone()),
+            "newest sample, detail included"
+        );
+
+        let vm = store
+            .get_vm("vm-a")
+            .await
+            .expect("get")
+            .expect("auto-registered");
+        assert_eq!(vm.last_seen, Some(newest.received_at));
+        assert!(
+            store.get_vm("vm-new").await.expect("get").is_some(),
+            "samples register unknown VMs instead of being dropped"
+        );
+
+        store
+            .insert_samples(&[sample("vm-a", t - Duration::seconds(10), 99.0, 1)])
+            .await
+            .expect("late insert");
+        assert_eq!(
+            store.latest_sample("vm-a").await.expect("latest"),
+            Some(newest),
+            "an older sample arriving late does not replace the latest"
+        );
+        assert!(store.latest_sample("nope").await.expect("latest").is_none());
+    }
+
+    pub async fn metrics_query_returns_raw_samples_or_raw_buckets(store: Arc<dyn Store>) {
+        let end = floor_to(now_ms() - Duration::minutes(10), Duration::minutes(1));
+        let start = end - Duration::seconds(120);
+        let samples: Vec<MetricSample> = (0..120)
+            .map(|i| {
+                sample(
+                    "vm-a",
+                    start + Duration::seconds(i),
+                    (i % 100) as f64,
+                    1000 + i,
+                )
+            })
+            .collect();
+        store.insert_samples(&samples).await.expect("insert");
+        store
+            .insert_samples(&[sample("vm-other", start, 1.0, 1)])
+            .await
+            .expect("insert other");
+
+        let (resolution, points) = store
+            .metrics("vm-a", start, end, 1000)
+            .await
+            .expect("raw query");
+        assert_eq!(resolution, Resolution::Raw);
+        assert_eq!(points.len(), 120);
+        for (i, point) in points.iter().enumerate() {
+            assert_eq!(point.at, start + Duration::seconds(i as i64));
+            assert_eq!(point.cpu_avg, (i % 100) as f64);
+            assert_eq!(point.samples, 1);
+            assert_eq!(point.mem_used_kb_avg, (1000 + i) as f64);
+        }
+
+        let series = store
+            .metrics_series("vm-a", start, end, 10)
+            .await
+            .expect("bucketed query");
+        assert_eq!(series.resolution, Resolution::Raw);
+        assert_eq!(series.bucket_seconds, Some(12));
+        assert!(series.points.len() <= 11, "about max_points points");
+        let mut expected: BTreeMap<DateTime<Utc>, Vec<f64>> = BTreeMap::new();
+        for s in &samples {
+            expected
+                .entry(floor_to(s.received_at, Duration::seconds(12)))
+                .or_default()
+                .push(s.cpu_percent);
+        }
+        assert_eq!(series.points.len(), expected.len());
+        for (point, (at, cpus)) in series.points.iter().zip(&expected) {
+            let (avg, min, max, count) = stats(cpus);
+            assert_eq!(point.at, *at);
+            assert!(close(point.cpu_avg, avg), "{} vs {avg}", point.cpu_avg);
+            assert_eq!(
+                (point.cpu_min, point.cpu_max, point.samples),
+                (min, max, count)
+            );
+        }
+        assert_eq!(series.points.iter().map(|p| p.samples).sum::<i64>(), 120);
+
+        let (_, empty) = store
+            .metrics("vm-a", end, start, 100)
+            .await
+            .expect("inverted");
+        assert!(empty.is_empty());
+    }
+
+    pub async fn maintain_rolls_up_minutes_and_hours_without_double_counting(
+        store: Arc<dyn Store>,
+    ) {
+        let now = now_ms();
+        let base = floor_to(now, Duration::hours(1)) - Duration::hours(3);
+        // Two full hours, a sample every 10 s.
+        let mut samples: Vec<MetricSample> = (0..720)
+            .map(|i| {
+                sample(
+                    "vm-a",
+                    base + Duration::seconds(10 * i),
+                    ((i * 37) % 101) as f64,
+                    1_000_000 + i * 10,
+                )
+            })
+            .collect();
+        for chunk in samples.chunks(100) {
+            store.insert_samples(chunk).await.expect("insert");
+        }
+        let report = store
+            .maintain(now, Retention::default(), 1000)
+            .await
+            .expect("maintain");
+        assert!(report.minute_buckets >= 120, "{report:?}");
+        assert!(report.hour_buckets >= 2, "{report:?}");
+        assert_eq!(report.pruned, 0);
+        let again = store
+            .maintain(now, Retention::default(), 1000)
+            .await
+            .expect("maintain again");
+        assert_eq!(again.minute_buckets, 0, "nothing new to roll: {again:?}");
+
+        // A late sample for an already rolled minute: that minute (and its hour) is
+        // recomputed from the raw rows, so it counts once, and nothing else doubles.
+        let late = sample("vm-a", base + Duration::seconds(5), 100.0, 5);
+        store
+            .insert_samples(std::slice::from_ref(&late))
+            .await
+            .expect("late insert");
+        samples.push(late);
+        let recomputed = store
+            .maintain(now, Retention::default(), 1000)
+            .await
+            .expect("maintain after late sample");
+        assert!(recomputed.minute_buckets >= 1, "{recomputed:?}");
+
+        // Shorter raw retention: raw rows go, the minute rollups answer.
+        let short_raw = Retention {
+            raw: Duration::minutes(30),
+            ..Retention::default()
+        };
+        let pruned = store
+            .maintain(now, short_raw, 100)
+            .await
+            .expect("prune raw");
+        assert_eq!(pruned.pruned, samples.len() as u64, "{pruned:?}");
+        let (resolution, points) = store
+            .metrics("vm-a", base, base + Duration::hours(2), 1000)
+            .await
+            .expect("minute query");
+        assert_eq!(resolution, Resolution::Minute);
+        assert_eq!(points.len(), 120);
+        let mut by_minute: BTreeMap<DateTime<Utc>, Vec<&MetricSample>> = BTreeMap::new();
+        for s in &samples {
+            by_minute
+                .entry(floor_to(s.received_at, Duration::minutes(1)))
+                .or_default()
+                .push(s);
+        }
+        for (point, (at, group)) in points.iter().zip(&by_minute) {
+            let cpus: Vec<f64> = group.iter().map(|s| s.cpu_percent).collect();
+            let mems: Vec<f64> = group.iter().map(|s| s.mem_used_kb as f64).collect();
+            let (avg, min, max, count) = stats(&cpus);
+            assert_eq!(point.at, *at);
+            assert_eq!(point.samples, count, "minute {at}");
+            assert!(
+                close(point.cpu_avg, avg),
+                "minute {at}: {} vs {avg}",
+                point.cpu_avg
+            );
+            assert_eq!((point.cpu_min, point.cpu_max), (min, max));
+            assert!(close(point.mem_used_kb_avg, stats(&mems).0));
+            assert_eq!(point.mem_total_kb, 4_028_440);
+        }
+        assert_eq!(points[0].samples, 7, "the late sample counted exactly once");
+
+        // Shorter minute retention too: the hour rollups answer.
+        let short_minute = Retention {
+            raw: Duration::minutes(30),
+            minute: Duration::minutes(90),
+            ..Retention::default()
+        };
+        store
+            .maintain(now, short_minute, 100)
+            .await
+            .expect("prune minutes");
+        let (resolution, hours) = store
+            .metrics("vm-a", base, base + Duration::hours(2), 1000)
+            .await
+            .expect("hour query");
+        assert_eq!(resolution, Resolution::Hour);
+        assert_eq!(hours.len(), 2);
+        for (h, point) in hours.iter().enumerate() {
+            let start = base + Duration::hours(h as i64);
+            let cpus: Vec<f64> = samples
+                .iter()
+                .filter(|s| floor_to(s.received_at, Duration::hours(1)) == start)
+                .map(|s| s.cpu_percent)
+                .collect();
+            let (avg, min, max, count) = stats(&cpus);
+            assert_eq!(point.at, start);
+            assert_eq!(point.samples, count);
+            assert!(close(point.cpu_avg, avg), "{} vs {avg}", point.cpu_avg);
+            assert_eq!((point.cpu_min, point.cpu_max), (min, max));
+        }
+
+        // Many points asked for fewer: hours merged into wider buckets, weights kept.
+        let series = store
+            .metrics_series("vm-a", base, base + Duration::hours(2), 1)
+            .await
+            .expect("merged hours");
+        assert_eq!(series.bucket_seconds, Some(7200));
+        assert_eq!(
+            series.points.iter().map(|p| p.samples).sum::<i64>(),
+            samples.len() as i64
+        );
+    }
+
+    pub async fn retention_prunes_only_old_rows(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let old = floor_to(now - Duration::days(40), Duration::hours(1));
+        let old_samples: Vec<MetricSample> = (0..30)
+            .map(|i| sample("vm-a", old + Duration::seconds(20 * i), i as f64, 1))
+            .collect();
+        let recent: Vec<MetricSample> = (0..10)
+            .map(|i| {
+                sample(
+                    "vm-a",
+                    now - Duration::minutes(20) + Duration::seconds(i),
+                    1.0,
+                    1,
+                )
+            })
+            .collect();
+        store
+            .insert_samples(&old_samples)
+            .await
+            .expect("insert old");
+        store.insert_samples(&recent).await.expect("insert recent");
+
+        // Back then, maintenance rolled the old samples up (10 minutes, 1 hour).
+        let back_then = old + Duration::hours(2);
+        let rolled = store
+            .maintain(back_then, Retention::default(), 1000)
+            .await
+            .expect("maintain back then");
+        assert_eq!((rolled.minute_buckets, rolled.hour_buckets), (10, 1));
+
+        // Today: old raw rows (> 48 h) and minute rollups (> 30 days) go, 7 per statement;
+        // the hour rollup (< 1 year) and the recent raw rows stay.
+        let today = store
+            .maintain(now, Retention::default(), 7)
+            .await
+            .expect("maintain today");
+        assert_eq!(today.pruned, 30 + 10, "{today:?}");
+        let (resolution, points) = store
+            .metrics("vm-a", now - Duration::hours(1), now, 1000)
+            .await
+            .expect("recent raw");
+        assert_eq!((resolution, points.len()), (Resolution::Raw, 10));
+        let (resolution, hours) = store
+            .metrics("vm-a", old, old + Duration::hours(1), 1000)
+            .await
+            .expect("old hours");
+        assert_eq!(resolution, Resolution::Hour);
+        assert_eq!(hours.len(), 1);
+        assert_eq!(hours[0].samples, 30);
+
+        // A year later even the hour rollup is gone.
+        let later = store
+            .maintain(now + Duration::days(400), Retention::default(), 7)
+            .await
+            .expect("maintain a year later");
+        assert!(later.pruned >= 1, "{later:?}");
+        let (_, hours) = store
+            .metrics("vm-a", old, old + Duration::hours(1), 1000)
+            .await
+            .expect("old hours");
+        assert!(hours.is_empty());
+    }
+
+    pub async fn inventories_are_replaced_and_service_changes_derived(store: Arc<dyn Store>) {
+        let t = now_ms();
+        let inv = |kind, items: serde_json::Value, at| Inventory {
+            vm_id: "vm-a".into(),
+            kind,
+            received_at: at,
+            items,
+        };
+        let procs_a = json!([{"pid": 1, "name": "init", "cpu_percent": 0.0, "memory_kb": 10}]);
+        let procs_b = json!([{"pid": 2, "name": "sshd", "cpu_percent": 1.5, "memory_kb": 20}]);
+        let services_1 = json!([
+            {"name": "ssh.service", "active_state": "active"},
+            {"name": "cron.service", "active_state": "active"},
+            {"name": "old.service", "active_state": "inactive"}
+        ]);
+        let services_2 = json!([
+            {"name": "ssh.service", "active_state": "active"},
+            {"name": "cron.service", "active_state": "failed"},
+            {"name": "new.service", "active_state": "active"}
+        ]);
+
+        let first = store
+            .replace_inventories(&[
+                inv(InventoryKind::Processes, procs_a.clone(), t),
+                inv(InventoryKind::Services, services_1.clone(), t),
+            ])
+            .await
+            .expect("first inventories");
+        assert!(
+            first.is_empty(),
+            "a first service list has nothing to compare with"
+        );
+        let stored = store
+            .inventory("vm-a", InventoryKind::Processes)
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!((stored.items, stored.received_at), (procs_a, t));
+
+        let t2 = t + Duration::seconds(60);
+        let changes = store
+            .replace_inventories(&[
+                inv(InventoryKind::Processes, procs_b.clone(), t2),
+                inv(InventoryKind::Services, services_2.clone(), t2),
+            ])
+            .await
+            .expect("second inventories");
+        let summary: Vec<(String, Option<String>, Option<String>)> = changes
+            .iter()
+            .map(|c| (c.service.clone(), c.from_state.clone(), c.to_state.clone()))
+            .collect();
+        let expected = vec![
+            (
+                "cron.service".to_owned(),
+                Some("active".to_owned()),
+                Some("failed".to_owned()),
+            ),
+            ("new.service".to_owned(), None, Some("active".to_owned())),
+            ("old.service".to_owned(), Some("inactive".to_owned()), None),
+        ];
+        assert_eq!(summary, expected);
+        assert!(changes.iter().all(|c| c.at == t2 && c.vm_id == "vm-a"));
+        assert_eq!(
+            store
+                .inventory("vm-a", InventoryKind::Processes)
+                .await
+                .expect("read")
+                .expect("stored")
+                .items,
+            procs_b,
+            "the latest list replaced the previous one"
+        );
+
+        let unchanged = store
+            .replace_inventories(&[inv(
+                InventoryKind::Services,
+                services_2.clone(),
+                t2 + Duration::seconds(60),
+            )])
+            .await
+            .expect("same services again");
+        assert!(unchanged.is_empty());
+
+        let history = store.service_history("vm-a", 10).await.expect("history");
+        assert_eq!(history.len(), 3);
+        let mut history_summary: Vec<_> = history
+            .iter()
+            .map(|c| (c.service.clone(), c.from_state.clone(), c.to_state.clone()))
+            .collect();
+        history_summary.sort();
+        assert_eq!(history_summary, expected);
+        assert_eq!(
+            store.service_history("vm-a", 2).await.expect("limit").len(),
+            2
+        );
+
+        assert!(
+            store
+                .replace_inventories(&[inv(InventoryKind::Ports, json!({"not": "a list"}), t)])
+                .await
+                .is_err(),
+            "items must be a JSON array"
+        );
+        assert!(
+            store
+                .inventory("vm-a", InventoryKind::Applications)
+                .await
+                .expect("read")
+                .is_none()
+        );
+    }
+
+    pub async fn command_log_records_then_completes_by_id(store: Arc<dyn Store>) {
+        let t = now_ms();
+        store.upsert_vm("vm-a", t).await.expect("register");
+        store.upsert_vm("vm-b", t).await.expect("register");
+        let pending = CommandLogEntry {
+            id: "cmd-1".into(),
+            vm_id: "vm-a".into(),
+            user_id: Some(3),
+            kind: "safe".into(),
+            command: json!({"type": "SafeCommand", "id": "cmd-1", "action": "system_info"}),
+            response: None,
+            success: false,
+            duration_ms: 0,
+            created_at: t,
+        };
+        store.log_command(&pending).await.expect("log pending");
+        assert_eq!(
+            store.command_logs("vm-a", 10).await.expect("logs"),
+            vec![pending.clone()]
+        );
+
+        let done = CommandLogEntry {
+            response: Some(json!({"id": "cmd-1", "success": true, "stdout": "ok"})),
+            success: true,
+            duration_ms: 42,
+            created_at: t + Duration::seconds(5),
+            ..pending.clone()
+        };
+        store.log_command(&done).await.expect("complete");
+        let logs = store.command_logs("vm-a", 10).await.expect("logs");
+        assert_eq!(
+            logs.len(),
+            1,
+            "completing updates the entry, never duplicates it"
+        );
+        assert_eq!(
+            logs[0],
+            CommandLogEntry {
+                created_at: t,
+                ..done.clone()
+            },
+            "issue time is kept"
+        );
+
+        let second = CommandLogEntry {
+            id: "cmd-2".into(),
+            user_id: None,
+            kind: "unsafe".into(),
+            created_at: t + Duration::seconds(1),
+            ..pending.clone()
+        };
+        store.log_command(&second).await.expect("second");
+        let ids: Vec<String> = store
+            .command_logs("vm-a", 10)
+            .await
+            .expect("logs")
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, ["cmd-2", "cmd-1"], "newest first");
+        assert_eq!(store.command_logs("vm-a", 1).await.expect("limit").len(), 1);
+
+        let hijack = CommandLogEntry {
+            vm_id: "vm-b".into(),
+            ..done.clone()
+        };
+        assert!(matches!(
+            store.log_command(&hijack).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let unknown = CommandLogEntry {
+            id: "cmd-3".into(),
+            vm_id: "nope".into(),
+            ..pending
+        };
+        assert!(matches!(
+            store.log_command(&unknown).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(
+            store
+                .command_logs("vm-b", 10)
+                .await
+                .expect("logs")
+                .is_empty()
+        );
+    }
+
+    pub async fn vm_errors_are_kept_newest_first(store: Arc<dyn Store>) {
+        let t = now_ms();
+        let errors: Vec<VmErrorRecord> = (0..5)
+            .map(|i| VmErrorRecord {
+                vm_id: "vm-a".into(),
+                at: t + Duration::seconds(i),
+                code: (i % 2 == 0).then(|| "collector".to_owned()),
+                message: format!("failure {i}"),
+                details: Some("<script>kept as text</script>".into()),
+            })
+            .collect();
+        store.insert_vm_errors(&errors).await.expect("insert");
+        let listed = store.vm_errors("vm-a", 3).await.expect("list");
+        let expected: Vec<VmErrorRecord> = errors.iter().rev().take(3).cloned().collect();
+        assert_eq!(listed, expected);
+        assert!(store.vm_errors("vm-b", 3).await.expect("list").is_empty());
+    }
+
+    pub async fn delete_vm_removes_everything_about_it(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let base = floor_to(now, Duration::hours(1)) - Duration::hours(2);
+        for vm in ["vm-a", "vm-b"] {
+            let samples: Vec<MetricSample> = (0..180)
+                .map(|i| sample(vm, base + Duration::seconds(20 * i), 50.0, 1))
+                .collect();
+            store.insert_samples(&samples).await.expect("samples");
+            for kind in [InventoryKind::Processes, InventoryKind::Services] {
+                for at in [base, base + Duration::minutes(1)] {
+                    store
+                        .replace_inventories(&[Inventory {
+                            vm_id: vm.into(),
+                            kind,
+                            received_at: at,
+                            items: json!([{"name": "x", "active_state": at.to_string()}]),
+                        }])
+                        .await
+                        .expect("inventory");
+                }
+            }
+            store
+                .insert_vm_errors(&[VmErrorRecord {
+                    vm_id: vm.into(),
+                    at: now,
+                    code: None,
+                    message: "boom".into(),
+                    details: None,
+                }])
+                .await
+                .expect("error");
+            store
+                .log_command(&CommandLogEntry {
+                    id: format!("{vm}-cmd"),
+                    vm_id: vm.into(),
+                    user_id: None,
+                    kind: "safe".into(),
+                    command: json!({}),
+                    response: None,
+                    success: false,
+                    duration_ms: 0,
+                    created_at: now,
+                })
+                .await
+                .expect("command");
+        }
+        store
+            .maintain(now, Retention::default(), 1000)
+            .await
+            .expect("maintain");
+
+        store.delete_vm("vm-a").await.expect("delete");
+
+        assert!(store.get_vm("vm-a").await.expect("get").is_none());
+        assert!(store.latest_sample("vm-a").await.expect("latest").is_none());
+        for kind in [InventoryKind::Processes, InventoryKind::Services] {
+            assert!(store.inventory("vm-a", kind).await.expect("inv").is_none());
+        }
+        assert!(
+            store
+                .service_history("vm-a", 10)
+                .await
+                .expect("h")
+                .is_empty()
+        );
+        assert!(store.command_logs("vm-a", 10).await.expect("c").is_empty());
+        assert!(store.vm_errors("vm-a", 10).await.expect("e").is_empty());
+        let (_, raw) = store.metrics("vm-a", base, now, 10_000).await.expect("raw");
+        assert!(raw.is_empty());
+        // Rollups: look through them by pruning raw rows away first.
+        let short_raw = Retention {
+            raw: Duration::minutes(10),
+            ..Retention::default()
+        };
+        store.maintain(now, short_raw, 1000).await.expect("prune");
+        let (resolution, rolled_a) = store
+            .metrics("vm-a", base, base + Duration::hours(1), 1000)
+            .await
+            .expect("rollups a");
+        assert_eq!(resolution, Resolution::Minute);
+        assert!(rolled_a.is_empty());
+
+        let (_, rolled_b) = store
+            .metrics("vm-b", base, base + Duration::hours(1), 1000)
+            .await
+            .expect("rollups b");
+        assert_eq!(rolled_b.len(), 60, "the other VM keeps its data");
+        assert!(store.latest_sample("vm-b").await.expect("latest").is_some());
+        assert_eq!(store.service_history("vm-b", 10).await.expect("h").len(), 1);
+        assert_eq!(store.command_logs("vm-b", 10).await.expect("c").len(), 1);
+        assert!(matches!(
+            store.delete_vm("vm-a").await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    pub async fn concurrent_batches_all_land(store: Arc<dyn Store>) {
+        let start = now_ms() - Duration::minutes(30);
+        let writers = 8;
+        let batches = 10;
+        let per_batch = 200;
+        let vms = 50;
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for b in 0..batches {
+                    let batch: Vec<MetricSample> = (0..per_batch)
+                        .map(|i| {
+                            let n = (w * batches + b) * per_batch + i;
+                            sample(
+                                &format!("vm-{:02}", n % vms),
+                                start + Duration::milliseconds(n),
+                                (n % 100) as f64,
+                                n,
+                            )
+                        })
+                        .collect();
+                    store
+                        .insert_samples(&batch)
+                        .await
+                        .expect("concurrent insert");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("writer task");
+        }
+        let total = writers * batches * per_batch;
+        let mut seen = 0;
+        for v in 0..vms {
+            let vm = format!("vm-{v:02}");
+            let (resolution, points) = store
+                .metrics(&vm, start, start + Duration::hours(1), 100_000)
+                .await
+                .expect("query");
+            assert_eq!(resolution, Resolution::Raw);
+            seen += points.len() as i64;
+            let newest = (0..total).filter(|n| n % vms == v).max().expect("some");
+            let latest = store
+                .latest_sample(&vm)
+                .await
+                .expect("latest")
+                .expect("some");
+            assert_eq!(latest.received_at, start + Duration::milliseconds(newest));
+        }
+        assert_eq!(seen, total, "every sample of every batch landed once");
+        assert_eq!(store.list_vms().await.expect("list").len(), vms as usize);
+    }
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = crate::support::sqlite().await;
+                    crate::story::$name(db.store.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = crate::support::postgres().await;
+                    crate::story::$name(db.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    vms_register_once_and_keep_status_agent_and_owner,
+    samples_land_and_latest_sample_keeps_full_detail,
+    metrics_query_returns_raw_samples_or_raw_buckets,
+    maintain_rolls_up_minutes_and_hours_without_double_counting,
+    retention_prunes_only_old_rows,
+    inventories_are_replaced_and_service_changes_derived,
+    command_log_records_then_completes_by_id,
+    vm_errors_are_kept_newest_first,
+    delete_vm_removes_everything_about_it,
+    concurrent_batches_all_land,
+);
