@@ -37,6 +37,9 @@ pub enum FeedError {
     /// A sample could not be encoded.
     #[error("cannot encode a sample: {0}")]
     Encode(#[from] serde_json::Error),
+    /// Not enough file descriptors.
+    #[error(transparent)]
+    FileLimit(#[from] crate::limits::FileLimitError),
 }
 
 fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FeedError + use<> {
@@ -199,7 +202,6 @@ pub async fn ingest_pipeline(socket: &Path) -> Result<IngestReport, FeedError> {
     let mut buffer = vec![0u8; 64 * 1024];
     let mut report = IngestReport::default();
     let mut start: Option<(Instant, f64)> = None;
-    let mut batch = 0u32;
     loop {
         let n = stream
             .read(&mut buffer)
@@ -222,10 +224,7 @@ pub async fn ingest_pipeline(socket: &Path) -> Result<IngestReport, FeedError> {
             Err(_) => report.bad_lines += 1,
         });
         // Let the subscriber run between reads, as a runtime with other tasks would.
-        batch += 1;
-        if batch % 4 == 0 {
-            tokio::task::yield_now().await;
-        }
+        tokio::task::yield_now().await;
     }
     drop(bus);
     let (delivered, lagged) = consumer.await.unwrap_or((0, 0));

@@ -7,7 +7,7 @@
 //!
 //! The data path: [`ticker`] wakes the VMs in staggered slots → each [`vm`] task builds its
 //! profile's sample with [`payload`] and writes it to its client → the client's requests are
-//! answered by [`agent`]. [`feed`] holds the load drivers the host benchmarks use.
+//! answered by [`agent`]. [`feed`] and [`drain`] are the load drivers of the host benchmarks.
 //!
 //! Cheapness matters: the simulator shares a 2-core machine with the host in the benchmarks, so
 //! there is one ticker task for all VMs (not one timer each), at most one pending sample per VM
@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod drain;
 pub mod feed;
 pub mod ids;
 pub mod limits;

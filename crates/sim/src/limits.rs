@@ -35,25 +35,30 @@ pub fn fds_needed(vms: usize) -> u64 {
 /// process is privileged), or explain why `vms` VMs cannot run.
 pub fn ensure_fds_for(vms: usize) -> Result<u64, FileLimitError> {
     let needed = fds_needed(vms);
-    let (soft, hard) = get_nofile();
-    if soft >= needed {
-        return Ok(soft);
-    }
-    let target_hard = hard.max(needed);
-    // A privileged process (CAP_SYS_RESOURCE) may raise the hard limit too; try that first,
-    // then settle for the hard limit.
-    if set_nofile(needed, target_hard) || set_nofile(hard, hard) {
-        let (now_soft, _) = get_nofile();
-        if now_soft >= needed {
-            return Ok(now_soft);
-        }
-    }
-    Err(FileLimitError {
+    raise_nofile(needed).map_err(|hard| FileLimitError {
         vms,
         needed,
         hard,
         half: vms / 2,
     })
+}
+
+/// Raise the soft RLIMIT_NOFILE to at least `needed`: the new soft limit, or the hard limit
+/// that is in the way.
+pub fn raise_nofile(needed: u64) -> Result<u64, u64> {
+    let (soft, hard) = get_nofile();
+    if soft >= needed {
+        return Ok(soft);
+    }
+    // A privileged process (CAP_SYS_RESOURCE) may raise the hard limit too; try that first,
+    // then settle for the hard limit.
+    if set_nofile(needed, hard.max(needed)) || set_nofile(hard, hard) {
+        let (now_soft, _) = get_nofile();
+        if now_soft >= needed {
+            return Ok(now_soft);
+        }
+    }
+    Err(hard)
 }
 
 /// The current (soft, hard) RLIMIT_NOFILE.

@@ -63,6 +63,31 @@ enum Tool {
         #[arg(long)]
         socket: PathBuf,
     },
+    /// A stand-in host: connect to every vm-*.sock in a directory, decode + sanitise + publish
+    /// what arrives, measure rates and sample gaps; print a JSON report.
+    Drain {
+        /// Directory of the sockets.
+        #[arg(long)]
+        socket_dir: PathBuf,
+        /// Wait until this many sockets exist (up to --settle).
+        #[arg(long, default_value_t = 0)]
+        expect: usize,
+        /// Seconds to wait for sockets and first samples before measuring.
+        #[arg(long, default_value = "5", value_parser = infinibay_sim::parse_seconds)]
+        settle: std::time::Duration,
+        /// Seconds to measure.
+        #[arg(long, default_value = "10", value_parser = infinibay_sim::parse_seconds)]
+        duration: std::time::Duration,
+        /// The simulator's interval (a gap above 1.5 intervals counts as late).
+        #[arg(long, default_value = "1", value_parser = infinibay_sim::parse_seconds)]
+        interval: std::time::Duration,
+        /// The simulator's seed and --flood: its flooding VMs are left out of the gap figures.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// See --seed.
+        #[arg(long, default_value_t = 0)]
+        flood: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -131,6 +156,29 @@ async fn run_tool(tool: Tool) -> anyhow::Result<()> {
         Tool::Ingest { socket } => {
             let report = feed::ingest_pipeline(&socket).await?;
             println!("{}", report.to_json("rust-protocol-pipeline"));
+        }
+        Tool::Drain {
+            socket_dir,
+            expect,
+            settle,
+            duration,
+            interval,
+            seed,
+            flood,
+        } => {
+            let exclude = (0..flood)
+                .map(|i| infinibay_sim::ids::vm_uuid(seed, i))
+                .collect();
+            let report = infinibay_sim::drain::drain(infinibay_sim::drain::DrainOptions {
+                socket_dir,
+                expect,
+                settle,
+                duration,
+                interval,
+                exclude,
+            })
+            .await?;
+            println!("{}", report.to_json());
         }
     }
     Ok(())
