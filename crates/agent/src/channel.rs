@@ -88,10 +88,23 @@ impl Channel {
                 let _ = std::fs::remove_file(path);
             }
         }
-        let listener = UnixListener::bind(path).map_err(|source| ChannelError::Io {
-            what: format!("cannot listen on {}", path.display()),
-            source,
-        })?;
+        // Bound and listening under a temporary name, then renamed: the socket path appears
+        // only once connections to it succeed, so a host that waits for the file never races
+        // the listen() call.
+        let io_error = |what: String| move |source| ChannelError::Io { what, source };
+        let staging = path.with_extension("binding");
+        let _ = std::fs::remove_file(&staging);
+        let std_listener = std::os::unix::net::UnixListener::bind(&staging)
+            .map_err(io_error(format!("cannot listen on {}", staging.display())))?;
+        std::fs::rename(&staging, path).map_err(io_error(format!(
+            "cannot move the socket to {}",
+            path.display()
+        )))?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(io_error("cannot make the socket non-blocking".into()))?;
+        let listener = UnixListener::from_std(std_listener)
+            .map_err(io_error("cannot register the socket".into()))?;
         Ok(Self {
             inner: Inner::Unix(UnixServer {
                 path: path.to_owned(),

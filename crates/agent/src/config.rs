@@ -99,6 +99,10 @@ pub struct Limits {
     pub process_top_n: usize,
     /// Seconds between inventory checks (applications, services, ports).
     pub inventory_interval: u64,
+    /// Longest line the host accepts (the protocol's 1 MiB default). A response is trimmed
+    /// (its output cut and flagged `*_truncated`) so that its line fits: a longer line would
+    /// be dropped by the host and the command would go unanswered.
+    pub max_line_bytes: usize,
 }
 
 impl Default for Limits {
@@ -110,6 +114,7 @@ impl Default for Limits {
             max_timeout_secs: 24 * 3600,
             process_top_n: 50,
             inventory_interval: 300,
+            max_line_bytes: infinibay_protocol::DEFAULT_MAX_LINE,
         }
     }
 }
@@ -182,6 +187,11 @@ impl Config {
         if l.default_timeout_secs == 0 || l.max_timeout_secs < l.default_timeout_secs {
             return Err(ConfigError::Value(
                 "limits.default_timeout_secs must be in 1..=limits.max_timeout_secs".into(),
+            ));
+        }
+        if l.max_line_bytes < 64 * 1024 {
+            return Err(ConfigError::Value(
+                "limits.max_line_bytes must be at least 65536".into(),
             ));
         }
         if l.inventory_interval == 0 {

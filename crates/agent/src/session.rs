@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use infinibay_protocol::message::{
-    CollectorSwitches, CommandResponse, Configure, ErrorCode, GuestError, Pong, VmIdentification,
+    CollectorSwitches, CommandResponse, Configure, ErrorCode, Pong, VmIdentification,
 };
 use infinibay_protocol::{
     DecodeError, GuestMessage, HostMessage, HostStreamDecoder, PROTOCOL_VERSION, Timestamp,
@@ -297,7 +297,8 @@ impl Session {
     /// Log a command's outcome (never its output or environment) and queue its response.
     fn reply(&mut self, action: &str, response: CommandResponse) {
         log_outcome(action, &response);
-        self.push(LineClass::Reply, &GuestMessage::Response(response));
+        let line = commands::encode_fitted(response, self.config.limits.max_line_bytes);
+        self.outbox.push(LineClass::Reply, line);
     }
 
     fn on_configure(&mut self, configure: Configure) {
@@ -378,18 +379,8 @@ impl Session {
                 tracing::info!("legacy Metrics request: sending a sample now");
                 self.collect_metrics();
             }
-            _ => {
-                tracing::warn!(%error, "bad line from the host");
-                self.push(
-                    LineClass::Reply,
-                    &GuestMessage::Error(GuestError {
-                        timestamp: Some(Timestamp::now()),
-                        code: Some(error.label().into()),
-                        error: error.to_string(),
-                        details: None,
-                    }),
-                );
-            }
+            // The protocol's rule for the agent: log and ignore (there is no id to answer).
+            _ => tracing::warn!(%error, "bad line from the host ignored"),
         }
     }
 
@@ -463,6 +454,14 @@ impl Session {
 
     fn push(&mut self, class: LineClass, message: &GuestMessage) {
         match encode_line(message) {
+            Ok(line) if line.len() > self.config.limits.max_line_bytes => {
+                // The host would drop it whole; say so here instead of wasting the channel.
+                tracing::warn!(
+                    kind = message.kind(),
+                    bytes = line.len(),
+                    "message longer than the host's line limit: not sent"
+                );
+            }
             Ok(line) => self.outbox.push(class, line),
             Err(e) => tracing::error!(kind = message.kind(), error = %e, "cannot encode a message"),
         }

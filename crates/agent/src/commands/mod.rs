@@ -180,9 +180,96 @@ pub fn spawn_failed(
     }
 }
 
+/// Encode `response` as one line of at most `max_line` bytes. When it is longer, stdout
+/// (then stderr) is cut from its end and flagged truncated until it fits; if the structured data alone
+/// is too big, it is dropped and the response says so. A host drops an over-long line whole,
+/// so without this the command would go unanswered.
+pub fn encode_fitted(mut response: CommandResponse, max_line: usize) -> Vec<u8> {
+    let encode = |r: &CommandResponse| {
+        infinibay_protocol::encode_line(&infinibay_protocol::GuestMessage::Response(r.clone()))
+            .unwrap_or_default()
+    };
+    for _ in 0..4 {
+        let line = encode(&response);
+        if line.len() <= max_line {
+            return line;
+        }
+        // Removing n raw bytes removes at least n encoded bytes (escapes only grow them).
+        let mut excess = line.len() - max_line;
+        for (text, flag) in [
+            (&mut response.stdout, &mut response.stdout_truncated),
+            (&mut response.stderr, &mut response.stderr_truncated),
+        ] {
+            if excess == 0 || text.is_empty() {
+                continue;
+            }
+            let keep = text.len().saturating_sub(excess);
+            let mut cut = keep;
+            while cut > 0 && !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            excess -= (text.len() - cut).min(excess);
+            text.truncate(cut);
+            *flag = true;
+        }
+        if excess > 0 && response.data.is_some() {
+            response.data = None;
+            response.success = false;
+            response.error = Some(ResponseError {
+                code: ErrorCode::Internal,
+                message: format!("the result is larger than the {max_line}-byte line limit"),
+            });
+        }
+    }
+    encode(&response)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversized_response_is_cut_to_fit_the_line_limit() {
+        let r = CommandResponse {
+            id: "x".into(),
+            success: true,
+            stdout: "a".repeat(1024 * 1024),
+            stderr: "b".repeat(100_000),
+            ..CommandResponse::default()
+        };
+        let line = encode_fitted(r, 1024 * 1024);
+        assert!(line.len() <= 1024 * 1024, "{}", line.len());
+        let back = infinibay_protocol::decode_guest_line(&line[..line.len() - 1]).expect("decodes");
+        let infinibay_protocol::GuestMessage::Response(back) = &back[0] else {
+            panic!("not a response");
+        };
+        assert!(back.stdout_truncated);
+        assert!(back.stdout.len() > 900_000, "kept as much as fits");
+        assert_eq!(back.stderr.len(), 100_000);
+        assert!(back.success);
+
+        let escaped = CommandResponse {
+            id: "y".into(),
+            stdout: "\u{1}".repeat(1024 * 1024),
+            ..CommandResponse::default()
+        };
+        assert!(encode_fitted(escaped, 1024 * 1024).len() <= 1024 * 1024);
+    }
+
+    #[test]
+    fn a_small_response_is_unchanged() {
+        let r = CommandResponse {
+            id: "x".into(),
+            stdout: "hi".into(),
+            ..CommandResponse::default()
+        };
+        let line = encode_fitted(r.clone(), 1024 * 1024);
+        assert_eq!(
+            line,
+            infinibay_protocol::encode_line(&infinibay_protocol::GuestMessage::Response(r))
+                .expect("encodes")
+        );
+    }
 
     #[test]
     fn timeouts_default_and_are_clamped() {
