@@ -1,4 +1,76 @@
-fn main() {
-    eprintln!("infinibay: the host is not built yet");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use infinibay::cli::{Cli, CliCommand, ConfigArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // RUST_LOG filters per component target: infinibay::watcher, infinibay::connection,
+    // infinibay::ingest, infinibay::store, infinibay::commands, infinibay::maintenance, …
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            CliCommand::Serve(args) => serve(args).await,
+            CliCommand::Doctor(args) => doctor(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+    let config = args.load().context("configuration")?;
+    let listener = infinibay::serve::bind(config.listen).await?;
+    infinibay::serve::run(config, listener, shutdown_signal(), |_| axum::Router::new()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn doctor(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+    let config = args.load().context("configuration")?;
+    let findings = infinibay::doctor::check(&config).await;
+    let problems = infinibay::doctor::print(&findings, &mut std::io::stdout())?;
+    Ok(if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Ctrl-C or SIGTERM (systemd stop).
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+    tracing::info!(target: "infinibay::host", "shutdown requested");
 }

@@ -1,0 +1,172 @@
+//! `infinibay doctor`: check what the host needs and say what to fix.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::config::Config;
+use crate::diag::{KVM_GROUP_HINT, Ownership, ProcessIdentity};
+use crate::discover::scan;
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// `true` when something must be fixed.
+    pub problem: bool,
+    /// What was checked and found.
+    pub message: String,
+    /// What to do, for problems.
+    pub fix: Option<String>,
+}
+
+fn ok(message: String) -> Finding {
+    Finding {
+        problem: false,
+        message,
+        fix: None,
+    }
+}
+
+fn problem(message: String, fix: impl Into<String>) -> Finding {
+    Finding {
+        problem: true,
+        message,
+        fix: Some(fix.into()),
+    }
+}
+
+/// Run every check.
+pub async fn check(config: &Config) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let who = ProcessIdentity::current();
+    findings.push(ok(format!("running as {}", who.describe())));
+    check_socket_dir(config, &who, &mut findings);
+    check_database(config, &mut findings).await;
+    match crate::system::raise_nofile_limit() {
+        Ok((_, after)) if after < 4096 => findings.push(problem(
+            format!("open-files hard limit is {after}: fewer VMs than that can be connected"),
+            "raise it (systemd: LimitNOFILE=65536 in the unit; shell: ulimit -Hn)",
+        )),
+        Ok((_, after)) => findings.push(ok(format!("open-files limit can be raised to {after}"))),
+        Err(e) => findings.push(problem(
+            format!("cannot read the open-files limit: {e}"),
+            "check the process's resource limits",
+        )),
+    }
+    findings
+}
+
+fn check_socket_dir(config: &Config, who: &ProcessIdentity, findings: &mut Vec<Finding>) {
+    let dir = &config.socket_dir;
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) => {
+            findings.push(problem(
+                format!("socket directory {} is not accessible: {e}", dir.display()),
+                format!(
+                    "create it (mkdir -p {0}; chgrp kvm {0}; chmod 2770 {0}) or set --socket-dir / INFINIBAY_SOCKET_DIR",
+                    dir.display()
+                ),
+            ));
+            return;
+        }
+    };
+    if !meta.is_dir() {
+        findings.push(problem(
+            format!("{} is not a directory", dir.display()),
+            "point --socket-dir at the directory QEMU creates the VM sockets in",
+        ));
+        return;
+    }
+    let sockets = match scan(dir) {
+        Ok(s) => s,
+        Err(e) => {
+            let owner = Ownership::of(dir).ok();
+            let detail = owner.map_or(String::new(), |o| {
+                format!(
+                    " (owner {}, group {}, mode {:04o})",
+                    o.user, o.group, o.mode
+                )
+            });
+            findings.push(problem(
+                format!(
+                    "cannot list socket directory {}{detail}: {e}",
+                    dir.display()
+                ),
+                KVM_GROUP_HINT,
+            ));
+            return;
+        }
+    };
+    findings.push(ok(format!(
+        "socket directory {} readable (mode {:04o}), {} VM socket(s)",
+        dir.display(),
+        meta.permissions().mode() & 0o7777,
+        sockets.len()
+    )));
+    let mut denied = Vec::new();
+    for path in sockets.values() {
+        if let Ok(o) = Ownership::of(path)
+            && !o.allows_connect(who)
+        {
+            denied.push((path.clone(), o));
+        }
+    }
+    denied.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some((path, o)) = denied.first() {
+        let member = if who.in_group(o.gid) {
+            format!("this process IS in group {}", o.group)
+        } else {
+            format!("this process is NOT in group {}", o.group)
+        };
+        findings.push(problem(
+            format!(
+                "{} of {} socket(s) may not be opened, e.g. {} (owner {}, group {}, mode {:04o}); {member}",
+                denied.len(),
+                sockets.len(),
+                path.display(),
+                o.user,
+                o.group,
+                o.mode
+            ),
+            format!("{KVM_GROUP_HINT} (usermod -aG kvm {})", who.user),
+        ));
+    } else if !sockets.is_empty() {
+        findings.push(ok("every VM socket may be opened by this user".into()));
+    }
+}
+
+async fn check_database(config: &Config, findings: &mut Vec<Finding>) {
+    match crate::serve::open_store(config).await {
+        Ok(store) => findings.push(ok(format!(
+            "database {} reachable ({})",
+            crate::serve::mask_password(&config.database_url()),
+            store.backend()
+        ))),
+        Err(e) => findings.push(problem(
+            e.to_string(),
+            "check --database / INFINIBAY_DATABASE, that the server runs and the credentials",
+        )),
+    }
+}
+
+/// Print the findings; returns the number of problems.
+pub fn print(findings: &[Finding], out: &mut impl Write) -> std::io::Result<usize> {
+    let mut problems = 0;
+    for f in findings {
+        if f.problem {
+            problems += 1;
+            writeln!(out, "PROBLEM  {}", f.message)?;
+            if let Some(fix) = &f.fix {
+                writeln!(out, "   fix:  {fix}")?;
+            }
+        } else {
+            writeln!(out, "ok       {}", f.message)?;
+        }
+    }
+    if problems == 0 {
+        writeln!(out, "no problems found")?;
+    } else {
+        writeln!(out, "{problems} problem(s) found")?;
+    }
+    Ok(problems)
+}

@@ -1,0 +1,214 @@
+//! The running host and the handle the API uses: list VMs with live status, subscribe to the
+//! bus, send commands, read the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use infinibay_protocol::message::CommandResponse;
+use infinibay_store::Store;
+
+use crate::bus::{Bus, Filter, InProcessBus, Subscription};
+use crate::commands::{Command, CommandCenter, CommandError, PendingCommand};
+use crate::config::{Config, secs};
+use crate::diag::ProcessIdentity;
+use crate::registry::{Registry, VmSnapshot};
+use crate::store_writer::{QueueStats, StoreQueue};
+
+/// What every task of the host shares.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub queue: Arc<StoreQueue>,
+    pub bus: Arc<dyn Bus>,
+    pub identity: ProcessIdentity,
+    /// Discovery and connection tasks (and their writers).
+    pub tasks: TaskTracker,
+    /// Cancelled to stop discovery and every connection.
+    pub shutdown: CancellationToken,
+}
+
+/// Counters of the whole host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HostStats {
+    /// VMs known.
+    pub vms: usize,
+    /// VMs online.
+    pub online: usize,
+    /// The storage queue.
+    pub queue: QueueStats,
+}
+
+/// The host: cheap to clone, shared by the HTTP/API layer.
+#[derive(Clone)]
+pub struct Host {
+    shared: Arc<Shared>,
+    store: Arc<dyn Store>,
+    commands: CommandCenter,
+    /// Writer and maintenance: stopped after the connection tasks so their last words are
+    /// stored.
+    background: TaskTracker,
+    background_stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("socket_dir", &self.shared.config.socket_dir)
+            .field("store", &self.store.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// Start discovery, connections, the store writer and maintenance, with the in-process bus.
+    /// Everything stops when `shutdown` is cancelled; then await [`Host::stopped`].
+    pub fn start(config: Config, store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+        Self::start_with_bus(config, store, Arc::new(InProcessBus::default()), shutdown)
+    }
+
+    /// [`Host::start`] with another bus implementation.
+    pub fn start_with_bus(
+        config: Config,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let registry = Arc::new(Registry::default());
+        let queue = Arc::new(StoreQueue::new(config.store.clone()));
+        let commands = CommandCenter::new(
+            registry.clone(),
+            queue.clone(),
+            secs(config.commands.default_timeout_secs),
+            config.commands.max_pending_per_vm,
+        );
+        bus.serve_commands(Arc::new(commands.clone()));
+        let shared = Arc::new(Shared {
+            config,
+            registry,
+            queue,
+            bus,
+            identity: ProcessIdentity::current(),
+            tasks: TaskTracker::new(),
+            shutdown,
+        });
+        let background = TaskTracker::new();
+        let background_stop = CancellationToken::new();
+        background.spawn(crate::store_writer::run_writer(
+            shared.queue.clone(),
+            store.clone(),
+            Duration::from_millis(shared.config.store.flush_interval_ms.max(1)),
+            background_stop.clone(),
+        ));
+        background.spawn(crate::maintenance::run(
+            store.clone(),
+            shared.config.maintenance.clone(),
+            background_stop.clone(),
+        ));
+        shared.tasks.spawn(crate::discover::run(shared.clone()));
+        tracing::info!(target: "infinibay::host", socket_dir = %shared.config.socket_dir.display(),
+            store = store.backend(), "host started");
+        Self {
+            shared,
+            store,
+            commands,
+            background,
+            background_stop,
+        }
+    }
+
+    /// Wait until every task has ended after shutdown, the last data written included.
+    pub async fn stopped(&self) {
+        self.shared.shutdown.cancelled().await;
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        self.background_stop.cancel();
+        self.background.close();
+        self.background.wait().await;
+        tracing::info!(target: "infinibay::host", "host stopped");
+    }
+
+    /// The token whose cancellation stops the host.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
+    /// Stop and wait.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.stopped().await;
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The store (for queries).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> Arc<dyn Bus> {
+        self.shared.bus.clone()
+    }
+
+    /// Subscribe to bus events.
+    pub fn subscribe(&self, filter: Filter) -> Subscription {
+        self.shared.bus.subscribe(filter)
+    }
+
+    /// All VMs with live status, by id.
+    pub fn vms(&self) -> Vec<VmSnapshot> {
+        self.shared.registry.snapshots()
+    }
+
+    /// One VM with live status.
+    pub fn vm(&self, id: &str) -> Option<VmSnapshot> {
+        self.shared.registry.get(id).map(|v| v.snapshot())
+    }
+
+    /// Host-wide counters.
+    pub fn stats(&self) -> HostStats {
+        let (vms, online) = self.shared.registry.counts();
+        HostStats {
+            vms,
+            online,
+            queue: self.shared.queue.stats(),
+        }
+    }
+
+    /// The command sender.
+    pub fn commands(&self) -> &CommandCenter {
+        &self.commands
+    }
+
+    /// Send a command and wait for its response (`None`: the configured default timeout, 30 s).
+    pub async fn send_command(
+        &self,
+        vm_id: &str,
+        command: impl Into<Command>,
+        timeout: Option<Duration>,
+    ) -> Result<CommandResponse, CommandError> {
+        self.commands.send(vm_id, command.into(), timeout).await
+    }
+
+    /// Send a command on behalf of a user and get a handle to wait for or cancel it.
+    pub fn start_command(
+        &self,
+        vm_id: &str,
+        command: impl Into<Command>,
+        issued_by: Option<i64>,
+    ) -> Result<PendingCommand, CommandError> {
+        self.commands.start(vm_id, command.into(), issued_by)
+    }
+
+    /// Cancel a waiting command.
+    pub fn cancel_command(&self, vm_id: &str, id: &str) -> Result<(), CommandError> {
+        self.commands.cancel(vm_id, id)
+    }
+}

@@ -1,0 +1,245 @@
+//! The VMs the host knows, with their live state: connection, status, agent, counters and the
+//! commands waiting for an answer.
+//!
+//! Each VM's state sits behind its own std `Mutex`, touched only by its connection task and by
+//! command callers, held for a few field updates and never across an `.await`; so 10,000 VMs
+//! never contend on one lock. The map itself is locked only to add a VM or look one up.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use infinibay_protocol::HostMessage;
+use infinibay_protocol::message::{CommandResponse, VmIdentification};
+use infinibay_store::VmStatus;
+
+use crate::commands::CommandError;
+
+/// Counters of one VM since the host started.
+#[derive(Debug, Default)]
+pub struct VmCounters {
+    /// Connection attempts.
+    pub connect_attempts: AtomicU64,
+    /// Connections that succeeded.
+    pub connections: AtomicU64,
+    /// Valid messages received.
+    pub messages: AtomicU64,
+    /// Lines that could not be decoded.
+    pub decode_errors: AtomicU64,
+    /// Values sanitising had to change.
+    pub sanitized_fixes: AtomicU64,
+    /// Responses whose id matched no pending command of this VM.
+    pub unmatched_responses: AtomicU64,
+    /// Times reads were paused by the rate limit.
+    pub read_pauses: AtomicU64,
+    /// `vm_identification` messages that named a different VM id than the socket's.
+    pub identity_mismatches: AtomicU64,
+    /// Pings that could not be queued (the guest does not read).
+    pub pings_dropped: AtomicU64,
+    /// Bytes of an incomplete line held by the decoder now (bounded by the line limit).
+    pub buffered_bytes: AtomicU64,
+}
+
+impl VmCounters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A plain copy.
+    pub fn snapshot(&self) -> VmStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        VmStats {
+            connect_attempts: get(&self.connect_attempts),
+            connections: get(&self.connections),
+            messages: get(&self.messages),
+            decode_errors: get(&self.decode_errors),
+            sanitized_fixes: get(&self.sanitized_fixes),
+            unmatched_responses: get(&self.unmatched_responses),
+            read_pauses: get(&self.read_pauses),
+            identity_mismatches: get(&self.identity_mismatches),
+            pings_dropped: get(&self.pings_dropped),
+            buffered_bytes: get(&self.buffered_bytes),
+        }
+    }
+}
+
+/// A copy of [`VmCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct VmStats {
+    /// Connection attempts.
+    pub connect_attempts: u64,
+    /// Connections that succeeded.
+    pub connections: u64,
+    /// Valid messages received.
+    pub messages: u64,
+    /// Lines that could not be decoded.
+    pub decode_errors: u64,
+    /// Values sanitising had to change.
+    pub sanitized_fixes: u64,
+    /// Responses whose id matched no pending command of this VM.
+    pub unmatched_responses: u64,
+    /// Times reads were paused by the rate limit.
+    pub read_pauses: u64,
+    /// `vm_identification` messages naming another VM.
+    pub identity_mismatches: u64,
+    /// Pings not sent because the guest's queue was full.
+    pub pings_dropped: u64,
+    /// Bytes of an incomplete line held now.
+    pub buffered_bytes: u64,
+}
+
+/// A command waiting for its response.
+#[derive(Debug)]
+pub(crate) struct PendingSlot {
+    pub reply: oneshot::Sender<Result<CommandResponse, CommandError>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub status: VmStatus,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub agent: Option<VmIdentification>,
+    /// Present while a socket connection is open; commands go through it.
+    pub outbound: Option<mpsc::Sender<HostMessage>>,
+    pub pending: HashMap<String, PendingSlot>,
+    pub socket_present: bool,
+}
+
+/// One VM.
+#[derive(Debug)]
+pub struct VmEntry {
+    id: String,
+    socket_path: Mutex<PathBuf>,
+    pub(crate) live: Mutex<Live>,
+    /// Counters.
+    pub counters: VmCounters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a VM's lock must not take every later caller down with it.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl VmEntry {
+    fn new(id: String, socket_path: PathBuf) -> Self {
+        Self {
+            id,
+            socket_path: Mutex::new(socket_path),
+            live: Mutex::new(Live {
+                status: VmStatus::Offline,
+                last_seen: None,
+                agent: None,
+                outbound: None,
+                pending: HashMap::new(),
+                socket_present: true,
+            }),
+            counters: VmCounters::default(),
+        }
+    }
+
+    /// The VM id (uuid from the socket file name).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The socket file.
+    pub fn socket_path(&self) -> PathBuf {
+        lock(&self.socket_path).clone()
+    }
+
+    pub(crate) fn set_socket_path(&self, path: PathBuf) {
+        *lock(&self.socket_path) = path;
+    }
+
+    pub(crate) fn live(&self) -> MutexGuard<'_, Live> {
+        lock(&self.live)
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> VmSnapshot {
+        let live = self.live();
+        VmSnapshot {
+            id: self.id.clone(),
+            socket_path: self.socket_path(),
+            status: live.status,
+            connected: live.outbound.is_some(),
+            socket_present: live.socket_present,
+            last_seen: live.last_seen,
+            agent: live.agent.clone(),
+            pending_commands: live.pending.len(),
+            stats: self.counters.snapshot(),
+        }
+    }
+}
+
+/// A VM as the API sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VmSnapshot {
+    /// The uuid from the socket file name.
+    pub id: String,
+    /// The socket file.
+    pub socket_path: PathBuf,
+    /// `online` only after a valid message from its agent.
+    pub status: VmStatus,
+    /// A socket connection is open (QEMU accepted; says nothing about the agent).
+    pub connected: bool,
+    /// The socket file exists.
+    pub socket_present: bool,
+    /// Host time of the last valid message.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// The agent's identification (sanitised).
+    pub agent: Option<VmIdentification>,
+    /// Commands waiting for a response.
+    pub pending_commands: usize,
+    /// Counters.
+    pub stats: VmStats,
+}
+
+/// All VMs by id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    vms: Mutex<HashMap<String, Arc<VmEntry>>>,
+}
+
+impl Registry {
+    /// The VM, registering it on first sight. `true` when it was new.
+    pub(crate) fn get_or_insert(&self, id: &str, socket_path: PathBuf) -> (Arc<VmEntry>, bool) {
+        let mut vms = lock(&self.vms);
+        if let Some(vm) = vms.get(id) {
+            vm.set_socket_path(socket_path);
+            vm.live().socket_present = true;
+            return (vm.clone(), false);
+        }
+        let vm = Arc::new(VmEntry::new(id.to_owned(), socket_path));
+        vms.insert(id.to_owned(), vm.clone());
+        (vm, true)
+    }
+
+    /// One VM.
+    pub fn get(&self, id: &str) -> Option<Arc<VmEntry>> {
+        lock(&self.vms).get(id).cloned()
+    }
+
+    /// All VMs, ordered by id.
+    pub fn snapshots(&self) -> Vec<VmSnapshot> {
+        let entries: Vec<Arc<VmEntry>> = lock(&self.vms).values().cloned().collect();
+        let mut out: Vec<VmSnapshot> = entries.iter().map(|e| e.snapshot()).collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Number of VMs known and number online.
+    pub fn counts(&self) -> (usize, usize) {
+        let entries: Vec<Arc<VmEntry>> = lock(&self.vms).values().cloned().collect();
+        let online = entries
+            .iter()
+            .filter(|e| e.live().status == VmStatus::Online)
+            .count();
+        (entries.len(), online)
+    }
+}

@@ -1,0 +1,192 @@
+//! `infinibay serve`: the start-up checks with clear errors, then the host and its HTTP side
+//! until a shutdown signal.
+
+use std::future::Future;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use infinibay_store::Store;
+
+use crate::config::Config;
+use crate::host::Host;
+
+/// Why the host could not start or stopped with an error.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The listen address is taken or not allowed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Explanation with the fix.
+        reason: String,
+    },
+    /// The data directory cannot be created or written.
+    #[error(
+        "data directory {path} is not usable: {source} (create it and make it writable for this user, or pass --data-dir)"
+    )]
+    DataDir {
+        /// Directory.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The database cannot be opened.
+    #[error("database {url} is unreachable: {source}")]
+    Database {
+        /// URL with any password masked.
+        url: String,
+        /// Store error.
+        source: infinibay_store::StoreError,
+    },
+    /// Serving HTTP failed.
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// Bind the listen address, explaining the usual failures.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let reason = match e.kind() {
+            ErrorKind::AddrInUse => "address already in use (another infinibay or another service runs there; stop it or choose another --listen / INFINIBAY_LISTEN)".to_owned(),
+            ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges; choose another --listen)".to_owned(),
+            ErrorKind::AddrNotAvailable => "address not available on this machine (check --listen)".to_owned(),
+            _ => e.to_string(),
+        };
+        StartError::Listen { addr, reason }
+    })
+}
+
+/// Create the data directory if needed and prove it writable.
+pub fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
+    let err = |source| StartError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let probe = dir.join(format!(".infinibay-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"ok").map_err(err)?;
+    std::fs::remove_file(&probe).map_err(err)?;
+    Ok(())
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((auth, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Open the configured database (migrations included).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    if config.database.is_none() {
+        prepare_data_dir(&config.data_dir)?;
+    }
+    let url = config.database_url();
+    let store = infinibay_store::open_with_retention(&url, config.maintenance.retention())
+        .await
+        .map_err(|source| StartError::Database {
+            url: mask_password(&url),
+            source,
+        })?;
+    store.ping().await.map_err(|source| StartError::Database {
+        url: mask_password(&url),
+        source,
+    })?;
+    Ok(store)
+}
+
+/// Serve `app` on `listener` until `host` is shut down, then wait for the host to stop.
+pub async fn serve(host: Host, listener: TcpListener, app: Router) -> Result<(), StartError> {
+    let token = host_shutdown(&host);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(token.clone().cancelled_owned())
+        .await;
+    // Whatever ended the HTTP side ends the host.
+    token.cancel();
+    host.stopped().await;
+    served.map_err(StartError::Http)
+}
+
+fn host_shutdown(host: &Host) -> CancellationToken {
+    host.shutdown_token()
+}
+
+/// The whole `serve` command for an already bound listener: open the store, start the host,
+/// serve `/healthz` (plus the API routes `extra` adds) until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    extra: impl FnOnce(Host) -> Router,
+) -> Result<(), StartError> {
+    match crate::system::raise_nofile_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(target: "infinibay::host", "open-files limit raised from {before} to {after}")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(target: "infinibay::host", "cannot raise the open-files limit: {e}")
+        }
+    }
+    let store = open_store(&config).await?;
+    let token = CancellationToken::new();
+    let host = Host::start(config, store, token.clone());
+    tokio::spawn(async move {
+        shutdown.await;
+        token.cancel();
+    });
+    let app = crate::http::router(host.clone()).merge(extra(host.clone()));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(target: "infinibay::http", "listening on http://{addr}");
+    }
+    serve(host, listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked_in_messages() {
+        assert_eq!(
+            mask_password("postgres://u:secret@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
+        assert_eq!(
+            mask_password("sqlite://./data/x.db"),
+            "sqlite://./data/x.db"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_is_a_clear_error() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let err = bind(addr).await.expect_err("port is taken");
+        assert!(err.to_string().contains("address already in use"), "{err}");
+    }
+
+    #[test]
+    fn an_unwritable_data_dir_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").expect("write");
+        let err = prepare_data_dir(&file.join("sub")).expect_err("a file is not a directory");
+        assert!(err.to_string().contains("data directory"), "{err}");
+    }
+}
