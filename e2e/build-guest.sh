@@ -5,7 +5,7 @@
 #   e2e/build-guest.sh --agent PATH/TO/infiniservice [--out DIR]
 #
 # Output (default DIR = e2e/build): DIR/vmlinuz, DIR/initramfs.gz, DIR/guest.env (KVER=...).
-# Idempotent: the kernel .deb is downloaded and unpacked once (DIR/kernel); the initramfs is
+# Idempotent: the kernel .deb is downloaded and unpacked once (e2e/build/kernel); the initramfs is
 # rebuilt only when one of its inputs changed (agent binary, this script, e2e/guest/*).
 # Missing Debian packages are installed with apt-get (CI starts from a fresh machine).
 set -euo pipefail
@@ -44,14 +44,15 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 busybox_bin="$(readlink -f /bin/busybox)"
 
-mkdir -p "$out"
-lock="$out/.lock"
+mkdir -p "$out" "$here/build"
+lock="$here/build/.lock"
 exec 9>"$lock"
 # Two test binaries may ask for the image at once; the second waits for the first.
 flock 9
 
 # --- kernel: the versioned package behind linux-image-cloud-amd64, unpacked, never installed --
-kdir="$out/kernel"
+# The kernel is shared by every output directory (the tests' and the benchmark's images).
+kdir="$here/build/kernel"
 if [ ! -f "$kdir/.done" ]; then
     pkg="$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \
         | sed -n 's/^ *Depends: \(linux-image-[0-9.-]*-cloud-amd64\)$/\1/p' | head -n1)"

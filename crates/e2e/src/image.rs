@@ -10,6 +10,10 @@ use crate::{Error, Result};
 /// uses a release build); when unset the harness runs `cargo build -p infiniservice`.
 pub const AGENT_BINARY_ENV: &str = "INFINIBAY_E2E_AGENT";
 
+/// Environment variable naming the directory the image is built in (default `e2e/build`),
+/// so that the benchmark's release image does not replace the tests' debug one.
+pub const IMAGE_DIR_ENV: &str = "INFINIBAY_E2E_IMAGE_DIR";
+
 /// A kernel and an initramfs ready for `-kernel`/`-initrd`.
 #[derive(Debug, Clone)]
 pub struct GuestImage {
@@ -84,7 +88,7 @@ pub fn cargo_build_binary(package: &str, bin: &str) -> Result<PathBuf> {
 
 impl GuestImage {
     /// The image around the workspace's `infiniservice` (or [`AGENT_BINARY_ENV`]), built once
-    /// per process and cached on disk under `e2e/build/`.
+    /// per process and cached on disk under `e2e/build/` (or [`IMAGE_DIR_ENV`]).
     pub fn shared() -> Result<&'static GuestImage> {
         static IMAGE: OnceLock<GuestImage> = OnceLock::new();
         static BUILDING: Mutex<()> = Mutex::new(());
@@ -99,7 +103,10 @@ impl GuestImage {
             Some(path) => PathBuf::from(path),
             None => cargo_build_binary("infiniservice", "infiniservice")?,
         };
-        let image = Self::build(&agent, &workspace_root().join("e2e/build"))?;
+        let out_dir = std::env::var_os(IMAGE_DIR_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("e2e/build"));
+        let image = Self::build(&agent, &out_dir)?;
         Ok(IMAGE.get_or_init(|| image))
     }
 
