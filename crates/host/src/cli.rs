@@ -23,6 +23,8 @@ pub enum CliCommand {
     Serve(ConfigArgs),
     /// Check the socket directory, permissions, group membership and the database.
     Doctor(ConfigArgs),
+    /// Simulate many VMs: QEMU-like agent sockets in one process (see `infinibay-sim`).
+    Sim(infinibay_sim::SimArgs),
 }
 
 /// Where the configuration comes from; flags win over `INFINIBAY_*` variables, which win over

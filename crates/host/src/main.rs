@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -29,6 +30,10 @@ fn main() -> ExitCode {
         match cli.command {
             CliCommand::Serve(args) => serve(args).await,
             CliCommand::Doctor(args) => doctor(args).await,
+            CliCommand::Sim(args) => infinibay_sim::run(args)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+                .context("simulator"),
         }
     });
     match result {
