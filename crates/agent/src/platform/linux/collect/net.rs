@@ -208,10 +208,14 @@ mod tests {
         let text = "Inter-|   Receive |  Transmit\n face |bytes packets|bytes\n\
             eth0.100: 1 2 3 0 0 0 0 0 4 5 6 0 0 0 0 0\n\
             br-1a2b3c4d5e6f:10 20 0 0 0 0 0 0 30 40 0 0 0 0 0 0\n\
-            weird:name: 7 8 9 0 0 0 0 0 10 11 12 0 0 0 0 0\n";
+            weird:name: 7 8 9 0 0 0 0 0 10 11 12 0 0 0 0 0\n\
+            veth0@if3: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0\n";
         let parsed = parse_net_dev(text);
         let names: Vec<_> = parsed.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["eth0.100", "br-1a2b3c4d5e6f", "weird:name"]);
+        assert_eq!(
+            names,
+            ["eth0.100", "br-1a2b3c4d5e6f", "weird:name", "veth0@if3"]
+        );
         assert_eq!(parsed[1].rx_bytes, 10);
         assert_eq!(parsed[1].tx_packets, 40);
         assert_eq!(parsed[2].tx_errors, 12);

@@ -59,11 +59,29 @@ impl CollectError {
 
 /// Replaces `buf` with the whole content of `path`. The buffer keeps its capacity between
 /// calls, so steady-state sampling does not allocate for file contents.
+///
+/// /proc and sysfs files are generated whole on the first read, so a read that does not
+/// fill the buffer has reached the end: one `read(2)` per file instead of two.
 pub(crate) fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<(), CollectError> {
-    buf.clear();
+    const MIN_CAPACITY: usize = 4096;
     let mut file = File::open(path).map_err(|e| CollectError::read(path, e))?;
-    file.read_to_end(buf)
-        .map_err(|e| CollectError::read(path, e))?;
+    let size = buf.capacity().max(MIN_CAPACITY);
+    buf.resize(size, 0);
+    let first = loop {
+        match file.read(buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                buf.clear();
+                return Err(CollectError::read(path, e));
+            }
+        }
+    };
+    buf.truncate(first);
+    if first == size {
+        file.read_to_end(buf)
+            .map_err(|e| CollectError::read(path, e))?;
+    }
     Ok(())
 }
 
@@ -97,6 +115,21 @@ pub(crate) fn parse_u64(field: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_larger_than_the_buffer_are_read_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("big");
+        let content: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).expect("write");
+        let mut buf = Vec::new();
+        read_into(&path, &mut buf).expect("read");
+        assert_eq!(buf, content);
+        std::fs::write(&path, b"short").expect("write");
+        read_into(&path, &mut buf).expect("read again");
+        assert_eq!(buf, b"short");
+        assert!(read_into(&dir.path().join("absent"), &mut buf).is_err_and(|e| e.is_absent()));
+    }
 
     #[test]
     fn parse_u64_accepts_digits_only() {
