@@ -19,10 +19,12 @@ mod common;
 mod open;
 pub mod postgres;
 pub mod sqlite;
+pub mod users;
 
 pub use open::{open, open_with_retention};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use users::{NewUser, Role, UserRecord, UserStore};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -289,6 +291,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<()>;
+
+    /// Users, departments and permissions of the same database.
+    fn users(&self) -> &dyn UserStore;
 
     // ----- VMs ---------------------------------------------------------------------------
 

@@ -357,6 +357,10 @@ impl Store for PgStore {
         "postgres"
     }
 
+    fn users(&self) -> &dyn crate::UserStore {
+        self
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -1052,3 +1056,5 @@ impl Store for PgStore {
         })
     }
 }
+
+mod users;

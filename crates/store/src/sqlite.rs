@@ -383,6 +383,10 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    fn users(&self) -> &dyn crate::UserStore {
+        self
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)
@@ -1135,3 +1139,5 @@ impl Store for SqliteStore {
         })
     }
 }
+
+mod users;

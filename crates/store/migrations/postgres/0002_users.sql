@@ -1,0 +1,29 @@
+-- Users, departments and permissions (API).
+
+CREATE TABLE departments (
+    name       TEXT PRIMARY KEY,
+    created_at TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE users (
+    id                  BIGSERIAL PRIMARY KEY,
+    username            TEXT NOT NULL UNIQUE,
+    -- argon2 PHC string; never the password.
+    password_hash       TEXT NOT NULL,
+    -- 'admin' or 'user'.
+    role                TEXT NOT NULL,
+    department          TEXT REFERENCES departments (name) ON DELETE SET NULL,
+    -- The persistent Socket.IO room of the user (`user_<8>_<random>`).
+    namespace           TEXT NOT NULL UNIQUE,
+    -- Tokens issued before this instant are refused.
+    password_changed_at TIMESTAMPTZ NOT NULL,
+    created_at          TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE user_permissions (
+    user_id    BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    permission TEXT NOT NULL,
+    PRIMARY KEY (user_id, permission)
+);
+
+CREATE INDEX vms_owner ON vms (owner_id);
