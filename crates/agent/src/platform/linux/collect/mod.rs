@@ -263,11 +263,8 @@ impl Collector {
             }
             Err(_) => {}
         }
-        let has_rpm_db = ["var/lib/rpm", "usr/lib/sysimage/rpm"]
-            .iter()
-            .any(|dir| self.roots.root.join(dir).is_dir());
-        if has_rpm_db {
-            match packages::query_rpm(&self.roots.root, TOOL_TIMEOUT) {
+        if let Some(db_dir) = packages::find_rpm_db(&self.roots.root) {
+            match packages::query_rpm(&self.roots.root, db_dir, TOOL_TIMEOUT) {
                 Ok(applications) => {
                     return ApplicationUsage {
                         timestamp: None,

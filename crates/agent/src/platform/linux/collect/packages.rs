@@ -126,11 +126,35 @@ pub(crate) fn parse_rpm_query(output: &str) -> Vec<Application> {
     packages
 }
 
-/// Runs rpm against `root` (its database is a SQLite file on current distributions; reading
-/// it in-process would need SQLite linked into the agent, far beyond its memory budget).
-pub(crate) fn query_rpm(root: &Path, timeout: Duration) -> Result<Vec<Application>, CollectError> {
+/// Where RPM distributions keep the database, relative to the root: current Fedora/RHEL
+/// use `/usr/lib/sysimage/rpm` (with `/var/lib/rpm` a link to it), older ones `/var/lib/rpm`.
+pub(crate) const RPM_DB_DIRS: [&str; 2] = ["usr/lib/sysimage/rpm", "var/lib/rpm"];
+
+/// The rpm database directory under `root`, if there is one with a database in it.
+pub(crate) fn find_rpm_db(root: &Path) -> Option<&'static str> {
+    RPM_DB_DIRS.into_iter().find(|dir| {
+        std::fs::read_dir(root.join(dir)).is_ok_and(|mut entries| entries.next().is_some())
+    })
+}
+
+/// Runs rpm on the database `db_dir` under `root` (its database is a SQLite file on
+/// current distributions; reading it in-process would need SQLite linked into the agent,
+/// far beyond its memory budget). The database path is passed explicitly so that an rpm
+/// built with another default (Debian's uses `~/.rpmdb`) reads the distribution's database.
+pub(crate) fn query_rpm(
+    root: &Path,
+    db_dir: &str,
+    timeout: Duration,
+) -> Result<Vec<Application>, CollectError> {
     let root_text = root.to_string_lossy();
-    let mut args = vec!["-qa", "--queryformat", RPM_QUERY_FORMAT];
+    let db_path = format!("/{db_dir}");
+    let mut args = vec![
+        "-qa",
+        "--dbpath",
+        &db_path,
+        "--queryformat",
+        RPM_QUERY_FORMAT,
+    ];
     if root != Path::new("/") {
         args.extend(["--root", &root_text]);
     }

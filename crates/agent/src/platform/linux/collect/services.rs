@@ -88,7 +88,8 @@ fn template_of(name: &str) -> Option<String> {
 
 /// Joins both lists: every loaded service, plus every installed unit file that is not
 /// loaded (systemd only loads what is referenced, so such a unit is necessarily inactive and
-/// dead). Templates (`foo@.service`) are not services by themselves and are left out.
+/// dead). Templates (`foo@.service`) are not services by themselves and aliases are other
+/// names of listed units; both are left out.
 /// Sorted by name.
 pub(crate) fn merge(units: Vec<LoadedUnit>, files: &BTreeMap<String, String>) -> Vec<ServiceInfo> {
     let mut services: BTreeMap<String, ServiceInfo> = BTreeMap::new();
@@ -110,7 +111,12 @@ pub(crate) fn merge(units: Vec<LoadedUnit>, files: &BTreeMap<String, String>) ->
         services.insert(unit.name, info);
     }
     for (name, state) in files {
-        if !name.ends_with(".service") || name.contains("@.") || services.contains_key(name) {
+        // An alias is another name of a unit listed under its own name.
+        if !name.ends_with(".service")
+            || name.contains("@.")
+            || state == "alias"
+            || services.contains_key(name)
+        {
             continue;
         }
         services.insert(
@@ -195,6 +201,64 @@ mod tests {
                 ("ssh.service", Some("active"), Some(true)),
             ]
         );
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/systemd")
+            .join(name);
+        std::fs::read(path).expect("systemd fixture")
+    }
+
+    /// `list-unit-files.json` is systemctl 252's real output on this Debian 12 image
+    /// (`systemctl --root=/ list-unit-files --type=service -o json`); `list-units.json` is
+    /// written in the same format for a booted system, since the image does not run systemd.
+    #[test]
+    fn systemctl_252_json_merges_into_a_sorted_service_list() {
+        let units = parse_list_units(&fixture("list-units.json")).expect("units parse");
+        let files = parse_unit_files(&fixture("list-unit-files.json")).expect("files parse");
+        assert_eq!(units.len(), 9);
+        assert_eq!(files.len(), 130);
+        let services = merge(units, &files);
+        let by_name = |name: &str| {
+            services
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("{name} listed"))
+        };
+        let nats = by_name("nats-server.service");
+        assert_eq!(nats.description.as_deref(), Some("NATS Server"));
+        assert_eq!(
+            (
+                nats.load_state.as_deref(),
+                nats.active_state.as_deref(),
+                nats.sub_state.as_deref()
+            ),
+            (Some("loaded"), Some("active"), Some("running"))
+        );
+        assert_eq!(nats.enabled, Some(true));
+        assert_eq!(by_name("getty@tty1.service").enabled, Some(true));
+        assert_eq!(by_name("cryptdisks.service").enabled, Some(false), "masked");
+        assert_eq!(by_name("systemd-journald.service").enabled, None, "static");
+        assert_eq!(
+            by_name("smartmontools.service").active_state.as_deref(),
+            Some("failed")
+        );
+        assert_eq!(
+            by_name("plymouth-quit.service").load_state.as_deref(),
+            Some("not-found")
+        );
+        let console = by_name("console-getty.service");
+        assert_eq!(console.enabled, Some(false));
+        assert_eq!(console.active_state.as_deref(), Some("inactive"));
+        assert!(
+            services.iter().all(|s| !s.name.contains("@.")),
+            "no templates"
+        );
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
     }
 
     #[test]
