@@ -13,7 +13,6 @@ use infinibay_sim::{Profile, SimArgs, feed};
     name = "infinibay-sim",
     version,
     about = "Many simulated VMs (QEMU-like agent sockets) in one process",
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 struct Cli {

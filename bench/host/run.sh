@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# Host load benchmarks → bench/results/host.md
+#
+#   bench/host/run.sh                 # full run (~6–8 minutes on 2 cores)
+#   QUICK=1 bench/host/run.sh         # smaller and shorter (~2 minutes), same report shape
+#
+# Parameters (environment):
+#   INGEST_MESSAGES  messages per ingest round (default 400000; QUICK 100000)
+#   ROUNDS           ingest rounds per consumer, the median is reported (default 3)
+#   DURATION         seconds measured per load scenario (default 30; QUICK 10)
+#   VMS              simulated VMs of the "many VMs" scenario (default 10000; QUICK 2000)
+#   OTHERS           periodic VMs beside the flooder (default 1000)
+#   HOST_BIN         the infinibay binary; default target/release/infinibay when it has `serve`
+#   SKIP_BUILD=1     use the binaries already built
+#   OUT              report path (default bench/results/host.md)
+#
+# Non-interactive, bounded: every process it starts is killed on exit, every wait has a limit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+  INGEST_MESSAGES=${INGEST_MESSAGES:-100000}; DURATION=${DURATION:-10}; VMS=${VMS:-2000}
+else
+  INGEST_MESSAGES=${INGEST_MESSAGES:-400000}; DURATION=${DURATION:-30}; VMS=${VMS:-10000}
+fi
+ROUNDS=${ROUNDS:-3}
+OTHERS=${OTHERS:-1000}
+OUT=${OUT:-$ROOT/bench/results/host.md}
+SIM=$ROOT/target/release/infinibay-sim
+NODE_WATCHER=$ROOT/bench/host/node-watcher.js
+CLK_TCK=$(getconf CLK_TCK)
+WORK=$(mktemp -d /tmp/ibh.XXXX)   # short: AF_UNIX paths are limited to 107 bytes
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do
+    [[ -n $pid ]] && kill "$pid" 2>/dev/null || true
+  done
+  sleep 0.5
+  for pid in "${PIDS[@]:-}"; do
+    [[ -n $pid ]] && kill -9 "$pid" 2>/dev/null || true
+  done
+  if [[ ${KEEP_WORK:-0} == 1 ]]; then echo "work files kept in $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+# CPU seconds (user+system, all threads) of a live process.
+cpu_secs() { awk -v t="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
+# Resident set and its peak, KiB.
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+
+wait_for_sockets() { # dir count timeout_s
+  local deadline=$((SECONDS + $3))
+  while (( $(find "$1" -maxdepth 1 -name 'vm-*.sock' 2>/dev/null | wc -l) < $2 )); do
+    (( SECONDS < deadline )) || { log "only $(find "$1" -name 'vm-*.sock' | wc -l)/$2 sockets after $3 s"; return 1; }
+    sleep 0.2
+  done
+}
+
+stop_pid() { # pid: SIGTERM, wait up to 15 s, then SIGKILL
+  local pid=$1 i
+  kill "$pid" 2>/dev/null || return 0
+  for i in $(seq 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------------------------------------
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+  log "building infinibay-sim (release)"
+  cargo build --release -q -p infinibay-sim
+fi
+HOST_BIN=${HOST_BIN:-$ROOT/target/release/infinibay}
+HOST_OK=0
+if [[ ${SKIP_BUILD:-0} != 1 && ${SKIP_HOST:-0} != 1 ]]; then
+  log "building infinibay (release), if it builds"
+  cargo build --release -q -p infinibay 2>"$WORK/host-build.log" || log "host does not build; host scenarios skipped (see report)"
+fi
+if [[ ${SKIP_HOST:-0} != 1 && -x $HOST_BIN ]] && "$HOST_BIN" serve --help >/dev/null 2>&1; then
+  HOST_OK=1
+fi
+
+CONTEXT=$(cat <<EOF
+- date: $(date -u '+%Y-%m-%d %H:%M UTC'); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')
+- machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%.1f GiB", $2/1048576 }' /proc/meminfo) RAM, Linux $(uname -r)
+- load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine shares the 2 cores)
+- rustc $(rustc --version | cut -d' ' -f2), node $(node --version), RLIMIT_NOFILE $(ulimit -n)/$(ulimit -Hn)
+EOF
+)
+
+# ---------------------------------------------------------------------------------------------
+# 1. Ingest of ~1 KB system_metrics, storage stubbed: our protocol pipeline vs the seeds' Node
+#    watcher, the same bytes over a real UNIX socket, one consumer process each.
+log "ingest: corpus"
+CORPUS=$WORK/small.jsonl
+"$SIM" corpus --out "$CORPUS" --messages 2000 --profile small 2>"$WORK/corpus.log"
+CORPUS_BYTES=$(stat -c %s "$CORPUS")
+REPEAT=$(( (INGEST_MESSAGES + 1999) / 2000 ))
+INGEST_JSON=$WORK/ingest.jsonl
+: >"$INGEST_JSON"
+
+feed_to() { # consumer command...
+  local sock=$WORK/feed.sock
+  "$SIM" feed --socket "$sock" --corpus "$CORPUS" --repeat "$REPEAT" 2>>"$WORK/feed.log" &
+  local feeder=$!
+  PIDS+=("$feeder")
+  local i
+  for i in $(seq 100); do [[ -S $sock ]] && break; sleep 0.05; done
+  timeout 300 "$@" >>"$INGEST_JSON"
+  wait "$feeder"
+}
+
+for round in $(seq "$ROUNDS"); do
+  log "ingest round $round/$ROUNDS: rust pipeline"
+  feed_to "$SIM" ingest --socket "$WORK/feed.sock"
+  log "ingest round $round/$ROUNDS: node watcher"
+  feed_to node "$NODE_WATCHER" --socket "$WORK/feed.sock"
+done
+
+# ---------------------------------------------------------------------------------------------
+# Load scenarios: the simulator (two processes when one would exceed RLIMIT_NOFILE) and one
+# consumer: the real host when it is available, else the drain stand-in.
+LOADS_JSON=$WORK/loads.jsonl
+: >"$LOADS_JSON"
+
+start_sims() { # name vms interval profile flood threads → sets SIM_PIDS, SOCKDIR
+  local name=$1 vms=$2 interval=$3 profile=$4 flood=$5 threads=$6
+  SOCKDIR=$WORK/s-$name
+  mkdir -p "$SOCKDIR"
+  SIM_PIDS=()
+  local per=$vms parts=1
+  if (( vms * 2 + 32 > $(ulimit -Hn) )); then parts=2; per=$(( (vms + 1) / 2 )); fi
+  local p first count fl
+  for p in $(seq 0 $((parts - 1))); do
+    first=$((p * per)); count=$per
+    (( first + count > vms )) && count=$((vms - first))
+    fl=0; (( p == 0 )) && fl=$flood
+    "$SIM" --threads "$threads" --vms "$count" --first-index "$first" --seed 7 \
+      --interval "$interval" --profile "$profile" --flood "$fl" --socket-dir "$SOCKDIR" \
+      --stats-every 0 >"$WORK/sim-$name-$p.out" 2>"$WORK/sim-$name-$p.err" &
+    SIM_PIDS+=($!); PIDS+=($!)
+  done
+  wait_for_sockets "$SOCKDIR" "$vms" 120
+}
+
+# Measure the simulator processes' CPU over the window while `consumer` runs.
+run_load() { # name vms interval profile flood threads
+  local name=$1 vms=$2 interval=$3 profile=$4 flood=$5 threads=$6
+  log "load $name: $vms VMs at ${interval}s, $profile, flood $flood, sim threads $threads"
+  start_sims "$@"
+  local consumer_json
+  if [[ $HOST_OK == 1 && ${USE_DRAIN:-0} != 1 ]]; then
+    run_host_window "$name" "$vms" "$interval"
+    consumer_json=$(cat "$WORK/host-$name.json")
+  else
+    # The drain measures itself over the window; the sims are measured from outside over the
+    # same window (it starts after the settle time).
+    local settle=$(( vms / 1000 + 5 ))
+    "$SIM" --threads 1 drain --socket-dir "$SOCKDIR" --expect "$vms" --settle "$settle" \
+      --duration "$DURATION" --interval "$interval" --seed 7 --flood "$flood" \
+      >"$WORK/drain-$name.json" 2>"$WORK/drain-$name.err" &
+    local drain=$!; PIDS+=("$drain")
+    sleep "$settle"; sleep 2
+    local before=() pid
+    for pid in "${SIM_PIDS[@]}"; do before+=("$(cpu_secs "$pid")"); done
+    sleep "$DURATION"
+    local sim_cpu=0 sim_rss=0 i=0
+    for pid in "${SIM_PIDS[@]}"; do
+      sim_cpu=$(calc "$sim_cpu + $(cpu_secs "$pid") - ${before[$i]}"); i=$((i + 1))
+      sim_rss=$(( sim_rss + $(rss_kb "$pid") ))
+    done
+    wait "$drain" || true
+    consumer_json=$(cat "$WORK/drain-$name.json")
+    SIM_WINDOW="{\"sim_cpu_secs\": $sim_cpu, \"sim_rss_kb\": $sim_rss, \"sim_processes\": ${#SIM_PIDS[@]}}"
+  fi
+  local pid totals=""
+  for pid in "${SIM_PIDS[@]}"; do stop_pid "$pid"; done
+  for f in "$WORK"/sim-"$name"-*.out; do totals+=$(grep sim_totals "$f" || echo '{}'); totals+=","; done
+  echo "{\"name\": \"$name\", \"vms\": $vms, \"interval\": $interval, \"profile\": \"$profile\", \"flood\": $flood, \"sim_threads\": $threads, \"duration\": $DURATION, \"consumer\": $consumer_json, \"sim\": $SIM_WINDOW, \"sim_totals\": [${totals%,}]}" >>"$LOADS_JSON"
+  rm -rf "$SOCKDIR"
+}
+
+# The real host over the same window: CPU and RSS from /proc, its counters from its log.
+run_host_window() { # name vms interval
+  local name=$1 vms=$2 data=$WORK/host-data-$1
+  mkdir -p "$data"
+  "$HOST_BIN" serve --socket-dir "$SOCKDIR" --data-dir "$data" --listen 127.0.0.1:0 \
+    >"$WORK/host-$name.out" 2>"$WORK/host-$name.err" &
+  local host=$!; PIDS+=("$host")
+  sleep $(( vms / 1000 + 10 ))
+  local before sims_before=() pid
+  before=$(cpu_secs "$host")
+  for pid in "${SIM_PIDS[@]}"; do sims_before+=("$(cpu_secs "$pid")"); done
+  sleep "$DURATION"
+  local after rss hwm sim_cpu=0 sim_rss=0 i=0
+  after=$(cpu_secs "$host"); rss=$(rss_kb "$host"); hwm=$(hwm_kb "$host")
+  for pid in "${SIM_PIDS[@]}"; do
+    sim_cpu=$(calc "$sim_cpu + $(cpu_secs "$pid") - ${sims_before[$i]}"); i=$((i + 1))
+    sim_rss=$(( sim_rss + $(rss_kb "$pid") ))
+  done
+  stop_pid "$host"
+  SIM_WINDOW="{\"sim_cpu_secs\": $sim_cpu, \"sim_rss_kb\": $sim_rss, \"sim_processes\": ${#SIM_PIDS[@]}}"
+  echo "{\"consumer\": \"infinibay serve\", \"cpu_secs\": $(calc "$after - $before"), \"wall_secs\": $DURATION, \"rss_kb\": $rss, \"max_rss_kb\": $hwm, \"log_lines\": $(wc -l <"$WORK/host-$name.err")}" >"$WORK/host-$name.json"
+}
+
+run_load many "$VMS" 1 small 0 0
+if [[ ${COMPARE_SIM_THREADS:-1} == 1 ]]; then
+  USE_DRAIN=1 run_load many-sim-mt "$VMS" 1 small 0 2
+fi
+run_load flood "$((OTHERS + 1))" 1 small 1 0
+
+# ---------------------------------------------------------------------------------------------
+log "writing $OUT"
+mkdir -p "$(dirname "$OUT")"
+CONTEXT="$CONTEXT" python3 "$ROOT/bench/host/report.py" "$INGEST_JSON" "$LOADS_JSON" "$OUT" "$HOST_OK" "$CORPUS_BYTES" "$INGEST_MESSAGES" "$ROUNDS"
+log "done: $OUT"
+cat "$OUT"
