@@ -15,6 +15,6 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 cargo build --release -p infiniservice --bin infiniservice
 cargo build --release -p infinibay-e2e --bin infinibay-e2e-bench
 
-export INFINIBAY_E2E_AGENT="$target/release/infiniservice"
-export INFINIBAY_E2E_IMAGE_DIR="$root/e2e/build/bench"
+export IB_E2E_AGENT="$target/release/infiniservice"
+export IB_E2E_IMAGE_DIR="$root/e2e/build/bench"
 exec "$target/release/infinibay-e2e-bench" --out "$root/bench/results/e2e.md" "$@"

@@ -120,15 +120,7 @@ impl Guest {
         static SWEEP: std::sync::Once = std::sync::Once::new();
         SWEEP.call_once(sweep_stale_private_dirs);
 
-        let private_dir = tempfile::Builder::new()
-            .prefix("ib-")
-            .tempdir_in(std::env::temp_dir())
-            .map_err(Error::io("creating the guest's socket directory"))?;
-        fs::write(
-            private_dir.path().join("owner.pid"),
-            std::process::id().to_string(),
-        )
-        .map_err(Error::io("writing owner.pid"))?;
+        let private_dir = crate::fixture::scratch_dir("")?;
         let socket_dir = options
             .socket_dir
             .clone()

@@ -65,9 +65,15 @@ pub struct HttpResponse {
     pub body: String,
 }
 
-/// Build `infinibay` (debug) and return its path.
+/// Environment variable naming a prebuilt `infinibay` to run instead of building one.
+pub const HOST_BINARY_ENV: &str = "IB_E2E_HOST";
+
+/// The `infinibay` binary: [`HOST_BINARY_ENV`], else `cargo build -p infinibay` (debug).
 pub fn host_binary() -> Result<PathBuf> {
-    cargo_build_binary("infinibay", "infinibay")
+    match std::env::var_os(HOST_BINARY_ENV) {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => cargo_build_binary("infinibay", "infinibay"),
+    }
 }
 
 fn free_local_port() -> Result<SocketAddr> {
@@ -237,6 +243,50 @@ impl HostProcess {
     /// `GET path`.
     pub fn get(&self, path: &str) -> Result<HttpResponse> {
         http_request(self.listen, "GET", path, &[], None, Duration::from_secs(10))
+    }
+
+    /// `POST /graphql` with an optional bearer token; the whole reply (`data`, `errors`).
+    pub fn graphql(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        variables: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        let body = serde_json::json!({ "query": query, "variables": variables }).to_string();
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(bearer) = &bearer {
+            headers.push(("Authorization", bearer.as_str()));
+        }
+        let response = http_request(
+            self.listen,
+            "POST",
+            "/graphql",
+            &headers,
+            Some(&body),
+            timeout,
+        )?;
+        serde_json::from_str(&response.body).map_err(|e| {
+            Error::protocol(
+                "POST /graphql",
+                format!("status {}: {e}: {}", response.status, response.body),
+            )
+        })
+    }
+
+    /// The `login` mutation: a token for `username`.
+    pub fn login(&self, username: &str, password: &str) -> Result<String> {
+        let reply = self.graphql(
+            None,
+            "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token } }",
+            serde_json::json!({ "u": username, "p": password }),
+            Duration::from_secs(30),
+        )?;
+        reply["data"]["login"]["token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| Error::protocol("login", reply.to_string()))
     }
 
     /// The host's log so far.

@@ -8,11 +8,12 @@ use crate::{Error, Result};
 
 /// Environment variable naming a prebuilt `infiniservice` to put in the guest (the benchmark
 /// uses a release build); when unset the harness runs `cargo build -p infiniservice`.
-pub const AGENT_BINARY_ENV: &str = "INFINIBAY_E2E_AGENT";
+/// (Not `INFINIBAY_*`: the host reads every such variable as a setting.)
+pub const AGENT_BINARY_ENV: &str = "IB_E2E_AGENT";
 
 /// Environment variable naming the directory the image is built in (default `e2e/build`),
 /// so that the benchmark's release image does not replace the tests' debug one.
-pub const IMAGE_DIR_ENV: &str = "INFINIBAY_E2E_IMAGE_DIR";
+pub const IMAGE_DIR_ENV: &str = "IB_E2E_IMAGE_DIR";
 
 /// A kernel and an initramfs ready for `-kernel`/`-initrd`.
 #[derive(Debug, Clone)]

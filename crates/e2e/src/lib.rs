@@ -26,6 +26,7 @@ mod lines;
 pub mod qga;
 mod qmp;
 mod spawn;
+pub mod store;
 
 use std::io;
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ pub use guest::{Guest, GuestOptions};
 pub use host::{HostOptions, HostProcess, HttpResponse, host_binary, http_request};
 pub use image::GuestImage;
 pub use qga::{ExecOutput, QgaClient};
+pub use store::StoreView;
 
 /// Everything that can go wrong while driving a guest.
 #[derive(Debug, Error)]
