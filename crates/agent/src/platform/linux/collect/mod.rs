@@ -34,12 +34,11 @@ use infinibay_protocol::message::{
 use tracing::{debug, warn};
 
 pub use process::KernelUnits;
-pub use read::CollectError;
 
 use cpu::{CpuTimes, ProcStat};
 use disks::{DiskClass, DiskCounters};
 use net::NetCounters;
-use read::{read_into, read_trimmed, text};
+use read::{CollectError, read_into, read_trimmed, text};
 
 /// Where the collectors look; tests point these at captured fixtures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,12 +364,17 @@ impl Collector {
             .stat
             .cores
             .iter()
-            .map(|(index, now)| {
-                let before = self
-                    .previous_cores
-                    .iter()
-                    .find(|(i, _)| i == index)
-                    .map(|(_, t)| *t);
+            .enumerate()
+            .map(|(position, (index, now))| {
+                // Same position is the usual case; a search only after a CPU went offline.
+                let before = match self.previous_cores.get(position) {
+                    Some((i, t)) if i == index => Some(*t),
+                    _ => self
+                        .previous_cores
+                        .iter()
+                        .find(|(i, _)| i == index)
+                        .map(|(_, t)| *t),
+                };
                 cpu::usage_percent(before, *now)
             })
             .collect();
