@@ -227,8 +227,36 @@ impl Config {
     }
 }
 
+/// The log level of a `log_level` or `RUST_LOG` value. `RUST_LOG` directives such as
+/// `infiniservice=debug,warn` are reduced to their most verbose level (the agent is one crate).
+pub fn parse_level(spec: &str) -> Option<tracing::Level> {
+    spec.split(',')
+        .filter_map(|directive| {
+            let level = directive.rsplit('=').next().unwrap_or(directive).trim();
+            match level.to_ascii_lowercase().as_str() {
+                "error" => Some(tracing::Level::ERROR),
+                "warn" | "warning" => Some(tracing::Level::WARN),
+                "info" => Some(tracing::Level::INFO),
+                "debug" => Some(tracing::Level::DEBUG),
+                "trace" => Some(tracing::Level::TRACE),
+                _ => None,
+            }
+        })
+        .max()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn log_levels_parse_from_plain_names_and_directives() {
+        assert_eq!(parse_level("warn"), Some(tracing::Level::WARN));
+        assert_eq!(
+            parse_level("infiniservice=debug,warn"),
+            Some(tracing::Level::DEBUG)
+        );
+        assert_eq!(parse_level("nonsense"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -102,14 +102,22 @@ async fn shutdown_signal() {
 }
 
 fn init_logging(config: &Config, debug: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => EnvFilter::new(v),
-        _ if debug => EnvFilter::new("debug"),
-        _ => EnvFilter::new(&config.log_level),
+    // A plain level filter, not EnvFilter: EnvFilter compiles regexes at start, which costs
+    // the agent a few hundred kB of resident memory for nothing it needs.
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let level = match (rust_log, debug) {
+        (Some(spec), _) => infiniservice::config::parse_level(&spec),
+        (None, true) => Some(tracing::Level::DEBUG),
+        (None, false) => infiniservice::config::parse_level(&config.log_level),
     };
+    let filter = level.map_or(
+        tracing_subscriber::filter::LevelFilter::INFO,
+        tracing_subscriber::filter::LevelFilter::from_level,
+    );
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)

@@ -156,8 +156,8 @@ pub fn exec_response(
         id: id.to_owned(),
         success,
         exit_code,
-        stdout: String::from_utf8_lossy(&outcome.stdout.bytes).into_owned(),
-        stderr: String::from_utf8_lossy(&outcome.stderr.bytes).into_owned(),
+        stdout: into_text(outcome.stdout.bytes),
+        stderr: into_text(outcome.stderr.bytes),
         stdout_truncated: outcome.stdout.truncated,
         stderr_truncated: outcome.stderr.truncated,
         data: None,
@@ -180,48 +180,81 @@ pub fn spawn_failed(
     }
 }
 
+/// Bytes as text without a copy when they are UTF-8 (the usual case; the buffer may be the
+/// whole 1 MiB cap), lossily otherwise.
+fn into_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Bytes a response line needs besides its stdout and stderr (id, flags, error, data).
+const RESPONSE_OVERHEAD: usize = 1024;
+
 /// Encode `response` as one line of at most `max_line` bytes. When it is longer, stdout
-/// (then stderr) is cut from its end and flagged truncated until it fits; if the structured data alone
-/// is too big, it is dropped and the response says so. A host drops an over-long line whole,
-/// so without this the command would go unanswered.
-pub fn encode_fitted(mut response: CommandResponse, max_line: usize) -> Vec<u8> {
-    let encode = |r: &CommandResponse| {
-        infinibay_protocol::encode_line(&infinibay_protocol::GuestMessage::Response(r.clone()))
-            .unwrap_or_default()
-    };
+/// (then stderr) is cut from its end and flagged truncated until it fits; if the structured
+/// data alone is too big, it is dropped and the response says so. A host drops an over-long
+/// line whole, so without this the command would go unanswered.
+///
+/// Memory matters here (a response may carry 2 × 1 MiB of output): the output is cut before
+/// encoding, and the line is encoded once into a buffer sized for it.
+pub fn encode_fitted(response: CommandResponse, max_line: usize) -> Vec<u8> {
+    let mut message = infinibay_protocol::GuestMessage::Response(response);
     for _ in 0..4 {
-        let line = encode(&response);
+        let infinibay_protocol::GuestMessage::Response(r) = &mut message else {
+            break;
+        };
+        let data_len = r.data.as_ref().map_or(0, |_| RESPONSE_OVERHEAD);
+        let estimate = r.stdout.len() + r.stderr.len() + r.id.len() + data_len + RESPONSE_OVERHEAD;
+        if estimate > max_line {
+            // Raw bytes never encode shorter, so cutting the estimate's excess is the least
+            // that must go.
+            cut_output(r, estimate - max_line);
+        }
+        let mut line = Vec::with_capacity(estimate.min(max_line) + 64);
+        if serde_json::to_writer(&mut line, &message).is_err() {
+            break;
+        }
+        line.push(b'\n');
         if line.len() <= max_line {
             return line;
         }
-        // Removing n raw bytes removes at least n encoded bytes (escapes only grow them).
-        let mut excess = line.len() - max_line;
-        for (text, flag) in [
-            (&mut response.stdout, &mut response.stdout_truncated),
-            (&mut response.stderr, &mut response.stderr_truncated),
-        ] {
-            if excess == 0 || text.is_empty() {
-                continue;
-            }
-            let keep = text.len().saturating_sub(excess);
-            let mut cut = keep;
-            while cut > 0 && !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            excess -= (text.len() - cut).min(excess);
-            text.truncate(cut);
-            *flag = true;
-        }
-        if excess > 0 && response.data.is_some() {
-            response.data = None;
-            response.success = false;
-            response.error = Some(ResponseError {
+        let excess = line.len() - max_line;
+        drop(line);
+        let infinibay_protocol::GuestMessage::Response(r) = &mut message else {
+            break;
+        };
+        if r.stdout.len() + r.stderr.len() >= excess {
+            cut_output(r, excess);
+        } else {
+            r.stdout.clear();
+            r.stderr.clear();
+            r.data = None;
+            r.success = false;
+            r.error = Some(ResponseError {
                 code: ErrorCode::Internal,
                 message: format!("the result is larger than the {max_line}-byte line limit"),
             });
         }
     }
-    encode(&response)
+    infinibay_protocol::encode_line(&message).unwrap_or_default()
+}
+
+/// Remove `excess` bytes of output, from the end of stdout first, then stderr.
+fn cut_output(r: &mut CommandResponse, mut excess: usize) {
+    for (text, flag) in [
+        (&mut r.stdout, &mut r.stdout_truncated),
+        (&mut r.stderr, &mut r.stderr_truncated),
+    ] {
+        if excess == 0 || text.is_empty() {
+            continue;
+        }
+        let mut cut = text.len().saturating_sub(excess);
+        while cut > 0 && !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        excess -= (text.len() - cut).min(excess);
+        text.truncate(cut);
+        *flag = true;
+    }
 }
 
 #[cfg(test)]

@@ -157,7 +157,7 @@ impl Host {
         }
     }
 
-    /// Wait for the first message matching `pred`; others are skipped.
+    /// Wait for the first message matching `pred`; the others stay queued for later waits.
     pub fn wait_for(
         &mut self,
         timeout: Duration,
@@ -165,14 +165,18 @@ impl Host {
         pred: impl Fn(&GuestMessage) -> bool,
     ) -> GuestMessage {
         let deadline = Instant::now() + timeout;
-        loop {
+        let mut skipped = Vec::new();
+        let found = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next(left) {
-                Some(m) if pred(&m) => return m,
-                Some(_) => continue,
-                None => panic!("no {what} within {timeout:?}"),
+                Some(m) if pred(&m) => break Some(m),
+                Some(m) => skipped.push(m),
+                None => break None,
             }
-        }
+        };
+        skipped.append(&mut self.queue);
+        self.queue = skipped;
+        found.unwrap_or_else(|| panic!("no {what} within {timeout:?}"))
     }
 
     /// The response to command `id`.
