@@ -23,7 +23,9 @@ const UNIT_FORMAT = {
 export function createChart(spec) {
   const format = UNIT_FORMAT[spec.unit];
   const plotHost = h('div', { class: 'plot' });
-  const el = h('section', { class: 'chart card', dataset: { chart: spec.name, points: '0' } },
+  // data-points / data-live-points / data-last-at let tests (and curious operators) see what the
+  // chart holds without reading the canvas.
+  const el = h('section', { class: 'chart card', dataset: { chart: spec.name, points: '0', livePoints: '0', lastAt: '' } },
     h('header', null, h('h3', null, spec.title), h('span', { class: 'unit' }, unitLabel(spec.unit))),
     plotHost);
   let data = [[], ...spec.series.map(() => [])];
@@ -84,8 +86,12 @@ export function createChart(spec) {
   const resize = new ResizeObserver(() => ensurePlot());
   resize.observe(plotHost);
 
+  let livePoints = 0;
   function publish() {
-    el.dataset.points = String(data[0].length);
+    const xs = data[0];
+    el.dataset.points = String(xs.length);
+    el.dataset.livePoints = String(livePoints);
+    el.dataset.lastAt = xs.length ? new Date(xs[xs.length - 1] * 1000).toISOString() : '';
     if (plot) plot.setData(data);
     else ensurePlot();
   }
@@ -106,6 +112,7 @@ export function createChart(spec) {
       let drop = 0;
       while (drop < xs.length - 1 && xs[drop] < keepFrom) drop += 1;
       if (drop) data = data.map((col) => col.slice(drop));
+      livePoints += 1;
       publish();
     },
     lastX() {

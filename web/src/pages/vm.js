@@ -232,7 +232,7 @@ function chartsTab({ vmId, vm, live }) {
     const keepFrom = now() - range.seconds;
     if (m.coresUsage.length) coresChart(m.coresUsage.length).push(at, m.coresUsage, now() - PER_CORE_WINDOW);
     // Long ranges hold aggregated points; adding every 1-second sample would distort them.
-    if (at - cpu.lastX() < range.seconds / MAX_POINTS) return;
+    if (at - cpu.lastX() < (0.5 * range.seconds) / MAX_POINTS) return;
     cpu.push(at, [m.cpuPercent, m.cpuPercent], keepFrom);
     memory.push(at, [m.memUsedKb * 1024, m.memTotalKb * 1024], keepFrom);
     disk.push(at, [m.diskReadBps, m.diskWriteBps], keepFrom);

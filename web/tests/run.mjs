@@ -1,0 +1,442 @@
+// Browser tests of the dashboard against the REAL server: `infinibay serve` in a temp data dir,
+// one real `infiniservice --listen-unix` agent (real numbers, real processes, raw commands
+// allowed) and one simulated VM from `infinibay-sim`, driven in headless Debian Chromium by
+// playwright-core. Screenshots and the servers' logs go to target/web-test-output/.
+//
+//   node web/tests/run.mjs        (scripts/test-web builds the binaries and the web first)
+//
+// Environment: INFINIBAY_BIN, INFINIBAY_SIM_BIN, INFINISERVICE_BIN (default target/debug/…),
+// CHROMIUM (default /usr/bin/chromium), WEB_TEST_OUTPUT (default target/web-test-output).
+// Exit codes: 0 all passed, 1 a scenario failed, 2 the API is not there yet.
+import { spawn } from 'node:child_process';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { chromium } from 'playwright-core';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const bin = (env, name) => process.env[env] ?? join(repo, 'target/debug', name);
+const BINS = {
+  host: bin('INFINIBAY_BIN', 'infinibay'),
+  sim: bin('INFINIBAY_SIM_BIN', 'infinibay-sim'),
+  agent: bin('INFINISERVICE_BIN', 'infiniservice'),
+};
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const OUT = resolve(process.env.WEB_TEST_OUTPUT ?? join(repo, 'target/web-test-output'));
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+/** The hostile process name of the XSS scenario. */
+const PAYLOAD = '<img src=x onerror=alert(1)>';
+const ADMIN = { username: 'admin', password: `pw-${randomBytes(9).toString('base64url')}` };
+const ALICE = { username: 'alice', password: `pw-${randomBytes(9).toString('base64url')}` };
+
+const children = [];
+const tmp = mkdtempSync(join(tmpdir(), 'infinibay-web-test-'));
+let browserContexts = [];
+
+class NotAvailable extends Error {}
+/** Thrown inside `until` to stop waiting at once (a child died). */
+class Fatal extends Error {}
+
+// ---- processes ---------------------------------------------------------------------------
+
+function start(name, file, args, options = {}) {
+  const log = createWriteStream(join(OUT, `${name}.log`));
+  const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
+  // Both streams share one file: neither may end it for the other.
+  child.stdout.pipe(log, { end: false });
+  child.stderr.pipe(log, { end: false });
+  child.name = name;
+  child.exited = new Promise((res) => child.on('exit', (code, signal) => res({ code, signal })));
+  child.on('error', (e) => log.write(`spawn failed: ${e.message}\n`));
+  children.push(child);
+  return child;
+}
+
+function stopAll() {
+  for (const child of children) {
+    if (child.exitCode === null && child.signalCode === null) {
+      try {
+        child.kill('SIGTERM');
+      } catch {
+        // already gone
+      }
+    }
+  }
+}
+
+async function cleanup() {
+  await Promise.all(browserContexts.map((c) => c.close().catch(() => {})));
+  stopAll();
+  await Promise.race([Promise.all(children.map((c) => c.exited)), sleep(5000)]);
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  rmSync(tmp, { recursive: true, force: true });
+}
+
+process.on('exit', () => {
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+});
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, async () => {
+    await cleanup();
+    process.exit(130);
+  });
+}
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const server = createServer();
+    server.once('error', rej);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => res(port));
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what, fn, timeoutMs = 30000, everyMs = 250) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      const value = await fn();
+      if (value) return value;
+    } catch (e) {
+      if (e instanceof Fatal || e instanceof NotAvailable) throw e;
+      last = e;
+    }
+    await sleep(everyMs);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last.message}` : ''}`);
+}
+
+// ---- the API from node (setup and checks) ---------------------------------------------------
+
+let base;
+
+async function graphql(query, variables = {}, token) {
+  const response = await fetch(`${base}/graphql`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify({ query, variables }),
+  });
+  const text = await response.text();
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    throw new NotAvailable(`POST /graphql answered HTTP ${response.status}: ${text.slice(0, 200)}`);
+  }
+  if (body.errors?.length) throw new Error(`GraphQL: ${body.errors.map((e) => `${e.extensions?.code}: ${e.message}`).join('; ')}`);
+  return body.data;
+}
+
+async function adminToken() {
+  const { login } = await graphql(
+    'mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token } }',
+    { u: ADMIN.username, p: ADMIN.password },
+  );
+  return login.token;
+}
+
+async function vmsAsAdmin(token) {
+  return (await graphql('{ vms { id name status owner { username } } }', {}, token)).vms;
+}
+
+// ---- the world ----------------------------------------------------------------------------
+
+async function startWorld() {
+  for (const [name, path] of Object.entries(BINS)) {
+    if (!existsSync(path)) throw new Error(`${name} binary missing: ${path} (run scripts/test-web, which builds it)`);
+  }
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  const dataDir = join(tmp, 'data');
+  const socketDir = join(tmp, 'sockets');
+  mkdirSync(dataDir);
+  mkdirSync(socketDir);
+
+  // The first start with an empty database creates this ADMIN: `[auth] admin_username` /
+  // `admin_password` of the host's configuration, given here as INFINIBAY_AUTH__* variables.
+  const host = start('infinibay', BINS.host, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--socket-dir', socketDir], {
+    env: {
+      ...process.env,
+      INFINIBAY_AUTH__ADMIN_USERNAME: ADMIN.username,
+      INFINIBAY_AUTH__ADMIN_PASSWORD: ADMIN.password,
+      RUST_LOG: process.env.RUST_LOG ?? 'info',
+    },
+  });
+  await until('infinibay serve to answer /healthz', async () => {
+    if (host.exitCode !== null) {
+      await sleep(300); // let its log reach the file
+      const log = readFileSync(join(OUT, 'infinibay.log'), 'utf8');
+      if (/unknown field `auth`/.test(log)) {
+        throw new NotAvailable('`infinibay serve` has no [auth] configuration (admin bootstrap) yet');
+      }
+      throw new Fatal(`infinibay serve exited with ${host.exitCode}:\n${log.split('\n').slice(-15).join('\n')}`);
+    }
+    return (await fetch(`${base}/healthz`)).ok;
+  }, 60000);
+
+  // The API must be there; without it nothing here can run.
+  try {
+    await graphql('{ __typename }');
+  } catch (e) {
+    if (e instanceof NotAvailable) throw e;
+  }
+  const page = await fetch(`${base}/`);
+  const html = await page.text();
+  if (page.status === 404) throw new NotAvailable('GET / answers 404: the host does not mount infinibay_dashboard::router() yet');
+  if (page.status === 503) throw new Error('GET / answers 503: the binary was built without web/dist (scripts/build-web, then cargo build -p infinibay)');
+  if (!html.includes('/assets/app-')) throw new Error(`GET / is not the dashboard: ${html.slice(0, 200)}`);
+
+  // A real agent on this machine: its processes include one named PAYLOAD (argv[0]; the
+  // kernel's 15-byte comm is the start of it).
+  const agentId = randomUUID();
+  const agentConfig = join(tmp, 'agent.toml');
+  writeFileSync(agentConfig, [
+    'collection_interval = 1',
+    '[policy]', 'allow_unsafe = true',
+    '[limits]', 'process_top_n = 5000', 'inventory_interval = 2', '',
+  ].join('\n'));
+  const binDir = join(tmp, 'bin');
+  mkdirSync(binDir);
+  const hostileExe = join(binDir, PAYLOAD);
+  symlinkSync('/bin/sleep', hostileExe);
+  start('hostile-process', hostileExe, ['3600'], { argv0: PAYLOAD });
+  start('infiniservice', BINS.agent, ['--listen-unix', join(socketDir, `vm-${agentId}.sock`), '--config', agentConfig], {
+    env: { ...process.env, INFINIBAY_VM_ID: agentId },
+  });
+
+  const token = await adminToken();
+  const agentVm = await until('the agent VM in `vms`', async () =>
+    (await vmsAsAdmin(token)).find((vm) => vm.id.includes(agentId) || vm.name.includes(agentId) || vm.id === agentId), 30000);
+  return { token, agentVm, socketDir };
+}
+
+/** Start one simulated VM; resolves with its uuid once its socket exists. */
+async function startSimulatedVm(socketDir) {
+  const before = new Set(readdirSync(socketDir));
+  const seed = String(Math.floor(Math.random() * 1e9));
+  start('infinibay-sim', BINS.sim, ['--vms', '1', '--interval', '1', '--profile', 'typical', '--seed', seed, '--socket-dir', socketDir, '--stats-every', '0']);
+  const file = await until('the simulated VM socket', () => readdirSync(socketDir).find((f) => !before.has(f) && /^vm-.*\.sock$/.test(f)), 20000);
+  return file.replace(/^vm-/, '').replace(/\.sock$/, '');
+}
+
+// ---- the browser --------------------------------------------------------------------------
+
+async function openBrowser(label) {
+  const userDataDir = mkdtempSync(join(tmp, `chromium-${label}-`));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    viewport: { width: 1400, height: 900 },
+  });
+  browserContexts.push(context);
+  const page = context.pages()[0] ?? (await context.newPage());
+  const dialogs = [];
+  const errors = [];
+  page.on('dialog', async (dialog) => {
+    dialogs.push(`${dialog.type()}: ${dialog.message()}`);
+    await dialog.dismiss().catch(() => {});
+  });
+  page.on('pageerror', (e) => errors.push(e.message));
+  page.setDefaultTimeout(20000);
+  return { context, page, dialogs, errors };
+}
+
+async function login(page, who) {
+  await page.goto(`${base}/`);
+  await page.waitForSelector('form.login');
+  await page.fill('input[name=username]', who.username);
+  await page.fill('input[name=password]', who.password);
+  await page.click('form.login button[type=submit]');
+  await page.waitForSelector('table[data-table=vms]');
+  const shown = await page.textContent('[data-testid=current-user]');
+  if (shown !== who.username) throw new Error(`header shows user ${shown}, expected ${who.username}`);
+}
+
+let shotNumber = 0;
+async function shot(page, name) {
+  shotNumber += 1;
+  const file = join(OUT, `${String(shotNumber).padStart(2, '0')}-${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  return file;
+}
+
+const rowSelector = (table, key) => `table[data-table=${table}] tr[data-key="${key}"]`;
+
+// ---- scenarios ----------------------------------------------------------------------------
+
+const results = [];
+async function scenario(name, fn) {
+  const started = Date.now();
+  try {
+    await fn();
+    results.push({ name, ok: true, ms: Date.now() - started });
+    console.log(`ok   ${name} (${Date.now() - started} ms)`);
+  } catch (e) {
+    results.push({ name, ok: false, ms: Date.now() - started, error: e.message });
+    console.log(`FAIL ${name}: ${e.message}`);
+    for (const ctx of browserContexts) {
+      for (const p of ctx.pages()) await p.screenshot({ path: join(OUT, `FAIL-${name.replace(/\W+/g, '-')}.png`), fullPage: true }).catch(() => {});
+    }
+  }
+}
+
+async function main() {
+  rmSync(OUT, { recursive: true, force: true });
+  mkdirSync(OUT, { recursive: true });
+  let world;
+  try {
+    world = await startWorld();
+  } catch (e) {
+    if (e instanceof NotAvailable) {
+      console.error(`web tests: API not available yet: ${e.message}\n(the dashboard's browser tests need docs/api.md served by \`infinibay serve\`)`);
+      return 2;
+    }
+    throw e;
+  }
+  const { token, agentVm, socketDir } = world;
+  const admin = await openBrowser('admin');
+  let simVmId;
+
+  await scenario('an admin logs in and sees the VM list', async () => {
+    await admin.page.goto(`${base}/`);
+    await admin.page.waitForSelector('form.login');
+    await shot(admin.page, 'login');
+    await login(admin.page, ADMIN);
+    await admin.page.waitForSelector(rowSelector('vms', agentVm.id));
+    await shot(admin.page, 'vm-list');
+  });
+
+  await scenario('a simulated VM comes online in the list', async () => {
+    const uuid = await startSimulatedVm(socketDir);
+    const vm = await until('the simulated VM in `vms`', async () => (await vmsAsAdmin(token)).find((v) => v.id.includes(uuid) || v.name.includes(uuid)), 30000);
+    simVmId = vm.id;
+    // The open list learns of it by itself (lifecycle event, vm:online or its periodic refresh).
+    await admin.page.waitForSelector(`${rowSelector('vms', simVmId)} .badge-online`, { timeout: 30000 });
+    await shot(admin.page, 'vm-list-with-simulated-vm');
+  });
+
+  await scenario('the VM page chart gains points live', async () => {
+    if (!simVmId) throw new Error('no simulated VM');
+    await admin.page.click(`${rowSelector('vms', simVmId)} a.vm-link`);
+    const cpu = '[data-chart=cpu]';
+    await admin.page.waitForSelector(`${cpu} canvas`);
+    const attr = async (name) => admin.page.getAttribute(cpu, name);
+    await until('the CPU chart to have points', async () => Number(await attr('data-points')) > 0, 20000);
+    // Live samples over Socket.IO (metricsUpdate after subscribe:vm) extend it.
+    const live = Number(await attr('data-live-points'));
+    const lastAt = await attr('data-last-at');
+    await until('the CPU chart to gain two live points', async () => Number(await attr('data-live-points')) >= live + 2, 20000);
+    const newest = await attr('data-last-at');
+    if (!(Date.parse(newest) > Date.parse(lastAt || 0))) throw new Error(`newest point ${newest} is not newer than ${lastAt}`);
+    await admin.page.waitForSelector('[data-chart=cores] canvas');
+    await sleep(1500);
+    await shot(admin.page, 'vm-charts');
+  });
+
+  await scenario('a command runs and its output, exit code and duration show', async () => {
+    const page = admin.page;
+    await page.goto(`${base}/#/vm/${encodeURIComponent(agentVm.id)}/command`);
+    await page.waitForSelector('form.command-box');
+    const marker = `infinibay-web-test-${randomBytes(4).toString('hex')}`;
+    await page.click('button[data-mode=raw]');
+    await page.fill('input[name=rawCommand]', `echo ${marker}`);
+    await page.click('form.command-box button[type=submit]');
+    await page.waitForSelector('[data-testid=command-result] [data-stream=stdout]', { timeout: 40000 });
+    const stdout = await page.textContent('[data-stream=stdout]');
+    if (stdout.trim() !== marker) throw new Error(`stdout is ${JSON.stringify(stdout)}, expected ${marker}`);
+    const exit = await page.textContent('[data-testid=exit-code]');
+    if (exit !== 'exit code 0') throw new Error(`exit code shows ${exit}`);
+    const duration = await page.textContent('[data-testid=duration]');
+    if (!/\d+(\.\d+)? m?s$/.test(duration)) throw new Error(`duration shows ${duration}`);
+    // A safe action on the same VM: structured data, rendered as text.
+    await page.click('button[data-mode=safe]');
+    await page.selectOption('select[name=action]', 'OsInfo');
+    await page.click('form.command-box button[type=submit]');
+    await page.waitForFunction(() => document.querySelector('[data-testid=command-result] strong')?.textContent === 'OsInfo', null, { timeout: 40000 });
+    await shot(page, 'command-output');
+  });
+
+  await scenario('a process named <img src=x onerror=alert(1)> shows as text and opens no dialog', async () => {
+    const page = admin.page;
+    await page.goto(`${base}/#/vm/${encodeURIComponent(agentVm.id)}/processes`);
+    await page.waitForSelector('table[data-table=processes]');
+    await page.fill('input.filter', 'onerror');
+    const row = 'table[data-table=processes] tbody tr[data-key]';
+    await until('the hostile process in the process table', async () => {
+      const texts = await page.$$eval(`${row} td[data-col=cmd]`, (cells) => cells.map((c) => c.textContent));
+      return texts.some((t) => t.startsWith(PAYLOAD));
+    }, 40000);
+    const names = await page.$$eval(`${row} td[data-col=name]`, (cells) => cells.map((c) => c.textContent));
+    if (!names.some((n) => PAYLOAD.startsWith(n) && n.length >= 10)) throw new Error(`process names shown: ${JSON.stringify(names)}`);
+    const images = await page.$$eval('table[data-table=processes] img', (imgs) => imgs.length);
+    if (images) throw new Error(`${images} <img> elements inside the process table: the name was parsed as HTML`);
+    await sleep(1000); // an onerror handler would have fired by now
+    await shot(page, 'processes-hostile-name');
+    if (admin.dialogs.length) throw new Error(`dialogs opened: ${admin.dialogs.join(' | ')}`);
+  });
+
+  await scenario('an admin creates a user and gives them a VM', async () => {
+    const page = admin.page;
+    await page.goto(`${base}/#/admin/users`);
+    await page.waitForSelector('form.create-user');
+    await page.fill('form.create-user input[name=username]', ALICE.username);
+    await page.fill('form.create-user input[name=password]', ALICE.password);
+    await page.click('form.create-user button[type=submit]');
+    await page.waitForSelector(`table[data-table=users] td[data-col=name]:text-is("${ALICE.username}")`);
+    await shot(page, 'admin-users');
+    await page.goto(`${base}/#/admin/vms`);
+    const row = rowSelector('ownership', agentVm.id);
+    await page.waitForSelector(`${row} select option:text-matches("^${ALICE.username} ")`, { state: 'attached' });
+    const aliceId = await page.$eval(`${row} select`, (select, name) => [...select.options].find((o) => o.textContent.startsWith(`${name} `))?.value, ALICE.username);
+    await page.selectOption(`${row} select`, aliceId);
+    await page.click(`${row} button[type=submit]`);
+    await page.waitForSelector(`${row} td[data-col=owner]:text-is("${ALICE.username}")`);
+    await shot(page, 'admin-ownership');
+  });
+
+  await scenario('a USER sees only their own VM', async () => {
+    const alice = await openBrowser('alice');
+    await login(alice.page, ALICE);
+    await alice.page.waitForSelector(rowSelector('vms', agentVm.id));
+    await sleep(1500);
+    const keys = await alice.page.$$eval('table[data-table=vms] tbody tr[data-key]', (rows) => rows.map((r) => r.dataset.key));
+    if (keys.length !== 1 || keys[0] !== agentVm.id) throw new Error(`alice sees ${JSON.stringify(keys)}`);
+    if (await alice.page.$('a[href="#/admin/users"]')) throw new Error('a USER sees the admin navigation');
+    await shot(alice.page, 'user-vm-list');
+    if (simVmId) {
+      await alice.page.goto(`${base}/#/vm/${encodeURIComponent(simVmId)}`);
+      await alice.page.waitForSelector('.vm-head h1:text-is("VM not found")');
+    }
+    // Raw commands are hidden from a USER without unsafe_commands.
+    await alice.page.goto(`${base}/#/vm/${encodeURIComponent(agentVm.id)}/command`);
+    await alice.page.waitForSelector('form.command-box');
+    if (!(await alice.page.isDisabled('button[data-mode=raw]'))) throw new Error('raw commands are offered to a USER without unsafe_commands');
+    await shot(alice.page, 'user-command-box');
+  });
+
+  const failed = results.filter((r) => !r.ok);
+  writeFileSync(join(OUT, 'results.json'), JSON.stringify(results, null, 2));
+  console.log(`web tests: ${results.length - failed.length} passed, ${failed.length} failed (screenshots and logs in ${OUT})`);
+  return failed.length ? 1 : 0;
+}
+
+let code;
+try {
+  code = await main();
+} catch (e) {
+  console.error(`web tests: setup failed: ${e.stack ?? e.message}`);
+  code = 1;
+} finally {
+  await cleanup();
+}
+process.exit(code);
