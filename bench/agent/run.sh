@@ -84,7 +84,7 @@ nohost_hwm=$(status_kb "$nohost_pid" VmHWM)
 kill "$nohost_pid" 2>/dev/null || true
 
 # --- CPU per collection with ~200 processes ---------------------------------------------------
-have=$(ls -d /proc/[0-9]* | wc -l)
+have=$(find /proc -maxdepth 1 -name '[0-9]*' | wc -l)
 extra=$(( have < 200 ? 200 - have : 0 ))
 log "starting $extra sleepers to reach ~200 processes"
 for _ in $(seq 1 "$extra"); do sleep 600 & pids+=("$!"); done
