@@ -161,23 +161,14 @@ async function startWorld() {
   mkdirSync(dataDir);
   mkdirSync(socketDir);
 
-  // The first start with an empty database creates this ADMIN: `[auth] admin_username` /
-  // `admin_password` of the host's configuration, given here as INFINIBAY_AUTH__* variables.
+  // The first start with an empty database creates the ADMIN `admin` with this password.
   const host = start('infinibay', BINS.host, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--socket-dir', socketDir], {
-    env: {
-      ...process.env,
-      INFINIBAY_AUTH__ADMIN_USERNAME: ADMIN.username,
-      INFINIBAY_AUTH__ADMIN_PASSWORD: ADMIN.password,
-      RUST_LOG: process.env.RUST_LOG ?? 'info',
-    },
+    env: { ...process.env, INFINIBAY_ADMIN_PASSWORD: ADMIN.password, RUST_LOG: process.env.RUST_LOG ?? 'info' },
   });
   await until('infinibay serve to answer /healthz', async () => {
     if (host.exitCode !== null) {
       await sleep(300); // let its log reach the file
       const log = readFileSync(join(OUT, 'infinibay.log'), 'utf8');
-      if (/unknown field `auth`/.test(log)) {
-        throw new NotAvailable('`infinibay serve` has no [auth] configuration (admin bootstrap) yet');
-      }
       throw new Fatal(`infinibay serve exited with ${host.exitCode}:\n${log.split('\n').slice(-15).join('\n')}`);
     }
     return (await fetch(`${base}/healthz`)).ok;
@@ -306,6 +297,7 @@ async function main() {
   const { token, agentVm, socketDir } = world;
   const admin = await openBrowser('admin');
   let simVmId;
+  let aliceBrowser;
 
   await scenario('an admin logs in and sees the VM list', async () => {
     await admin.page.goto(`${base}/`);
@@ -422,6 +414,58 @@ async function main() {
     await alice.page.waitForSelector('form.command-box');
     if (!(await alice.page.isDisabled('button[data-mode=raw]'))) throw new Error('raw commands are offered to a USER without unsafe_commands');
     await shot(alice.page, 'user-command-box');
+    aliceBrowser = alice;
+  });
+
+  await scenario('the server refuses a raw command of a USER without the permission and the page shows FORBIDDEN', async () => {
+    if (!aliceBrowser) throw new Error('alice is not logged in');
+    const page = aliceBrowser.page;
+    // A stale page that believes it has the permission: only the server's answer counts.
+    await page.evaluate(() => {
+      const user = JSON.parse(localStorage.getItem('infinibay.user'));
+      user.permissions = ['unsafe_commands'];
+      localStorage.setItem('infinibay.user', JSON.stringify(user));
+    });
+    await page.evaluate(() => { location.hash = '#/vms'; });
+    await page.waitForSelector('table[data-table=vms]');
+    await page.evaluate((id) => { location.hash = `#/vm/${encodeURIComponent(id)}/command`; }, agentVm.id);
+    await page.waitForSelector('button[data-mode=raw]:not([disabled])');
+    await page.click('button[data-mode=raw]');
+    await page.fill('input[name=rawCommand]', 'echo should-not-run');
+    await page.click('form.command-box button[type=submit]');
+    await page.waitForSelector('[data-testid=command-result][data-error-code=FORBIDDEN]', { timeout: 30000 });
+    await shot(page, 'user-forbidden');
+  });
+
+  await scenario('after an admin grants unsafe_commands the USER runs a raw command', async () => {
+    if (!aliceBrowser) throw new Error('alice is not logged in');
+    const page = admin.page;
+    await page.goto(`${base}/#/admin/users`);
+    const aliceRow = `table[data-table=users] tr:has(td[data-col=name]:text-is("${ALICE.username}"))`;
+    await page.click(`${aliceRow} td[data-col=perm] button`);
+    await page.waitForSelector(`${aliceRow} td[data-col=perm]:text-is("unsafe_commands")`);
+    // A reload re-reads `me`, so the page learns of the permission.
+    const alice = aliceBrowser.page;
+    await alice.reload();
+    await alice.waitForSelector('button[data-mode=raw]:not([disabled])');
+    const marker = `granted-${randomBytes(4).toString('hex')}`;
+    await alice.click('button[data-mode=raw]');
+    await alice.fill('input[name=rawCommand]', `echo ${marker}`);
+    await alice.click('form.command-box button[type=submit]');
+    await alice.waitForSelector('[data-testid=command-result] [data-stream=stdout]', { timeout: 40000 });
+    const stdout = await alice.textContent('[data-stream=stdout]');
+    if (stdout.trim() !== marker) throw new Error(`stdout is ${JSON.stringify(stdout)}`);
+  });
+
+  await scenario('a VM that goes away turns offline in the list', async () => {
+    if (!simVmId) throw new Error('no simulated VM');
+    const sim = children.find((c) => c.name === 'infinibay-sim');
+    await admin.page.goto(`${base}/#/vms`);
+    await admin.page.waitForSelector(`${rowSelector('vms', simVmId)} .badge-online`);
+    sim.kill('SIGTERM');
+    await admin.page.waitForSelector(`${rowSelector('vms', simVmId)} .badge-offline`, { timeout: 40000 });
+    await shot(admin.page, 'vm-list-offline');
+    if (admin.dialogs.length) throw new Error(`dialogs opened: ${admin.dialogs.join(' | ')}`);
   });
 
   const failed = results.filter((r) => !r.ok);
