@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use infinibay_protocol as protocol;
 
 mod common;
+mod hot;
 mod open;
 pub mod postgres;
 pub mod sqlite;
@@ -328,7 +329,8 @@ pub trait Store: Send + Sync + 'static {
 
     // ----- Ingest (called by the single writer task, in batches) -------------------------
 
-    /// Insert samples in one transaction; also advances each VM's `last_seen`.
+    /// Insert samples in one transaction; also advances each VM's `last_seen` (as read back
+    /// through [`Store::get_vm`]). Unknown VMs are registered.
     async fn insert_samples(&self, samples: &[MetricSample]) -> Result<()>;
     /// Replace the latest inventories; service inventories also append state changes.
     /// Returns the service state changes derived.
@@ -397,4 +399,10 @@ pub trait Store: Send + Sync + 'static {
         retention: Retention,
         batch: u32,
     ) -> Result<MaintenanceReport>;
+
+    /// Write out what is held in memory (each VM's newest sample is persisted at most every
+    /// few seconds, see `docs/storage.md`). Call before shutdown; `maintain` also does it.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -17,6 +17,7 @@ use sqlx::{Connection, Postgres, Row, Transaction};
 use crate::common::{
     self, HOUR_MS, MINUTE_MS, Plan, ROLLUP_GRACE, ceil_to, ctx, floor_to, from_ms, json_error,
 };
+use crate::hot::HotState;
 use crate::protocol::message::{MetricsBody, VmIdentification};
 use crate::{
     CommandLogEntry, Inventory, InventoryKind, MaintenanceReport, MetricPoint, MetricSample,
@@ -32,6 +33,7 @@ const DELETE_VM_BATCH: i64 = 10_000;
 pub struct PgStore {
     pool: PgPool,
     retention: RwLock<Retention>,
+    hot: HotState,
 }
 
 impl PgStore {
@@ -85,16 +87,27 @@ impl PgStore {
         Ok(Self {
             pool,
             retention: RwLock::new(retention),
+            hot: HotState::default(),
         })
     }
 
     fn retention(&self) -> Retention {
         self.retention.read().map(|r| *r).unwrap_or_default()
     }
+
+    /// The newest sample this process holds may be newer than what the database has.
+    fn overlay(&self, mut vm: VmRecord) -> Result<VmRecord> {
+        if let Some(seen) = self.hot.last_seen(&vm.id) {
+            vm.last_seen = Some(vm.last_seen.map_or(seen, |db| db.max(seen)));
+        }
+        Ok(vm)
+    }
 }
 
-const VM_COLUMNS: &str =
-    "id, name, owner_id, department, status, last_seen, agent::text AS agent, created_at";
+/// `last_seen` also counts the newest persisted sample (samples do not rewrite `vms`).
+const VM_SELECT: &str = "SELECT v.id, v.name, v.owner_id, v.department, v.status, \
+     GREATEST(v.last_seen, l.at) AS last_seen, v.agent::text AS agent, v.created_at \
+     FROM vms v LEFT JOIN vm_latest_sample l ON l.vm_id = v.id";
 
 fn vm_from_row(row: &PgRow) -> Result<VmRecord> {
     let c = || ctx("read vm");
@@ -347,6 +360,45 @@ impl<'a> SampleColumns<'a> {
     }
 }
 
+/// Upserts the newest sample (with detail) of each VM, in VM-id order; never replaces a newer
+/// stored one.
+async fn write_latest(tx: &mut Transaction<'_, Postgres>, samples: &[&MetricSample]) -> Result<()> {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let mut latest = SampleColumns::default();
+    let mut details = Vec::with_capacity(samples.len());
+    for sample in samples {
+        latest.push(sample);
+        details.push(
+            serde_json::to_string(&sample.detail).map_err(|e| json_error("sample detail", e))?,
+        );
+    }
+    let upsert = format!(
+        "INSERT INTO vm_latest_sample (vm_id, at, guest_time, cpu, mem_used_kb, mem_total_kb, \
+         swap_used_kb, disk_used_percent, disk_read_bps, disk_write_bps, net_rx_bps, \
+         net_tx_bps, load1, detail) \
+         SELECT v, a, g, c, mu, mt, su, dp, dr, dw, rx, tx, l1, d::json \
+         FROM {UNNEST_SAMPLE_COLUMNS}, $14::text[]) \
+         AS t(v, a, g, c, mu, mt, su, dp, dr, dw, rx, tx, l1, d) \
+         ON CONFLICT (vm_id) DO UPDATE SET at = excluded.at, guest_time = excluded.guest_time, \
+         cpu = excluded.cpu, mem_used_kb = excluded.mem_used_kb, \
+         mem_total_kb = excluded.mem_total_kb, swap_used_kb = excluded.swap_used_kb, \
+         disk_used_percent = excluded.disk_used_percent, \
+         disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
+         net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps, \
+         load1 = excluded.load1, detail = excluded.detail \
+         WHERE excluded.at >= vm_latest_sample.at"
+    );
+    latest
+        .bind(sqlx::query(&upsert))
+        .bind(&details)
+        .execute(&mut **tx)
+        .await
+        .map_err(ctx("write latest samples"))?;
+    Ok(())
+}
+
 const UNNEST_SAMPLE_COLUMNS: &str = "UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], \
      $4::float8[], $5::int8[], $6::int8[], $7::int8[], $8::float8[], $9::float8[], $10::float8[], \
      $11::float8[], $12::float8[], $13::float8[]";
@@ -378,12 +430,13 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await
         .map_err(ctx("upsert_vm"))?;
-        let row = sqlx::query(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = $1"))
+        let row = sqlx::query(&format!("{VM_SELECT} WHERE v.id = $1"))
             .bind(id)
             .fetch_one(&self.pool)
             .await
             .map_err(ctx("upsert_vm: read back"))?;
-        vm_from_row(&row)
+        self.hot.know(id);
+        self.overlay(vm_from_row(&row)?)
     }
 
     async fn set_vm_status(
@@ -450,27 +503,28 @@ impl Store for PgStore {
     }
 
     async fn get_vm(&self, id: &str) -> Result<Option<VmRecord>> {
-        sqlx::query(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = $1"))
+        sqlx::query(&format!("{VM_SELECT} WHERE v.id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
             .map_err(ctx("get_vm"))?
             .as_ref()
-            .map(vm_from_row)
+            .map(|row| self.overlay(vm_from_row(row)?))
             .transpose()
     }
 
     async fn list_vms(&self) -> Result<Vec<VmRecord>> {
-        sqlx::query(&format!("SELECT {VM_COLUMNS} FROM vms ORDER BY id"))
+        sqlx::query(&format!("{VM_SELECT} ORDER BY v.id"))
             .fetch_all(&self.pool)
             .await
             .map_err(ctx("list_vms"))?
             .iter()
-            .map(vm_from_row)
+            .map(|row| self.overlay(vm_from_row(row)?))
             .collect()
     }
 
     async fn delete_vm(&self, id: &str) -> Result<()> {
+        self.hot.forget(id);
         loop {
             let deleted = sqlx::query(
                 "DELETE FROM metric_samples WHERE ctid = ANY(ARRAY(\
@@ -510,6 +564,8 @@ impl Store for PgStore {
             .map_err(ctx("delete_vm"))?
             .rows_affected();
         tx.commit().await.map_err(ctx("delete_vm: commit"))?;
+        // A batch in flight may have cached the VM again meanwhile.
+        self.hot.forget(id);
         if deleted == 0 {
             return Err(StoreError::NotFound(format!("vm {id}")));
         }
@@ -528,15 +584,13 @@ impl Store for PgStore {
             all.push(s);
         }
         let newest = common::newest_per_vm(samples);
-        let mut latest = SampleColumns::default();
-        let mut details = Vec::with_capacity(newest.len());
-        for &i in &newest {
-            latest.push(&samples[i]);
-            details.push(
-                serde_json::to_string(&samples[i].detail)
-                    .map_err(|e| json_error("sample detail", e))?,
-            );
-        }
+        let plan = self.hot.plan(samples, &newest);
+        let unknown: Vec<&str> = plan
+            .unknown
+            .iter()
+            .map(|&i| samples[i].vm_id.as_str())
+            .collect();
+        let persist: Vec<&MetricSample> = plan.persist.iter().map(|&i| &samples[i]).collect();
         let oldest = samples
             .iter()
             .map(|s| s.received_at)
@@ -549,18 +603,9 @@ impl Store for PgStore {
             .begin()
             .await
             .map_err(ctx("insert_samples: begin"))?;
-        // Registers VMs not seen before and advances last_seen; VM-id order (see module doc).
-        sqlx::query(
-            "INSERT INTO vms (id, name, created_at, last_seen) \
-             SELECT id, id, at, at FROM UNNEST($1::text[], $2::timestamptz[]) AS t(id, at) \
-             ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen \
-             WHERE vms.last_seen IS NULL OR vms.last_seen < excluded.last_seen",
-        )
-        .bind(&latest.vm_id)
-        .bind(&latest.at)
-        .execute(&mut *tx)
-        .await
-        .map_err(ctx("insert_samples: vms"))?;
+        if !unknown.is_empty() {
+            ensure_vms(&mut tx, &unknown, samples[plan.unknown[0]].received_at).await?;
+        }
         let insert = format!(
             "INSERT INTO metric_samples (vm_id, at, guest_time, cpu, mem_used_kb, mem_total_kb, \
              swap_used_kb, disk_used_percent, disk_read_bps, disk_write_bps, net_rx_bps, \
@@ -570,28 +615,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(ctx("insert_samples"))?;
-        let upsert = format!(
-            "INSERT INTO vm_latest_sample (vm_id, at, guest_time, cpu, mem_used_kb, mem_total_kb, \
-             swap_used_kb, disk_used_percent, disk_read_bps, disk_write_bps, net_rx_bps, \
-             net_tx_bps, load1, detail) \
-             SELECT v, a, g, c, mu, mt, su, dp, dr, dw, rx, tx, l1, d::json \
-             FROM {UNNEST_SAMPLE_COLUMNS}, $14::text[]) \
-             AS t(v, a, g, c, mu, mt, su, dp, dr, dw, rx, tx, l1, d) \
-             ON CONFLICT (vm_id) DO UPDATE SET at = excluded.at, guest_time = excluded.guest_time, \
-             cpu = excluded.cpu, mem_used_kb = excluded.mem_used_kb, \
-             mem_total_kb = excluded.mem_total_kb, swap_used_kb = excluded.swap_used_kb, \
-             disk_used_percent = excluded.disk_used_percent, \
-             disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
-             net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps, \
-             load1 = excluded.load1, detail = excluded.detail \
-             WHERE excluded.at >= vm_latest_sample.at"
-        );
-        latest
-            .bind(sqlx::query(&upsert))
-            .bind(&details)
-            .execute(&mut *tx)
-            .await
-            .map_err(ctx("insert_samples: latest"))?;
+        write_latest(&mut tx, &persist).await?;
         sqlx::query(
             "UPDATE rollup_state SET done_until = $1 WHERE tier = 'minute' AND done_until > $1",
         )
@@ -600,6 +624,20 @@ impl Store for PgStore {
         .await
         .map_err(ctx("insert_samples: watermark"))?;
         tx.commit().await.map_err(ctx("insert_samples: commit"))?;
+        self.hot.committed(samples, &newest, &plan.persist);
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        let pending = self.hot.pending();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&MetricSample> = pending.iter().collect();
+        let mut tx = self.pool.begin().await.map_err(ctx("flush: begin"))?;
+        write_latest(&mut tx, &refs).await?;
+        tx.commit().await.map_err(ctx("flush: commit"))?;
+        self.hot.flushed(&pending);
         Ok(())
     }
 
@@ -805,6 +843,9 @@ impl Store for PgStore {
     }
 
     async fn latest_sample(&self, vm_id: &str) -> Result<Option<MetricSample>> {
+        if let Some(sample) = self.hot.latest(vm_id) {
+            return Ok(Some(sample));
+        }
         let row = sqlx::query(
             "SELECT vm_id, at, guest_time, cpu, mem_used_kb, mem_total_kb, swap_used_kb, \
              disk_used_percent, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps, load1, \
@@ -1027,6 +1068,7 @@ impl Store for PgStore {
         if let Ok(mut current) = self.retention.write() {
             *current = retention;
         }
+        self.flush().await?;
         let batch = i64::from(batch.max(1));
         let raw_cutoff = (now - retention.raw).timestamp_millis();
         let minute_cutoff = (now - retention.minute).timestamp_millis();

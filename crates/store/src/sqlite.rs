@@ -21,6 +21,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::common::{
     self, HOUR_MS, MINUTE_MS, Plan, ROLLUP_GRACE, ceil_to, ctx, floor_to, from_ms, json_error,
 };
+use crate::hot::HotState;
 use crate::protocol::message::{MetricsBody, VmIdentification};
 use crate::{
     CommandLogEntry, Inventory, InventoryKind, MaintenanceReport, MetricPoint, MetricSample,
@@ -43,6 +44,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     retention: RwLock<Retention>,
+    hot: HotState,
 }
 
 impl SqliteStore {
@@ -79,7 +81,11 @@ impl SqliteStore {
             .acquire_timeout(StdDuration::from_secs(60))
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(base.clone().pragma("cache_size", "-65536"))
+            .connect_with(
+                base.clone()
+                    .pragma("cache_size", "-65536")
+                    .pragma("wal_autocheckpoint", "8192"),
+            )
             .await
             .map_err(unavailable)?;
         sqlx::migrate!("./migrations/sqlite")
@@ -106,11 +112,20 @@ impl SqliteStore {
             writer,
             reader,
             retention: RwLock::new(retention),
+            hot: HotState::default(),
         })
     }
 
     fn retention(&self) -> Retention {
         self.retention.read().map(|r| *r).unwrap_or_default()
+    }
+
+    /// The newest sample this process holds may be newer than what the database has.
+    fn overlay(&self, mut vm: VmRecord) -> Result<VmRecord> {
+        if let Some(seen) = self.hot.last_seen(&vm.id) {
+            vm.last_seen = Some(vm.last_seen.map_or(seen, |db| db.max(seen)));
+        }
+        Ok(vm)
     }
 }
 
@@ -162,7 +177,10 @@ fn opt_from_ms(v: Option<i64>) -> Result<Option<DateTime<Utc>>> {
     v.map(from_ms).transpose()
 }
 
-const VM_COLUMNS: &str = "id, name, owner_id, department, status, last_seen, agent, created_at";
+/// `last_seen` also counts the newest persisted sample (samples do not rewrite `vms`).
+const VM_SELECT: &str = "SELECT v.id, v.name, v.owner_id, v.department, v.status, \
+     MAX(COALESCE(v.last_seen, l.at), COALESCE(l.at, v.last_seen)) AS last_seen, v.agent, \
+     v.created_at FROM vms v LEFT JOIN vm_latest_sample l ON l.vm_id = v.id";
 
 fn vm_from_row(row: &SqliteRow) -> Result<VmRecord> {
     let agent: Option<String> = row.try_get("agent").map_err(ctx("read vm"))?;
@@ -223,6 +241,54 @@ fn point_from_row(row: &SqliteRow) -> Result<MetricPoint> {
         net_tx_bps: get_f("net_tx_bps")?,
         samples: row.try_get("samples").map_err(ctx("read metrics"))?,
     })
+}
+
+/// Upserts the newest sample (with detail) of each VM; never replaces a newer stored one.
+async fn write_latest(tx: &mut Transaction<'_, Sqlite>, samples: &[&MetricSample]) -> Result<()> {
+    for chunk in samples.chunks(LATEST_ROWS_PER_STATEMENT) {
+        let details: Vec<String> = chunk
+            .iter()
+            .map(|s| serde_json::to_string(&s.detail))
+            .collect::<Result<_, _>>()
+            .map_err(|e| json_error("sample detail", e))?;
+        let sql = format!(
+            "INSERT INTO vm_latest_sample (vm_id, at, guest_time, cpu, mem_used_kb, mem_total_kb, \
+             swap_used_kb, disk_used_percent, disk_read_bps, disk_write_bps, net_rx_bps, \
+             net_tx_bps, load1, detail) VALUES {} \
+             ON CONFLICT (vm_id) DO UPDATE SET at = excluded.at, guest_time = excluded.guest_time, \
+             cpu = excluded.cpu, mem_used_kb = excluded.mem_used_kb, \
+             mem_total_kb = excluded.mem_total_kb, swap_used_kb = excluded.swap_used_kb, \
+             disk_used_percent = excluded.disk_used_percent, \
+             disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
+             net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps, \
+             load1 = excluded.load1, detail = excluded.detail \
+             WHERE excluded.at >= vm_latest_sample.at",
+            values_placeholders(chunk.len(), 14)
+        );
+        let mut query = sqlx::query(&sql);
+        for (s, detail) in chunk.iter().zip(&details) {
+            query = query
+                .bind(s.vm_id.as_str())
+                .bind(ms(s.received_at))
+                .bind(opt_ms(s.guest_time))
+                .bind(common::finite(s.cpu_percent))
+                .bind(s.mem_used_kb)
+                .bind(s.mem_total_kb)
+                .bind(s.swap_used_kb)
+                .bind(common::finite_opt(s.disk_used_percent))
+                .bind(common::finite(s.disk_read_bps))
+                .bind(common::finite(s.disk_write_bps))
+                .bind(common::finite(s.net_rx_bps))
+                .bind(common::finite(s.net_tx_bps))
+                .bind(common::finite(s.load1))
+                .bind(detail.as_str());
+        }
+        query
+            .execute(&mut **tx)
+            .await
+            .map_err(ctx("write latest samples"))?;
+    }
+    Ok(())
 }
 
 /// Recomputes the rollup buckets of `[start, end)` for all VMs and moves the watermark, in one
@@ -404,12 +470,13 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await
         .map_err(ctx("upsert_vm"))?;
-        let row = sqlx::query(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"))
+        let row = sqlx::query(&format!("{VM_SELECT} WHERE v.id = ?1"))
             .bind(id)
             .fetch_one(&self.writer)
             .await
             .map_err(ctx("upsert_vm: read back"))?;
-        vm_from_row(&row)
+        self.hot.know(id);
+        self.overlay(vm_from_row(&row)?)
     }
 
     async fn set_vm_status(
@@ -479,27 +546,28 @@ impl Store for SqliteStore {
     }
 
     async fn get_vm(&self, id: &str) -> Result<Option<VmRecord>> {
-        sqlx::query(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"))
+        sqlx::query(&format!("{VM_SELECT} WHERE v.id = ?1"))
             .bind(id)
             .fetch_optional(&self.reader)
             .await
             .map_err(ctx("get_vm"))?
             .as_ref()
-            .map(vm_from_row)
+            .map(|row| self.overlay(vm_from_row(row)?))
             .transpose()
     }
 
     async fn list_vms(&self) -> Result<Vec<VmRecord>> {
-        sqlx::query(&format!("SELECT {VM_COLUMNS} FROM vms ORDER BY id"))
+        sqlx::query(&format!("{VM_SELECT} ORDER BY v.id"))
             .fetch_all(&self.reader)
             .await
             .map_err(ctx("list_vms"))?
             .iter()
-            .map(vm_from_row)
+            .map(|row| self.overlay(vm_from_row(row)?))
             .collect()
     }
 
     async fn delete_vm(&self, id: &str) -> Result<()> {
+        self.hot.forget(id);
         // Raw samples can be many: delete them in slices so the writer is never held long.
         loop {
             let deleted = sqlx::query(
@@ -540,6 +608,8 @@ impl Store for SqliteStore {
             .map_err(ctx("delete_vm"))?
             .rows_affected();
         tx.commit().await.map_err(ctx("delete_vm: commit"))?;
+        // A batch in flight may have cached the VM again meanwhile.
+        self.hot.forget(id);
         if deleted == 0 {
             return Err(StoreError::NotFound(format!("vm {id}")));
         }
@@ -554,39 +624,22 @@ impl Store for SqliteStore {
             tracing::warn!(target: "infinibay::store", "non-finite metric values stored as 0");
         }
         let newest = common::newest_per_vm(samples);
-        let details: Vec<String> = newest
-            .iter()
-            .map(|&i| serde_json::to_string(&samples[i].detail))
-            .collect::<Result<_, _>>()
-            .map_err(|e| json_error("sample detail", e))?;
+        let plan = self.hot.plan(samples, &newest);
         let oldest = samples.iter().map(|s| ms(s.received_at)).min().unwrap_or(0);
+        let unknown: Vec<&str> = plan
+            .unknown
+            .iter()
+            .map(|&i| samples[i].vm_id.as_str())
+            .collect();
+        let persist: Vec<&MetricSample> = plan.persist.iter().map(|&i| &samples[i]).collect();
 
         let mut tx = self
             .writer
             .begin()
             .await
             .map_err(ctx("insert_samples: begin"))?;
-        // Registers VMs not seen before and advances last_seen, one row per VM.
-        for chunk in newest.chunks(VM_ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO vms (id, name, created_at, last_seen) VALUES {} \
-                 ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen \
-                 WHERE vms.last_seen IS NULL OR vms.last_seen < excluded.last_seen",
-                values_placeholders(chunk.len(), 4)
-            );
-            let mut query = sqlx::query(&sql);
-            for &i in chunk {
-                let s = &samples[i];
-                query = query
-                    .bind(s.vm_id.as_str())
-                    .bind(s.vm_id.as_str())
-                    .bind(ms(s.received_at))
-                    .bind(ms(s.received_at));
-            }
-            query
-                .execute(&mut *tx)
-                .await
-                .map_err(ctx("insert_samples: vms"))?;
+        if !unknown.is_empty() {
+            ensure_vms(&mut tx, &unknown, samples[plan.unknown[0]].received_at).await?;
         }
         for chunk in samples.chunks(SAMPLE_ROWS_PER_STATEMENT) {
             let sql = format!(
@@ -617,46 +670,7 @@ impl Store for SqliteStore {
                 .await
                 .map_err(ctx("insert_samples"))?;
         }
-        let pairs: Vec<(usize, &String)> = newest.iter().copied().zip(details.iter()).collect();
-        for chunk in pairs.chunks(LATEST_ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO vm_latest_sample (vm_id, at, guest_time, cpu, mem_used_kb, mem_total_kb, \
-                 swap_used_kb, disk_used_percent, disk_read_bps, disk_write_bps, net_rx_bps, \
-                 net_tx_bps, load1, detail) VALUES {} \
-                 ON CONFLICT (vm_id) DO UPDATE SET at = excluded.at, guest_time = excluded.guest_time, \
-                 cpu = excluded.cpu, mem_used_kb = excluded.mem_used_kb, \
-                 mem_total_kb = excluded.mem_total_kb, swap_used_kb = excluded.swap_used_kb, \
-                 disk_used_percent = excluded.disk_used_percent, \
-                 disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
-                 net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps, \
-                 load1 = excluded.load1, detail = excluded.detail \
-                 WHERE excluded.at >= vm_latest_sample.at",
-                values_placeholders(chunk.len(), 14)
-            );
-            let mut query = sqlx::query(&sql);
-            for (i, detail) in chunk {
-                let s = &samples[*i];
-                query = query
-                    .bind(s.vm_id.as_str())
-                    .bind(ms(s.received_at))
-                    .bind(opt_ms(s.guest_time))
-                    .bind(common::finite(s.cpu_percent))
-                    .bind(s.mem_used_kb)
-                    .bind(s.mem_total_kb)
-                    .bind(s.swap_used_kb)
-                    .bind(common::finite_opt(s.disk_used_percent))
-                    .bind(common::finite(s.disk_read_bps))
-                    .bind(common::finite(s.disk_write_bps))
-                    .bind(common::finite(s.net_rx_bps))
-                    .bind(common::finite(s.net_tx_bps))
-                    .bind(common::finite(s.load1))
-                    .bind(detail.as_str());
-            }
-            query
-                .execute(&mut *tx)
-                .await
-                .map_err(ctx("insert_samples: latest"))?;
-        }
+        write_latest(&mut tx, &persist).await?;
         sqlx::query(
             "UPDATE rollup_state SET done_until = ?1 WHERE tier = 'minute' AND done_until > ?1",
         )
@@ -665,6 +679,20 @@ impl Store for SqliteStore {
         .await
         .map_err(ctx("insert_samples: watermark"))?;
         tx.commit().await.map_err(ctx("insert_samples: commit"))?;
+        self.hot.committed(samples, &newest, &plan.persist);
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        let pending = self.hot.pending();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&MetricSample> = pending.iter().collect();
+        let mut tx = self.writer.begin().await.map_err(ctx("flush: begin"))?;
+        write_latest(&mut tx, &refs).await?;
+        tx.commit().await.map_err(ctx("flush: commit"))?;
+        self.hot.flushed(&pending);
         Ok(())
     }
 
@@ -863,6 +891,9 @@ impl Store for SqliteStore {
     }
 
     async fn latest_sample(&self, vm_id: &str) -> Result<Option<MetricSample>> {
+        if let Some(sample) = self.hot.latest(vm_id) {
+            return Ok(Some(sample));
+        }
         let row = sqlx::query(
             "SELECT vm_id, at, guest_time, cpu, mem_used_kb, mem_total_kb, swap_used_kb, \
              disk_used_percent, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps, load1, detail \
@@ -1101,6 +1132,7 @@ impl Store for SqliteStore {
         if let Ok(mut current) = self.retention.write() {
             *current = retention;
         }
+        self.flush().await?;
         let batch = i64::from(batch.max(1));
         let raw_cutoff = ms(now - retention.raw);
         let minute_cutoff = ms(now - retention.minute);

@@ -741,6 +741,40 @@ mod story {
         ));
     }
 
+    /// Each VM's newest sample is served from memory and written at most every few seconds;
+    /// `flush` writes the rest, so a reopened store (another process) sees it in full.
+    pub async fn latest_sample_and_last_seen_survive_a_reopen(store: Arc<dyn Store>, url: String) {
+        let t = now_ms() - Duration::seconds(10);
+        let first = sample("vm-a", t, 10.0, 1);
+        let second = sample("vm-a", t + Duration::seconds(1), 20.0, 2);
+        store
+            .insert_samples(std::slice::from_ref(&first))
+            .await
+            .expect("first");
+        store
+            .insert_samples(std::slice::from_ref(&second))
+            .await
+            .expect("second");
+        assert_eq!(
+            store.latest_sample("vm-a").await.expect("latest"),
+            Some(second.clone())
+        );
+        store.flush().await.expect("flush");
+        drop(store);
+        let reopened = infinibay_store::open(&url).await.expect("reopen");
+        assert_eq!(
+            reopened.latest_sample("vm-a").await.expect("latest"),
+            Some(second.clone()),
+            "the flushed newest sample, detail included"
+        );
+        let vm = reopened
+            .get_vm("vm-a")
+            .await
+            .expect("get")
+            .expect("registered");
+        assert_eq!(vm.last_seen, Some(second.received_at));
+    }
+
     pub async fn concurrent_batches_all_land(store: Arc<dyn Store>) {
         let start = now_ms() - Duration::minutes(30);
         let writers = 8;
@@ -797,13 +831,21 @@ mod story {
 }
 
 macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident),* $(,)?; reopening: $($reopen:ident),* $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let db = crate::support::sqlite().await;
                     crate::story::$name(db.store.clone()).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $reopen() {
+                    let crate::support::TestDb { store, url, dir } = crate::support::sqlite().await;
+                    crate::story::$reopen(store, url).await;
+                    drop(dir);
                 }
             )*
         }
@@ -813,6 +855,14 @@ macro_rules! both_backends {
                 async fn $name() {
                     let db = crate::support::postgres().await;
                     crate::story::$name(db.store.clone()).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $reopen() {
+                    let crate::support::TestDb { store, url, dir } = crate::support::postgres().await;
+                    crate::story::$reopen(store, url).await;
+                    drop(dir);
                 }
             )*
         }
@@ -829,5 +879,6 @@ both_backends!(
     command_log_records_then_completes_by_id,
     vm_errors_are_kept_newest_first,
     delete_vm_removes_everything_about_it,
-    concurrent_batches_all_land,
+    concurrent_batches_all_land;
+    reopening: latest_sample_and_last_seen_survive_a_reopen,
 );

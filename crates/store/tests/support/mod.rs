@@ -16,7 +16,7 @@ use sqlx::Connection;
 pub struct TestDb {
     pub store: Arc<dyn Store>,
     pub url: String,
-    _dir: Option<tempfile::TempDir>,
+    pub dir: Option<tempfile::TempDir>,
 }
 
 pub async fn sqlite() -> TestDb {
@@ -28,7 +28,7 @@ pub async fn sqlite() -> TestDb {
     TestDb {
         store,
         url,
-        _dir: Some(dir),
+        dir: Some(dir),
     }
 }
 
@@ -40,7 +40,7 @@ pub async fn postgres() -> TestDb {
     TestDb {
         store,
         url,
-        _dir: None,
+        dir: None,
     }
 }
 
