@@ -2,8 +2,9 @@
 # Build the tiny e2e test guest: Debian's cloud kernel + an initramfs holding static busybox
 # as /init, the virtio modules, our `infiniservice` and Debian's `qemu-ga` with their libraries.
 #
-#   e2e/build-guest.sh --agent PATH/TO/infiniservice [--out DIR]
+#   e2e/build-guest.sh [--agent PATH/TO/infiniservice] [--out DIR]
 #
+# Without --agent: target/debug/infiniservice (built with cargo when missing).
 # Output (default DIR = e2e/build): DIR/vmlinuz, DIR/initramfs.gz, DIR/guest.env (KVER=...).
 # Idempotent: the kernel .deb is downloaded and unpacked once (e2e/build/kernel); the initramfs is
 # rebuilt only when one of its inputs changed (agent binary, this script, e2e/guest/*).
@@ -21,7 +22,13 @@ while [ $# -gt 0 ]; do
         *) echo "build-guest: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-[ -n "$agent" ] || { echo "build-guest: --agent PATH is required" >&2; exit 2; }
+if [ -z "$agent" ]; then
+    # Default: the workspace's debug build (scripts/test builds every binary first).
+    agent="${CARGO_TARGET_DIR:-$here/../target}/debug/infiniservice"
+    if [ ! -x "$agent" ]; then
+        (cd "$here/.." && cargo build --quiet -p infiniservice --bin infiniservice)
+    fi
+fi
 [ -x "$agent" ] || { echo "build-guest: agent binary $agent is missing or not executable" >&2; exit 2; }
 agent="$(readlink -f "$agent")"
 

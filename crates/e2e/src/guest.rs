@@ -113,10 +113,30 @@ fn sweep_stale_private_dirs() {
     }
 }
 
+/// A value that goes on the kernel command line must be one word the guest's init can read.
+fn check_cmdline_word(what: &str, value: &str, extra: &[u8]) -> Result<()> {
+    let ok = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || extra.contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::protocol(
+            "guest options",
+            format!("{what} `{value}` must be letters, digits, `-` and `.`"),
+        ))
+    }
+}
+
 impl Guest {
     /// Boot `image` with `options`. Returns once QEMU runs and its sockets exist; use
     /// [`Guest::qga`] / [`Guest::agent`] with a timeout to wait for the agents.
     pub fn boot(image: &GuestImage, options: GuestOptions) -> Result<Guest> {
+        check_cmdline_word("hostname", &options.hostname, b"")?;
+        if let Some(filter) = &options.agent_log {
+            check_cmdline_word("agent_log", filter, b"_=,:")?;
+        }
         static SWEEP: std::sync::Once = std::sync::Once::new();
         SWEEP.call_once(sweep_stale_private_dirs);
 
