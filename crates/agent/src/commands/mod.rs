@@ -84,6 +84,19 @@ pub async fn run_steps(
     tokio::pin!(cancel);
     let mut folded: Option<ExecOutcome> = None;
     for spec in &steps {
+        // A cancel that already arrived must stop the next step before it is spawned, not
+        // right after (a power-off or an install cannot be taken back).
+        if is_ready(cancel.as_mut()) {
+            let mut outcome = folded.take().unwrap_or_else(|| ExecOutcome {
+                end: ExecEnd::Cancelled,
+                stdout: exec::CappedOutput::default(),
+                stderr: exec::CappedOutput::default(),
+                elapsed: Duration::ZERO,
+                pid: None,
+            });
+            outcome.end = ExecEnd::Cancelled;
+            return Ok(outcome);
+        }
         let outcome = exec::run(spec, &mut cancel).await?;
         let cap = spec.max_output;
         folded = Some(match folded.take() {
@@ -104,6 +117,12 @@ pub async fn run_steps(
         program: String::new(),
         source: std::io::Error::other("no step to run"),
     })
+}
+
+/// Poll a future once, without waiting.
+fn is_ready<F: Future<Output = ()>>(future: Pin<&mut F>) -> bool {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    future.poll(&mut context).is_ready()
 }
 
 fn append_capped(acc: &mut exec::CappedOutput, next: exec::CappedOutput, cap: usize) {
@@ -318,6 +337,31 @@ mod tests {
             effective_timeout(Some(100_000), &limits),
             Duration::from_secs(600)
         );
+    }
+
+    #[test]
+    fn a_cancel_that_arrived_first_spawns_nothing() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("ran");
+        let spec = ExecSpec {
+            program: "touch".into(),
+            args: vec![marker.display().to_string()],
+            env: vec![],
+            working_dir: None,
+            timeout: Duration::from_secs(5),
+            max_output: 1024,
+        };
+        let (tx, rx) = oneshot::channel();
+        tx.send(()).expect("send cancel");
+        let outcome = runtime
+            .block_on(run_steps(vec![spec], rx))
+            .expect("no spawn error");
+        assert_eq!(outcome.end, ExecEnd::Cancelled);
+        assert!(!marker.exists(), "the step ran despite the cancel");
     }
 
     #[test]

@@ -254,7 +254,15 @@ pub fn plan(
             Plan::RespondThenRun(
                 response.clone(),
                 Box::pin(async move {
-                    tokio::time::sleep(POWER_DELAY).await;
+                    // The host may still cancel during the delay; run_steps sees that cancel
+                    // before it spawns anything.
+                    let mut cancel = cancel;
+                    tokio::select! {
+                        () = tokio::time::sleep(POWER_DELAY) => {}
+                        _ = &mut cancel => {
+                            return refused(&id, ErrorCode::Cancelled, "cancelled before it ran", COMMAND_TYPE);
+                        }
+                    }
                     match run_steps(vec![step], cancel).await {
                         Ok(outcome) => {
                             exec_response(&id, COMMAND_TYPE, received, outcome, |c| c == 0)
