@@ -1,4 +1,5 @@
-//! CPU cost of each collector on this machine, measured with getrusage(RUSAGE_THREAD).
+//! CPU cost of each collector on this machine, measured with the thread's CPU clock
+//! (`CLOCK_THREAD_CPUTIME_ID`: exact, where getrusage on a tick-accounting kernel samples).
 //! Not a pass/fail test: run it explicitly, in release, and read the printed figures:
 //!
 //! ```text
@@ -12,13 +13,12 @@ use std::time::Duration;
 use infiniservice::platform::collect::{Collector, DEFAULT_TOP_PROCESSES, Roots};
 
 fn thread_cpu() -> Duration {
-    // SAFETY: an all-zero rusage is valid; getrusage only writes it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: usage is a valid out-pointer.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
-    assert_eq!(rc, 0, "getrusage");
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    // SAFETY: an all-zero timespec is valid; clock_gettime only writes it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: ts is a valid out-pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn calls() -> u32 {

@@ -107,11 +107,13 @@ pub(crate) fn classify_by_name(name: &str) -> DiskClass {
 }
 
 /// Per-second rates between two readings of the listed devices. `previous` holds the last
-/// readings (or is empty on the first sample, when the averages since boot are reported:
-/// `elapsed` is then the uptime).
+/// readings; `None` on the first sample, when the averages since boot are reported
+/// (`elapsed` is then the uptime). A device missing from `previous` (hot-plugged, or the
+/// previous read failed) is left out of this sample rather than reported with its counters
+/// since boot divided by one interval.
 pub(crate) fn rates(
     now: &[(DiskCounters, DiskClass)],
-    previous: &[DiskCounters],
+    previous: Option<&[DiskCounters]>,
     elapsed_secs: f64,
 ) -> DiskIo {
     let mut io = DiskIo::default();
@@ -122,17 +124,20 @@ pub(crate) fn rates(
         if *class == DiskClass::Skip {
             continue;
         }
-        let base = previous
-            .iter()
-            .find(|p| p.name == counters.name)
-            .cloned()
-            .unwrap_or_else(|| DiskCounters {
-                name: String::new(),
-                reads: 0,
-                sectors_read: 0,
-                writes: 0,
-                sectors_written: 0,
-            });
+        let since_boot = DiskCounters {
+            name: String::new(),
+            reads: 0,
+            sectors_read: 0,
+            writes: 0,
+            sectors_written: 0,
+        };
+        let base = match previous {
+            None => &since_boot,
+            Some(previous) => match previous.iter().find(|p| p.name == counters.name) {
+                Some(base) => base,
+                None => continue,
+            },
+        };
         // A device re-created under the same name restarts its counters: report nothing for
         // this interval rather than a negative or huge rate.
         let delta = |now: u64, before: u64| now.checked_sub(before).map(|d| d as f64);
@@ -214,7 +219,7 @@ mod tests {
             (counters("dm-0", 3), DiskClass::Stacked),
             (counters("vda1", 3), DiskClass::Skip),
         ];
-        let io = rates(&now, &before, 2.0);
+        let io = rates(&now, Some(&before), 2.0);
         // vda: 200 sectors read in 2 s = 100 sectors/s = 51200 B/s.
         assert_eq!(io.read_bytes_per_sec, 51200.0);
         assert_eq!(io.write_bytes_per_sec, 102400.0);
@@ -222,6 +227,27 @@ mod tests {
         assert_eq!(io.write_ops_per_sec, 20.0);
         let names: Vec<_> = io.devices.iter().map(|d| d.device.as_str()).collect();
         assert_eq!(names, ["dm-0", "vda"]);
+    }
+
+    #[test]
+    fn first_sample_is_since_boot_and_a_new_device_later_waits_a_sample() {
+        let c = |name: &str| DiskCounters {
+            name: name.into(),
+            reads: 100,
+            sectors_read: 1000,
+            writes: 0,
+            sectors_written: 0,
+        };
+        let first = rates(&[(c("vda"), DiskClass::Physical)], None, 100.0);
+        assert_eq!(first.read_ops_per_sec, 1.0);
+        let now = [
+            (c("vda"), DiskClass::Physical),
+            (c("vdb"), DiskClass::Physical),
+        ];
+        let later = rates(&now, Some(&[c("vda")]), 10.0);
+        let names: Vec<_> = later.devices.iter().map(|d| d.device.as_str()).collect();
+        assert_eq!(names, ["vda"]);
+        assert_eq!(later.read_ops_per_sec, 0.0);
     }
 
     #[test]
@@ -233,7 +259,7 @@ mod tests {
             writes: 0,
             sectors_written: 0,
         };
-        let io = rates(&[(c(5), DiskClass::Physical)], &[c(10)], 1.0);
+        let io = rates(&[(c(5), DiskClass::Physical)], Some(&[c(10)]), 1.0);
         assert!(io.devices.is_empty());
     }
 }

@@ -454,8 +454,8 @@ impl Collector {
             .collect();
         // First sample: counters since boot over the uptime.
         let (previous, interval) = match elapsed {
-            Some(secs) => (self.previous_disks.as_slice(), Some(secs)),
-            None => (&[][..], uptime),
+            Some(secs) => (Some(self.previous_disks.as_slice()), Some(secs)),
+            None => (None, uptime),
         };
         let io = disks::rates(&classified, previous, interval.unwrap_or(0.0));
         self.previous_disks = classified
