@@ -8,9 +8,9 @@ const AUTH_ERRORS = ['Authentication token required', 'Invalid or expired token'
 export class Live {
   /**
    * @param {string} token JWT sent as handshake.auth.token
-   * @param {{ onAuthError: (message: string) => void }} hooks
+   * @param {{ onAuthError: (message: string) => void, onServerDisconnect: () => void }} hooks
    */
-  constructor(token, { onAuthError }) {
+  constructor(token, { onAuthError, onServerDisconnect }) {
     this.handlers = new Map();
     this.refs = new Map();
     this.state = 'connecting';
@@ -19,7 +19,12 @@ export class Live {
       this.setState('live');
       for (const vmId of this.refs.keys()) this.emitSubscribe(vmId);
     });
-    this.socket.on('disconnect', () => this.setState('reconnecting'));
+    this.socket.on('disconnect', (reason) => {
+      this.setState('reconnecting');
+      // The server closes the sockets of revoked tokens (user deleted, password changed);
+      // socket.io does not retry those by itself, so the session decides what happens next.
+      if (reason === 'io server disconnect') onServerDisconnect();
+    });
     this.socket.on('connect_error', (err) => {
       if (AUTH_ERRORS.includes(err.message)) onAuthError(err.message);
       else this.setState('reconnecting');
@@ -84,6 +89,11 @@ export class Live {
         resolve(answer);
       });
     });
+  }
+
+  /** Connect again after the server closed the socket (the session was still valid). */
+  reconnect() {
+    if (!this.socket.connected) this.socket.connect();
   }
 
   close() {

@@ -64,7 +64,11 @@ function render() {
     return;
   }
   if (!live) {
-    live = new Live(s.token, { onAuthError: (message) => clearSession(`The server refused the session: ${message}`) });
+    live = new Live(s.token, {
+      onAuthError: (message) => clearSession(`The server refused the session: ${message}`),
+      // `me` ends the session itself when the token was revoked (UNAUTHENTICATED).
+      onServerDisconnect: () => gql(Q.me).then(() => live?.reconnect(), () => {}),
+    });
   }
   const hash = location.hash || '#/vms';
   const route = ROUTES.map((r) => ({ r, m: hash.match(r.pattern) })).find((x) => x.m);

@@ -457,6 +457,22 @@ async function main() {
     if (stdout.trim() !== marker) throw new Error(`stdout is ${JSON.stringify(stdout)}`);
   });
 
+  await scenario("changing a USER's password ends her open session", async () => {
+    if (!aliceBrowser) throw new Error('alice is not logged in');
+    const alice = aliceBrowser.page;
+    await alice.goto(`${base}/#/vms`);
+    await alice.waitForSelector(rowSelector('vms', agentVm.id));
+    const page = admin.page;
+    await page.goto(`${base}/#/admin/users`);
+    const aliceRow = `table[data-table=users] tr:has(td[data-col=name]:text-is("${ALICE.username}"))`;
+    await page.fill(`${aliceRow} td[data-col=password] input`, `new-${ALICE.password}`);
+    await page.click(`${aliceRow} td[data-col=password] button`);
+    await page.waitForSelector('.result-slot .notice');
+    // The server disconnects her socket / refuses her token; the page returns to the login.
+    await alice.waitForSelector('form.login', { timeout: 40000 });
+    await shot(alice, 'user-session-ended');
+  });
+
   await scenario('a VM that goes away turns offline in the list', async () => {
     if (!simVmId) throw new Error('no simulated VM');
     const sim = children.find((c) => c.name === 'infinibay-sim');
