@@ -142,70 +142,69 @@ start_sims() { # name vms interval profile flood threads → sets SIM_PIDS, SOCK
     fl=0; (( p == 0 )) && fl=$flood
     "$SIM" --threads "$threads" --vms "$count" --first-index "$first" --seed 7 \
       --interval "$interval" --profile "$profile" --flood "$fl" --socket-dir "$SOCKDIR" \
-      --stats-every 0 >"$WORK/sim-$name-$p.out" 2>"$WORK/sim-$name-$p.err" &
+      --stats-every 1 --stats-file "$WORK/stats-$name-$p.json" \
+      >"$WORK/sim-$name-$p.out" 2>"$WORK/sim-$name-$p.err" &
     SIM_PIDS+=($!); PIDS+=($!)
   done
   wait_for_sockets "$SOCKDIR" "$vms" 120
 }
 
-# Measure the simulator processes' CPU over the window while `consumer` runs.
+# The consumer: the real host when available (and not overridden), else the drain stand-in.
+start_consumer() { # name vms interval flood
+  local name=$1 vms=$2 interval=$3 flood=$4
+  if [[ $HOST_OK == 1 && ${USE_DRAIN:-0} != 1 ]]; then
+    CONSUMER_KIND="infinibay serve"
+    local data=$WORK/host-data-$name
+    mkdir -p "$data"
+    "$HOST_BIN" serve --socket-dir "$SOCKDIR" --data-dir "$data" --listen "127.0.0.1:${HOST_PORT:-18480}" \
+      >"$WORK/host-$name.out" 2>"$WORK/host-$name.err" &
+  else
+    CONSUMER_KIND="drain"
+    "$SIM" --threads 1 drain --socket-dir "$SOCKDIR" --expect "$vms" --settle "$SETTLE" \
+      --duration "$((DURATION + 4))" --interval "$interval" --seed 7 --flood "$flood" \
+      >"$WORK/drain-$name.json" 2>"$WORK/drain-$name.err" &
+  fi
+  CONSUMER_PID=$!; PIDS+=("$CONSUMER_PID")
+}
+
+# One scenario: simulators up, consumer up, settle, then CPU/RSS of every process and the
+# simulators' counters over a DURATION-second window.
 run_load() { # name vms interval profile flood threads
   local name=$1 vms=$2 interval=$3 profile=$4 flood=$5 threads=$6
   log "load $name: $vms VMs at ${interval}s, $profile, flood $flood, sim threads $threads"
   start_sims "$@"
-  local consumer_json
-  if [[ $HOST_OK == 1 && ${USE_DRAIN:-0} != 1 ]]; then
-    run_host_window "$name" "$vms" "$interval"
-    consumer_json=$(cat "$WORK/host-$name.json")
-  else
-    # The drain measures itself over the window; the sims are measured from outside over the
-    # same window (it starts after the settle time).
-    local settle=$(( vms / 1000 + 5 ))
-    "$SIM" --threads 1 drain --socket-dir "$SOCKDIR" --expect "$vms" --settle "$settle" \
-      --duration "$DURATION" --interval "$interval" --seed 7 --flood "$flood" \
-      >"$WORK/drain-$name.json" 2>"$WORK/drain-$name.err" &
-    local drain=$!; PIDS+=("$drain")
-    sleep "$settle"; sleep 2
-    local before=() pid
-    for pid in "${SIM_PIDS[@]}"; do before+=("$(cpu_secs "$pid")"); done
-    sleep "$DURATION"
-    local sim_cpu=0 sim_rss=0 i=0
-    for pid in "${SIM_PIDS[@]}"; do
-      sim_cpu=$(calc "$sim_cpu + $(cpu_secs "$pid") - ${before[$i]}"); i=$((i + 1))
-      sim_rss=$(( sim_rss + $(rss_kb "$pid") ))
-    done
-    wait "$drain" || true
-    consumer_json=$(cat "$WORK/drain-$name.json")
-    SIM_WINDOW="{\"sim_cpu_secs\": $sim_cpu, \"sim_rss_kb\": $sim_rss, \"sim_processes\": ${#SIM_PIDS[@]}}"
-  fi
-  local pid totals=""
-  for pid in "${SIM_PIDS[@]}"; do stop_pid "$pid"; done
-  for f in "$WORK"/sim-"$name"-*.out; do totals+=$(grep sim_totals "$f" || echo '{}'); totals+=","; done
-  echo "{\"name\": \"$name\", \"vms\": $vms, \"interval\": $interval, \"profile\": \"$profile\", \"flood\": $flood, \"sim_threads\": $threads, \"duration\": $DURATION, \"consumer\": $consumer_json, \"sim\": $SIM_WINDOW, \"sim_totals\": [${totals%,}]}" >>"$LOADS_JSON"
-  rm -rf "$SOCKDIR"
-}
+  SETTLE=$(( vms / 1000 + 5 ))
+  start_consumer "$name" "$vms" "$interval" "$flood"
+  sleep "$((SETTLE + 2))"
 
-# The real host over the same window: CPU and RSS from /proc, its counters from its log.
-run_host_window() { # name vms interval
-  local name=$1 vms=$2 data=$WORK/host-data-$1
-  mkdir -p "$data"
-  "$HOST_BIN" serve --socket-dir "$SOCKDIR" --data-dir "$data" --listen 127.0.0.1:0 \
-    >"$WORK/host-$name.out" 2>"$WORK/host-$name.err" &
-  local host=$!; PIDS+=("$host")
-  sleep $(( vms / 1000 + 10 ))
-  local before sims_before=() pid
-  before=$(cpu_secs "$host")
+  local pid f sims_before=() consumer_before
+  consumer_before=$(cpu_secs "$CONSUMER_PID")
   for pid in "${SIM_PIDS[@]}"; do sims_before+=("$(cpu_secs "$pid")"); done
+  for f in "$WORK"/stats-"$name"-*.json; do cp "$f" "$f.begin"; done
   sleep "$DURATION"
-  local after rss hwm sim_cpu=0 sim_rss=0 i=0
-  after=$(cpu_secs "$host"); rss=$(rss_kb "$host"); hwm=$(hwm_kb "$host")
+  for f in "$WORK"/stats-"$name"-*.json; do cp "$f" "$f.end"; done
+  local consumer_cpu consumer_rss consumer_hwm sim_cpu=0 sim_rss=0 i=0
+  consumer_cpu=$(calc "$(cpu_secs "$CONSUMER_PID") - $consumer_before")
+  consumer_rss=$(rss_kb "$CONSUMER_PID"); consumer_hwm=$(hwm_kb "$CONSUMER_PID")
   for pid in "${SIM_PIDS[@]}"; do
     sim_cpu=$(calc "$sim_cpu + $(cpu_secs "$pid") - ${sims_before[$i]}"); i=$((i + 1))
     sim_rss=$(( sim_rss + $(rss_kb "$pid") ))
   done
-  stop_pid "$host"
-  SIM_WINDOW="{\"sim_cpu_secs\": $sim_cpu, \"sim_rss_kb\": $sim_rss, \"sim_processes\": ${#SIM_PIDS[@]}}"
-  echo "{\"consumer\": \"infinibay serve\", \"cpu_secs\": $(calc "$after - $before"), \"wall_secs\": $DURATION, \"rss_kb\": $rss, \"max_rss_kb\": $hwm, \"log_lines\": $(wc -l <"$WORK/host-$name.err")}" >"$WORK/host-$name.json"
+
+  local own='{}'
+  if [[ $CONSUMER_KIND == drain ]]; then
+    wait "$CONSUMER_PID" || true
+    own=$(cat "$WORK/drain-$name.json" 2>/dev/null || echo '{}')
+  else
+    stop_pid "$CONSUMER_PID"
+  fi
+  for pid in "${SIM_PIDS[@]}"; do stop_pid "$pid"; done
+  local begin="" end=""
+  for f in "$WORK"/stats-"$name"-*.json; do begin+="$(cat "$f.begin"),"; end+="$(cat "$f.end"),"; done
+  cat >>"$LOADS_JSON" <<JSON
+{"name": "$name", "vms": $vms, "interval": $interval, "profile": "$profile", "flood": $flood, "sim_threads": $threads, "duration": $DURATION, "consumer_kind": "$CONSUMER_KIND", "consumer_cpu_secs": $consumer_cpu, "consumer_rss_kb": $consumer_rss, "consumer_hwm_kb": $consumer_hwm, "consumer_own": $own, "sim_cpu_secs": $sim_cpu, "sim_rss_kb": $sim_rss, "sim_processes": ${#SIM_PIDS[@]}, "sim_begin": [${begin%,}], "sim_end": [${end%,}]}
+JSON
+  rm -rf "$SOCKDIR"
 }
 
 run_load many "$VMS" 1 small 0 0

@@ -254,7 +254,7 @@ async fn read_vm(
     }
     let limits = Limits::default();
     let mut decoder = GuestStreamDecoder::new(DEFAULT_MAX_LINE);
-    let mut buffer = vec![0u8; 16 * 1024];
+    let mut buffer = vec![0u8; 8 * 1024];
     let mut last_sample: Option<Instant> = None;
     let late = interval.mul_f64(1.5);
     loop {

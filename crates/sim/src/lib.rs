@@ -90,6 +90,10 @@ pub struct SimArgs {
     /// Seconds between statistics lines; 0 turns them off.
     #[arg(long, default_value = "10", value_parser = parse_seconds)]
     pub stats_every: Duration,
+    /// Also write the counters as JSON to this file at every statistics tick (replaced
+    /// atomically), so scripts can take the difference over a measuring window.
+    #[arg(long)]
+    pub stats_file: Option<PathBuf>,
     /// Stop by itself after this many seconds (for scripts); default: run until Ctrl-C/SIGTERM.
     #[arg(long, value_parser = parse_seconds)]
     pub duration: Option<Duration>,
@@ -108,6 +112,7 @@ impl SimArgs {
             seed: 1,
             first_index: 0,
             stats_every: Duration::from_secs(10),
+            stats_file: None,
             duration: None,
         }
     }
@@ -345,6 +350,17 @@ pub fn socket_path(dir: &Path, id: Uuid) -> PathBuf {
     dir.join(format!("vm-{id}.sock"))
 }
 
+/// Replace `path` with the counters (write a temporary file, then rename: readers never see a
+/// half-written file).
+fn write_stats_file(path: &Path, stats: &StatsSnapshot, uptime: Duration) {
+    let temporary = path.with_extension("tmp");
+    let result = std::fs::write(&temporary, stats.to_json(uptime))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(e) = result {
+        tracing::warn!(target: "infinibay::sim", "cannot write {}: {e}", path.display());
+    }
+}
+
 /// Run the simulator until Ctrl-C, SIGTERM or `--duration`, printing statistics lines, then
 /// remove the sockets and print the totals.
 pub async fn run(args: SimArgs) -> Result<(), SimError> {
@@ -378,6 +394,9 @@ pub async fn run(args: SimArgs) -> Result<(), SimError> {
                 let now = stats.snapshot();
                 let secs = previous_at.elapsed().as_secs_f64();
                 tracing::info!(target: "infinibay::sim", "{}", now.rate_line(&previous, secs));
+                if let Some(path) = &args.stats_file {
+                    write_stats_file(path, &now, sim.uptime());
+                }
                 previous = now;
                 previous_at = Instant::now();
             }

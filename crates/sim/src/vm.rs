@@ -322,7 +322,9 @@ async fn read_requests(
 ) {
     let profile = slot.profile;
     let mut decoder = HostStreamDecoder::new(DEFAULT_MAX_LINE);
-    let mut buffer = vec![0u8; 16 * 1024];
+    // Host requests are small; a long one is assembled by the decoder. Thousands of idle
+    // connections each hold this buffer, so it stays small.
+    let mut buffer = vec![0u8; 2048];
     let running: Running = Arc::default();
     let abort_running = running.clone();
     let _stop_running = scopeguard(move || {
