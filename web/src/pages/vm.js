@@ -70,7 +70,12 @@ export function vmPage({ user, live }, vmId, initialTab) {
       renderHead();
       return true;
     } catch (e) {
-      replace(head, h('p', { class: 'error', role: 'alert' }, `Cannot load the VM: ${e.message}`));
+      if (e.code === 'NOT_FOUND' || e.code === 'FORBIDDEN') {
+        replace(head, h('h1', null, 'VM not found'), h('p', { class: 'error' }, 'This VM does not exist or is not yours.'));
+        tabNav.hidden = true;
+      } else {
+        replace(head, h('p', { class: 'error', role: 'alert' }, `Cannot load the VM: ${e.message}`));
+      }
       return false;
     }
   }

@@ -1,0 +1,68 @@
+// Unit tests of the pure parts (node --test): formatting and metricsUpdate summaries.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import * as fmt from '../src/format.js';
+import { epochSeconds, summarize } from '../src/live.js';
+
+test('bytes use binary units with sensible precision', () => {
+  assert.equal(fmt.bytes(0), '0 B');
+  assert.equal(fmt.bytes(1536), '1.50 KiB');
+  assert.equal(fmt.bytes(5 * 2 ** 30), '5.00 GiB');
+  assert.equal(fmt.bytes(150 * 2 ** 20), '150 MiB');
+  assert.equal(fmt.bytes(undefined), '—');
+  assert.equal(fmt.kb(2048), '2.00 MiB');
+  assert.equal(fmt.rate(1024), '1.00 KiB/s');
+});
+
+test('durations and relative times read naturally', () => {
+  assert.equal(fmt.duration(42), '42s');
+  assert.equal(fmt.duration(3 * 86400 + 4 * 3600), '3d 4h');
+  assert.equal(fmt.millis(850), '850 ms');
+  assert.equal(fmt.millis(2310), '2.31 s');
+  const now = Date.parse('2026-01-01T00:01:00Z');
+  assert.equal(fmt.ago('2026-01-01T00:00:48Z', now), '12 s ago');
+  assert.equal(fmt.ago('2025-12-31T22:00:00Z', now), '2 h ago');
+  assert.equal(fmt.ago(null, now), 'never');
+});
+
+const sample = (rx, tx, perSec) => ({
+  cpu: { usage_percent: 12.5, cores_usage: [10, 15] },
+  memory: { total_kb: 4096, used_kb: 1024, available_kb: 3072 },
+  disk: { usage_stats: [{ mount_point: '/', total_gb: 10, used_gb: 4 }], io_stats: { read_bytes_per_sec: 100, write_bytes_per_sec: 50 } },
+  network: {
+    stats: [
+      { interface: 'lo', bytes_received: 1e9, bytes_sent: 1e9 },
+      { interface: 'eth0', bytes_received: rx, bytes_sent: tx, ...(perSec ? { bytes_received_per_sec: perSec, bytes_sent_per_sec: perSec / 2 } : {}) },
+    ],
+  },
+  system: { uptime: 60, load_average: { load1min: 0.5 } },
+});
+
+test('summarize takes the agent rates when present, loopback excluded', () => {
+  const m = summarize(sample(1000, 500, 800), 10);
+  assert.equal(m.cpuPercent, 12.5);
+  assert.deepEqual(m.coresUsage, [10, 15]);
+  assert.equal(m.memUsedKb, 1024);
+  assert.equal(m.netRxBps, 800);
+  assert.equal(m.netTxBps, 400);
+  assert.equal(m.diskReadBps, 100);
+  assert.deepEqual(m.disks, [{ mountPoint: '/', totalGb: 10, usedGb: 4 }]);
+});
+
+test('summarize derives rates from byte counters between two samples', () => {
+  const first = summarize(sample(1000, 500), 10);
+  assert.equal(first.netRxBps, 0);
+  const second = summarize(sample(3000, 1500), 12, first);
+  assert.equal(second.netRxBps, 1000);
+  assert.equal(second.netTxBps, 500);
+  // A counter reset (agent restart) gives 0, never a negative rate.
+  assert.equal(summarize(sample(10, 10), 14, second).netRxBps, 0);
+});
+
+test('summarize survives garbage from a guest', () => {
+  const m = summarize({ cpu: { usage_percent: 'x', cores_usage: 'no' }, network: null }, 1);
+  assert.equal(m.cpuPercent, 0);
+  assert.deepEqual(m.coresUsage, []);
+  assert.equal(m.netRxBps, 0);
+  assert.ok(Number.isFinite(epochSeconds('not a date')));
+});
