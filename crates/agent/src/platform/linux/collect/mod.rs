@@ -307,7 +307,7 @@ impl Collector {
                 let raw = std::fs::read(self.roots.root.join(file)).ok()?;
                 identity::pretty_name(&text(&raw))
             })
-            .unwrap_or_else(|| "Linux".to_string());
+            .unwrap_or_default();
         let kernel_file = |name: &str| {
             read_trimmed(&self.roots.proc.join("sys/kernel").join(name)).unwrap_or_default()
         };
