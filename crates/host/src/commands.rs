@@ -15,10 +15,10 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use infinibay_protocol::HostMessage;
 use infinibay_protocol::message::{
     Cancel, CommandResponse, SafeAction, SafeCommand, UnsafeCommand,
 };
+use infinibay_protocol::{HostMessage, encode_line};
 use infinibay_store::{CommandLogEntry, VmStatus};
 
 use crate::bus::CommandHandler;
@@ -136,6 +136,9 @@ pub enum CommandError {
     /// The bus has no command responder.
     #[error("no command responder is installed on the bus")]
     NoResponder,
+    /// The command cannot be expressed on the wire.
+    #[error("invalid command: {0}")]
+    Invalid(String),
 }
 
 /// Sends commands and routes their responses. Cheap to clone.
@@ -188,6 +191,7 @@ impl CommandCenter {
         let kind = command.kind();
         let message = command.into_message(id.clone());
         let logged = serde_json::to_value(&message).unwrap_or(serde_json::Value::Null);
+        let line = encode_line(&message).map_err(|e| CommandError::Invalid(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
         {
             let mut live = vm.live();
@@ -203,7 +207,7 @@ impl CommandCenter {
                     pending: live.pending.len(),
                 });
             }
-            match outbound.try_send(message) {
+            match outbound.try_send(line) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
                     return Err(CommandError::QueueFull(vm_id.to_owned()));
@@ -250,12 +254,12 @@ fn send_cancel(vm: &VmEntry, id: &str) -> Result<(), CommandError> {
     let Some(outbound) = live.outbound.as_ref() else {
         return Err(CommandError::NotConnected(vm.id().to_owned()));
     };
-    outbound
-        .try_send(HostMessage::Cancel(Cancel { id: id.to_owned() }))
-        .map_err(|e| match e {
-            TrySendError::Full(_) => CommandError::QueueFull(vm.id().to_owned()),
-            TrySendError::Closed(_) => CommandError::NotConnected(vm.id().to_owned()),
-        })
+    let line = encode_line(&HostMessage::Cancel(Cancel { id: id.to_owned() }))
+        .map_err(|e| CommandError::Invalid(e.to_string()))?;
+    outbound.try_send(line).map_err(|e| match e {
+        TrySendError::Full(_) => CommandError::QueueFull(vm.id().to_owned()),
+        TrySendError::Closed(_) => CommandError::NotConnected(vm.id().to_owned()),
+    })
 }
 
 #[async_trait]

@@ -200,7 +200,7 @@ async fn session(
                     id: Some(PING_IDS.fetch_add(1, Ordering::Relaxed).to_string()),
                     timestamp: Some(Timestamp::now()),
                 });
-                if tx.try_send(ping).is_err() {
+                if encode_line(&ping).map(|line| tx.try_send(line).is_err()).unwrap_or(true) {
                     VmCounters::bump(&vm.counters.pings_dropped);
                 }
             }
@@ -246,7 +246,7 @@ async fn session(
 
 async fn write_loop(
     mut writer: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<HostMessage>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
     token: CancellationToken,
     vm_id: String,
 ) {
@@ -264,19 +264,12 @@ async fn write_loop(
         return;
     }
     loop {
-        let message = tokio::select! {
+        let line = tokio::select! {
             m = rx.recv() => match m {
                 Some(m) => m,
                 None => break,
             },
             _ = token.cancelled() => break,
-        };
-        let line = match encode_line(&message) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(target: TARGET, vm = %vm_id, kind = message.kind(), "cannot encode: {e}");
-                continue;
-            }
         };
         if !write(&mut writer, &line, &token, &vm_id).await {
             return;

@@ -15,7 +15,7 @@ use crate::bus::{Bus, Filter, InProcessBus, Subscription};
 use crate::commands::{Command, CommandCenter, CommandError, PendingCommand};
 use crate::config::{Config, secs};
 use crate::diag::ProcessIdentity;
-use crate::registry::{Registry, VmSnapshot};
+use crate::registry::{Registry, VmSnapshot, VmTotals};
 use crate::store_writer::{QueueStats, StoreQueue};
 
 /// What every task of the host shares.
@@ -38,6 +38,8 @@ pub struct HostStats {
     pub vms: usize,
     /// VMs online.
     pub online: usize,
+    /// Totals over all VMs.
+    pub totals: VmTotals,
     /// The storage queue.
     pub queue: QueueStats,
 }
@@ -108,6 +110,7 @@ impl Host {
             shared.config.maintenance.clone(),
             background_stop.clone(),
         ));
+        background.spawn(report_stats(shared.clone(), background_stop.clone()));
         shared.tasks.spawn(crate::discover::run(shared.clone()));
         tracing::info!(target: "infinibay::host", socket_dir = %shared.config.socket_dir.display(),
             store = store.backend(), "host started");
@@ -128,6 +131,11 @@ impl Host {
         self.background_stop.cancel();
         self.background.close();
         self.background.wait().await;
+        let s = self.stats();
+        tracing::info!(target: "infinibay::stats", vms = s.vms, messages = s.totals.messages,
+            decode_errors = s.totals.decode_errors, samples_written = s.queue.samples_written,
+            samples_coalesced = s.queue.samples_coalesced, samples_failed = s.queue.samples_failed,
+            "totals at stop");
         tracing::info!(target: "infinibay::host", "host stopped");
     }
 
@@ -174,12 +182,7 @@ impl Host {
 
     /// Host-wide counters.
     pub fn stats(&self) -> HostStats {
-        let (vms, online) = self.shared.registry.counts();
-        HostStats {
-            vms,
-            online,
-            queue: self.shared.queue.stats(),
-        }
+        stats_of(&self.shared)
     }
 
     /// The command sender.
@@ -210,5 +213,37 @@ impl Host {
     /// Cancel a waiting command.
     pub fn cancel_command(&self, vm_id: &str, id: &str) -> Result<(), CommandError> {
         self.commands.cancel(vm_id, id)
+    }
+}
+
+fn stats_of(shared: &Shared) -> HostStats {
+    let totals = shared.registry.totals();
+    HostStats {
+        vms: totals.vms,
+        online: totals.online,
+        totals,
+        queue: shared.queue.stats(),
+    }
+}
+
+/// One line a minute with the host's rates and queue counters (target `infinibay::stats`).
+async fn report_stats(shared: Arc<Shared>, stop: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(60);
+    let mut previous = stats_of(&shared);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+        let now = stats_of(&shared);
+        let per_sec = |a: u64, b: u64| a.saturating_sub(b) as f64 / EVERY.as_secs_f64();
+        tracing::info!(target: "infinibay::stats",
+            vms = now.vms, online = now.online, connected = now.totals.connected,
+            msg_per_sec = per_sec(now.totals.messages, previous.totals.messages),
+            samples_written_per_sec = per_sec(now.queue.samples_written, previous.queue.samples_written),
+            samples_coalesced = now.queue.samples_coalesced, samples_failed = now.queue.samples_failed,
+            decode_errors = now.totals.decode_errors, pending_samples = now.queue.pending_samples,
+            "ingest");
+        previous = now;
     }
 }

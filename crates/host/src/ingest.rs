@@ -15,7 +15,9 @@ use tokio::time::Instant;
 
 use infinibay_protocol::message::{GuestError, SystemMetrics, VmIdentification, Welcome};
 use infinibay_protocol::sanitize::{Limits, sanitize};
-use infinibay_protocol::{DecodeError, GuestMessage, HostMessage, PROTOCOL_VERSION, Timestamp};
+use infinibay_protocol::{
+    DecodeError, GuestMessage, HostMessage, PROTOCOL_VERSION, Timestamp, encode_line,
+};
 use infinibay_store::{Inventory, InventoryKind, MetricSample, VmErrorRecord, VmStatus};
 
 use crate::bus::{AgentEvent, Bus, BusEvent, StatusEvent};
@@ -148,7 +150,7 @@ pub(crate) struct Ingest {
     vm: Arc<VmEntry>,
     queue: Arc<StoreQueue>,
     bus: Arc<dyn Bus>,
-    outbound: mpsc::Sender<HostMessage>,
+    outbound: mpsc::Sender<Vec<u8>>,
     limits: Limits,
     dedup: Deduper,
     /// A valid message arrived on this connection.
@@ -162,7 +164,7 @@ impl Ingest {
         vm: Arc<VmEntry>,
         queue: Arc<StoreQueue>,
         bus: Arc<dyn Bus>,
-        outbound: mpsc::Sender<HostMessage>,
+        outbound: mpsc::Sender<Vec<u8>>,
         dedup_period: Duration,
     ) -> Self {
         Self {
@@ -285,7 +287,10 @@ impl Ingest {
             protocol_version: id.protocol_version.clamp(1, PROTOCOL_VERSION),
             timestamp: Some(Timestamp::now()),
         });
-        if self.outbound.try_send(welcome).is_err() {
+        if encode_line(&welcome)
+            .map(|line| self.outbound.try_send(line).is_err())
+            .unwrap_or(true)
+        {
             VmCounters::bump(&self.vm.counters.pings_dropped);
         }
         self.vm.live().agent = Some(id.clone());

@@ -15,6 +15,7 @@
 pub use infinibay_protocol as protocol;
 pub use infinibay_store as store;
 
+pub mod api;
 pub mod backoff;
 pub mod bus;
 pub mod cli;
@@ -32,9 +33,10 @@ pub mod registry;
 pub mod serve;
 pub mod store_writer;
 pub mod system;
+pub mod users;
 
 pub use bus::{Bus, BusEvent, Filter, InProcessBus, Subscription, Topic};
 pub use commands::{Command, CommandError, PendingCommand};
 pub use config::Config;
 pub use host::{Host, HostStats};
-pub use registry::{VmSnapshot, VmStats};
+pub use registry::{VmSnapshot, VmStats, VmTotals};

@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use infinibay_protocol::HostMessage;
 use infinibay_protocol::message::{CommandResponse, VmIdentification};
 use infinibay_store::VmStatus;
 
@@ -104,8 +103,10 @@ pub(crate) struct Live {
     pub status: VmStatus,
     pub last_seen: Option<DateTime<Utc>>,
     pub agent: Option<VmIdentification>,
-    /// Present while a socket connection is open; commands go through it.
-    pub outbound: Option<mpsc::Sender<HostMessage>>,
+    /// Present while a socket connection is open; commands go through it. Encoded lines:
+    /// a queue slot is then 24 bytes, not the size of the largest message type, which adds up
+    /// over 10,000 VMs.
+    pub outbound: Option<mpsc::Sender<Vec<u8>>>,
     pub pending: HashMap<String, PendingSlot>,
     pub socket_present: bool,
 }
@@ -233,13 +234,50 @@ impl Registry {
         out
     }
 
-    /// Number of VMs known and number online.
-    pub fn counts(&self) -> (usize, usize) {
+    /// Totals over all VMs.
+    pub fn totals(&self) -> VmTotals {
         let entries: Vec<Arc<VmEntry>> = lock(&self.vms).values().cloned().collect();
-        let online = entries
-            .iter()
-            .filter(|e| e.live().status == VmStatus::Online)
-            .count();
-        (entries.len(), online)
+        let mut t = VmTotals {
+            vms: entries.len(),
+            ..VmTotals::default()
+        };
+        for e in &entries {
+            {
+                let live = e.live();
+                t.online += usize::from(live.status == VmStatus::Online);
+                t.connected += usize::from(live.outbound.is_some());
+            }
+            let s = e.counters.snapshot();
+            t.messages += s.messages;
+            t.decode_errors += s.decode_errors;
+            t.sanitized_fixes += s.sanitized_fixes;
+            t.unmatched_responses += s.unmatched_responses;
+            t.read_pauses += s.read_pauses;
+            t.connect_attempts += s.connect_attempts;
+        }
+        t
     }
+}
+
+/// Totals over all VMs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct VmTotals {
+    /// VMs known.
+    pub vms: usize,
+    /// VMs online.
+    pub online: usize,
+    /// VMs with an open socket connection.
+    pub connected: usize,
+    /// Valid messages received.
+    pub messages: u64,
+    /// Lines that could not be decoded.
+    pub decode_errors: u64,
+    /// Values sanitising changed.
+    pub sanitized_fixes: u64,
+    /// Responses with unknown ids.
+    pub unmatched_responses: u64,
+    /// Rate-limit pauses.
+    pub read_pauses: u64,
+    /// Connection attempts.
+    pub connect_attempts: u64,
 }

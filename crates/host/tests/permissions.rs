@@ -181,3 +181,23 @@ fn serve_refuses_a_taken_port_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(stderr.contains("address already in use"), "{stderr}");
 }
+
+#[test]
+fn serve_reports_an_unreachable_database_without_its_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_infinibay"))
+        .arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--socket-dir")
+        .arg(dir.path())
+        .arg("--database")
+        .arg("postgres://infinibay:s3cret@127.0.0.1:1/infinibay")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is unreachable"), "{stderr}");
+    assert!(stderr.contains("infinibay:***@127.0.0.1:1"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "password leaked: {stderr}");
+}
