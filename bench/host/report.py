@@ -72,7 +72,8 @@ w("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
 for l in loads:
     d = l["duration"]
     desc = (f"{l['vms']:,} VMs @ {l['interval']} s, {l['profile']}"
-            + (f", {l['flood']} flooding 64 KB" if l["flood"] else "")
+            + (f", {l['flood']} flooding 64 KB ({window(l,'flood_messages')/d:,.0f} msg/s, "
+               f"{window(l,'bytes')/d/1e6:,.1f} MB/s written by the sim)" if l["flood"] else "")
             + f"; sim runtime {'multi-thread x' + str(l['sim_threads']) if l['sim_threads'] else 'current-thread'}")
     own = l.get("consumer_own") or {}
     gaps = (f"{own['gap_p50_ms']:.0f} / {own['gap_p99_ms']:.0f} / {own['gap_max_ms']:.0f}, {own['late_gaps']}"
