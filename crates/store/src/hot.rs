@@ -1,12 +1,13 @@
 //! What a store keeps in memory so the per-batch write path touches only what it must.
 //!
-//! * Known VM ids: registration (`INSERT … ON CONFLICT DO NOTHING`) is needed only for ids this
-//!   process has not seen yet.
+//! * Known VM ids and their integer keys (what sample and rollup rows refer to): registration
+//!   (`INSERT … ON CONFLICT DO NOTHING`) and the key lookup are needed only for ids this process
+//!   has not seen yet.
 //! * Each VM's newest sample (with its ~1 KB detail): `latest_sample` answers from here, and the
 //!   `vm_latest_sample` row is rewritten at most every [`LATEST_PERSIST_INTERVAL`] per VM
 //!   instead of once per sample; `flush` (and every `maintain`) writes the rest.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use chrono::{DateTime, Duration, Utc};
@@ -26,7 +27,7 @@ struct Latest {
 /// The in-memory state of one store.
 #[derive(Debug, Default)]
 pub(crate) struct HotState {
-    known: Mutex<HashSet<String>>,
+    known: Mutex<HashMap<String, i64>>,
     latest: Mutex<HashMap<String, Latest>>,
 }
 
@@ -37,6 +38,8 @@ pub(crate) struct BatchPlan {
     pub unknown: Vec<usize>,
     /// Samples to write to `vm_latest_sample`, in VM-id order.
     pub persist: Vec<usize>,
+    /// The key of each sample's VM, where known.
+    pub keys: Vec<Option<i64>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -52,10 +55,16 @@ impl HotState {
     pub(crate) fn plan(&self, samples: &[MetricSample], newest: &[usize]) -> BatchPlan {
         let known = lock(&self.known);
         let latest = lock(&self.latest);
-        let mut plan = BatchPlan::default();
+        let mut plan = BatchPlan {
+            keys: samples
+                .iter()
+                .map(|s| known.get(&s.vm_id).copied())
+                .collect(),
+            ..BatchPlan::default()
+        };
         for &i in newest {
             let sample = &samples[i];
-            if !known.contains(&sample.vm_id) {
+            if plan.keys[i].is_none() {
                 plan.unknown.push(i);
             }
             let due = match latest.get(&sample.vm_id) {
@@ -74,21 +83,15 @@ impl HotState {
         plan
     }
 
-    /// Records a committed batch.
+    /// Records a committed batch and the keys of the VMs it registered.
     pub(crate) fn committed(
         &self,
         samples: &[MetricSample],
         newest: &[usize],
         persisted: &[usize],
+        learned: HashMap<String, i64>,
     ) {
-        {
-            let mut known = lock(&self.known);
-            for &i in newest {
-                if !known.contains(&samples[i].vm_id) {
-                    known.insert(samples[i].vm_id.clone());
-                }
-            }
-        }
+        lock(&self.known).extend(learned);
         let mut latest = lock(&self.latest);
         for &i in newest {
             let sample = &samples[i];
@@ -122,8 +125,8 @@ impl HotState {
     }
 
     /// A registration this process did outside `insert_samples`.
-    pub(crate) fn know(&self, vm_id: &str) {
-        lock(&self.known).insert(vm_id.to_owned());
+    pub(crate) fn know(&self, vm_id: &str, key: i64) {
+        lock(&self.known).insert(vm_id.to_owned(), key);
     }
 
     /// The newest sample of a VM, if this process has seen one.

@@ -5,6 +5,7 @@
 //! size. Rows that several batches may touch (`vms`, `vm_latest_sample`) are written in VM-id
 //! order so that concurrent batches cannot deadlock. Needs PostgreSQL 14 or newer (`date_bin`).
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::RwLock;
 use std::time::Duration as StdDuration;
@@ -106,8 +107,8 @@ impl PgStore {
 
 /// `last_seen` also counts the newest persisted sample (samples do not rewrite `vms`).
 const VM_SELECT: &str = "SELECT v.id, v.name, v.owner_id, v.department, v.status, \
-     GREATEST(v.last_seen, l.at) AS last_seen, v.agent::text AS agent, v.created_at \
-     FROM vms v LEFT JOIN vm_latest_sample l ON l.vm_id = v.id";
+     GREATEST(v.last_seen, l.at) AS last_seen, v.agent::text AS agent, v.created_at, \
+     v.key FROM vms v LEFT JOIN vm_latest_sample l ON l.vm_id = v.id";
 
 fn vm_from_row(row: &PgRow) -> Result<VmRecord> {
     let c = || ctx("read vm");
@@ -167,28 +168,28 @@ async fn ensure_vms(
 async fn roll_range(pool: &PgPool, tier: Resolution, start: i64, end: i64) -> Result<u64> {
     let sql = match tier {
         Resolution::Minute => {
-            "INSERT INTO metric_minute (vm_id, bucket, samples, cpu_avg, cpu_min, cpu_max, \
+            "INSERT INTO metric_minute (vm_key, bucket, samples, cpu_avg, cpu_min, cpu_max, \
              mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
-             SELECT vm_id, date_bin('1 minute', at, TIMESTAMPTZ 'epoch'), COUNT(*), AVG(cpu), \
+             SELECT vm_key, date_bin('1 minute', at, TIMESTAMPTZ 'epoch'), COUNT(*), AVG(cpu), \
              MIN(cpu), MAX(cpu), AVG(mem_used_kb)::float8, MAX(mem_total_kb), AVG(disk_read_bps), \
              AVG(disk_write_bps), AVG(net_rx_bps), AVG(net_tx_bps) \
              FROM metric_samples WHERE at >= $1 AND at < $2 GROUP BY 1, 2 \
-             ON CONFLICT (vm_id, bucket) DO UPDATE SET samples = excluded.samples, \
+             ON CONFLICT (vm_key, bucket) DO UPDATE SET samples = excluded.samples, \
              cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
              mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
              disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
              net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps"
         }
         _ => {
-            "INSERT INTO metric_hour (vm_id, bucket, samples, cpu_avg, cpu_min, cpu_max, \
+            "INSERT INTO metric_hour (vm_key, bucket, samples, cpu_avg, cpu_min, cpu_max, \
              mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
-             SELECT vm_id, date_bin('1 hour', bucket, TIMESTAMPTZ 'epoch'), SUM(samples)::int8, \
+             SELECT vm_key, date_bin('1 hour', bucket, TIMESTAMPTZ 'epoch'), SUM(samples)::int8, \
              SUM(cpu_avg * samples) / SUM(samples), MIN(cpu_min), MAX(cpu_max), \
              SUM(mem_used_kb_avg * samples) / SUM(samples), MAX(mem_total_kb), \
              SUM(disk_read_bps * samples) / SUM(samples), SUM(disk_write_bps * samples) / SUM(samples), \
              SUM(net_rx_bps * samples) / SUM(samples), SUM(net_tx_bps * samples) / SUM(samples) \
              FROM metric_minute WHERE bucket >= $1 AND bucket < $2 GROUP BY 1, 2 \
-             ON CONFLICT (vm_id, bucket) DO UPDATE SET samples = excluded.samples, \
+             ON CONFLICT (vm_key, bucket) DO UPDATE SET samples = excluded.samples, \
              cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
              mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
              disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
@@ -343,8 +344,15 @@ impl<'a> SampleColumns<'a> {
         &'q self,
         query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        self.bind_values(query.bind(&self.vm_id))
+    }
+
+    /// Everything but the VM column (which the caller bound as `$1`).
+    fn bind_values<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
         query
-            .bind(&self.vm_id)
             .bind(&self.at)
             .bind(&self.guest_time)
             .bind(&self.cpu)
@@ -435,7 +443,8 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await
             .map_err(ctx("upsert_vm: read back"))?;
-        self.hot.know(id);
+        let key: i64 = row.try_get("key").map_err(ctx("upsert_vm: key"))?;
+        self.hot.know(id, key);
         self.overlay(vm_from_row(&row)?)
     }
 
@@ -528,7 +537,8 @@ impl Store for PgStore {
         loop {
             let deleted = sqlx::query(
                 "DELETE FROM metric_samples WHERE ctid = ANY(ARRAY(\
-                 SELECT ctid FROM metric_samples WHERE vm_id = $1 LIMIT $2))",
+                 SELECT ctid FROM metric_samples \
+                 WHERE vm_key = (SELECT key FROM vms WHERE id = $1) LIMIT $2))",
             )
             .bind(id)
             .bind(DELETE_VM_BATCH)
@@ -541,10 +551,16 @@ impl Store for PgStore {
             }
         }
         let mut tx = self.pool.begin().await.map_err(ctx("delete_vm: begin"))?;
+        for table in ["metric_samples", "metric_minute", "metric_hour"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE vm_key = (SELECT key FROM vms WHERE id = $1)"
+            ))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx("delete_vm"))?;
+        }
         for table in [
-            "metric_samples",
-            "metric_minute",
-            "metric_hour",
             "vm_latest_sample",
             "vm_inventory",
             "service_history",
@@ -603,15 +619,37 @@ impl Store for PgStore {
             .begin()
             .await
             .map_err(ctx("insert_samples: begin"))?;
+        let mut learned = HashMap::new();
         if !unknown.is_empty() {
             ensure_vms(&mut tx, &unknown, samples[plan.unknown[0]].received_at).await?;
+            learned =
+                sqlx::query_as::<_, (String, i64)>("SELECT id, key FROM vms WHERE id = ANY($1)")
+                    .bind(&unknown)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(ctx("vm keys"))?
+                    .into_iter()
+                    .collect();
+        }
+        let mut keys = Vec::with_capacity(samples.len());
+        for (s, key) in samples.iter().zip(&plan.keys) {
+            match key.or_else(|| learned.get(&s.vm_id).copied()) {
+                Some(key) => keys.push(key),
+                None => {
+                    return Err(StoreError::Other(format!(
+                        "insert_samples: VM {} has no key after registration",
+                        s.vm_id
+                    )));
+                }
+            }
         }
         let insert = format!(
-            "INSERT INTO metric_samples (vm_id, at, guest_time, cpu, mem_used_kb, mem_total_kb, \
+            "INSERT INTO metric_samples (vm_key, at, guest_time, cpu, mem_used_kb, mem_total_kb, \
              swap_used_kb, disk_used_percent, disk_read_bps, disk_write_bps, net_rx_bps, \
-             net_tx_bps, load1) SELECT * FROM {UNNEST_SAMPLE_COLUMNS})"
+             net_tx_bps, load1) SELECT * FROM {}",
+            UNNEST_SAMPLE_COLUMNS.replacen("$1::text[]", "$1::int8[]", 1) + ")"
         );
-        all.bind(sqlx::query(&insert))
+        all.bind_values(sqlx::query(&insert).bind(&keys))
             .execute(&mut *tx)
             .await
             .map_err(ctx("insert_samples"))?;
@@ -624,7 +662,7 @@ impl Store for PgStore {
         .await
         .map_err(ctx("insert_samples: watermark"))?;
         tx.commit().await.map_err(ctx("insert_samples: commit"))?;
-        self.hot.committed(samples, &newest, &plan.persist);
+        self.hot.committed(samples, &newest, &plan.persist, learned);
         Ok(())
     }
 
@@ -906,14 +944,15 @@ impl Store for PgStore {
             max_points,
             || async {
                 sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM metric_samples WHERE vm_id = $1 AND at >= $2 AND at <= $3",
-            )
-            .bind(vm_id)
-            .bind(from)
-            .bind(to)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(ctx("metrics: count"))
+                    "SELECT COUNT(*) FROM metric_samples \
+                 WHERE vm_key = (SELECT key FROM vms WHERE id = $1) AND at >= $2 AND at <= $3",
+                )
+                .bind(vm_id)
+                .bind(from)
+                .bind(to)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(ctx("metrics: count"))
             },
         )
         .await?;
@@ -931,7 +970,8 @@ impl Store for PgStore {
                 "SELECT at, cpu AS cpu_avg, cpu AS cpu_min, cpu AS cpu_max, \
                  mem_used_kb::float8 AS mem_used_kb_avg, mem_total_kb, disk_read_bps, \
                  disk_write_bps, net_rx_bps, net_tx_bps, 1::int8 AS samples \
-                 FROM metric_samples WHERE vm_id = $1 AND at >= $2 AND at <= $3 ORDER BY at"
+                 FROM metric_samples WHERE vm_key = (SELECT key FROM vms WHERE id = $1) \
+                 AND at >= $2 AND at <= $3 ORDER BY at"
                     .to_owned(),
                 from,
             ),
@@ -944,7 +984,8 @@ impl Store for PgStore {
                  AVG(disk_read_bps) AS disk_read_bps, AVG(disk_write_bps) AS disk_write_bps, \
                  AVG(net_rx_bps) AS net_rx_bps, AVG(net_tx_bps) AS net_tx_bps, \
                  COUNT(*) AS samples \
-                 FROM metric_samples WHERE vm_id = $1 AND at >= $2 AND at <= $3 \
+                 FROM metric_samples WHERE vm_key = (SELECT key FROM vms WHERE id = $1) \
+                 AND at >= $2 AND at <= $3 \
                  GROUP BY 1 ORDER BY 1"
                     .to_owned(),
                 from,
@@ -969,7 +1010,8 @@ impl Store for PgStore {
                          SUM(net_rx_bps * samples) / SUM(samples) AS net_rx_bps, \
                          SUM(net_tx_bps * samples) / SUM(samples) AS net_tx_bps, \
                          SUM(samples)::int8 AS samples \
-                         FROM {table} WHERE vm_id = $1 AND bucket >= $2 AND bucket <= $3 \
+                         FROM {table} WHERE vm_key = (SELECT key FROM vms WHERE id = $1) \
+                         AND bucket >= $2 AND bucket <= $3 \
                          GROUP BY 1 ORDER BY 1"
                     ),
                     from_ms(floor_to(from.timestamp_millis(), step))?,

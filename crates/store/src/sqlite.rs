@@ -5,6 +5,7 @@
 //! thanks to WAL, never wait for the writer. Times are stored as INTEGER milliseconds since the
 //! epoch, JSON as TEXT.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::RwLock;
@@ -180,7 +181,7 @@ fn opt_from_ms(v: Option<i64>) -> Result<Option<DateTime<Utc>>> {
 /// `last_seen` also counts the newest persisted sample (samples do not rewrite `vms`).
 const VM_SELECT: &str = "SELECT v.id, v.name, v.owner_id, v.department, v.status, \
      MAX(COALESCE(v.last_seen, l.at), COALESCE(l.at, v.last_seen)) AS last_seen, v.agent, \
-     v.created_at FROM vms v LEFT JOIN vm_latest_sample l ON l.vm_id = v.id";
+     v.created_at, v.key FROM vms v LEFT JOIN vm_latest_sample l ON l.vm_id = v.id";
 
 fn vm_from_row(row: &SqliteRow) -> Result<VmRecord> {
     let agent: Option<String> = row.try_get("agent").map_err(ctx("read vm"))?;
@@ -224,6 +225,29 @@ async fn ensure_vms(
     }
     Ok(())
 }
+
+/// The keys of VMs registered (or found) in this transaction.
+async fn fetch_keys(
+    tx: &mut Transaction<'_, Sqlite>,
+    vm_ids: &[&str],
+) -> Result<HashMap<String, i64>> {
+    let mut keys = HashMap::with_capacity(vm_ids.len());
+    for chunk in vm_ids.chunks(VM_ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "SELECT id, key FROM vms WHERE id IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        keys.extend(query.fetch_all(&mut **tx).await.map_err(ctx("vm keys"))?);
+    }
+    Ok(keys)
+}
+
+/// `vm_key = <key of the VM with id ?1>`, for queries of one VM's metrics.
+const KEY_OF_VM: &str = "vm_key = (SELECT key FROM vms WHERE id = ?1)";
 
 /// Columns of a metric point, as every metrics query selects them.
 fn point_from_row(row: &SqliteRow) -> Result<MetricPoint> {
@@ -296,28 +320,28 @@ async fn write_latest(tx: &mut Transaction<'_, Sqlite>, samples: &[&MetricSample
 async fn roll_range(pool: &SqlitePool, tier: Resolution, start: i64, end: i64) -> Result<u64> {
     let sql = match tier {
         Resolution::Minute => {
-            "INSERT INTO metric_minute (vm_id, bucket, samples, cpu_avg, cpu_min, cpu_max, \
+            "INSERT INTO metric_minute (vm_key, bucket, samples, cpu_avg, cpu_min, cpu_max, \
              mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
-             SELECT vm_id, (at / 60000) * 60000, COUNT(*), AVG(cpu), MIN(cpu), MAX(cpu), \
+             SELECT vm_key, (at / 60000) * 60000, COUNT(*), AVG(cpu), MIN(cpu), MAX(cpu), \
              CAST(AVG(mem_used_kb) AS REAL), MAX(mem_total_kb), AVG(disk_read_bps), \
              AVG(disk_write_bps), AVG(net_rx_bps), AVG(net_tx_bps) \
-             FROM metric_samples WHERE at >= ?1 AND at < ?2 GROUP BY vm_id, at / 60000 \
-             ON CONFLICT (vm_id, bucket) DO UPDATE SET samples = excluded.samples, \
+             FROM metric_samples WHERE at >= ?1 AND at < ?2 GROUP BY vm_key, at / 60000 \
+             ON CONFLICT (vm_key, bucket) DO UPDATE SET samples = excluded.samples, \
              cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
              mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
              disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
              net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps"
         }
         _ => {
-            "INSERT INTO metric_hour (vm_id, bucket, samples, cpu_avg, cpu_min, cpu_max, \
+            "INSERT INTO metric_hour (vm_key, bucket, samples, cpu_avg, cpu_min, cpu_max, \
              mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
-             SELECT vm_id, (bucket / 3600000) * 3600000, SUM(samples), \
+             SELECT vm_key, (bucket / 3600000) * 3600000, SUM(samples), \
              SUM(cpu_avg * samples) / SUM(samples), MIN(cpu_min), MAX(cpu_max), \
              SUM(mem_used_kb_avg * samples) / SUM(samples), MAX(mem_total_kb), \
              SUM(disk_read_bps * samples) / SUM(samples), SUM(disk_write_bps * samples) / SUM(samples), \
              SUM(net_rx_bps * samples) / SUM(samples), SUM(net_tx_bps * samples) / SUM(samples) \
-             FROM metric_minute WHERE bucket >= ?1 AND bucket < ?2 GROUP BY vm_id, bucket / 3600000 \
-             ON CONFLICT (vm_id, bucket) DO UPDATE SET samples = excluded.samples, \
+             FROM metric_minute WHERE bucket >= ?1 AND bucket < ?2 GROUP BY vm_key, bucket / 3600000 \
+             ON CONFLICT (vm_key, bucket) DO UPDATE SET samples = excluded.samples, \
              cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
              mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
              disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
@@ -475,7 +499,8 @@ impl Store for SqliteStore {
             .fetch_one(&self.writer)
             .await
             .map_err(ctx("upsert_vm: read back"))?;
-        self.hot.know(id);
+        let key: i64 = row.try_get("key").map_err(ctx("upsert_vm: key"))?;
+        self.hot.know(id, key);
         self.overlay(vm_from_row(&row)?)
     }
 
@@ -572,7 +597,7 @@ impl Store for SqliteStore {
         loop {
             let deleted = sqlx::query(
                 "DELETE FROM metric_samples WHERE rowid IN \
-                 (SELECT rowid FROM metric_samples WHERE vm_id = ?1 LIMIT ?2)",
+                 (SELECT rowid FROM metric_samples WHERE vm_key = (SELECT key FROM vms WHERE id = ?1) LIMIT ?2)",
             )
             .bind(id)
             .bind(DELETE_VM_BATCH)
@@ -585,10 +610,14 @@ impl Store for SqliteStore {
             }
         }
         let mut tx = self.writer.begin().await.map_err(ctx("delete_vm: begin"))?;
+        for table in ["metric_samples", "metric_minute", "metric_hour"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE {KEY_OF_VM}"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx("delete_vm"))?;
+        }
         for table in [
-            "metric_samples",
-            "metric_minute",
-            "metric_hour",
             "vm_latest_sample",
             "vm_inventory",
             "service_history",
@@ -638,20 +667,37 @@ impl Store for SqliteStore {
             .begin()
             .await
             .map_err(ctx("insert_samples: begin"))?;
+        let mut learned = HashMap::new();
         if !unknown.is_empty() {
             ensure_vms(&mut tx, &unknown, samples[plan.unknown[0]].received_at).await?;
+            learned = fetch_keys(&mut tx, &unknown).await?;
         }
-        for chunk in samples.chunks(SAMPLE_ROWS_PER_STATEMENT) {
+        let mut keys = Vec::with_capacity(samples.len());
+        for (s, key) in samples.iter().zip(&plan.keys) {
+            match key.or_else(|| learned.get(&s.vm_id).copied()) {
+                Some(key) => keys.push(key),
+                None => {
+                    return Err(StoreError::Other(format!(
+                        "insert_samples: VM {} has no key after registration",
+                        s.vm_id
+                    )));
+                }
+            }
+        }
+        for (chunk, chunk_keys) in samples
+            .chunks(SAMPLE_ROWS_PER_STATEMENT)
+            .zip(keys.chunks(SAMPLE_ROWS_PER_STATEMENT))
+        {
             let sql = format!(
-                "INSERT INTO metric_samples (vm_id, at, guest_time, cpu, mem_used_kb, mem_total_kb, \
+                "INSERT INTO metric_samples (vm_key, at, guest_time, cpu, mem_used_kb, mem_total_kb, \
                  swap_used_kb, disk_used_percent, disk_read_bps, disk_write_bps, net_rx_bps, \
                  net_tx_bps, load1) VALUES {}",
                 values_placeholders(chunk.len(), 13)
             );
             let mut query = sqlx::query(&sql);
-            for s in chunk {
+            for (s, key) in chunk.iter().zip(chunk_keys) {
                 query = query
-                    .bind(s.vm_id.as_str())
+                    .bind(*key)
                     .bind(ms(s.received_at))
                     .bind(opt_ms(s.guest_time))
                     .bind(common::finite(s.cpu_percent))
@@ -679,7 +725,7 @@ impl Store for SqliteStore {
         .await
         .map_err(ctx("insert_samples: watermark"))?;
         tx.commit().await.map_err(ctx("insert_samples: commit"))?;
-        self.hot.committed(samples, &newest, &plan.persist);
+        self.hot.committed(samples, &newest, &plan.persist, learned);
         Ok(())
     }
 
@@ -958,14 +1004,15 @@ impl Store for SqliteStore {
             max_points,
             || async {
                 sqlx::query_scalar::<_, i64>(
-                "SELECT COUNT(*) FROM metric_samples WHERE vm_id = ?1 AND at >= ?2 AND at <= ?3",
-            )
-            .bind(vm_id)
-            .bind(from_ms_)
-            .bind(to_ms_)
-            .fetch_one(&self.reader)
-            .await
-            .map_err(ctx("metrics: count"))
+                    "SELECT COUNT(*) FROM metric_samples \
+                 WHERE vm_key = (SELECT key FROM vms WHERE id = ?1) AND at >= ?2 AND at <= ?3",
+                )
+                .bind(vm_id)
+                .bind(from_ms_)
+                .bind(to_ms_)
+                .fetch_one(&self.reader)
+                .await
+                .map_err(ctx("metrics: count"))
             },
         )
         .await?;
@@ -983,7 +1030,8 @@ impl Store for SqliteStore {
                 "SELECT at, cpu AS cpu_avg, cpu AS cpu_min, cpu AS cpu_max, \
                  CAST(mem_used_kb AS REAL) AS mem_used_kb_avg, mem_total_kb, disk_read_bps, \
                  disk_write_bps, net_rx_bps, net_tx_bps, 1 AS samples \
-                 FROM metric_samples WHERE vm_id = ?1 AND at >= ?2 AND at <= ?3 ORDER BY at"
+                 FROM metric_samples WHERE vm_key = (SELECT key FROM vms WHERE id = ?1) \
+                 AND at >= ?2 AND at <= ?3 ORDER BY at"
                     .to_owned(),
                 None,
             ),
@@ -995,7 +1043,8 @@ impl Store for SqliteStore {
                  MAX(mem_total_kb) AS mem_total_kb, AVG(disk_read_bps) AS disk_read_bps, \
                  AVG(disk_write_bps) AS disk_write_bps, AVG(net_rx_bps) AS net_rx_bps, \
                  AVG(net_tx_bps) AS net_tx_bps, COUNT(*) AS samples \
-                 FROM metric_samples WHERE vm_id = ?1 AND at >= ?2 AND at <= ?3 \
+                 FROM metric_samples WHERE vm_key = (SELECT key FROM vms WHERE id = ?1) \
+                 AND at >= ?2 AND at <= ?3 \
                  GROUP BY at / ?4 ORDER BY 1"
                     .to_owned(),
                 Some(width_ms),
@@ -1020,7 +1069,7 @@ impl Store for SqliteStore {
                          SUM(net_rx_bps * samples) / SUM(samples) AS net_rx_bps, \
                          SUM(net_tx_bps * samples) / SUM(samples) AS net_tx_bps, \
                          SUM(samples) AS samples \
-                         FROM {table} WHERE vm_id = ?1 AND bucket >= ?2 AND bucket <= ?3 \
+                         FROM {table} WHERE {KEY_OF_VM} AND bucket >= ?2 AND bucket <= ?3 \
                          GROUP BY bucket / ?4 ORDER BY 1"
                     ),
                     Some(width_ms),
