@@ -169,6 +169,9 @@ async function startWorld() {
     if (host.exitCode !== null) {
       await sleep(300); // let its log reach the file
       const log = readFileSync(join(OUT, 'infinibay.log'), 'utf8');
+      if (/unknown field `admin_password`/.test(log)) {
+        throw new NotAvailable('`infinibay serve` does not accept INFINIBAY_ADMIN_PASSWORD (the first admin) yet');
+      }
       throw new Fatal(`infinibay serve exited with ${host.exitCode}:\n${log.split('\n').slice(-15).join('\n')}`);
     }
     return (await fetch(`${base}/healthz`)).ok;
