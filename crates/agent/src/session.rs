@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::time::{Duration, Instant};
 
 use infinibay_protocol::message::{
@@ -438,17 +438,25 @@ impl Session {
                 }
                 _ => continue,
             };
-            // Sent only when it changed: the fingerprint is taken without the timestamp.
-            let Ok(untimed) = encode_line(&message) else {
-                continue;
-            };
-            let fingerprint = fingerprint(&untimed);
+            // Sent only when it changed. The fingerprint is taken without the timestamp, by
+            // hashing the JSON as it is written: no second copy of a 100 kB inventory.
+            let fingerprint = fingerprint(&message);
             if self.inventory_sent[slot] == Some(fingerprint) {
                 continue;
             }
             self.inventory_sent[slot] = Some(fingerprint);
             let message = with_timestamp(message);
-            self.push(LineClass::Telemetry(kind), &message);
+            match encode_exact(&message) {
+                Some(line) if line.len() <= self.config.limits.max_line_bytes => {
+                    self.outbox.push(LineClass::Telemetry(kind), line);
+                }
+                Some(line) => tracing::warn!(
+                    kind = message.kind(),
+                    bytes = line.len(),
+                    "inventory longer than the host's line limit: not sent"
+                ),
+                None => tracing::error!(kind = message.kind(), "cannot encode an inventory"),
+            }
         }
     }
 
@@ -487,10 +495,45 @@ fn with_timestamp(message: GuestMessage) -> GuestMessage {
     }
 }
 
-fn fingerprint(bytes: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
+/// Encode into a buffer of exactly the line's size: inventories are the agent's biggest
+/// messages, and a doubling Vec would hold up to twice their size at the peak.
+fn encode_exact(message: &GuestMessage) -> Option<Vec<u8>> {
+    struct CountWriter(usize);
+    impl std::io::Write for CountWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = CountWriter(0);
+    serde_json::to_writer(&mut counter, message).ok()?;
+    let mut line = Vec::with_capacity(counter.0 + 1);
+    serde_json::to_writer(&mut line, message).ok()?;
+    line.push(b'\n');
+    Some(line)
+}
+
+/// A hash of a message's JSON form, computed while serializing into the hasher.
+fn fingerprint(message: &GuestMessage) -> u64 {
+    struct HashWriter(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut writer = HashWriter(std::collections::hash_map::DefaultHasher::new());
+    if serde_json::to_writer(&mut writer, message).is_err() {
+        // Unreachable for these types (no non-string map keys).
+        return 0;
+    }
+    writer.0.finish()
 }
 
 fn apply_switches(c: &mut CollectorsConfig, s: &CollectorSwitches) {

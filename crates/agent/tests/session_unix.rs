@@ -283,3 +283,25 @@ fn the_original_backends_commands_are_each_answered_once() {
         "the legacy Metrics request gets a sample"
     );
 }
+
+#[test]
+fn inventories_are_sent_only_when_changed_and_again_after_hello() {
+    let agent = Agent::start(false, "[limits]\ninventory_interval = 1");
+    let mut host = agent.connect();
+    let apps = |messages: &[GuestMessage]| {
+        messages
+            .iter()
+            .filter(|m| matches!(m, GuestMessage::ApplicationUsage(_)))
+            .count()
+    };
+    // The first check is ~2 s after start; then one check a second, each unchanged.
+    let first = host.collect(Duration::from_millis(5000));
+    assert_eq!(apps(&first), 1, "an unchanged inventory is sent once");
+    host.hello();
+    let after_hello = host.collect(Duration::from_millis(2000));
+    assert_eq!(
+        apps(&after_hello),
+        1,
+        "a hello makes the agent send it again"
+    );
+}
