@@ -137,7 +137,15 @@ impl Report {
     }
 }
 
+/// The host's 1/5/15-minute load: other work on the machine slows the TCG guest.
+fn host_load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn run(args: &Args) -> Result<String, Error> {
+    let load_at_start = host_load();
     let image = GuestImage::shared()?;
     let guest = Guest::boot(
         image,
@@ -280,6 +288,7 @@ fn run(args: &Args) -> Result<String, Error> {
         })
         .unwrap_or_default();
     let _ = guest.quit(Duration::from_secs(20));
+    let load_at_end = host_load();
 
     // --- report
     let ticks_to_s = |t: u64| t as f64 / 100.0; // USER_HZ is 100 on x86_64 Linux.
@@ -394,7 +403,11 @@ fn run(args: &Args) -> Result<String, Error> {
                     "CPU seconds over {} s (ours collecting every 1 s; qemu-ga idle)",
                     args.idle_secs
                 ),
-                &format!("{:.2} s", ticks_to_s(ours_cpu)),
+                &format!(
+                    "{:.2} s ({:.1} ms per 1 s cycle)",
+                    ticks_to_s(ours_cpu),
+                    ticks_to_s(ours_cpu) * 1000.0 / args.idle_secs.max(1) as f64
+                ),
                 &format!("{:.2} s", ticks_to_s(qga_cpu)),
                 Some(ours_cpu <= qga_cpu),
             );
@@ -435,7 +448,9 @@ fn run(args: &Args) -> Result<String, Error> {
          start and the end of the idle window, so neither agent pays for the reading; CPU has \
          10 ms (USER_HZ) resolution. During the window the harness reads everything our agent \
          sends, as a host would. TCG emulation makes every absolute number slower than on KVM; \
-         the comparison is what counts."
+         the comparison is what counts.\n\nHost load average (1/5/15 min) at the start: \
+         {load_at_start}; at the end: {load_at_end} on 2 cores. Above ~2, the guest's vCPU \
+         competes with other work and latencies (p99 above all) grow for both agents."
     );
     Ok(report.text)
 }
