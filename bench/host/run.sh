@@ -50,10 +50,11 @@ calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
 # CPU seconds (user+system, all threads) of a live process.
-cpu_secs() { awk -v t="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
+# (0 for a process that is gone: the scenario records that the consumer died.)
+cpu_secs() { awk -v t="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # Resident set and its peak, KiB.
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 wait_for_sockets() { # dir count timeout_s
   local deadline=$((SECONDS + $3))
@@ -156,8 +157,12 @@ start_consumer() { # name vms interval flood
     CONSUMER_KIND="infinibay serve"
     local data=$WORK/host-data-$name
     mkdir -p "$data"
-    "$HOST_BIN" serve --socket-dir "$SOCKDIR" --data-dir "$data" --listen "127.0.0.1:${HOST_PORT:-18480}" \
-      >"$WORK/host-$name.out" 2>"$WORK/host-$name.err" &
+    local db_args=()
+    [[ -n ${DB_URL:-} ]] && db_args=(--database "$DB_URL")
+    # scripts/lib/postgres.sh exports INFINIBAY_TEST_PG_URL, which the host's INFINIBAY_*
+    # configuration refuses as an unknown field.
+    env -u INFINIBAY_TEST_PG_URL "$HOST_BIN" serve --socket-dir "$SOCKDIR" --data-dir "$data" --listen "127.0.0.1:$HOST_PORT" \
+      "${db_args[@]}" >"$WORK/host-$name.out" 2>"$WORK/host-$name.err" &
   else
     CONSUMER_KIND="drain"
     "$SIM" --threads 1 drain --socket-dir "$SOCKDIR" --expect "$vms" --settle "$SETTLE" \
@@ -175,15 +180,33 @@ run_load() { # name vms interval profile flood threads
   start_sims "$@"
   SETTLE=$(( vms / 1000 + 5 ))
   start_consumer "$name" "$vms" "$interval" "$flood"
-  sleep "$((SETTLE + 2))"
+  if [[ $CONSUMER_KIND == drain ]]; then
+    sleep "$((SETTLE + 2))"
+  else
+    # Settled when every VM is online (a valid message arrived), then 3 s more.
+    local deadline=$((SECONDS + 120)) online=0
+    while (( SECONDS < deadline )); do
+      online=$(curl -s "http://127.0.0.1:$HOST_PORT/healthz" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("online", 0))' 2>/dev/null || echo 0)
+      (( online >= vms )) && break
+      sleep 1
+    done
+    log "host: $online/$vms VMs online"
+    sleep 3
+  fi
 
   local pid f sims_before=() consumer_before
   consumer_before=$(cpu_secs "$CONSUMER_PID")
   for pid in "${SIM_PIDS[@]}"; do sims_before+=("$(cpu_secs "$pid")"); done
+  local begin_ms end_ms
+  begin_ms=$(date +%s%3N)
   for f in "$WORK"/stats-"$name"-*.json; do cp "$f" "$f.begin"; done
+  curl -s "http://127.0.0.1:$HOST_PORT/healthz" >"$WORK/health-$name.begin" 2>/dev/null || true
   sleep "$DURATION"
+  curl -s "http://127.0.0.1:$HOST_PORT/healthz" >"$WORK/health-$name.end" 2>/dev/null || true
   for f in "$WORK"/stats-"$name"-*.json; do cp "$f" "$f.end"; done
-  local consumer_cpu consumer_rss consumer_hwm sim_cpu=0 sim_rss=0 i=0
+  end_ms=$(date +%s%3N)
+  local consumer_cpu consumer_rss consumer_hwm sim_cpu=0 sim_rss=0 i=0 consumer_alive=true
+  kill -0 "$CONSUMER_PID" 2>/dev/null || { consumer_alive=false; log "consumer of $name died; see its log"; }
   consumer_cpu=$(calc "$(cpu_secs "$CONSUMER_PID") - $consumer_before")
   consumer_rss=$(rss_kb "$CONSUMER_PID"); consumer_hwm=$(hwm_kb "$CONSUMER_PID")
   for pid in "${SIM_PIDS[@]}"; do
@@ -191,27 +214,51 @@ run_load() { # name vms interval profile flood threads
     sim_rss=$(( sim_rss + $(rss_kb "$pid") ))
   done
 
-  local own='{}'
+  local own='{}' health_begin='{}' health_end='{}' db='{}'
   if [[ $CONSUMER_KIND == drain ]]; then
     wait "$CONSUMER_PID" || true
     own=$(cat "$WORK/drain-$name.json" 2>/dev/null || echo '{}')
   else
     stop_pid "$CONSUMER_PID"
+    [[ -s $WORK/health-$name.begin ]] && health_begin=$(cat "$WORK/health-$name.begin")
+    [[ -s $WORK/health-$name.end ]] && health_end=$(cat "$WORK/health-$name.end")
+    if [[ -z ${DB_URL:-} && -f $WORK/host-data-$name/infinibay.db ]]; then
+      db=$(python3 "$ROOT/bench/host/db_window.py" "$WORK/host-data-$name/infinibay.db" "$begin_ms" "$end_ms" "$interval" "$flood" || echo '{}')
+    fi
   fi
   for pid in "${SIM_PIDS[@]}"; do stop_pid "$pid"; done
   local begin="" end=""
   for f in "$WORK"/stats-"$name"-*.json; do begin+="$(cat "$f.begin"),"; end+="$(cat "$f.end"),"; done
   cat >>"$LOADS_JSON" <<JSON
-{"name": "$name", "vms": $vms, "interval": $interval, "profile": "$profile", "flood": $flood, "sim_threads": $threads, "duration": $DURATION, "consumer_kind": "$CONSUMER_KIND", "consumer_cpu_secs": $consumer_cpu, "consumer_rss_kb": $consumer_rss, "consumer_hwm_kb": $consumer_hwm, "consumer_own": $own, "sim_cpu_secs": $sim_cpu, "sim_rss_kb": $sim_rss, "sim_processes": ${#SIM_PIDS[@]}, "sim_begin": [${begin%,}], "sim_end": [${end%,}]}
+{"name": "$name", "vms": $vms, "interval": $interval, "profile": "$profile", "flood": $flood, "sim_threads": $threads, "duration": $DURATION, "consumer_kind": "$CONSUMER_KIND", "consumer_alive": $consumer_alive, "consumer_log_tail": $(tail -n 3 "$WORK/host-$name.err" 2>/dev/null | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()[-600:]))'), "consumer_cpu_secs": $consumer_cpu, "consumer_rss_kb": $consumer_rss, "consumer_hwm_kb": $consumer_hwm, "consumer_own": $own, "sim_cpu_secs": $sim_cpu, "sim_rss_kb": $sim_rss, "sim_processes": ${#SIM_PIDS[@]}, "sim_begin": [${begin%,}], "sim_end": [${end%,}], "store": "${DB_KIND:-sqlite}", "health_begin": $health_begin, "health_end": $health_end, "db": $db}
 JSON
   rm -rf "$SOCKDIR"
 }
 
-run_load many "$VMS" 1 small 0 0
-if [[ ${COMPARE_SIM_THREADS:-1} == 1 ]]; then
-  USE_DRAIN=1 run_load many-sim-mt "$VMS" 1 small 0 2
+HOST_PORT=${HOST_PORT:-18480}
+STORE_VMS=${STORE_VMS:-$VMS}
+STORE_INTERVAL=${STORE_INTERVAL:-0.2}
+if [[ $HOST_OK == 1 ]]; then
+  run_load many "$VMS" 1 small 0 0
+  run_load flood "$((OTHERS + 1))" 1 small 1 0
+  DB_KIND=sqlite run_load store-sqlite "$STORE_VMS" "$STORE_INTERVAL" small 0 0
+  if [[ ${SKIP_PG:-0} != 1 ]]; then
+    # shellcheck source=../../scripts/lib/postgres.sh
+    source "$ROOT/scripts/lib/postgres.sh"
+    if pg_throwaway_start >"$WORK/pg.log" 2>&1; then
+      DB_URL=$INFINIBAY_TEST_PG_URL DB_KIND=postgres run_load store-pg "$STORE_VMS" "$STORE_INTERVAL" small 0 0
+      pg_throwaway_stop
+    else
+      log "PostgreSQL did not start: $(tail -n 3 "$WORK/pg.log")"
+    fi
+  fi
 fi
-run_load flood "$((OTHERS + 1))" 1 small 1 0
+# The stand-in host: the simulator's own cost on both runtimes, and a floor for the host.
+USE_DRAIN=1 run_load many-drain "$VMS" 1 small 0 0
+if [[ ${COMPARE_SIM_THREADS:-1} == 1 ]]; then
+  USE_DRAIN=1 run_load many-drain-mt "$VMS" 1 small 0 2
+fi
+USE_DRAIN=1 run_load flood-drain "$((OTHERS + 1))" 1 small 1 0
 
 # ---------------------------------------------------------------------------------------------
 log "writing $OUT"
