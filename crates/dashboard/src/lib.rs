@@ -60,10 +60,18 @@ code{background:#1c2532;padding:2px 6px;border-radius:4px}</style></head>\n<body
 <p>The API is unaffected: GraphQL at <code>/graphql</code>, Socket.IO at \
 <code>/socket.io/</code>.</p></main></body></html>\n";
 
-/// Routes `/` and `/assets/{*path}` serving the embedded dashboard; merge it into the host's
-/// router (`Router::merge`). Stateless, so it fits any router state `S`.
+/// Routes `/` and `/assets/{*path}` serving the embedded dashboard. Stateless, so it fits any
+/// router state `S`. Prefer [`mount`]: merged the other way round (`app.merge(router())`),
+/// axum replaces `app`'s fallback with this router's plain one, and a layer that serves
+/// unrouted paths (socketioxide's `/socket.io/`) stops seeing requests.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     router_for(ASSETS)
+}
+
+/// `app` plus the dashboard at `/` and `/assets/*`, keeping `app`'s fallback and the layers
+/// wrapped around it (the Socket.IO layer answers `/socket.io/` from there).
+pub fn mount<S: Clone + Send + Sync + 'static>(app: Router<S>) -> Router<S> {
+    router().merge(app)
 }
 
 /// [`router`] over an explicit file table (an empty table behaves like a missing build).

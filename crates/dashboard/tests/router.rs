@@ -3,7 +3,7 @@
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode, header};
-use infinibay_dashboard::{Asset, BUILT, assets, router, router_for};
+use infinibay_dashboard::{Asset, BUILT, assets, mount, router, router_for};
 use tower::ServiceExt;
 
 static BUILT_TABLE: &[Asset] = &[
@@ -198,4 +198,40 @@ async fn the_embedded_build_matches_web_dist() {
             );
         }
     }
+}
+
+/// A layer that answers a path no route has, as socketioxide does for `/socket.io/`.
+fn app_with_a_layer_serving_unrouted_paths() -> Router {
+    Router::new()
+        .route("/graphql", axum::routing::post(|| async { "graphql" }))
+        .layer(axum::middleware::from_fn(
+            |request: Request<Body>, next: axum::middleware::Next| async move {
+                if request.uri().path().starts_with("/socket.io/") {
+                    return axum::response::IntoResponse::into_response("socket.io");
+                }
+                next.run(request).await
+            },
+        ))
+}
+
+#[tokio::test]
+async fn mount_keeps_the_layers_of_the_app_for_unrouted_paths() {
+    let app = mount(app_with_a_layer_serving_unrouted_paths());
+    let io = get(app.clone(), "/socket.io/?EIO=4&transport=polling", None).await;
+    assert_eq!(io.status, StatusCode::OK);
+    assert_eq!(io.body, b"socket.io");
+    let index = get(app, "/", None).await;
+    assert!(
+        index.status == StatusCode::OK || index.status == StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        index.status
+    );
+}
+
+/// Why `mount` exists: merged the other way round, axum keeps the dashboard's plain fallback.
+#[tokio::test]
+async fn merging_the_dashboard_into_a_layered_app_loses_its_fallback_layer() {
+    let app = app_with_a_layer_serving_unrouted_paths().merge(router());
+    let io = get(app, "/socket.io/?EIO=4&transport=polling", None).await;
+    assert_eq!(io.status, StatusCode::NOT_FOUND);
 }
