@@ -1,0 +1,370 @@
+//! What every API surface shares: the host, the authenticator, the VM owner cache, the latest
+//! sample of each VM, and the command latency histogram.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use thiserror::Error;
+
+use infinibay_store::{CommandLogEntry, MetricSample, Store, StoreError, UserRecord, VmRecord};
+
+use super::auth::{self, AuthError, Authenticator};
+use super::authz;
+use super::realtime::Realtime;
+use crate::config::Config;
+use crate::host::Host;
+use crate::users::{self, FirstAdmin, UserError};
+
+/// Start-up settings of the API.
+#[derive(Clone)]
+pub struct ApiSettings {
+    /// The host's data directory (secret, agent binaries).
+    pub data_dir: PathBuf,
+    /// JWT signing secret.
+    pub secret: Vec<u8>,
+    /// Token lifetime.
+    pub token_ttl: Duration,
+    /// How often open real-time connections are checked against the user table (catches
+    /// `infinibay user delete|passwd` run beside a running server).
+    pub revocation_sweep: Duration,
+    /// Client events per user, per event type, per minute.
+    pub event_limit_per_minute: u32,
+}
+
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("data_dir", &self.data_dir)
+            .field("token_ttl", &self.token_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the API could not be prepared.
+#[derive(Debug, Error)]
+pub enum SetupError {
+    /// The secret file.
+    #[error(transparent)]
+    Secret(#[from] auth::SecretError),
+    /// The database.
+    #[error("cannot prepare users: {0}")]
+    Users(#[from] UserError),
+    /// Opening the store.
+    #[error(transparent)]
+    Start(#[from] crate::serve::StartError),
+}
+
+/// Before serving: the JWT secret (created on first start) and the first admin (created when
+/// there is no user; its generated password is returned for printing once).
+pub async fn prepare(config: &Config) -> Result<(ApiSettings, Option<FirstAdmin>), SetupError> {
+    crate::serve::prepare_data_dir(&config.data_dir)?;
+    let secret = auth::load_or_create_secret(&config.data_dir)?;
+    let store = crate::serve::open_store(config).await?;
+    let admin = users::ensure_first_admin(
+        store.as_ref(),
+        std::env::var(users::ADMIN_PASSWORD_ENV).ok(),
+    )
+    .await?;
+    Ok((super::settings_for(config.data_dir.clone(), secret), admin))
+}
+
+/// Buckets (seconds) of `infinibay_command_duration_seconds`.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A Prometheus histogram of command durations.
+#[derive(Debug, Default, Clone)]
+pub struct Histogram {
+    /// Cumulative count per bucket of [`LATENCY_BUCKETS`].
+    pub buckets: [u64; 12],
+    /// Observations.
+    pub count: u64,
+    /// Sum of observations, seconds.
+    pub sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.buckets[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+pub(crate) struct Inner {
+    pub host: Host,
+    pub auth: Authenticator,
+    pub settings: ApiSettings,
+    /// vm id → owner id, as stored; filled at start, kept current by this process's writes.
+    pub owners: RwLock<HashMap<String, Option<i64>>>,
+    /// Newest sample per VM as it passed on the bus (the `/metrics` gauges and `vms` lists
+    /// without a query per VM).
+    pub latest: RwLock<HashMap<String, Arc<MetricSample>>>,
+    /// Command durations by outcome (`ok`, `error`).
+    pub latency: Mutex<HashMap<&'static str, Histogram>>,
+    pub realtime: Realtime,
+}
+
+/// The shared API state. Cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").finish_non_exhaustive()
+    }
+}
+
+/// An API failure with its stable code (GraphQL `extensions.code`, REST status).
+///
+/// Deliberately not `Display`: async-graphql converts every `Display` type into an error
+/// without a code, and this type must only become one through its own conversion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `VM_OFFLINE`, `TIMEOUT`, `INVALID`, `INTERNAL`.
+    pub code: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+impl ApiError {
+    /// With this code and message.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    /// `NOT_FOUND`.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new("NOT_FOUND", what)
+    }
+    /// `INVALID`.
+    pub fn invalid(what: impl Into<String>) -> Self {
+        Self::new("INVALID", what)
+    }
+    /// `INTERNAL` (logged; the message says what failed, not the details).
+    pub fn internal(what: impl std::fmt::Display) -> Self {
+        tracing::warn!(target: "infinibay::api", "internal error: {what}");
+        Self::new("INTERNAL", format!("internal error: {what}"))
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unavailable(m) => Self::internal(m),
+            other => Self::new("UNAUTHENTICATED", other.to_string()),
+        }
+    }
+}
+
+impl From<authz::Denied> for ApiError {
+    fn from(e: authz::Denied) -> Self {
+        Self::new("FORBIDDEN", e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => Self::not_found(m),
+            StoreError::Conflict(m) => Self::invalid(m),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::Invalid(m) => Self::invalid(m),
+            UserError::Store(s) => s.into(),
+            UserError::Hash(m) => Self::internal(m),
+        }
+    }
+}
+
+impl From<crate::commands::CommandError> for ApiError {
+    fn from(e: crate::commands::CommandError) -> Self {
+        use crate::commands::CommandError as C;
+        let code = match &e {
+            C::UnknownVm(_) => "NOT_FOUND",
+            C::NotConnected(_) | C::AgentOffline(_) | C::Disconnected(..) | C::QueueFull(_) => {
+                "VM_OFFLINE"
+            }
+            C::Timeout { .. } => "TIMEOUT",
+            C::TooManyPending { .. } | C::NoSuchCommand(..) | C::NoResponder => "INTERNAL",
+            // Variants added later (e.g. a command refused as invalid before sending).
+            #[allow(unreachable_patterns)]
+            _ => "INVALID",
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl Api {
+    /// Build the state and start the real-time side (fan-out and revocation sweep).
+    pub fn start(host: Host, settings: ApiSettings) -> (Self, socketioxide::layer::SocketIoLayer) {
+        let auth = Authenticator::new(&settings.secret, settings.token_ttl, host.store());
+        let (realtime, layer) = Realtime::new();
+        let api = Self {
+            inner: Arc::new(Inner {
+                host,
+                auth,
+                settings,
+                owners: RwLock::new(HashMap::new()),
+                latest: RwLock::new(HashMap::new()),
+                latency: Mutex::new(HashMap::new()),
+                realtime,
+            }),
+        };
+        super::realtime::install(&api);
+        (api, layer)
+    }
+
+    /// The host.
+    pub fn host(&self) -> &Host {
+        &self.inner.host
+    }
+
+    /// The store.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.inner.host.store()
+    }
+
+    /// The authenticator.
+    pub fn auth(&self) -> &Authenticator {
+        &self.inner.auth
+    }
+
+    /// Settings.
+    pub fn settings(&self) -> &ApiSettings {
+        &self.inner.settings
+    }
+
+    /// The user behind a bearer token.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<UserRecord, ApiError> {
+        match token {
+            None => Err(AuthError::Missing.into()),
+            Some(t) => Ok(self.inner.auth.authenticate(auth::bearer(t)).await?),
+        }
+    }
+
+    /// A VM `user` may see: `NOT_FOUND` when it does not exist, `FORBIDDEN` when it is not
+    /// theirs.
+    pub async fn visible_vm(&self, user: &UserRecord, vm_id: &str) -> Result<VmRecord, ApiError> {
+        let vm = self
+            .store()
+            .get_vm(vm_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("VM {vm_id} not found")))?;
+        authz::require_vm(user, &vm)?;
+        Ok(vm)
+    }
+
+    /// The owner of a VM (cached; the store is asked on a miss).
+    pub async fn owner_of(&self, vm_id: &str) -> Option<i64> {
+        if let Some(owner) = read(&self.inner.owners).get(vm_id) {
+            return *owner;
+        }
+        let owner = match self.store().get_vm(vm_id).await {
+            Ok(Some(vm)) => vm.owner_id,
+            _ => None,
+        };
+        write(&self.inner.owners).insert(vm_id.to_owned(), owner);
+        owner
+    }
+
+    /// Remember an owner change made through the API.
+    pub fn set_owner_cached(&self, vm_id: &str, owner: Option<i64>) {
+        write(&self.inner.owners).insert(vm_id.to_owned(), owner);
+    }
+
+    /// Forget a deleted VM.
+    pub fn forget_cached(&self, vm_id: &str) {
+        write(&self.inner.owners).remove(vm_id);
+        write(&self.inner.latest).remove(vm_id);
+    }
+
+    /// The newest sample seen on the bus, else the stored one.
+    pub async fn latest_sample(&self, vm_id: &str) -> Result<Option<Arc<MetricSample>>, ApiError> {
+        if let Some(s) = read(&self.inner.latest).get(vm_id) {
+            return Ok(Some(s.clone()));
+        }
+        Ok(self.store().latest_sample(vm_id).await?.map(Arc::new))
+    }
+
+    pub(crate) fn remember_sample(&self, sample: &Arc<MetricSample>) {
+        write(&self.inner.latest).insert(sample.vm_id.clone(), sample.clone());
+    }
+
+    /// Snapshot of the cached latest samples.
+    pub fn latest_samples(&self) -> Vec<Arc<MetricSample>> {
+        read(&self.inner.latest).values().cloned().collect()
+    }
+
+    /// Record how long a command took.
+    pub fn observe_command(&self, ok: bool, elapsed: Duration) {
+        let mut map = self.inner.latency.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(if ok { "ok" } else { "error" })
+            .or_default()
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Command latency histograms by outcome.
+    pub fn command_latency(&self) -> Vec<(&'static str, Histogram)> {
+        let map = self.inner.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = map.iter().map(|(k, v)| (*k, v.clone())).collect();
+        out.sort_by_key(|(k, _)| *k);
+        out
+    }
+
+    /// Log a command that never reached the guest (refused by the host), with its user.
+    pub async fn log_refused_command(
+        &self,
+        vm_id: &str,
+        user: &UserRecord,
+        kind: &str,
+        command: serde_json::Value,
+        error: &ApiError,
+    ) {
+        let entry = CommandLogEntry {
+            id: uuid::Uuid::new_v4().to_string(),
+            vm_id: vm_id.to_owned(),
+            user_id: Some(user.id),
+            kind: kind.to_owned(),
+            command,
+            response: Some(serde_json::json!({"host_error": error.message, "code": error.code})),
+            success: false,
+            duration_ms: 0,
+            created_at: Utc::now(),
+        };
+        if let Err(e) = self.store().log_command(&entry).await {
+            tracing::debug!(target: "infinibay::api", vm = vm_id, "refused command not logged: {e}");
+        }
+    }
+
+    /// The real-time side.
+    pub fn realtime(&self) -> &Realtime {
+        &self.inner.realtime
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
