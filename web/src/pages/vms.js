@@ -99,13 +99,22 @@ export function vmListPage({ live }) {
     }),
     live.on('vm:online', (e) => setStatus(e, 'ONLINE')),
     live.on('vm:offline', (e) => setStatus(e, 'OFFLINE')),
-    live.on('vms', () => load()),
+    live.on('vms', () => loadSoon()),
   ];
+
+  // An event can name a VM before the store has written its record (the first sample is still
+  // in the writer's batch): read the list again a little later, twice.
+  let followUps = [];
+  function loadSoon() {
+    load();
+    followUps.forEach(clearTimeout);
+    followUps = [1000, 3000].map((ms) => setTimeout(load, ms));
+  }
 
   function setStatus(event, status) {
     const vm = byId.get(event?.vmId);
     if (!vm) {
-      load();
+      loadSoon();
       return;
     }
     vm.status = event.status ?? status;
@@ -128,6 +137,7 @@ export function vmListPage({ live }) {
     destroy() {
       clearInterval(refresh);
       clearInterval(tick);
+      followUps.forEach(clearTimeout);
       offs.forEach((off) => off());
       for (const id of subscribed) live.unsubscribe(id);
     },
