@@ -25,6 +25,12 @@ pub enum CliCommand {
     Doctor(ConfigArgs),
     /// Simulate many VMs: QEMU-like agent sockets in one process (see `infinibay-sim`).
     Sim(infinibay_sim::SimArgs),
+    /// Manage users in the database (configured like `serve`): add, list, passwd, grant, delete.
+    User(crate::api::commands::UserArgs),
+    /// Log in to an infinibay server; the token is kept in ~/.config/infinibay/token.
+    Login(crate::api::commands::LoginArgs),
+    /// VMs over the API: list, show, exec, metrics (`--json` for JSON).
+    Vm(crate::api::commands::VmArgs),
 }
 
 /// Where the configuration comes from; flags win over `INFINIBAY_*` variables, which win over

@@ -34,6 +34,15 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS)
                 .context("simulator"),
+            CliCommand::User(args) => infinibay::api::commands::user(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            CliCommand::Login(args) => infinibay::api::commands::login(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            CliCommand::Vm(args) => infinibay::api::commands::vm(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
@@ -48,7 +57,18 @@ fn main() -> ExitCode {
 async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = args.load().context("configuration")?;
     let listener = infinibay::serve::bind(config.listen).await?;
-    infinibay::serve::run(config, listener, shutdown_signal(), |_| axum::Router::new()).await?;
+    let (api, first_admin) = infinibay::api::prepare(&config).await?;
+    if let Some(banner) = first_admin
+        .as_ref()
+        .and_then(infinibay::users::first_admin_banner)
+    {
+        // Printed once, on stdout, the only time the password exists in clear.
+        println!("{banner}");
+    }
+    infinibay::serve::run(config, listener, shutdown_signal(), move |host| {
+        infinibay::api::router(host, api)
+    })
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod authz;
 pub mod client;
+pub mod commands;
 pub mod graphql;
 pub mod realtime;
 pub mod rest;
