@@ -4,6 +4,8 @@ import 'uplot/dist/uPlot.min.css';
 import { h } from './dom.js';
 import * as fmt from './format.js';
 
+const MIN_SPAN_SECONDS = 120;
+
 export const PALETTE = ['#4ea1ff', '#f5a524', '#3ccf91', '#e5484d', '#a78bfa', '#22d3ee', '#f472b6', '#a3e635'];
 
 /** Binary steps (1, 2, 4 … 512 × 1024^k) so byte axes read 512 MiB, 1 GiB, 2 GiB. */
@@ -29,6 +31,15 @@ export function createChart(spec) {
     h('header', null, h('h3', null, spec.title), h('span', { class: 'unit' }, unitLabel(spec.unit))),
     plotHost);
   let data = [[], ...spec.series.map(() => [])];
+
+  // A VM seen for the first time has seconds of data in a range of minutes or days: until the
+  // data fills the range, show from its first point (at least MIN_SPAN_SECONDS wide).
+  function visibleRange() {
+    const [lo, hi] = spec.range();
+    const first = data[0][0];
+    if (first === undefined || first <= lo) return [lo, hi];
+    return [Math.max(lo, Math.min(first, hi - MIN_SPAN_SECONDS)), hi];
+  }
   let plot = null;
   let width = 0;
 
@@ -38,7 +49,7 @@ export function createChart(spec) {
     legend: { show: true, live: true },
     cursor: { drag: { x: false, y: false } },
     scales: {
-      x: { time: true, range: () => spec.range() },
+      x: { time: true, range: () => visibleRange() },
       y: {
         range: (u, min, max) => {
           const top = spec.yMax ?? (max > 0 ? max * 1.15 : 1);

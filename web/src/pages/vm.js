@@ -222,7 +222,7 @@ function chartsTab({ vmId, vm, live }) {
       memory.set(xs, pts.map((p) => p.memUsedKb * 1024), pts.map((p) => p.memTotalKb * 1024));
       disk.set(xs, pts.map((p) => p.diskReadBps), pts.map((p) => p.diskWriteBps));
       network.set(xs, pts.map((p) => p.netRxBps), pts.map((p) => p.netTxBps));
-      status.textContent = `${pts.length} points · ${vmMetrics.resolution.toLowerCase()} resolution`;
+      status.textContent = `${pts.length} ${pts.length === 1 ? 'point' : 'points'} of history · ${vmMetrics.resolution.toLowerCase()} resolution`;
     } catch (e) {
       if (seq === loadSeq) status.textContent = `history unavailable: ${e.message}`;
     }
