@@ -318,6 +318,16 @@ async function main() {
     // The open list learns of it by itself (lifecycle event, vm:online or its periodic refresh).
     await admin.page.waitForSelector(`${rowSelector('vms', simVmId)} .badge-online`, { timeout: 30000 });
     await shot(admin.page, 'vm-list-with-simulated-vm');
+    // Filter by its name, then clear; sort by CPU.
+    const name = await admin.page.textContent(`${rowSelector('vms', simVmId)} a.vm-link`);
+    await admin.page.fill('input.filter', name);
+    await until('the filter to leave only the simulated VM', async () => {
+      const keys = await admin.page.$$eval('table[data-table=vms] tbody tr[data-key]', (rows) => rows.map((r) => r.dataset.key));
+      return keys.length === 1 && keys[0] === simVmId;
+    }, 5000);
+    await admin.page.fill('input.filter', '');
+    await admin.page.click('table[data-table=vms] th:has-text("CPU") button');
+    await admin.page.waitForSelector('table[data-table=vms] th[aria-sort=descending]:has-text("CPU")');
   });
 
   await scenario('the VM page chart gains points live', async () => {
@@ -336,6 +346,25 @@ async function main() {
     await admin.page.waitForSelector('[data-chart=cores] canvas');
     await sleep(1500);
     await shot(admin.page, 'vm-charts');
+    // Another range reads the history again (vmMetrics with from/to/maxPoints).
+    await admin.page.click('button[data-range="24h"]');
+    await admin.page.waitForSelector('button[data-range="24h"].active');
+    await until('the 24 h history', async () => /of history/.test(await admin.page.textContent('[data-testid=history-status]')), 20000);
+  });
+
+  await scenario('a service restart runs from the services table', async () => {
+    if (!simVmId) throw new Error('no simulated VM');
+    const page = admin.page;
+    await page.goto(`${base}/#/vm/${encodeURIComponent(simVmId)}/services`);
+    const firstRow = 'table[data-table=services] tbody tr[data-key]';
+    await page.waitForSelector(firstRow, { timeout: 30000 });
+    const service = await page.getAttribute(firstRow, 'data-key');
+    const restart = `${firstRow} td[data-col=actions] button:has-text("Restart")`;
+    await page.click(restart);
+    await page.waitForSelector(`${firstRow} td[data-col=actions] button.armed`);
+    await page.click(`${firstRow} td[data-col=actions] button.armed`);
+    await page.waitForFunction((name) => document.querySelector('[data-testid=command-result] strong')?.textContent === `restart ${name}`, service, { timeout: 40000 });
+    await shot(page, 'service-restart');
   });
 
   await scenario('a command runs and its output, exit code and duration show', async () => {
