@@ -115,7 +115,7 @@ exec_rss=$(status_kb "$exec_pid" VmRSS)
 kill "$exec_pid" 2>/dev/null || true
 
 # --- report ------------------------------------------------------------------------------------
-jget() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+jget() { python3 -c "import json,sys; v=json.loads(sys.argv[1])[sys.argv[2]]; print(round(v) if isinstance(v, float) else v)" "$1" "$2"; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.2f", k / 1024 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 sm_us=$(jget "$collect_json" system_metrics_cpu_us)
