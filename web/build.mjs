@@ -2,16 +2,18 @@
 // the asset names let the server mark them immutable; index.html is revalidated.
 //   node build.mjs           minified production build
 //   node build.mjs --dev     adds source maps
+//
+// Files whose bytes did not change are not rewritten: cargo watches web/dist (mtimes), so an
+// unchanged rebuild must not make it re-embed the assets and relink `infinibay`.
 import * as esbuild from 'esbuild';
-import { readFile, rm, writeFile } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const dist = join(here, 'dist');
 const dev = process.argv.includes('--dev');
 
-await rm(dist, { recursive: true, force: true });
 const result = await esbuild.build({
   absWorkingDir: here,
   entryPoints: { app: 'src/main.js' },
@@ -24,15 +26,40 @@ const result = await esbuild.build({
   outdir: join(dist, 'assets'),
   entryNames: '[name]-[hash]',
   metafile: true,
+  write: false,
   logLevel: 'warning',
 });
 
-const outputs = Object.keys(result.metafile.outputs).map((p) => basename(p));
-const js = outputs.find((f) => /^app-[A-Z0-9]+\.js$/.test(f));
-const css = outputs.find((f) => /^app-[A-Z0-9]+\.css$/.test(f));
-if (!js || !css) throw new Error(`unexpected build outputs: ${outputs.join(', ')}`);
+const files = new Map(result.outputFiles.map((f) => [relative(dist, f.path), Buffer.from(f.contents)]));
+const names = [...files.keys()].map((p) => basename(p));
+const js = names.find((f) => /^app-[A-Z0-9]+\.js$/.test(f));
+const css = names.find((f) => /^app-[A-Z0-9]+\.css$/.test(f));
+if (!js || !css) throw new Error(`unexpected build outputs: ${names.join(', ')}`);
 const template = await readFile(join(here, 'src/index.html'), 'utf8');
-await writeFile(join(dist, 'index.html'), template.replace('%APP_JS%', js).replace('%APP_CSS%', css));
+files.set('index.html', Buffer.from(template.replace('%APP_JS%', js).replace('%APP_CSS%', css)));
 
-const sizes = Object.entries(result.metafile.outputs).map(([p, o]) => `${basename(p)} ${(o.bytes / 1024).toFixed(1)} KiB`);
-console.log(`web/dist: index.html, ${sizes.join(', ')}`);
+async function existing(dir) {
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  const out = [];
+  for (const e of entries) {
+    const path = join(dir, e.name);
+    if (e.isDirectory()) out.push(...(await existing(path)));
+    else out.push(relative(dist, path));
+  }
+  return out;
+}
+
+let written = 0;
+for (const [rel, bytes] of files) {
+  const path = join(dist, rel);
+  const old = await readFile(path).catch(() => null);
+  if (old && old.equals(bytes)) continue;
+  await mkdir(dirname(path), { recursive: true });
+  await writeFile(path, bytes);
+  written += 1;
+}
+const stale = (await existing(dist)).filter((rel) => !files.has(rel));
+await Promise.all(stale.map((rel) => rm(join(dist, rel))));
+
+const sizes = [...files].map(([rel, bytes]) => `${rel} ${(bytes.length / 1024).toFixed(1)} KiB`);
+console.log(`web/dist: ${sizes.join(', ')} (${written} written, ${stale.length} removed)`);
