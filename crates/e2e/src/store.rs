@@ -75,13 +75,14 @@ impl StoreView {
     }
 
     /// Guest timestamps (ms) of every raw sample of a VM, in arrival order. Reads the SQLite
-    /// schema of `crates/store/migrations/sqlite` directly: the trait has no per-sample
+    /// schema of `crates/store/migrations/sqlite` (0003: samples keyed by `vms.key`) directly: the trait has no per-sample
     /// guest-time query, and duplicates can only be seen there.
     pub fn sample_guest_times(&self, id: &str) -> Result<Vec<Option<i64>>> {
         let rows: Vec<(Option<i64>,)> = self
             .block_on(
                 sqlx::query_as(
-                    "SELECT guest_time FROM metric_samples WHERE vm_id = ? ORDER BY at, rowid",
+                    "SELECT s.guest_time FROM metric_samples s JOIN vms v ON v.key = s.vm_key \
+                     WHERE v.id = ? ORDER BY s.at, s.rowid",
                 )
                 .bind(id)
                 .fetch_all(&self.raw),
