@@ -43,6 +43,9 @@ pub(crate) const DEDUP_PERIOD: Duration = Duration::from_secs(60);
 
 static PING_IDS: AtomicU64 = AtomicU64::new(1);
 
+/// First size of a connection's read buffer (two small samples).
+const INITIAL_READ: usize = 2 * 1024;
+
 struct SessionEnd {
     useful: bool,
     stopped: bool,
@@ -167,7 +170,11 @@ async fn session(
     );
     let rate = config.ingest.rate_per_sec;
     let mut bucket = TokenBucket::new(config.ingest.burst, rate);
-    let mut buf = vec![0u8; config.ingest.read_buffer_bytes];
+    // The read buffer starts small and grows only for a guest whose reads fill it: an idle or
+    // small-sample VM then costs 2 KiB, not `read_buffer_bytes`, times 10,000 VMs.
+    let max_read = config.ingest.read_buffer_bytes.max(INITIAL_READ);
+    let mut buf = vec![0u8; INITIAL_READ];
+    let mut small_reads = 0u32;
     let ping_every = secs(config.connection.ping_interval_secs);
     let silence_limit = ping_every * config.connection.missed_pings;
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -213,6 +220,18 @@ async fn session(
                     decoder.decode(&buf[..n], |item| ingest.on_item(item));
                     bucket.spend(ingest.items - before);
                     vm.counters.buffered_bytes.store(decoder.buffered() as u64, Ordering::Relaxed);
+                    if n == buf.len() && buf.len() < max_read {
+                        buf = vec![0u8; (buf.len() * 2).min(max_read)];
+                        small_reads = 0;
+                    } else if buf.len() > INITIAL_READ && n < buf.len() / 4 {
+                        small_reads += 1;
+                        if small_reads >= 64 {
+                            buf = vec![0u8; INITIAL_READ];
+                            small_reads = 0;
+                        }
+                    } else {
+                        small_reads = 0;
+                    }
                     if vm.counters.messages.load(Ordering::Relaxed) != useful_before {
                         last_valid = Instant::now();
                     }

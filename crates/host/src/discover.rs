@@ -25,6 +25,10 @@ use crate::host::Shared;
 
 const TARGET: &str = "infinibay::watcher";
 
+/// Wait after an inotify event before rescanning: a burst of socket creations (a simulator or
+/// a host booting thousands of VMs) becomes one rescan per period.
+const EVENT_SETTLE: Duration = Duration::from_millis(100);
+
 /// The VM id a socket file name stands for, or `None` when the name is not one of ours.
 pub fn vm_id_from_file_name(name: &str) -> Option<String> {
     let uuid = name
@@ -43,8 +47,12 @@ pub fn vm_id_from_file_name(name: &str) -> Option<String> {
 
 /// The sockets in `dir` by VM id. When both spellings of one id exist, the first in name
 /// order wins.
+///
+/// Cheap enough to run often over 10,000 sockets: the file type comes from the directory entry
+/// (no `stat` per socket; only symlinks and file systems without `d_type` are stat-ed), and
+/// names are compared as bytes, not as paths.
 pub fn scan(dir: &Path) -> std::io::Result<HashMap<String, PathBuf>> {
-    let mut names: Vec<(String, PathBuf)> = Vec::new();
+    let mut names: Vec<(String, String)> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let Ok(entry) = entry else { continue };
         let name = entry.file_name();
@@ -52,19 +60,29 @@ pub fn scan(dir: &Path) -> std::io::Result<HashMap<String, PathBuf>> {
         let Some(id) = vm_id_from_file_name(name) else {
             continue;
         };
-        let path = entry.path();
-        // stat follows a symlink to a socket; a regular file with a socket's name is not one.
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.file_type().is_socket() => names.push((id, path)),
-            _ => continue,
+        let is_socket = match entry.file_type() {
+            Ok(t) if t.is_socket() => true,
+            // A symlink to a socket counts; a regular file with a socket's name does not.
+            Ok(t) if t.is_symlink() => stat_is_socket(&entry.path()),
+            Ok(_) => false,
+            Err(_) => stat_is_socket(&entry.path()),
+        };
+        if is_socket {
+            names.push((name.to_owned(), id));
         }
     }
-    names.sort_by(|a, b| a.1.cmp(&b.1));
+    names.sort_unstable();
     let mut found = HashMap::with_capacity(names.len());
-    for (id, path) in names {
-        found.entry(id).or_insert(path);
+    for (name, id) in names {
+        found.entry(id).or_insert_with(|| dir.join(name));
     }
     Ok(found)
+}
+
+fn stat_is_socket(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false)
 }
 
 struct Running {
@@ -114,8 +132,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             _ = changed.recv() => {
-                // Let a burst of creations settle into one rescan.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Let a burst of creations settle into one rescan, and never rescan more than
+                // a few times a second however busy the directory is.
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(EVENT_SETTLE) => {}
+                }
                 while changed.try_recv().is_ok() {}
             }
             _ = tokio::time::sleep(rescan_every) => {}
@@ -132,9 +154,27 @@ fn watch(
     tx: mpsc::Sender<()>,
     dedup: &mut Deduper,
 ) -> Option<notify::RecommendedWatcher> {
-    let result = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        // Full channel: a rescan is already due, which will see this change too.
-        let _ = tx.try_send(());
+    let result = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Only names appearing or disappearing matter; opens, reads and attribute changes of
+        // the sockets must not trigger rescans.
+        let relevant = match &event {
+            Ok(e) => {
+                e.need_rescan()
+                    || matches!(
+                        e.kind,
+                        notify::EventKind::Create(_)
+                            | notify::EventKind::Remove(_)
+                            | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                            | notify::EventKind::Any
+                            | notify::EventKind::Other
+                    )
+            }
+            Err(_) => true,
+        };
+        if relevant {
+            // Full channel: a rescan is already due, which will see this change too.
+            let _ = tx.try_send(());
+        }
     })
     .and_then(|mut w| w.watch(dir, RecursiveMode::NonRecursive).map(|()| w));
     match result {
@@ -157,27 +197,31 @@ fn apply(
     running: &mut HashMap<String, Running>,
     found: HashMap<String, PathBuf>,
 ) {
+    let before = running.len();
     running.retain(|id, r| {
         if found.get(id) == Some(&r.path) {
             return true;
         }
-        tracing::info!(target: TARGET, vm = %id, path = %r.path.display(), "socket removed");
+        tracing::debug!(target: TARGET, vm = %id, path = %r.path.display(), "socket removed");
         r.stop.cancel();
         if let Some(vm) = shared.registry.get(id) {
             vm.live().socket_present = false;
         }
         false
     });
+    let removed = before - running.len();
+    let mut added = 0usize;
     for (id, path) in found {
         if running.contains_key(&id) {
             continue;
         }
+        added += 1;
         let (vm, new) = shared.registry.get_or_insert(&id, path.clone());
         if new {
             shared.queue.register_vm(&id, Utc::now());
-            tracing::info!(target: TARGET, vm = %id, path = %path.display(), "new VM socket");
+            tracing::debug!(target: TARGET, vm = %id, path = %path.display(), "new VM socket");
         } else {
-            tracing::info!(target: TARGET, vm = %id, path = %path.display(), "VM socket back");
+            tracing::debug!(target: TARGET, vm = %id, path = %path.display(), "VM socket back");
         }
         let stop = shared.shutdown.child_token();
         running.insert(
@@ -190,6 +234,11 @@ fn apply(
         shared
             .tasks
             .spawn(crate::connection::run(shared.clone(), vm, stop));
+    }
+    if added + removed > 0 {
+        // One line per change of the directory, not one per VM: 10,000 VMs start in seconds.
+        tracing::info!(target: TARGET, added, removed, sockets = running.len(),
+            "socket directory changed (per-VM lines at debug)");
     }
 }
 

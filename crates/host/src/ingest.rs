@@ -134,7 +134,13 @@ pub(crate) fn set_status(
     };
     queue.set_status(vm.id(), status, last_seen);
     let event = StatusEvent::event_name(status);
-    tracing::info!(target: "infinibay::connection", vm = vm.id(), reason, "{event}");
+    // Per-VM status lines are debug: 10,000 VMs coming online must not flood the log. An
+    // agent that stopped talking on an open connection is worth a line.
+    if reason == "missed pings" {
+        tracing::info!(target: "infinibay::connection", vm = vm.id(), reason, "{event}");
+    } else {
+        tracing::debug!(target: "infinibay::connection", vm = vm.id(), reason, "{event}");
+    }
     bus.publish(BusEvent::Status(StatusEvent {
         vm_id: vm.id().to_owned(),
         status,
