@@ -4,6 +4,8 @@ import { io } from 'socket.io-client';
 
 /** Messages the server's auth middleware uses for a token it refuses. */
 const AUTH_ERRORS = ['Authentication token required', 'Invalid or expired token', 'User not found'];
+/** How long a room nobody shows stays joined (the server allows 100 subscribe:vm a minute). */
+const LEAVE_DELAY_MS = 30000;
 
 export class Live {
   /**
@@ -13,10 +15,14 @@ export class Live {
   constructor(token, { onAuthError, onServerDisconnect }) {
     this.handlers = new Map();
     this.refs = new Map();
+    this.leaving = new Map();
     this.state = 'connecting';
     this.socket = io({ auth: { token }, transports: ['websocket', 'polling'] });
     this.socket.on('connect', () => {
       this.setState('live');
+      // A new connection starts in no room: pending leaves are moot.
+      for (const timer of this.leaving.values()) clearTimeout(timer);
+      this.leaving.clear();
       for (const vmId of this.refs.keys()) this.emitSubscribe(vmId);
     });
     this.socket.on('disconnect', (reason) => {
@@ -67,17 +73,29 @@ export class Live {
   subscribe(vmId) {
     const count = this.refs.get(vmId) ?? 0;
     this.refs.set(vmId, count + 1);
-    if (count === 0 && this.socket.connected) return this.emitSubscribe(vmId);
-    return Promise.resolve({ ok: true });
+    if (count > 0) return Promise.resolve({ ok: true });
+    if (this.leaving.has(vmId)) {
+      // Still joined: going list → VM page → list must not spend the per-minute budget again.
+      clearTimeout(this.leaving.get(vmId));
+      this.leaving.delete(vmId);
+      return Promise.resolve({ ok: true });
+    }
+    return this.socket.connected ? this.emitSubscribe(vmId) : Promise.resolve({ ok: true });
   }
 
+  /** Leave the room once nobody wants it for LEAVE_DELAY_MS. */
   unsubscribe(vmId) {
     const count = this.refs.get(vmId) ?? 0;
-    if (count <= 1) {
-      this.refs.delete(vmId);
-      if (count === 1 && this.socket.connected) this.socket.emit('unsubscribe:vm', vmId, () => {});
-    } else {
+    if (count > 1) {
       this.refs.set(vmId, count - 1);
+      return;
+    }
+    this.refs.delete(vmId);
+    if (count === 1 && !this.leaving.has(vmId)) {
+      this.leaving.set(vmId, setTimeout(() => {
+        this.leaving.delete(vmId);
+        if (this.socket.connected) this.socket.emit('unsubscribe:vm', vmId, () => {});
+      }, LEAVE_DELAY_MS));
     }
   }
 
@@ -97,6 +115,7 @@ export class Live {
   }
 
   close() {
+    for (const timer of this.leaving.values()) clearTimeout(timer);
     this.handlers.clear();
     this.socket.disconnect();
   }
