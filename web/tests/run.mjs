@@ -185,7 +185,7 @@ async function startWorld() {
   }
   const page = await fetch(`${base}/`);
   const html = await page.text();
-  if (page.status === 404) throw new NotAvailable('GET / answers 404: the host does not mount infinibay_dashboard::router() yet');
+  if (page.status === 404) throw new NotAvailable('GET / answers 404: the host does not mount the dashboard yet (infinibay_dashboard::mount(api_router))');
   if (page.status === 503) throw new Error('GET / answers 503: the binary was built without web/dist (scripts/build-web, then cargo build -p infinibay)');
   if (!html.includes('/assets/app-')) throw new Error(`GET / is not the dashboard: ${html.slice(0, 200)}`);
 
