@@ -164,3 +164,82 @@ impl HotState {
         lock(&self.latest).remove(vm_id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::MetricsBody;
+
+    fn sample(vm: &str, secs: i64) -> MetricSample {
+        MetricSample {
+            vm_id: vm.into(),
+            received_at: DateTime::from_timestamp(1_800_000_000 + secs, 0).expect("valid time"),
+            guest_time: None,
+            cpu_percent: 1.0,
+            mem_used_kb: 1,
+            mem_total_kb: 2,
+            swap_used_kb: None,
+            disk_used_percent: None,
+            disk_read_bps: 0.0,
+            disk_write_bps: 0.0,
+            net_rx_bps: 0.0,
+            net_tx_bps: 0.0,
+            load1: 0.0,
+            detail: MetricsBody::default(),
+        }
+    }
+
+    fn commit_one(hot: &HotState, s: MetricSample) -> BatchPlan {
+        let batch = vec![s];
+        let plan = hot.plan(&batch, &[0]);
+        let learned = if plan.unknown.is_empty() {
+            HashMap::new()
+        } else {
+            HashMap::from([(batch[0].vm_id.clone(), 7)])
+        };
+        hot.committed(&batch, &[0], &plan.persist, learned);
+        plan
+    }
+
+    #[test]
+    fn newest_sample_is_written_at_most_every_interval_and_flush_writes_the_rest() {
+        let hot = HotState::default();
+        let first = commit_one(&hot, sample("a", 0));
+        assert_eq!((first.unknown.len(), first.persist.len()), (1, 1));
+        let second = commit_one(&hot, sample("a", 1));
+        assert_eq!(second.keys, vec![Some(7)], "the key is remembered");
+        assert!(second.unknown.is_empty() && second.persist.is_empty());
+        assert_eq!(
+            hot.latest("a").map(|s| s.received_at),
+            Some(sample("a", 1).received_at)
+        );
+        assert_eq!(
+            hot.pending().len(),
+            1,
+            "one sample waits for the next write"
+        );
+        let sixth = commit_one(&hot, sample("a", 5));
+        assert_eq!(
+            sixth.persist.len(),
+            1,
+            "5 s after the last write it is written again"
+        );
+        assert!(hot.pending().is_empty());
+        commit_one(&hot, sample("a", 6));
+        let pending = hot.pending();
+        hot.flushed(&pending);
+        assert!(hot.pending().is_empty());
+    }
+
+    #[test]
+    fn an_older_sample_never_replaces_the_newest() {
+        let hot = HotState::default();
+        commit_one(&hot, sample("a", 10));
+        let late = commit_one(&hot, sample("a", 3));
+        assert!(late.persist.is_empty());
+        assert_eq!(hot.last_seen("a"), Some(sample("a", 10).received_at));
+        hot.forget("a");
+        assert!(hot.latest("a").is_none());
+        assert_eq!(hot.plan(&[sample("a", 11)], &[0]).unknown, vec![0]);
+    }
+}
