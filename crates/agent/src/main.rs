@@ -64,7 +64,17 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
+    // One malloc arena for every thread: the inventory thread's allocations reuse the main
+    // heap instead of growing a second one (resident memory is the agent's tightest budget).
+    // SAFETY: mallopt only changes allocator settings; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
+        // Inventory checks are the only blocking work: one thread is plenty, and it exits
+        // when idle.
+        .max_blocking_threads(1)
+        .thread_keep_alive(std::time::Duration::from_secs(5))
         .enable_all()
         .build()
         .context("cannot start the runtime")?;

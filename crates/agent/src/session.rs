@@ -70,7 +70,24 @@ pub struct Session {
     inventory_sent: [Option<u64>; 3],
     metrics_timer: Interval,
     inventory_timer: Interval,
+    /// A second collector for the inventories, which read big files (the dpkg database, every
+    /// process's fds) and run on a blocking thread so that `ping` never waits behind them.
+    /// `None` while a check runs: it travels to the thread and back.
+    inventory_collector: Option<Collector>,
+    inventory_task: Option<tokio::task::JoinHandle<InventoryCheck>>,
+    /// Bumped by every `hello`: a check started before it must not record what it sent as
+    /// known to the new host.
+    inventory_generation: u64,
+    /// A check was asked for while one ran: run again when it ends.
+    inventory_rerun: bool,
     vm_id: Option<String>,
+}
+
+/// The result of one inventory check: the collector back, and the lines that changed.
+struct InventoryCheck {
+    generation: u64,
+    collector: Collector,
+    changed: Vec<(usize, TelemetryKind, u64, Vec<u8>)>,
 }
 
 fn interval(period: Duration, first_in: Duration) -> Interval {
@@ -89,6 +106,7 @@ impl Session {
         vm_id: Option<String>,
     ) -> Self {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let inventory_collector = Some(Collector::new(collector.roots().clone()));
         let live = Live {
             collection: config.collection_period(),
             inventory: Duration::from_secs(config.limits.inventory_interval.max(1)),
@@ -109,6 +127,10 @@ impl Session {
             inventory_timer: interval(live.inventory, Duration::from_secs(2)),
             live,
             inventory_sent: [None; 3],
+            inventory_collector,
+            inventory_task: None,
+            inventory_generation: 0,
+            inventory_rerun: false,
             vm_id,
             config,
         }
@@ -130,7 +152,8 @@ impl Session {
                 event = self.channel.next(pending) => self.on_channel_event(event),
                 Some(done) = self.finished_rx.recv() => self.on_finished(done),
                 _ = self.metrics_timer.tick() => self.collect_metrics(),
-                _ = self.inventory_timer.tick() => self.collect_inventory(),
+                _ = self.inventory_timer.tick() => self.start_inventory_check(),
+                Some(check) = join_inventory(&mut self.inventory_task) => self.finish_inventory_check(check),
             }
         }
         tracing::info!(running = self.running.len(), "agent stopping");
@@ -174,6 +197,7 @@ impl Session {
                 // A (re)connected host may have lost what it knew: send the inventories again
                 // on the next check, which is now.
                 self.inventory_sent = [None; 3];
+                self.inventory_generation += 1;
                 self.inventory_timer.reset_immediately();
             }
             HostMessage::Welcome(welcome) => {
@@ -417,46 +441,46 @@ impl Session {
         }
     }
 
-    fn collect_inventory(&mut self) {
-        let c = self.live.collectors;
-        for (slot, kind) in INVENTORY_KINDS.into_iter().enumerate() {
-            let message = match kind {
-                TelemetryKind::PortUsage if c.port_usage => {
-                    let mut m = self.collector.port_usage();
-                    m.timestamp = None;
-                    GuestMessage::PortUsage(m)
-                }
-                TelemetryKind::ApplicationUsage if c.application_usage => {
-                    let mut m = self.collector.applications();
-                    m.timestamp = None;
-                    GuestMessage::ApplicationUsage(m)
-                }
-                TelemetryKind::ServiceInventory if c.service_inventory => {
-                    let mut m = self.collector.services();
-                    m.timestamp = None;
-                    GuestMessage::ServiceInventory(m)
-                }
-                _ => continue,
-            };
-            // Sent only when it changed. The fingerprint is taken without the timestamp, by
-            // hashing the JSON as it is written: no second copy of a 100 kB inventory.
-            let fingerprint = fingerprint(&message);
-            if self.inventory_sent[slot] == Some(fingerprint) {
-                continue;
+    fn start_inventory_check(&mut self) {
+        // One check at a time: a check still running when the next tick comes is enough.
+        let Some(mut collector) = self.inventory_collector.take() else {
+            self.inventory_rerun = true;
+            return;
+        };
+        let generation = self.inventory_generation;
+        let switches = self.live.collectors;
+        let sent = self.inventory_sent;
+        let max_line = self.config.limits.max_line_bytes;
+        self.inventory_task = Some(tokio::task::spawn_blocking(move || {
+            let changed = check_inventories(&mut collector, switches, sent, max_line);
+            InventoryCheck {
+                generation,
+                collector,
+                changed,
             }
-            self.inventory_sent[slot] = Some(fingerprint);
-            let message = with_timestamp(message);
-            match encode_exact(&message) {
-                Some(line) if line.len() <= self.config.limits.max_line_bytes => {
+        }));
+    }
+
+    fn finish_inventory_check(&mut self, check: Result<InventoryCheck, tokio::task::JoinError>) {
+        self.inventory_task = None;
+        match check {
+            Ok(check) => {
+                self.inventory_collector = Some(check.collector);
+                let current = check.generation == self.inventory_generation;
+                for (slot, kind, fingerprint, line) in check.changed {
+                    if current {
+                        self.inventory_sent[slot] = Some(fingerprint);
+                    }
                     self.outbox.push(LineClass::Telemetry(kind), line);
                 }
-                Some(line) => tracing::warn!(
-                    kind = message.kind(),
-                    bytes = line.len(),
-                    "inventory longer than the host's line limit: not sent"
-                ),
-                None => tracing::error!(kind = message.kind(), "cannot encode an inventory"),
             }
+            Err(e) => {
+                tracing::error!(error = %e, "inventory check failed; starting over");
+                self.inventory_collector = Some(Collector::new(self.collector.roots().clone()));
+            }
+        }
+        if std::mem::take(&mut self.inventory_rerun) {
+            self.start_inventory_check();
         }
     }
 
@@ -473,6 +497,64 @@ impl Session {
             Ok(line) => self.outbox.push(class, line),
             Err(e) => tracing::error!(kind = message.kind(), error = %e, "cannot encode a message"),
         }
+    }
+}
+
+/// Collect the enabled inventories and encode those whose fingerprint differs from `sent`.
+/// Runs on a blocking thread.
+fn check_inventories(
+    collector: &mut Collector,
+    c: CollectorsConfig,
+    sent: [Option<u64>; 3],
+    max_line: usize,
+) -> Vec<(usize, TelemetryKind, u64, Vec<u8>)> {
+    let mut changed = Vec::new();
+    for (slot, kind) in INVENTORY_KINDS.into_iter().enumerate() {
+        let message = match kind {
+            TelemetryKind::PortUsage if c.port_usage => {
+                let mut m = collector.port_usage();
+                m.timestamp = None;
+                GuestMessage::PortUsage(m)
+            }
+            TelemetryKind::ApplicationUsage if c.application_usage => {
+                let mut m = collector.applications();
+                m.timestamp = None;
+                GuestMessage::ApplicationUsage(m)
+            }
+            TelemetryKind::ServiceInventory if c.service_inventory => {
+                let mut m = collector.services();
+                m.timestamp = None;
+                GuestMessage::ServiceInventory(m)
+            }
+            _ => continue,
+        };
+        // Sent only when it changed. The fingerprint is taken without the timestamp, by
+        // hashing the JSON as it is written: no second copy of a 100 kB inventory.
+        let fingerprint = fingerprint(&message);
+        if sent[slot] == Some(fingerprint) {
+            continue;
+        }
+        let message = with_timestamp(message);
+        match encode_exact(&message) {
+            Some(line) if line.len() <= max_line => changed.push((slot, kind, fingerprint, line)),
+            Some(line) => tracing::warn!(
+                kind = message.kind(),
+                bytes = line.len(),
+                "inventory longer than the host's line limit: not sent"
+            ),
+            None => tracing::error!(kind = message.kind(), "cannot encode an inventory"),
+        }
+    }
+    changed
+}
+
+/// Resolves when the running inventory check ends; never while none runs.
+async fn join_inventory(
+    task: &mut Option<tokio::task::JoinHandle<InventoryCheck>>,
+) -> Option<Result<InventoryCheck, tokio::task::JoinError>> {
+    match task {
+        Some(handle) => Some(handle.await),
+        None => std::future::pending().await,
     }
 }
 
