@@ -109,3 +109,101 @@ async fn open_rejects_an_unknown_scheme() {
         "{message}"
     );
 }
+
+/// Applies only the migrations before 0003 (VM ids in sample rows) from a copy of the folder.
+async fn migrator_before_vm_keys(backend: &str) -> (sqlx::migrate::Migrator, tempfile::TempDir) {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in ["0001_initial.sql", "0002_users.sql"] {
+        std::fs::copy(source.join(name), dir.path().join(name)).expect("copy migration");
+    }
+    let migrator = sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .expect("read migrations");
+    (migrator, dir)
+}
+
+/// What a database written before 0003 holds: one raw sample now-ish, one minute rollup
+/// three days ago. After opening (0003 runs) both must still be found under the VM.
+async fn check_carried_over(url: &str) {
+    let store = infinibay_store::open(url).await.expect("open migrates");
+    let now = Utc::now();
+    let (resolution, raw) = store
+        .metrics("vm-old", now - chrono::Duration::hours(1), now, 100)
+        .await
+        .expect("raw");
+    assert_eq!(
+        (resolution, raw.len()),
+        (infinibay_store::Resolution::Raw, 1)
+    );
+    assert_eq!(raw[0].cpu_avg, 42.0);
+    let three_days = now - chrono::Duration::days(3);
+    let (resolution, minutes) = store
+        .metrics(
+            "vm-old",
+            three_days - chrono::Duration::hours(1),
+            three_days + chrono::Duration::hours(1),
+            1000,
+        )
+        .await
+        .expect("minutes");
+    assert_eq!(resolution, infinibay_store::Resolution::Minute);
+    assert_eq!(minutes.len(), 1);
+    assert_eq!(minutes[0].samples, 60);
+    store
+        .insert_samples(&[])
+        .await
+        .expect("inserting still works");
+}
+
+#[tokio::test]
+async fn sqlite_migration_to_vm_keys_carries_existing_samples_and_rollups_over() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/old.db?mode=rwc", dir.path().display());
+    let (migrator, _migrations) = migrator_before_vm_keys("sqlite").await;
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
+    migrator.run(&pool).await.expect("migrate to 0002");
+    let now = Utc::now().timestamp_millis();
+    let minute = (now - 3 * 86_400_000) / 60_000 * 60_000;
+    for sql in [
+        format!("INSERT INTO vms (id, name, created_at) VALUES ('vm-old', 'vm-old', {now})"),
+        format!(
+            "INSERT INTO metric_samples VALUES ('vm-old', {}, NULL, 42.0, 1, 2, NULL, NULL, 0, 0, 0, 0, 0)",
+            now - 60_000
+        ),
+        format!(
+            "INSERT INTO metric_minute VALUES ('vm-old', {minute}, 60, 1.0, 0.5, 2.0, 10.0, 20, 0, 0, 0, 0)"
+        ),
+    ] {
+        sqlx::query(&sql)
+            .execute(&pool)
+            .await
+            .expect("seed old data");
+    }
+    pool.close().await;
+    check_carried_over(&url).await;
+}
+
+#[tokio::test]
+async fn postgres_migration_to_vm_keys_carries_existing_samples_and_rollups_over() {
+    let url = support::fresh_pg_database().await;
+    let (migrator, _migrations) = migrator_before_vm_keys("postgres").await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    migrator.run(&pool).await.expect("migrate to 0002");
+    for sql in [
+        "INSERT INTO vms (id, name, created_at) VALUES ('vm-old', 'vm-old', now())",
+        "INSERT INTO metric_samples VALUES ('vm-old', now() - interval '1 minute', NULL, 42.0, \
+         1, 2, NULL, NULL, 0, 0, 0, 0, 0)",
+        "INSERT INTO metric_minute VALUES ('vm-old', date_trunc('minute', now() - interval '3 days'), \
+         60, 1.0, 0.5, 2.0, 10.0, 20, 0, 0, 0, 0)",
+    ] {
+        sqlx::query(sql)
+            .execute(&pool)
+            .await
+            .expect("seed old data");
+    }
+    pool.close().await;
+    check_carried_over(&url).await;
+}
