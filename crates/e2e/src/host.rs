@@ -275,6 +275,18 @@ impl HostProcess {
         })
     }
 
+    /// The password of the `admin` account a first start created, from the banner it prints
+    /// once (`password: …` after `Created the administrator account.`).
+    pub fn first_admin_password(&self) -> Option<String> {
+        let log = self.log();
+        let banner = log.split("Created the administrator account.").nth(1)?;
+        banner
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("password:"))
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+    }
+
     /// The `login` mutation: a token for `username`.
     pub fn login(&self, username: &str, password: &str) -> Result<String> {
         let reply = self.graphql(

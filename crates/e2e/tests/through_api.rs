@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 
 const BOOT: Duration = Duration::from_secs(90);
 const HOSTNAME: &str = "e2e-through-api";
-const ADMIN_PASSWORD: &str = "e2e-admin-password-1";
 
 struct World {
     socket_dir: tempfile::TempDir,
@@ -31,15 +30,16 @@ fn world() -> &'static World {
         .get_or_init(|| {
             let socket_dir = scratch_dir("s").map_err(|e| e.to_string())?;
             let data_dir = scratch_dir("d").map_err(|e| e.to_string())?;
-            let mut options = HostOptions::new(socket_dir.path(), data_dir.path());
-            options
-                .env
-                .push(("INFINIBAY_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()));
+            // The first start creates `admin` and prints its generated password once.
+            let options = HostOptions::new(socket_dir.path(), data_dir.path());
             let binary = host_binary().map_err(|e| e.to_string())?;
             let host = HostProcess::start(&binary, options, Duration::from_secs(60))
                 .map_err(|e| format!("starting infinibay: {e}"))?;
+            let password = host
+                .first_admin_password()
+                .ok_or_else(|| format!("no first-start banner in\n{}", host.log_tail(40)))?;
             let token = host
-                .login("admin", ADMIN_PASSWORD)
+                .login("admin", &password)
                 .map_err(|e| format!("admin login: {e}"))?;
             let image = GuestImage::shared().map_err(|e| e.to_string())?;
             let guest = Guest::boot(
@@ -120,7 +120,6 @@ impl World {
 }
 
 #[test]
-#[ignore = "needs the API (issue 5): login and executeVmCommand on /graphql"]
 fn safe_and_unsafe_commands_run_inside_the_guest_through_the_api() {
     let _serial = serial();
     let world = world();
@@ -142,14 +141,20 @@ fn safe_and_unsafe_commands_run_inside_the_guest_through_the_api() {
 }
 
 #[test]
-#[ignore = "needs the API (issue 5) and socket.io-client installed at the repository root by the test command"]
 fn guest_metrics_reach_a_socket_io_client() {
     let _serial = serial();
     let world = world();
     world.wait_status(&world.guest, VmStatus::Online, BOOT);
-    let probe = workspace_root().join("e2e/socketio-probe.mjs");
+    let root = workspace_root();
+    assert!(
+        root.join("tests/node/node_modules/socket.io-client")
+            .is_dir(),
+        "socket.io-client is not installed: run `npm ci --prefix tests/node`"
+    );
+    let probe = root.join("e2e/socketio-probe.cjs");
     let mut command = Command::new("node");
     command
+        .env("NODE_PATH", root.join("tests/node/node_modules"))
         .arg(&probe)
         .arg(format!("http://{}", world.host.listen_addr()))
         .arg(&world.token)
@@ -197,7 +202,6 @@ fn guest_metrics_reach_a_socket_io_client() {
 }
 
 #[test]
-#[ignore = "needs the API (issue 5): executeVmCommand on /graphql"]
 fn guest_powered_off_through_the_agent_goes_offline() {
     let _serial = serial();
     let world = world();

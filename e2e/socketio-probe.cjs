@@ -1,14 +1,14 @@
-// Log in already done: connect to infinibay's Socket.IO endpoint with TOKEN, subscribe to
-// VM_ID and print its first `metricsUpdate` as one JSON line. Exit 1 on any refusal or after
-// 45 s without an update. Uses the official socket.io-client, resolved from the repository's
-// node_modules (installed by the test command).
+// Connect to infinibay's Socket.IO endpoint with TOKEN, subscribe to VM_ID and print its
+// first `metricsUpdate` as one JSON line. Exit 1 on any refusal or after 45 s without an
+// update. Uses the official socket.io-client that the test command installs in
+// tests/node/node_modules (CommonJS, so that NODE_PATH can point there).
 //
-//   node e2e/socketio-probe.mjs URL TOKEN VM_ID
-import { io } from "socket.io-client";
+//   NODE_PATH=tests/node/node_modules node e2e/socketio-probe.cjs URL TOKEN VM_ID
+const { io } = require("socket.io-client");
 
 const [url, token, vmId] = process.argv.slice(2);
 if (!url || !token || !vmId) {
-  console.error("usage: socketio-probe.mjs URL TOKEN VM_ID");
+  console.error("usage: socketio-probe.cjs URL TOKEN VM_ID");
   process.exit(2);
 }
 const fail = (message) => {
