@@ -12,8 +12,12 @@ import sys
 
 db, begin, end, interval, flood = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+# The store keys samples by `vm_key` (since its migration 0003) or by `vm_id` (before).
+columns = {row[1] for row in con.execute("PRAGMA table_info(metric_samples)")}
+vm_column = "vm_key" if "vm_key" in columns else "vm_id"
 rows = con.execute(
-    "SELECT vm_id, at FROM metric_samples WHERE at >= ? AND at < ? ORDER BY vm_id, at", (begin, end)
+    f"SELECT {vm_column}, at FROM metric_samples WHERE at >= ? AND at < ? ORDER BY {vm_column}, at",
+    (begin, end),
 ).fetchall()
 per_vm = {}
 for vm, at in rows:

@@ -46,9 +46,19 @@ w("")
 
 def window(l, key):
     """A simulator counter's increase over the measuring window, summed over its processes."""
-    begin = sum(x["sim_totals"][key] for x in l["sim_begin"])
-    end = sum(x["sim_totals"][key] for x in l["sim_end"])
+    begin = sum(x["sim_totals"].get(key, 0) for x in l["sim_begin"])
+    end = sum(x["sim_totals"].get(key, 0) for x in l["sim_end"])
     return end - begin
+
+def sim_rate(l, key):
+    """Per second, each simulator process over its own counters' span (its uptime delta)."""
+    total = 0.0
+    for b, e in zip(l["sim_begin"], l["sim_end"]):
+        b, e = b["sim_totals"], e["sim_totals"]
+        span = e.get("uptime_secs", 0) - b.get("uptime_secs", 0)
+        if span > 0:
+            total += (e.get(key, 0) - b.get(key, 0)) / span
+    return total
 
 def is_host(l):
     return l["consumer_kind"] == "infinibay serve"
@@ -64,10 +74,10 @@ def clean_tail(l):
     return l.get("consumer_log_tail", "").strip()[-300:].replace("|", "/").replace(chr(10), " ").replace(chr(96), "'")
 
 def desc(l):
-    d = l["duration"]
+    d = l.get("window_secs") or l["duration"]
     return (f"{l['vms']:,} VMs @ {l['interval']} s, {l['profile']}"
-            + (f", {l['flood']} flooding 64 KB ({window(l,'flood_messages')/d:,.0f} lines/s, "
-               f"{window(l,'bytes')/d/1e6:,.1f} MB/s written by the sim)" if l["flood"] else "")
+            + (f", {l['flood']} flooding 64 KB ({sim_rate(l,'flood_messages'):,.0f} lines/s, "
+               f"{sim_rate(l,'bytes')/1e6:,.1f} MB/s written by the sim)" if l["flood"] else "")
             + f"; sim runtime {'multi-thread x' + str(l['sim_threads']) if l['sim_threads'] else 'current-thread'}"
             + ("" if l.get("consumer_alive", True) else
                f" — **the consumer died during the window**: `{clean_tail(l)}`"))
@@ -102,14 +112,15 @@ else:
     w("| scenario | store | host CPU (% of one core) | host RSS / peak | sim samples/s | host: queued/s, written/s | host: coalesced, failed, dropped | stored rows/s, stored gaps p50 / p99 / max (ms), late | sim late / coalesced | simulator CPU |")
     w("| --- | --- | ---: | ---: | ---: | --- | --- | --- | ---: | ---: |")
     for l in hosts:
-        d = l["duration"]
+        d = l.get("window_secs") or l["duration"]
+        hs = l.get("health_secs") or d
         q, wr = hdelta(l, "samples_queued"), hdelta(l, "samples_written")
         dropped = sum((hdelta(l, k) or 0) for k in ("inventories_dropped", "errors_dropped", "command_logs_dropped"))
         db = l.get("db") or {}
         stored = (f"{db['rows_per_sec']:,.0f}, {fmt(db.get('gap_p50_ms'))} / {fmt(db.get('gap_p99_ms'))} / {fmt(db.get('gap_max_ms'))}, {db.get('late_gaps')}"
                   if "rows" in db else "n/a")
         w(f"| {desc(l)} | {l['store']} | {100*l['consumer_cpu_secs']/d:.1f} % | {l['consumer_rss_kb']/1024:.0f} / {l['consumer_hwm_kb']/1024:.0f} MiB | "
-          f"{window(l,'samples')/d:,.0f} | {fmt(q and q/d)}, {fmt(wr and wr/d)} | {fmt(hdelta(l,'samples_coalesced'))}, {fmt(hdelta(l,'samples_failed'))}, {dropped} | "
+          f"{sim_rate(l,'samples'):,.0f} | {fmt(q and q/hs)}, {fmt(wr and wr/hs)} | {fmt(hdelta(l,'samples_coalesced'))}, {fmt(hdelta(l,'samples_failed'))}, {dropped} | "
           f"{stored} | {window(l,'samples_late')} / {window(l,'ticks_coalesced')} | {100*l['sim_cpu_secs']/d:.1f} % ({l['sim_processes']} proc) |")
 w("")
 w("### Stand-in host (`infinibay-sim drain`) and the simulator's own cost")
@@ -121,12 +132,12 @@ w("")
 w("| scenario | drain CPU (% of one core) | drain RSS / peak | sim samples/s | gaps p50 / p99 / max (ms), late | sim late / coalesced | simulator CPU (% of one core) | simulator RSS |")
 w("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |")
 for l in drains:
-    d = l["duration"]
+    d = l.get("window_secs") or l["duration"]
     own = l.get("consumer_own") or {}
     gaps = (f"{own['gap_p50_ms']:.0f} / {own['gap_p99_ms']:.0f} / {own['gap_max_ms']:.0f}, {own['late_gaps']}"
             if "gap_p50_ms" in own else "n/a")
     w(f"| {desc(l)} | {100*l['consumer_cpu_secs']/d:.1f} % | {l['consumer_rss_kb']/1024:.0f} / {l['consumer_hwm_kb']/1024:.0f} MiB | "
-      f"{window(l,'samples')/d:,.0f} | {gaps} | {window(l,'samples_late')} / {window(l,'ticks_coalesced')} | "
+      f"{sim_rate(l,'samples'):,.0f} | {gaps} | {window(l,'samples_late')} / {window(l,'ticks_coalesced')} | "
       f"{100*l['sim_cpu_secs']/d:.1f} % ({l['sim_processes']} proc) | {l['sim_rss_kb']/1024:.0f} MiB |")
 w("")
 
@@ -142,18 +153,19 @@ for key, label in (("store-sqlite", "SQLite storage ≥ 50,000 samples/s sustain
     if not l:
         w(f"| {label} | not measured |")
         continue
-    d = l["duration"]
+    d = l.get("window_secs") or l["duration"]
     wr = hdelta(l, "samples_written")
     co = hdelta(l, "samples_coalesced") or 0
-    sim_rate = window(l, "samples") / d
-    ok = wr is not None and wr / d >= 50_000 and co == 0
-    w(f"| {label} | {fmt(wr and wr/d)} samples/s written by the host ({l['vms']:,} VMs @ {l['interval']} s offered "
-      f"{sim_rate:,.0f}/s; host coalesced {co}, sim coalesced {window(l,'ticks_coalesced')}; host CPU "
+    offered = sim_rate(l, "samples")
+    hs = l.get("health_secs") or d
+    ok = wr is not None and wr / hs >= 50_000 and co == 0
+    w(f"| {label} | {fmt(wr and wr/hs)} samples/s written by the host ({l['vms']:,} VMs @ {l['interval']} s offered "
+      f"{offered:,.0f}/s; host coalesced {co}, sim coalesced {window(l,'ticks_coalesced')}; host CPU "
       f"{100*l['consumer_cpu_secs']/d:.0f} %, sim CPU {100*l['sim_cpu_secs']/d:.0f} % of one core) — "
       + ("met" if ok else "**not met**") + " |")
 l = by.get("many")
 if l:
-    d = l["duration"]; cpu = 100*l['consumer_cpu_secs']/d; peak = l['consumer_hwm_kb']/1024
+    d = l.get("window_secs") or l["duration"]; cpu = 100*l['consumer_cpu_secs']/d; peak = l['consumer_hwm_kb']/1024
     lost = (hdelta(l, "samples_coalesced") or 0) + (hdelta(l, "samples_failed") or 0) + window(l, "ticks_coalesced")
     db = l.get("db") or {}
     ok = cpu <= 50 and peak <= 400 and lost == 0 and db.get("late_gaps", 0) == 0
@@ -164,7 +176,7 @@ else:
     w("| 10,000 VMs @ 1 s: host ≤ 50 % of one core, ≤ 400 MB, drops nothing | not measured for the host (see the drain rows for the stand-in) |")
 l = by.get("flood")
 if l:
-    d = l["duration"]; peak = l['consumer_hwm_kb']/1024
+    d = l.get("window_secs") or l["duration"]; peak = l['consumer_hwm_kb']/1024
     db = l.get("db") or {}
     ok = peak <= 200 and db.get("late_gaps", 1) == 0 and window(l, "ticks_coalesced") == 0
     w(f"| 1 VM flooding 64 KB + {l['vms']-1:,} @ 1 s: host ≤ 200 MB, others on time | peak {peak:.0f} MiB; others' stored gaps "

@@ -191,18 +191,29 @@ run_load() { # name vms interval profile flood threads
       sleep 1
     done
     log "host: $online/$vms VMs online"
-    sleep 3
+    # Then wait for the start-up backlog (registering every VM) to clear: until the host's
+    # coalesced-samples counter stops growing for 3 s (at most 60 s).
+    local previous=-1 now_coalesced
+    deadline=$((SECONDS + 60))
+    while (( SECONDS < deadline )); do
+      now_coalesced=$(curl -s -m 5 "http://127.0.0.1:$HOST_PORT/healthz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["queue"]["samples_coalesced"])' 2>/dev/null || echo -2)
+      [[ $now_coalesced == "$previous" ]] && break
+      previous=$now_coalesced
+      sleep 3
+    done
+    log "host settled (coalesced during start-up: $previous)"
   fi
 
   local pid f sims_before=() consumer_before
   consumer_before=$(cpu_secs "$CONSUMER_PID")
   for pid in "${SIM_PIDS[@]}"; do sims_before+=("$(cpu_secs "$pid")"); done
-  local begin_ms end_ms
+  # Rates use the real elapsed times: an overloaded host answers /healthz late and an
+  # overloaded simulator writes its stats file late (its counters carry their own uptime).
+  local begin_ms end_ms health_end_ms
+  curl -s -m 5 "http://127.0.0.1:$HOST_PORT/healthz" >"$WORK/health-$name.begin" 2>/dev/null || true
   begin_ms=$(date +%s%3N)
   for f in "$WORK"/stats-"$name"-*.json; do cp "$f" "$f.begin"; done
-  curl -s "http://127.0.0.1:$HOST_PORT/healthz" >"$WORK/health-$name.begin" 2>/dev/null || true
   sleep "$DURATION"
-  curl -s "http://127.0.0.1:$HOST_PORT/healthz" >"$WORK/health-$name.end" 2>/dev/null || true
   for f in "$WORK"/stats-"$name"-*.json; do cp "$f" "$f.end"; done
   end_ms=$(date +%s%3N)
   local consumer_cpu consumer_rss consumer_hwm sim_cpu=0 sim_rss=0 i=0 consumer_alive=true
@@ -213,6 +224,8 @@ run_load() { # name vms interval profile flood threads
     sim_cpu=$(calc "$sim_cpu + $(cpu_secs "$pid") - ${sims_before[$i]}"); i=$((i + 1))
     sim_rss=$(( sim_rss + $(rss_kb "$pid") ))
   done
+  curl -s -m 5 "http://127.0.0.1:$HOST_PORT/healthz" >"$WORK/health-$name.end" 2>/dev/null || true
+  health_end_ms=$(date +%s%3N)
 
   local own='{}' health_begin='{}' health_end='{}' db='{}'
   if [[ $CONSUMER_KIND == drain ]]; then
@@ -228,9 +241,11 @@ run_load() { # name vms interval profile flood threads
   fi
   for pid in "${SIM_PIDS[@]}"; do stop_pid "$pid"; done
   local begin="" end=""
-  for f in "$WORK"/stats-"$name"-*.json; do begin+="$(cat "$f.begin"),"; end+="$(cat "$f.end"),"; done
+  for f in "$WORK"/stats-"$name"-*.json; do
+    begin+="$(cat "$f.begin" 2>/dev/null || echo '{"sim_totals":{}}'),"; end+="$(cat "$f.end" 2>/dev/null || echo '{"sim_totals":{}}'),"
+  done
   cat >>"$LOADS_JSON" <<JSON
-{"name": "$name", "vms": $vms, "interval": $interval, "profile": "$profile", "flood": $flood, "sim_threads": $threads, "duration": $DURATION, "consumer_kind": "$CONSUMER_KIND", "consumer_alive": $consumer_alive, "consumer_log_tail": $(tail -n 3 "$WORK/host-$name.err" 2>/dev/null | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()[-600:]))'), "consumer_cpu_secs": $consumer_cpu, "consumer_rss_kb": $consumer_rss, "consumer_hwm_kb": $consumer_hwm, "consumer_own": $own, "sim_cpu_secs": $sim_cpu, "sim_rss_kb": $sim_rss, "sim_processes": ${#SIM_PIDS[@]}, "sim_begin": [${begin%,}], "sim_end": [${end%,}], "store": "${DB_KIND:-sqlite}", "health_begin": $health_begin, "health_end": $health_end, "db": $db}
+{"name": "$name", "vms": $vms, "interval": $interval, "profile": "$profile", "flood": $flood, "sim_threads": $threads, "duration": $DURATION, "window_secs": $(calc "($end_ms - $begin_ms) / 1000"), "health_secs": $(calc "($health_end_ms - $begin_ms) / 1000"), "consumer_kind": "$CONSUMER_KIND", "consumer_alive": $consumer_alive, "consumer_log_tail": $(tail -n 3 "$WORK/host-$name.err" 2>/dev/null | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()[-600:]))'), "consumer_cpu_secs": $consumer_cpu, "consumer_rss_kb": $consumer_rss, "consumer_hwm_kb": $consumer_hwm, "consumer_own": $own, "sim_cpu_secs": $sim_cpu, "sim_rss_kb": $sim_rss, "sim_processes": ${#SIM_PIDS[@]}, "sim_begin": [${begin%,}], "sim_end": [${end%,}], "store": "${DB_KIND:-sqlite}", "health_begin": $health_begin, "health_end": $health_end, "db": $db}
 JSON
   rm -rf "$SOCKDIR"
 }
