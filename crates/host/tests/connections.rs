@@ -178,7 +178,8 @@ async fn a_socket_that_accepts_and_never_speaks_stays_offline() {
     assert_eq!(v.stats.connections, 1, "one connection, no reconnect churn");
     assert_eq!(v.stats.messages, 0);
     // Pings pile up in a bounded queue and then are dropped, not buffered.
-    assert!(rss_kb() < rss_before + 20_000, "memory stayed flat");
+    // Generous: other tests of this binary run in the same process at the same time.
+    assert!(rss_kb() < rss_before + 64_000, "memory stayed flat");
     assert_eq!(mute.accepted.load(Ordering::SeqCst), 1);
     host.shutdown().await;
 }
