@@ -301,7 +301,10 @@ impl TestEnv {
     }
 
     pub fn config(&self) -> Config {
-        test_config(&self.sockets, &self.db_url)
+        let mut c = test_config(&self.sockets, &self.db_url);
+        // Nothing a test starts may write into the source tree (the default is ./data).
+        c.data_dir = self.dir.path().join("data");
+        c
     }
 
     pub async fn store(&self) -> Arc<dyn Store> {
