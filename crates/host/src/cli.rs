@@ -59,7 +59,7 @@ impl ConfigArgs {
     pub fn load(&self) -> Result<Config, ConfigError> {
         Config::load(
             self.config.as_deref(),
-            std::env::vars(),
+            std::env::vars().filter(|(k, _)| !crate::users::NOT_CONFIG_ENV.contains(&k.as_str())),
             &Overrides {
                 listen: self.listen,
                 data_dir: self.data_dir.clone(),

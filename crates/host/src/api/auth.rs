@@ -136,11 +136,22 @@ impl Authenticator {
     /// A signed token for `user`.
     pub fn issue(&self, user: &UserRecord) -> Result<String, AuthError> {
         let now = Utc::now();
+        let ttl = chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::hours(12));
+        self.issue_with(user, now, now + ttl)
+    }
+
+    /// A signed token for `user` with explicit times (tests mint expired tokens with it).
+    pub fn issue_with(
+        &self,
+        user: &UserRecord,
+        issued: chrono::DateTime<Utc>,
+        expires: chrono::DateTime<Utc>,
+    ) -> Result<String, AuthError> {
         let claims = Claims {
             user_id: user.id.to_string(),
-            iat: now.timestamp(),
-            exp: now.timestamp() + self.ttl.as_secs() as i64,
-            iat_ms: Some(now.timestamp_millis()),
+            iat: issued.timestamp(),
+            exp: expires.timestamp(),
+            iat_ms: Some(issued.timestamp_millis()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Unavailable(format!("cannot sign token: {e}")))

@@ -26,6 +26,9 @@ use super::state::Api;
 use crate::bus::{BusEvent, Filter, Received};
 
 const TARGET: &str = "infinibay::realtime";
+/// Client events the server handles (the authorization matrix test enumerates this list).
+pub const CLIENT_EVENTS: &[&str] = &["subscribe:vm", "unsubscribe:vm"];
+
 /// Room every ADMIN socket joins.
 pub const ADMIN_ROOM: &str = "admin";
 
@@ -339,7 +342,7 @@ async fn on_connect(api: Api, s: SocketRef) {
     let limit = api.settings().event_limit_per_minute;
     let for_sub = api.clone();
     s.on(
-        "subscribe:vm",
+        CLIENT_EVENTS[0],
         move |s: SocketRef, Data(arg): Data<Value>, ack: AckSender| {
             let api = for_sub.clone();
             async move {
@@ -350,7 +353,7 @@ async fn on_connect(api: Api, s: SocketRef) {
     );
     let for_unsub = api.clone();
     s.on(
-        "unsubscribe:vm",
+        CLIENT_EVENTS[1],
         move |s: SocketRef, Data(arg): Data<Value>, ack: AckSender| {
             let api = for_unsub.clone();
             async move {

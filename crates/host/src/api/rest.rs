@@ -16,12 +16,28 @@ use serde::{Deserialize, Serialize};
 use super::auth::bearer;
 use super::state::{Api, ApiError, LATENCY_BUCKETS};
 
+/// Who may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAuth {
+    /// Anyone (bind the listener privately).
+    Public,
+    /// A valid user token (or a per-VM install token).
+    Authenticated,
+}
+
+/// Every route [`routes`] serves (the authorization matrix test enumerates this list).
+pub const ROUTES: &[(&str, RouteAuth)] = &[
+    ("/metrics", RouteAuth::Public),
+    ("/infiniservice/{platform}/binary", RouteAuth::Authenticated),
+    ("/infiniservice/{platform}/script", RouteAuth::Authenticated),
+];
+
 /// The routes.
 pub fn routes(api: Api) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
-        .route("/infiniservice/{platform}/binary", get(binary))
-        .route("/infiniservice/{platform}/script", get(script))
+        .route(ROUTES[0].0, get(metrics))
+        .route(ROUTES[1].0, get(binary))
+        .route(ROUTES[2].0, get(script))
         .with_state(api)
 }
 

@@ -1,0 +1,801 @@
+//! The authorization matrix, generated: every root field of the GraphQL schema (read from its
+//! SDL), every Socket.IO client event and every REST route, against six callers (ADMIN, the
+//! VM's owner, another USER, no token, an expired token, a deleted user's token), on a real
+//! server with a simulated VM. A new root field, event or route without a rule here fails.
+
+mod api_common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use api_common::{Server, error_code};
+use infinibay::api;
+use infinibay::store::{NewUser, Role};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Caller {
+    NoToken,
+    Expired,
+    Deleted,
+    Other,
+    Owner,
+    Admin,
+}
+
+const CALLERS: [Caller; 6] = [
+    Caller::NoToken,
+    Caller::Expired,
+    Caller::Deleted,
+    Caller::Other,
+    Caller::Owner,
+    Caller::Admin,
+];
+
+/// Who may use an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// Anyone, token or not (login).
+    Public,
+    /// Any valid token.
+    Authenticated,
+    /// ADMIN, or the owner of the VM.
+    VmScoped,
+    /// ADMIN, or the owner holding `unsafe_commands` (our owner does not).
+    UnsafeCommand,
+    /// ADMIN only.
+    AdminOnly,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Code(&'static str),
+}
+
+fn expected(rule: Rule, caller: Caller) -> Outcome {
+    let authenticated = matches!(caller, Caller::Admin | Caller::Owner | Caller::Other);
+    match rule {
+        Rule::Public => Outcome::Ok,
+        _ if !authenticated => Outcome::Code("UNAUTHENTICATED"),
+        Rule::Authenticated => Outcome::Ok,
+        Rule::VmScoped if caller == Caller::Other => Outcome::Code("FORBIDDEN"),
+        Rule::VmScoped => Outcome::Ok,
+        Rule::UnsafeCommand | Rule::AdminOnly if caller == Caller::Admin => Outcome::Ok,
+        Rule::UnsafeCommand | Rule::AdminOnly => Outcome::Code("FORBIDDEN"),
+    }
+}
+
+/// The root fields of `type <root> { … }` in the SDL.
+fn root_fields(sdl: &str, root: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut inside = false;
+    let mut depth = 0i32;
+    let mut in_description = false;
+    for line in sdl.lines() {
+        let trimmed = line.trim();
+        if !inside {
+            if trimmed.starts_with(&format!("type {root} ")) || trimmed == format!("type {root} {{")
+            {
+                inside = true;
+            }
+            continue;
+        }
+        if trimmed == "}" && depth == 0 {
+            break;
+        }
+        // Descriptions: `"""` blocks (possibly one line) and `"…"` lines.
+        if in_description {
+            if trimmed.contains("\"\"\"") {
+                in_description = false;
+            }
+            continue;
+        }
+        if let Some(rest) = trimmed.strip_prefix("\"\"\"") {
+            in_description = !rest.contains("\"\"\"");
+            continue;
+        }
+        if depth == 0
+            && let Some(name) = trimmed
+                .split(['(', ':'])
+                .next()
+                .map(str::trim)
+                .filter(|n| !n.is_empty() && !n.starts_with('"') && !n.starts_with('#'))
+        {
+            fields.push(name.to_owned());
+        }
+        depth += trimmed.matches('(').count() as i32 - trimmed.matches(')').count() as i32;
+    }
+    fields
+}
+
+struct Tokens(BTreeMap<Caller, Option<String>>);
+
+impl Tokens {
+    fn of(&self, c: Caller) -> Option<&str> {
+        self.0.get(&c).and_then(|t| t.as_deref())
+    }
+}
+
+async fn tokens(server: &Server) -> Tokens {
+    let mut map = BTreeMap::new();
+    map.insert(Caller::Admin, Some(server.login(&server.admin).await));
+    map.insert(Caller::Owner, Some(server.login(&server.owner).await));
+    map.insert(Caller::Other, Some(server.login(&server.other).await));
+    map.insert(Caller::NoToken, None);
+    let auth = api::auth::Authenticator::new(
+        &server.secret,
+        Duration::from_secs(3600),
+        server.store.clone(),
+    );
+    let now = chrono::Utc::now();
+    let expired = auth
+        .issue_with(
+            &server.owner.record,
+            now - chrono::Duration::hours(2),
+            now - chrono::Duration::hours(1),
+        )
+        .expect("mint an expired token");
+    map.insert(Caller::Expired, Some(expired));
+    let victim = server.login(&server.victim).await;
+    server
+        .store
+        .users()
+        .delete_user(server.victim.record.id)
+        .await
+        .expect("delete the victim");
+    map.insert(Caller::Deleted, Some(victim));
+    Tokens(map)
+}
+
+/// A throwaway user (no argon2: it never logs in).
+async fn scratch_user(server: &Server, name: &str) -> i64 {
+    server
+        .store
+        .users()
+        .create_user(
+            &NewUser {
+                username: name.to_owned(),
+                password_hash: "$argon2id$unused".into(),
+                role: Role::User,
+                department: None,
+                permissions: vec![],
+                namespace: format!("user_{name}"),
+            },
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("scratch user")
+        .id
+}
+
+/// The document, variables and rule of a root field, for one call.
+async fn graphql_case(
+    server: &Server,
+    root: &str,
+    field: &str,
+    caller: Caller,
+) -> Option<(String, Value, Rule)> {
+    let vm = json!(server.vm_id);
+    let tag = format!("{caller:?}").to_lowercase();
+    let now = chrono::Utc::now();
+    let case = match (root, field) {
+        ("QueryRoot", "me") => ("query { me { id username role } }".into(), json!({}), Rule::Authenticated),
+        ("QueryRoot", "vms") => ("query { vms { id name status owner { username } latestMetrics { cpuPercent } } }".into(), json!({}), Rule::Authenticated),
+        ("QueryRoot", "vm") => ("query($id: ID!) { vm(id: $id) { id status agent { os } ipAddresses } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "getVmMetrics") => ("query($id: ID!) { getVmMetrics(vmId: $id) { at cpuAvg samples } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "vmMetrics") => (
+            "query($id: ID!, $f: DateTime!, $t: DateTime!) { vmMetrics(vmId: $id, from: $f, to: $t) { resolution points { at cpuAvg } } }".into(),
+            json!({"id": vm, "f": (now - chrono::Duration::hours(1)).to_rfc3339(), "t": now.to_rfc3339()}),
+            Rule::VmScoped,
+        ),
+        ("QueryRoot", "vmProcesses") => ("query($id: ID!) { vmProcesses(vmId: $id) { pid name } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "vmPorts") => ("query($id: ID!) { vmPorts(vmId: $id) { port protocol } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "vmApplications") => ("query($id: ID!) { vmApplications(vmId: $id) { name } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "vmServices") => ("query($id: ID!) { vmServices(vmId: $id) { name activeState } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "commandLogs") => ("query($id: ID!) { commandLogs(vmId: $id) { id kind success user { username } } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "users") => ("query { users { id username } }".into(), json!({}), Rule::AdminOnly),
+        ("QueryRoot", "vmInstallToken") => ("query($id: ID!) { vmInstallToken(vmId: $id) }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("MutationRoot", "login") => (
+            "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token user { id role } } }".into(),
+            json!({"u": "owner", "p": api_common::PASSWORD}),
+            Rule::Public,
+        ),
+        ("MutationRoot", "executeVmCommand") => (
+            "mutation($id: ID!) { executeVmCommand(vmId: $id, command: {type: SAFE, action: \"SystemInfo\"}) { id success } }".into(),
+            json!({"id": vm}),
+            Rule::VmScoped,
+        ),
+        ("MutationRoot", "createUser") => (
+            "mutation($u: String!) { createUser(input: {username: $u, password: \"long-enough-pw\"}) { id role } }".into(),
+            json!({"u": format!("new_{tag}")}),
+            Rule::AdminOnly,
+        ),
+        ("MutationRoot", "deleteUser") => {
+            let id = scratch_user(server, &format!("del_{tag}")).await;
+            ("mutation($id: ID!) { deleteUser(id: $id) }".into(), json!({"id": id.to_string()}), Rule::AdminOnly)
+        }
+        ("MutationRoot", "setUserPassword") => {
+            let id = scratch_user(server, &format!("pw_{tag}")).await;
+            ("mutation($id: ID!) { setUserPassword(id: $id, password: \"another-long-pw\") }".into(), json!({"id": id.to_string()}), Rule::AdminOnly)
+        }
+        ("MutationRoot", "grantPermission") => {
+            let id = scratch_user(server, &format!("grant_{tag}")).await;
+            ("mutation($id: ID!) { grantPermission(id: $id, permission: \"unsafe_commands\") { permissions } }".into(), json!({"id": id.to_string()}), Rule::AdminOnly)
+        }
+        ("MutationRoot", "setVmOwner") => (
+            "mutation($id: ID!, $u: ID) { setVmOwner(vmId: $id, userId: $u, department: \"eng\") { id owner { username } } }".into(),
+            json!({"id": vm, "u": server.owner.record.id.to_string()}),
+            Rule::AdminOnly,
+        ),
+        ("MutationRoot", "deleteVm") => {
+            let id = format!("00000000-0000-4000-8000-{:012}", caller as u8);
+            server.store.upsert_vm(&id, now).await.expect("scratch VM");
+            server
+                .store
+                .set_vm_owner(&id, Some(server.owner.record.id), None)
+                .await
+                .expect("scratch VM owner");
+            ("mutation($id: ID!) { deleteVm(vmId: $id) }".into(), json!({"id": id}), Rule::AdminOnly)
+        }
+        ("SubscriptionRoot", "vmMetrics") => ("subscription($id: ID!) { vmMetrics(vmId: $id) { at cpuPercent } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("SubscriptionRoot", "vmStatus") => ("subscription { vmStatus { vmId status } }".into(), json!({}), Rule::Authenticated),
+        _ => return None,
+    };
+    Some(case)
+}
+
+/// Run a subscription over graphql-ws: `Ok` when data (or, for `quiet_ok`, nothing bad)
+/// arrives, else the error code.
+async fn subscribe_once(
+    server: &Server,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+    quiet_ok: bool,
+) -> Outcome {
+    let mut request = format!("ws://{}/graphql/ws", server.addr)
+        .into_client_request()
+        .expect("ws request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect graphql-ws");
+    let payload = match token {
+        Some(t) => json!({"Authorization": format!("Bearer {t}")}),
+        None => json!({}),
+    };
+    ws.send(Message::text(
+        json!({"type": "connection_init", "payload": payload}).to_string(),
+    ))
+    .await
+    .expect("init");
+    ws.send(Message::text(
+        json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": variables}}).to_string(),
+    ))
+    .await
+    .expect("subscribe");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(if quiet_ok { 2 } else { 6 });
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next()).await;
+        let msg = match next {
+            Err(_) if quiet_ok => return Outcome::Ok,
+            Err(_) => panic!("no answer to subscription {query}"),
+            Ok(None) => panic!("graphql-ws closed without an answer to {query}"),
+            Ok(Some(Err(e))) => panic!("graphql-ws error: {e}"),
+            Ok(Some(Ok(m))) => m,
+        };
+        let Ok(text) = msg.to_text() else { continue };
+        let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        match v.get("type").and_then(Value::as_str) {
+            Some("next") => {
+                if let Some(code) = error_code(v.get("payload").unwrap_or(&Value::Null)) {
+                    return Outcome::Code(leak(code));
+                }
+                return Outcome::Ok;
+            }
+            Some("error") => {
+                let code = v
+                    .pointer("/payload/0/extensions/code")
+                    .and_then(Value::as_str)
+                    .unwrap_or("NO_CODE")
+                    .to_owned();
+                return Outcome::Code(leak(code));
+            }
+            _ => continue,
+        }
+    }
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// A minimal Engine.IO v4 / Socket.IO v5 client over WebSocket, enough for connect, events
+/// with acknowledgements and pings.
+struct SioClient {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next_ack: u32,
+}
+
+enum SioConnect {
+    Connected(Box<SioClient>, Value),
+    Refused(String),
+}
+
+impl SioClient {
+    async fn connect(server: &Server, token: Option<&str>) -> SioConnect {
+        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(url.into_client_request().expect("request"))
+                .await
+                .expect("socket.io websocket");
+        let open = Self::read(&mut ws).await;
+        assert!(open.starts_with('0'), "engine.io open packet, got {open}");
+        let auth = match token {
+            Some(t) => format!("40{}", json!({"token": t})),
+            None => "40".to_owned(),
+        };
+        ws.send(Message::text(auth)).await.expect("connect packet");
+        let mut client = SioClient { ws, next_ack: 1 };
+        loop {
+            let packet = client.recv().await;
+            // `recv` strips the engine.io `4`: `4{…}` is CONNECT_ERROR, `2[…]` an EVENT.
+            if let Some(rest) = packet.strip_prefix('4') {
+                let v: Value = serde_json::from_str(rest).unwrap_or(Value::Null);
+                return SioConnect::Refused(
+                    v.get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                );
+            }
+            if let Some(rest) = packet.strip_prefix('2') {
+                let v: Value = serde_json::from_str(rest).unwrap_or(Value::Null);
+                if v.get(0) == Some(&json!("connected")) {
+                    return SioConnect::Connected(
+                        Box::new(client),
+                        v.get(1).cloned().unwrap_or(Value::Null),
+                    );
+                }
+            }
+        }
+    }
+
+    async fn read(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> String {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("socket.io answer within 10 s")
+                .expect("socket.io stream open")
+                .expect("socket.io frame");
+            if let Ok(t) = msg.to_text()
+                && !t.is_empty()
+            {
+                return t.to_owned();
+            }
+        }
+    }
+
+    /// The next Socket.IO packet, answering engine.io pings.
+    async fn recv(&mut self) -> String {
+        loop {
+            let text = Self::read(&mut self.ws).await;
+            if text == "2" {
+                self.ws.send(Message::text("3")).await.expect("pong");
+                continue;
+            }
+            if let Some(packet) = text.strip_prefix('4') {
+                return packet.to_owned();
+            }
+        }
+    }
+
+    /// Emit `event` with `arg` and wait for its acknowledgement.
+    async fn emit_ack(&mut self, event: &str, arg: Value) -> Value {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        self.ws
+            .send(Message::text(format!("42{id}{}", json!([event, arg]))))
+            .await
+            .expect("emit");
+        let prefix = format!("3{id}");
+        loop {
+            let packet = self.recv().await;
+            if let Some(rest) = packet.strip_prefix(&prefix) {
+                let v: Value = serde_json::from_str(rest).expect("ack JSON");
+                return v.get(0).cloned().unwrap_or(Value::Null);
+            }
+        }
+    }
+}
+
+fn socket_rule(event: &str) -> Option<Rule> {
+    match event {
+        "subscribe:vm" => Some(Rule::VmScoped),
+        "unsubscribe:vm" => Some(Rule::Authenticated),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_query_mutation_subscription_event_and_route_obeys_the_rule_set() {
+    let server = Server::start(1, Duration::from_millis(250)).await;
+    let tokens = tokens(&server).await;
+    let sdl = api::graphql::sdl();
+    let mut failures = Vec::new();
+    let mut checked = 0usize;
+
+    // ----- GraphQL: every root field of the schema.
+    for root in ["QueryRoot", "MutationRoot", "SubscriptionRoot"] {
+        let fields = root_fields(&sdl, root);
+        assert!(
+            !fields.is_empty(),
+            "no fields found for {root} in the SDL:\n{sdl}"
+        );
+        for field in fields {
+            for caller in CALLERS {
+                let Some((query, vars, rule)) = graphql_case(&server, root, &field, caller).await
+                else {
+                    failures.push(format!(
+                        "{root}.{field}: no matrix entry (add one with its rule)"
+                    ));
+                    break;
+                };
+                let want = expected(rule, caller);
+                let token = tokens.of(caller);
+                let got = if root == "SubscriptionRoot" {
+                    subscribe_once(&server, token, &query, vars, field == "vmStatus").await
+                } else {
+                    let r = server.gql(token, &query, vars).await;
+                    match error_code(&r) {
+                        Some(code) => Outcome::Code(leak(code)),
+                        None => {
+                            // Seeing a list is allowed; seeing a VM one may not is not.
+                            if field == "vms" && caller == Caller::Other {
+                                let leaked = r["data"]["vms"].as_array().is_some_and(|l| {
+                                    l.iter().any(|v| v["id"] == json!(server.vm_id))
+                                });
+                                if leaked {
+                                    failures.push("vms: another user sees the owner's VM".into());
+                                }
+                            }
+                            Outcome::Ok
+                        }
+                    }
+                };
+                checked += 1;
+                if got != want {
+                    failures.push(format!(
+                        "{root}.{field} as {caller:?}: expected {want:?}, got {got:?}"
+                    ));
+                }
+            }
+        }
+    }
+
+    // ----- A second row for executeVmCommand: UNSAFE needs `unsafe_commands`.
+    for caller in CALLERS {
+        let want = expected(Rule::UnsafeCommand, caller);
+        let r = server
+            .gql(
+                tokens.of(caller),
+                "mutation($id: ID!) { executeVmCommand(vmId: $id, command: {type: UNSAFE, argv: [\"true\"]}) { id } }",
+                json!({"id": server.vm_id}),
+            )
+            .await;
+        let got = match error_code(&r) {
+            Some(code) => Outcome::Code(leak(code)),
+            None => Outcome::Ok,
+        };
+        checked += 1;
+        if got != want {
+            failures.push(format!(
+                "executeVmCommand UNSAFE as {caller:?}: expected {want:?}, got {got:?} ({r})"
+            ));
+        }
+    }
+
+    // ----- Socket.IO: connecting, then every client event.
+    for caller in CALLERS {
+        let token = tokens.of(caller);
+        let connected = SioClient::connect(&server, token).await;
+        let authenticated = matches!(caller, Caller::Admin | Caller::Owner | Caller::Other);
+        match (connected, authenticated) {
+            (SioConnect::Connected(mut client, info), true) => {
+                checked += 1;
+                if info["namespace"]
+                    .as_str()
+                    .is_none_or(|n| !n.starts_with("user_"))
+                {
+                    failures.push(format!(
+                        "socket connected as {caller:?} without a namespace: {info}"
+                    ));
+                }
+                for event in api::realtime::CLIENT_EVENTS {
+                    let Some(rule) = socket_rule(event) else {
+                        failures.push(format!("socket event {event}: no matrix entry"));
+                        continue;
+                    };
+                    let ack = client.emit_ack(event, json!(server.vm_id)).await;
+                    let got = if ack["ok"] == json!(true) {
+                        Outcome::Ok
+                    } else {
+                        Outcome::Code("FORBIDDEN")
+                    };
+                    checked += 1;
+                    if got != expected(rule, caller) {
+                        failures.push(format!(
+                            "socket {event} as {caller:?}: expected {:?}, ack {ack}",
+                            expected(rule, caller)
+                        ));
+                    }
+                }
+            }
+            (SioConnect::Refused(message), false) => {
+                checked += 1 + api::realtime::CLIENT_EVENTS.len();
+                let want = match caller {
+                    Caller::NoToken => "Authentication token required",
+                    Caller::Expired => "Invalid or expired token",
+                    _ => "User not found",
+                };
+                if message != want {
+                    failures.push(format!(
+                        "socket connect as {caller:?}: expected `{want}`, got `{message}`"
+                    ));
+                }
+            }
+            (SioConnect::Connected(..), false) => {
+                failures.push(format!("socket connect as {caller:?} was accepted"))
+            }
+            (SioConnect::Refused(m), true) => {
+                failures.push(format!("socket connect as {caller:?} refused: {m}"))
+            }
+        }
+    }
+
+    // ----- REST: every route of the API's router.
+    let binaries = server.data_dir.join("infiniservice/binaries/linux");
+    std::fs::create_dir_all(&binaries).expect("binaries dir");
+    std::fs::write(binaries.join("infiniservice"), b"\x7fELF agent bytes").expect("binary");
+    let scripts = server.data_dir.join("infiniservice/scripts");
+    std::fs::create_dir_all(&scripts).expect("scripts dir");
+    std::fs::write(
+        scripts.join("install-linux.sh"),
+        b"#!/bin/sh\necho install\n",
+    )
+    .expect("script");
+    let http = reqwest::Client::new();
+    for (route, auth) in api::rest::ROUTES {
+        let path = route.replace("{platform}", "linux");
+        for caller in CALLERS {
+            let mut req = http.get(format!("{}{path}", server.url));
+            if let Some(t) = tokens.of(caller) {
+                req = req.bearer_auth(t);
+            }
+            let status = req.send().await.expect("GET").status().as_u16();
+            let authenticated = matches!(caller, Caller::Admin | Caller::Owner | Caller::Other);
+            let want = match auth {
+                api::rest::RouteAuth::Public => 200,
+                api::rest::RouteAuth::Authenticated if authenticated => 200,
+                api::rest::RouteAuth::Authenticated => 401,
+            };
+            checked += 1;
+            if status != want {
+                failures.push(format!(
+                    "GET {path} as {caller:?}: expected {want}, got {status}"
+                ));
+            }
+        }
+    }
+
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} checks failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("authorization matrix: {checked} checks passed");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_token_downloads_the_agent_without_a_user_token() {
+    let server = Server::start(1, Duration::from_millis(500)).await;
+    let dir = server.data_dir.join("infiniservice/binaries/linux");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("infiniservice"), &bytes).expect("binary");
+    let owner = server.login(&server.owner).await;
+    let r = server
+        .gql(
+            Some(&owner),
+            "query($id: ID!) { vmInstallToken(vmId: $id) }",
+            json!({"id": server.vm_id}),
+        )
+        .await;
+    let install = r["data"]["vmInstallToken"]
+        .as_str()
+        .expect("install token")
+        .to_owned();
+    let got = reqwest::get(format!(
+        "{}/infiniservice/linux/binary?token={install}",
+        server.url
+    ))
+    .await
+    .expect("GET");
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(
+        got.bytes().await.expect("body").as_ref(),
+        bytes.as_slice(),
+        "streamed intact"
+    );
+    let forged = reqwest::get(format!(
+        "{}/infiniservice/linux/binary?token=forged",
+        server.url
+    ))
+    .await
+    .expect("GET");
+    assert_eq!(forged.status().as_u16(), 401);
+    // An install token is not a user token.
+    let r = server
+        .gql(Some(&install), "query { me { id } }", json!({}))
+        .await;
+    assert_eq!(error_code(&r).as_deref(), Some("UNAUTHENTICATED"), "{r}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_issued_before_a_password_change_are_refused_and_commands_are_logged_with_their_user()
+ {
+    let server = Server::start(1, Duration::from_millis(500)).await;
+    let admin = server.login(&server.admin).await;
+    let owner = server.login(&server.owner).await;
+
+    // A safe command by the owner and a refused unsafe one both land in the log with the user.
+    let r = server
+        .gql(
+            Some(&owner),
+            "mutation($id: ID!) { executeVmCommand(vmId: $id, command: {type: SAFE, action: \"SystemInfo\"}) { success } }",
+            json!({"id": server.vm_id}),
+        )
+        .await;
+    assert!(r.get("errors").is_none(), "{r}");
+    let r = server
+        .gql(
+            Some(&owner),
+            "mutation($id: ID!) { executeVmCommand(vmId: $id, command: {type: SAFE, action: \"ServiceControl\", params: {service: \"--evil\", operation: \"restart\"}}) { success } }",
+            json!({"id": server.vm_id}),
+        )
+        .await;
+    assert_eq!(error_code(&r).as_deref(), Some("INVALID"), "{r}");
+    let mut logged = Value::Null;
+    for _ in 0..50 {
+        logged = server
+            .gql(
+                Some(&admin),
+                "query($id: ID!) { commandLogs(vmId: $id) { kind success user { username } } }",
+                json!({"id": server.vm_id}),
+            )
+            .await;
+        if logged["data"]["commandLogs"]
+            .as_array()
+            .is_some_and(|l| l.len() >= 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = logged["data"]["commandLogs"].as_array().expect("logs");
+    assert!(logs.len() >= 2, "{logged}");
+    assert!(
+        logs.iter().all(|l| l["user"]["username"] == json!("owner")),
+        "{logged}"
+    );
+
+    // The owner changes their own password: the old token stops working at once.
+    let r = server
+        .gql(
+            Some(&owner),
+            "mutation($id: ID!) { setUserPassword(id: $id, password: \"a-brand-new-pw\") }",
+            json!({"id": server.owner.record.id.to_string()}),
+        )
+        .await;
+    assert_eq!(r["data"]["setUserPassword"], json!(true), "{r}");
+    let r = server
+        .gql(Some(&owner), "query { me { id } }", json!({}))
+        .await;
+    assert_eq!(error_code(&r).as_deref(), Some("UNAUTHENTICATED"), "{r}");
+    let r = server
+        .gql(
+            None,
+            "mutation { login(username: \"owner\", password: \"a-brand-new-pw\") { token } }",
+            json!({}),
+        )
+        .await;
+    let fresh = r["data"]["login"]["token"]
+        .as_str()
+        .expect("new login")
+        .to_owned();
+    let r = server
+        .gql(Some(&fresh), "query { me { username } }", json!({}))
+        .await;
+    assert_eq!(r["data"]["me"]["username"], json!("owner"), "{r}");
+
+    // Wrong password: one message for unknown users and wrong passwords.
+    let r = server
+        .gql(
+            None,
+            "mutation { login(username: \"owner\", password: \"nope-nope-nope\") { token } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(error_code(&r).as_deref(), Some("UNAUTHENTICATED"), "{r}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_events_beyond_100_a_minute_are_refused_without_a_disconnect() {
+    let server = Server::start(1, Duration::from_millis(500)).await;
+    let owner = server.login(&server.owner).await;
+    let SioConnect::Connected(mut client, _) = SioClient::connect(&server, Some(&owner)).await
+    else {
+        panic!("owner connects");
+    };
+    for i in 0..100 {
+        let ack = client.emit_ack("subscribe:vm", json!(server.vm_id)).await;
+        assert_eq!(ack["ok"], json!(true), "event {i}: {ack}");
+    }
+    let ack = client.emit_ack("subscribe:vm", json!(server.vm_id)).await;
+    assert_eq!(ack, json!({"ok": false, "error": "rate limited"}));
+    // Still connected, and other event types have their own budget.
+    let ack = client.emit_ack("unsubscribe:vm", json!(server.vm_id)).await;
+    assert_eq!(ack["ok"], json!(true), "{ack}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_exposition_has_vm_gauges_and_host_counters() {
+    let server = Server::start(1, Duration::from_millis(250)).await;
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = reqwest::get(format!("{}/metrics", server.url))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("text");
+        if text.contains(&format!(
+            "infinibay_vm_cpu_percent{{vm=\"{}\"}}",
+            server.vm_id
+        )) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for needle in [
+        format!("infinibay_vm_cpu_percent{{vm=\"{}\"}}", server.vm_id),
+        format!("infinibay_vm_memory_total_bytes{{vm=\"{}\"}}", server.vm_id),
+        format!("infinibay_vm_up{{vm=\"{}\"}} 1", server.vm_id),
+        "# TYPE infinibay_command_duration_seconds histogram".to_owned(),
+        "infinibay_messages_total ".to_owned(),
+        "infinibay_decode_errors_total ".to_owned(),
+        "infinibay_connections 1".to_owned(),
+    ] {
+        assert!(text.contains(&needle), "missing `{needle}` in:\n{text}");
+    }
+    server.stop().await;
+}
