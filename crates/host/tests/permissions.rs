@@ -51,6 +51,19 @@ fn setup() -> Setup {
     }
 }
 
+/// Run `make()`'s command, again if exec hit ETXTBSY: another test thread may fork while our
+/// copy of the binary is still open for writing, and the child then briefly holds it.
+fn output_retrying(make: impl Fn() -> Command) -> std::process::Output {
+    for _ in 0..20 {
+        let out = make().output().expect("run");
+        if !String::from_utf8_lossy(&out.stderr).contains("Text file busy") {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("binary stayed busy");
+}
+
 fn as_nobody(bin: &Path) -> Command {
     let mut c = Command::new("setpriv");
     c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
@@ -66,22 +79,35 @@ fn eacces_is_one_actionable_line_then_silence_while_retrying() {
     }
     let s = setup();
     let log = s.data.join("stderr.log");
-    let mut child = as_nobody(&s.bin)
-        .arg("serve")
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--socket-dir")
-        .arg(&s.sockets)
-        .arg("--data-dir")
-        .arg(&s.data)
-        .env("RUST_LOG", "info")
-        // Retry fast so that many attempts fall into the observation window.
-        .env("INFINIBAY_CONNECTION__BACKOFF_INITIAL_SECS", "0.05")
-        .env("INFINIBAY_CONNECTION__BACKOFF_MAX_SECS", "0.2")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("start infinibay as nobody");
+    let start = || {
+        as_nobody(&s.bin)
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--socket-dir")
+            .arg(&s.sockets)
+            .arg("--data-dir")
+            .arg(&s.data)
+            .env("RUST_LOG", "info")
+            // Retry fast so that many attempts fall into the observation window.
+            .env("INFINIBAY_CONNECTION__BACKOFF_INITIAL_SECS", "0.05")
+            .env("INFINIBAY_CONNECTION__BACKOFF_MAX_SECS", "0.2")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start infinibay as nobody")
+    };
+    let mut child = start();
+    // ETXTBSY (see `output_retrying`): start again.
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(200));
+        let busy = matches!(child.try_wait(), Ok(Some(_)))
+            && std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Text file busy"));
+        if !busy {
+            break;
+        }
+        child = start();
+    }
     std::thread::sleep(Duration::from_secs(3));
     // SAFETY: our own child's pid.
     unsafe {
@@ -121,14 +147,15 @@ fn doctor_names_the_socket_problem_and_exits_non_zero() {
         return;
     }
     let s = setup();
-    let out = as_nobody(&s.bin)
-        .arg("doctor")
-        .arg("--socket-dir")
-        .arg(&s.sockets)
-        .arg("--data-dir")
-        .arg(&s.data)
-        .output()
-        .expect("run doctor");
+    let out = output_retrying(|| {
+        let mut c = as_nobody(&s.bin);
+        c.arg("doctor")
+            .arg("--socket-dir")
+            .arg(&s.sockets)
+            .arg("--data-dir")
+            .arg(&s.data);
+        c
+    });
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         !out.status.success(),
@@ -149,14 +176,15 @@ fn doctor_names_the_socket_problem_and_exits_non_zero() {
     );
 
     // As root everything is fine.
-    let ok = Command::new(&s.bin)
-        .arg("doctor")
-        .arg("--socket-dir")
-        .arg(&s.sockets)
-        .arg("--data-dir")
-        .arg(&s.data)
-        .output()
-        .expect("run doctor");
+    let ok = output_retrying(|| {
+        let mut c = Command::new(&s.bin);
+        c.arg("doctor")
+            .arg("--socket-dir")
+            .arg(&s.sockets)
+            .arg("--data-dir")
+            .arg(&s.data);
+        c
+    });
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(ok.status.success(), "{stdout}");
     assert!(stdout.contains("no problems found"), "{stdout}");
