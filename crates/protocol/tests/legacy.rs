@@ -201,7 +201,9 @@ fn the_original_backends_commands_decode_for_our_agent() {
         .collect();
     assert_eq!(
         ids,
-        ["c1", "c2", "c3", "c4a", "c4b", "c6", "c7", "c8", "c9", "c10", "c11", "c12"]
+        [
+            "c1", "c2", "c3", "c4a", "c4b", "c6", "c7", "c8", "c9", "c10", "c11", "c12"
+        ]
     );
     // The line split in two, the garbage line and the unknown `Metrics` type are errors.
     assert_eq!(items.iter().filter(|i| i.is_err()).count(), 4);

@@ -140,15 +140,14 @@ fn system_metrics() -> impl Strategy<Value = SystemMetrics> {
             available_gb,
         },
     );
-    let device = (text(), number(), number(), number(), number()).prop_map(|(d, a, b, c, e)| {
-        DeviceIo {
+    let device =
+        (text(), number(), number(), number(), number()).prop_map(|(d, a, b, c, e)| DeviceIo {
             device: d,
             read_bytes_per_sec: a,
             write_bytes_per_sec: b,
             read_ops_per_sec: c,
             write_ops_per_sec: e,
-        }
-    });
+        });
     let disk = (
         vec(usage, 0..4),
         (number(), number(), number(), number()),
@@ -164,14 +163,15 @@ fn system_metrics() -> impl Strategy<Value = SystemMetrics> {
                 devices,
             },
         });
-    let system = (any::<u64>(), number(), number(), number()).prop_map(|(up, a, b, c)| SystemLoad {
-        uptime: up,
-        load_average: LoadAverage {
-            load1min: a,
-            load5min: b,
-            load15min: c,
-        },
-    });
+    let system =
+        (any::<u64>(), number(), number(), number()).prop_map(|(up, a, b, c)| SystemLoad {
+            uptime: up,
+            load_average: LoadAverage {
+                load1min: a,
+                load5min: b,
+                load15min: c,
+            },
+        });
     (
         of(timestamp()),
         of(text()),
@@ -244,14 +244,13 @@ fn guest_message() -> impl Strategy<Value = GuestMessage> {
             process_name: pname,
             is_listening: l,
         });
-    let app = (text(), of(text()), of(any::<u64>()), of(text())).prop_map(|(n, v, s, a)| {
-        Application {
+    let app =
+        (text(), of(text()), of(any::<u64>()), of(text())).prop_map(|(n, v, s, a)| Application {
             name: n,
             version: v,
             size_kb: s,
             architecture: a,
-        }
-    });
+        });
     let service = (
         text(),
         of(text()),
@@ -290,8 +289,8 @@ fn guest_message() -> impl Strategy<Value = GuestMessage> {
         of((code, text())),
         of(name()),
     )
-        .prop_map(|(id, success, exit_code, out, data, ms, error, ct)| {
-            CommandResponse {
+        .prop_map(
+            |(id, success, exit_code, out, data, ms, error, ct)| CommandResponse {
                 id,
                 success,
                 exit_code,
@@ -303,8 +302,8 @@ fn guest_message() -> impl Strategy<Value = GuestMessage> {
                 execution_time_ms: u64::from(ms),
                 error: error.map(|(code, message)| ResponseError { code, message }),
                 command_type: ct,
-            }
-        });
+            },
+        );
     prop_oneof![
         identification().prop_map(GuestMessage::VmIdentification),
         system_metrics().prop_map(GuestMessage::SystemMetrics),
@@ -315,11 +314,12 @@ fn guest_message() -> impl Strategy<Value = GuestMessage> {
                 processes: p,
             })
         }),
-        (of(timestamp()), vec(port, 0..5))
-            .prop_map(|(t, ports)| GuestMessage::PortUsage(PortUsage {
+        (of(timestamp()), vec(port, 0..5)).prop_map(|(t, ports)| GuestMessage::PortUsage(
+            PortUsage {
                 timestamp: t,
                 ports
-            })),
+            }
+        )),
         (of(timestamp()), of(name()), vec(app, 0..5)).prop_map(|(t, s, a)| {
             GuestMessage::ApplicationUsage(ApplicationUsage {
                 timestamp: t,
@@ -358,10 +358,8 @@ fn safe_action() -> impl Strategy<Value = SafeAction> {
     ];
     prop_oneof![
         Just(SafeAction::ServiceList),
-        (name(), op).prop_map(|(service, operation)| SafeAction::ServiceControl {
-            service,
-            operation
-        }),
+        (name(), op)
+            .prop_map(|(service, operation)| SafeAction::ServiceControl { service, operation }),
         Just(SafeAction::PackageList),
         name().prop_map(|query| SafeAction::PackageSearch { query }),
         name().prop_map(|package| SafeAction::PackageInstall { package }),
