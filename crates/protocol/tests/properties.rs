@@ -531,7 +531,7 @@ proptest! {
         cuts in vec(any::<usize>(), 0..12),
         max_line in 1usize..64,
     ) {
-        let whole = frames(&mut LineDecoder::new(max_line), &[bytes.clone()]);
+        let whole = frames(&mut LineDecoder::new(max_line), std::slice::from_ref(&bytes));
         let pieces = frames(&mut LineDecoder::new(max_line), &chunked(&bytes, &cuts));
         prop_assert_eq!(whole, pieces);
     }
