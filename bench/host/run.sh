@@ -35,6 +35,8 @@ WORK=$(mktemp -d /tmp/ibh.XXXX)   # short: AF_UNIX paths are limited to 107 byte
 PIDS=()
 
 cleanup() {
+  # A PostgreSQL scenario interrupted half-way leaves its throwaway server running.
+  if declare -F pg_throwaway_stop >/dev/null; then pg_throwaway_stop; fi
   for pid in "${PIDS[@]:-}"; do
     [[ -n $pid ]] && kill "$pid" 2>/dev/null || true
   done
