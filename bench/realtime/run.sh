@@ -17,7 +17,7 @@ PROCS="${PROCS:-2}"              # node processes sharing the clients
 VMS_B="${VMS_B:-50}"
 SUBS_B="${SUBS_B:-5}"
 MEASURE_S="${MEASURE_S:-20}"
-USERS="${USERS:-40}"             # admin accounts: keeps subscribes under 100/min per user
+USERS="${USERS:-60}"             # admin accounts: keeps subscribes under 100/min per user (1000×5/60 ≈ 84)
 PORT="${PORT:-18180}"
 OUT_MD="${OUT_MD:-$ROOT/bench/results/realtime.md}"
 
