@@ -16,6 +16,11 @@ use thiserror::Error;
 /// Prefix of the environment variables read as configuration.
 pub const ENV_PREFIX: &str = "INFINIBAY_";
 
+/// `INFINIBAY_*` variables that belong to other parts of the system, not to this
+/// configuration: the config file's path, the first administrator's password, the test
+/// suite's PostgreSQL URL, and the guest agent's VM id (set on machines running both).
+const NOT_SETTINGS: &[&str] = &["CONFIG", "ADMIN_PASSWORD", "TEST_PG_URL", "VM_ID"];
+
 /// Why the configuration could not be built.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -299,8 +304,7 @@ impl Config {
             let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            // `INFINIBAY_CONFIG` names the file; it is not a setting.
-            if rest == "CONFIG" || rest.is_empty() {
+            if rest.is_empty() || NOT_SETTINGS.contains(&rest) {
                 continue;
             }
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
@@ -539,5 +543,20 @@ mod tests {
         assert!(
             Config::load(None, env(&[("INFINIBAY_NOPE", "1")]), &Overrides::default()).is_err()
         );
+    }
+
+    #[test]
+    fn variables_of_other_components_are_not_settings() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("INFINIBAY_ADMIN_PASSWORD", "s3cret"),
+                ("INFINIBAY_TEST_PG_URL", "postgres://x@127.0.0.1:1/db"),
+                ("INFINIBAY_VM_ID", "5f0c"),
+            ]),
+            &Overrides::default(),
+        )
+        .expect("these variables are read elsewhere");
+        assert_eq!(config, Config::default());
     }
 }
