@@ -195,8 +195,13 @@ fn watch(
 fn apply(
     shared: &Arc<Shared>,
     running: &mut HashMap<String, Running>,
-    found: HashMap<String, PathBuf>,
+    mut found: HashMap<String, PathBuf>,
 ) {
+    // VMs deleted through the API: their connection stops here and their socket is ignored.
+    shared
+        .registry
+        .keep_forgotten_while(|id| found.contains_key(id));
+    found.retain(|id, _| !shared.registry.is_forgotten(id));
     let before = running.len();
     running.retain(|id, r| {
         if found.get(id) == Some(&r.path) {

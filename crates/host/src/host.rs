@@ -180,6 +180,13 @@ impl Host {
         self.shared.registry.get(id).map(|v| v.snapshot())
     }
 
+    /// Forget a VM (`deleteVm`): it leaves [`Host::vms`] now, its connection closes at the next
+    /// directory scan (≤ `discovery.rescan_interval_secs`) and its socket is ignored until the
+    /// file goes away. Deleting its stored data is the caller's job. `true` when it was known.
+    pub fn forget_vm(&self, id: &str) -> bool {
+        self.shared.registry.forget(id)
+    }
+
     /// Host-wide counters.
     pub fn stats(&self) -> HostStats {
         stats_of(&self.shared)

@@ -5,7 +5,7 @@
 //! command callers, held for a few field updates and never across an `.await`; so 10,000 VMs
 //! never contend on one lock. The map itself is locked only to add a VM or look one up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -205,6 +205,8 @@ pub struct VmSnapshot {
 #[derive(Debug, Default)]
 pub struct Registry {
     vms: Mutex<HashMap<String, Arc<VmEntry>>>,
+    /// Deleted through the API: their sockets are ignored until the files go away.
+    forgotten: Mutex<HashSet<String>>,
 }
 
 impl Registry {
@@ -219,6 +221,23 @@ impl Registry {
         let vm = Arc::new(VmEntry::new(id.to_owned(), socket_path));
         vms.insert(id.to_owned(), vm.clone());
         (vm, true)
+    }
+
+    /// Drop a VM and ignore its socket until the file disappears (`deleteVm`). `true` when it
+    /// was known.
+    pub(crate) fn forget(&self, id: &str) -> bool {
+        lock(&self.forgotten).insert(id.to_owned());
+        lock(&self.vms).remove(id).is_some()
+    }
+
+    /// Whether discovery must ignore this VM's socket.
+    pub(crate) fn is_forgotten(&self, id: &str) -> bool {
+        lock(&self.forgotten).contains(id)
+    }
+
+    /// Stop ignoring forgotten VMs whose socket is gone (a new VM may reuse the id later).
+    pub(crate) fn keep_forgotten_while(&self, present: impl Fn(&str) -> bool) {
+        lock(&self.forgotten).retain(|id| present(id));
     }
 
     /// One VM.

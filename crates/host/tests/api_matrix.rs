@@ -799,3 +799,61 @@ async fn metrics_exposition_has_vm_gauges_and_host_counters() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_vm_closes_its_connection_and_it_stays_gone() {
+    let server = Server::start(1, Duration::from_millis(250)).await;
+    let admin = server.login(&server.admin).await;
+    let r = server
+        .gql(
+            Some(&admin),
+            "mutation($id: ID!) { deleteVm(vmId: $id) }",
+            json!({"id": server.vm_id}),
+        )
+        .await;
+    assert_eq!(r["data"]["deleteVm"], json!(true), "{r}");
+    // The test configuration rescans every second; the delayed second delete follows 2 s later.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let r = server
+        .gql(
+            Some(&admin),
+            "query($id: ID!) { vm(id: $id) { id } vms { id } }",
+            json!({"id": server.vm_id}),
+        )
+        .await;
+    assert_eq!(r["data"]["vm"], Value::Null, "{r}");
+    assert_eq!(r["data"]["vms"], json!([]), "{r}");
+    let metrics = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("text");
+    let sim = server.sim.as_ref().expect("simulator");
+    let connected = sim
+        .stats()
+        .connected
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(connected, 0, "the simulated guest has no client any more");
+    let accepted = sim
+        .stats()
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sim.stats()
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        accepted,
+        "and the host does not reconnect to the socket it was told to forget"
+    );
+    assert!(
+        metrics.contains("infinibay_connections 0"),
+        "the connection is closed:\n{metrics}"
+    );
+    assert!(
+        !metrics.contains(&format!("infinibay_vm_up{{vm=\"{}\"}}", server.vm_id)),
+        "the host forgot the VM:\n{metrics}"
+    );
+    server.stop().await;
+}

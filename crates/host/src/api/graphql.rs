@@ -1111,7 +1111,19 @@ impl MutationRoot {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::not_found(format!("VM {} not found", vm_id.as_str())))?;
+        api.host().forget_vm(&vm_id);
         store.delete_vm(&vm_id).await.map_err(ApiError::from)?;
+        // Samples already read or queued before the connection closed would register the VM
+        // again: delete once more after the next directory scan has stopped the connection.
+        let later = store.clone();
+        let id = vm_id.to_string();
+        let after =
+            Duration::from_secs_f64(api.host().config().discovery.rescan_interval_secs.max(0.1))
+                + Duration::from_secs(2);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = later.delete_vm(&id).await;
+        });
         api.forget_cached(&vm_id);
         api.realtime().vm_deleted(api, &vm).await;
         Ok(true)
