@@ -31,6 +31,8 @@ pub enum CliCommand {
     Login(crate::api::commands::LoginArgs),
     /// VMs over the API: list, show, exec, metrics (`--json` for JSON).
     Vm(crate::api::commands::VmArgs),
+    /// Everything on this machine: the server in a fresh data dir and N real agents.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Where the configuration comes from; flags win over `INFINIBAY_*` variables, which win over
@@ -59,7 +61,7 @@ impl ConfigArgs {
     pub fn load(&self) -> Result<Config, ConfigError> {
         Config::load(
             self.config.as_deref(),
-            std::env::vars().filter(|(k, _)| !crate::users::NOT_CONFIG_ENV.contains(&k.as_str())),
+            std::env::vars(),
             &Overrides {
                 listen: self.listen,
                 data_dir: self.data_dir.clone(),

@@ -17,9 +17,19 @@ use thiserror::Error;
 pub const ENV_PREFIX: &str = "INFINIBAY_";
 
 /// `INFINIBAY_*` variables that belong to other parts of the system, not to this
-/// configuration: the config file's path, the first administrator's password, the test
-/// suite's PostgreSQL URL, and the guest agent's VM id (set on machines running both).
-const NOT_SETTINGS: &[&str] = &["CONFIG", "ADMIN_PASSWORD", "TEST_PG_URL", "VM_ID"];
+/// configuration: the config file's path, the first administrator's password, the CLI's
+/// server, token and password inputs, the test suite's PostgreSQL URL, and the guest agent's
+/// VM id (set on machines running both).
+const NOT_SETTINGS: &[&str] = &[
+    "CONFIG",
+    "ADMIN_PASSWORD",
+    "NEW_PASSWORD",
+    "PASSWORD",
+    "SERVER",
+    "TOKEN",
+    "TEST_PG_URL",
+    "VM_ID",
+];
 
 /// Why the configuration could not be built.
 #[derive(Debug, Error)]

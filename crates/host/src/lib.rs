@@ -22,6 +22,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 mod connection;
+pub mod demo;
 pub mod diag;
 pub mod discover;
 pub mod doctor;

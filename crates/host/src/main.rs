@@ -43,6 +43,7 @@ fn main() -> ExitCode {
             CliCommand::Vm(args) => infinibay::api::commands::vm(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            CliCommand::Demo(args) => infinibay::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
@@ -66,7 +67,8 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         println!("{banner}");
     }
     infinibay::serve::run(config, listener, shutdown_signal(), move |host| {
-        infinibay::api::router(host, api)
+        // `mount` keeps the API router's fallback (Socket.IO answers there), see the crate.
+        infinibay_dashboard::mount(infinibay::api::router(host, api))
     })
     .await?;
     Ok(ExitCode::SUCCESS)

@@ -14,16 +14,6 @@ pub const KNOWN_PERMISSIONS: &[&str] = &[UNSAFE_COMMANDS];
 pub const FIRST_ADMIN: &str = "admin";
 /// Environment variable with the first admin's password.
 pub const ADMIN_PASSWORD_ENV: &str = "INFINIBAY_ADMIN_PASSWORD";
-/// `INFINIBAY_*` variables that are inputs of the API and its CLI, not configuration
-/// settings (the configuration loader refuses unknown `INFINIBAY_*` names).
-pub const NOT_CONFIG_ENV: &[&str] = &[
-    ADMIN_PASSWORD_ENV,
-    "INFINIBAY_NEW_PASSWORD",
-    "INFINIBAY_PASSWORD",
-    "INFINIBAY_SERVER",
-    "INFINIBAY_TOKEN",
-    "INFINIBAY_TEST_PG_URL",
-];
 
 /// Why an account operation failed.
 #[derive(Debug, Error)]

@@ -59,15 +59,21 @@ pub enum SetupError {
 
 /// Before serving: the JWT secret (created on first start) and the first admin (created when
 /// there is no user; its generated password is returned for printing once).
+/// The first admin's password comes from `INFINIBAY_ADMIN_PASSWORD` when set.
 pub async fn prepare(config: &Config) -> Result<(ApiSettings, Option<FirstAdmin>), SetupError> {
+    prepare_with_admin_password(config, std::env::var(users::ADMIN_PASSWORD_ENV).ok()).await
+}
+
+/// [`prepare`] with the first admin's password given by the caller (`infinibay demo` chooses
+/// one and prints it); `None` generates one.
+pub async fn prepare_with_admin_password(
+    config: &Config,
+    admin_password: Option<String>,
+) -> Result<(ApiSettings, Option<FirstAdmin>), SetupError> {
     crate::serve::prepare_data_dir(&config.data_dir)?;
     let secret = auth::load_or_create_secret(&config.data_dir)?;
     let store = crate::serve::open_store(config).await?;
-    let admin = users::ensure_first_admin(
-        store.as_ref(),
-        std::env::var(users::ADMIN_PASSWORD_ENV).ok(),
-    )
-    .await?;
+    let admin = users::ensure_first_admin(store.as_ref(), admin_password).await?;
     Ok((super::settings_for(config.data_dir.clone(), secret), admin))
 }
 
