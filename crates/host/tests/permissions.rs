@@ -219,6 +219,8 @@ fn serve_reports_an_unreachable_database_without_its_password() {
         .arg("127.0.0.1:0")
         .arg("--socket-dir")
         .arg(dir.path())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
         .arg("--database")
         .arg("postgres://infinibay:s3cret@127.0.0.1:1/infinibay")
         .output()
