@@ -144,20 +144,27 @@ fn probe_writable(path: &Path) -> Result<()> {
             parent.display()
         )));
     }
-    std::fs::OpenOptions::new()
-        .read(true)
+    // Only a missing file is created here. An existing one must never be opened outside
+    // SQLite: closing any descriptor of it drops every POSIX lock this process holds on it,
+    // including the SHARED lock of connections still open (another store on the same file, or
+    // one still closing); another process's last close then deletes the WAL and -shm under us
+    // (lost writes, SQLITE_IOERR_SHORT_READ). SQLite itself reports an unwritable existing file.
+    match std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
         .open(path)
-        .map(drop)
-        .map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot open SQLite database {} for writing: {e} (is {} writable by this user?)",
-                path.display(),
-                parent.display()
-            ))
-        })
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot open SQLite database {} for writing: {e} (is {} writable by this user?)",
+            path.display(),
+            parent.display()
+        ))
+    })
 }
 
 /// `(?, ?, …), (?, ?, …)` for `rows` rows of `cols` parameters.
