@@ -797,6 +797,16 @@ async fn metrics_exposition_has_vm_gauges_and_host_counters() {
     ] {
         assert!(text.contains(&needle), "missing `{needle}` in:\n{text}");
     }
+    // Every sample that passed the fan-out was timed from its receipt by the host.
+    let published = text
+        .lines()
+        .find_map(|l| l.strip_prefix("infinibay_realtime_publish_seconds_count{from=\"receipt\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no publication delay count in:\n{text}"));
+    assert!(
+        published > 0,
+        "no sample timed through the fan-out:\n{text}"
+    );
     server.stop().await;
 }
 
@@ -854,6 +864,250 @@ async fn deleting_a_vm_closes_its_connection_and_it_stays_gone() {
     assert!(
         !metrics.contains(&format!("infinibay_vm_up{{vm=\"{}\"}}", server.vm_id)),
         "the host forgot the VM:\n{metrics}"
+    );
+    server.stop().await;
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A graphql-transport-ws connection with one subscription started; returns once the server
+/// acknowledged the connection (the token is checked and registered by then).
+async fn open_subscription(server: &Server, token: &str, query: &str, variables: Value) -> Ws {
+    let mut request = format!("ws://{}/graphql/ws", server.addr)
+        .into_client_request()
+        .expect("ws request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect graphql-ws");
+    ws.send(Message::text(
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}})
+            .to_string(),
+    ))
+    .await
+    .expect("init");
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("connection_ack within 10 s")
+            .expect("graphql-ws open")
+            .expect("graphql-ws frame");
+        let v: Value = serde_json::from_str(msg.to_text().unwrap_or("")).unwrap_or(Value::Null);
+        if v["type"] == json!("connection_ack") {
+            break;
+        }
+    }
+    ws.send(Message::text(
+        json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": variables}}).to_string(),
+    ))
+    .await
+    .expect("subscribe");
+    ws
+}
+
+/// Wait for the first `next` of a subscription (it is live, and authorized).
+async fn first_next(ws: &mut Ws, what: &str) {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no data within 10 s"))
+            .unwrap_or_else(|| panic!("{what}: closed before any data"))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let v: Value = serde_json::from_str(msg.to_text().unwrap_or("")).unwrap_or(Value::Null);
+        match v["type"].as_str() {
+            Some("next") if v["payload"].get("errors").is_none() => return,
+            Some("next" | "error" | "complete") => panic!("{what}: refused: {v}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Read until the server closes the connection; the close code and reason, or why not.
+async fn closed_by_server(ws: &mut Ws, within: Duration) -> Result<(u16, String), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Err(format!("still open after {within:?}")),
+            Ok(None) => return Err("stream ended without a close frame".into()),
+            Ok(Some(Err(e))) => return Err(format!("error instead of a close frame: {e}")),
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return Ok(frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new())));
+            }
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// A graphql-ws connection still serves: it answers a protocol ping with a pong.
+async fn answers_ping(ws: &mut Ws) -> bool {
+    if ws
+        .send(Message::text(json!({"type": "ping"}).to_string()))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                if v["type"] == json!("pong") {
+                    return true;
+                }
+            }
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => {
+                return false;
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Revocation {
+    /// `deleteUser` by an admin.
+    DeleteUser,
+    /// `setUserPassword` by an admin.
+    PasswordChange,
+    /// The row deleted by another process (`infinibay user delete` beside the server): only
+    /// the revocation sweep can notice.
+    DeletedElsewhere,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_open_subscription_of_a_deleted_or_repassworded_user_is_closed_and_others_stay_open()
+{
+    let server = Server::start(1, Duration::from_millis(250)).await;
+    let admin = server.login(&server.admin).await;
+    let auth = api::auth::Authenticator::new(
+        &server.secret,
+        Duration::from_secs(3600),
+        server.store.clone(),
+    );
+    let sdl = api::graphql::sdl();
+    let fields = root_fields(&sdl, "SubscriptionRoot");
+    assert!(!fields.is_empty(), "no subscriptions in the SDL");
+    let mut failures = Vec::new();
+    let mut checked = 0usize;
+    for field in &fields {
+        // The case's document; the rule does not matter here: every victim is an ADMIN, so
+        // every subscription is allowed until the token is revoked.
+        let Some((query, vars, _rule)) =
+            graphql_case(&server, "SubscriptionRoot", field, Caller::Admin).await
+        else {
+            failures.push(format!("SubscriptionRoot.{field}: no matrix entry"));
+            continue;
+        };
+        let yields_at_once = field == "vmMetrics";
+        let mut bystander = open_subscription(&server, &admin, &query, vars.clone()).await;
+        if yields_at_once {
+            first_next(&mut bystander, "bystander").await;
+        }
+        for how in [
+            Revocation::DeleteUser,
+            Revocation::PasswordChange,
+            Revocation::DeletedElsewhere,
+        ] {
+            let name = format!("rev_{}_{how:?}", field.to_lowercase()).to_lowercase();
+            let victim = server
+                .store
+                .users()
+                .create_user(
+                    &NewUser {
+                        username: name.clone(),
+                        password_hash: "$argon2id$unused".into(),
+                        role: Role::Admin,
+                        department: None,
+                        permissions: vec![],
+                        namespace: format!("user_{name}"),
+                    },
+                    chrono::Utc::now() - chrono::Duration::seconds(1),
+                )
+                .await
+                .expect("victim user");
+            let token = auth.issue(&victim).expect("victim token");
+            let mut ws = open_subscription(&server, &token, &query, vars.clone()).await;
+            if yields_at_once {
+                first_next(&mut ws, &format!("{field} as {name}")).await;
+            }
+            let started = std::time::Instant::now();
+            let id = json!(victim.id.to_string());
+            match how {
+                Revocation::DeleteUser => {
+                    let r = server
+                        .gql(
+                            Some(&admin),
+                            "mutation($id: ID!) { deleteUser(id: $id) }",
+                            json!({"id": id}),
+                        )
+                        .await;
+                    assert_eq!(r["data"]["deleteUser"], json!(true), "{r}");
+                }
+                Revocation::PasswordChange => {
+                    let r = server
+                        .gql(
+                            Some(&admin),
+                            "mutation($id: ID!) { setUserPassword(id: $id, password: \"a-brand-new-pw\") }",
+                            json!({"id": id}),
+                        )
+                        .await;
+                    assert_eq!(r["data"]["setUserPassword"], json!(true), "{r}");
+                }
+                Revocation::DeletedElsewhere => {
+                    server
+                        .store
+                        .users()
+                        .delete_user(victim.id)
+                        .await
+                        .expect("delete in the store");
+                }
+            }
+            checked += 1;
+            match closed_by_server(&mut ws, Duration::from_secs(5)).await {
+                Ok((code, reason))
+                    if code == api::sessions::REVOKED_CLOSE_CODE
+                        && reason == api::sessions::REVOKED_CLOSE_REASON =>
+                {
+                    eprintln!(
+                        "{field} × {how:?}: closed {code} `{reason}` after {} ms",
+                        started.elapsed().as_millis()
+                    );
+                }
+                Ok((code, reason)) => failures.push(format!(
+                    "{field} × {how:?}: closed with {code} `{reason}`, expected {} `{}`",
+                    api::sessions::REVOKED_CLOSE_CODE,
+                    api::sessions::REVOKED_CLOSE_REASON
+                )),
+                Err(why) => failures.push(format!("{field} × {how:?}: {why}")),
+            }
+        }
+        // Another user's subscription on the same field lived through all of it.
+        checked += 1;
+        if yields_at_once {
+            first_next(
+                &mut bystander,
+                &format!("bystander of {field} after the revocations"),
+            )
+            .await;
+        }
+        if !answers_ping(&mut bystander).await {
+            failures.push(format!(
+                "{field}: the bystander's connection was closed too"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} checks failed:\n{}",
+        failures.len(),
+        failures.join("\n")
     );
     server.stop().await;
 }

@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use async_graphql::futures_util::Stream;
 use async_graphql::http::GraphiQLSource;
+use async_graphql::http::WebSocketProtocols;
 use async_graphql::{
     Context, Data, Enum, ErrorExtensions, ID, InputObject, Json, Object, Schema, SimpleObject,
     Subscription,
 };
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::Router;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::HeaderMap;
@@ -30,6 +31,7 @@ use infinibay_store::{
 
 use super::auth::{AuthError, bearer};
 use super::authz;
+use super::sessions::{Bearer, REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON};
 use super::state::{Api, ApiError};
 use crate::bus::{BusEvent, Filter, Topic};
 use crate::commands::Command;
@@ -1317,23 +1319,109 @@ async fn graphql_post(
 
 async fn graphql_ws(
     State((api, schema)): State<(Api, ApiSchema)>,
-    protocol: GraphQLProtocol,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // What async-graphql-axum's `GraphQLProtocol` extracts (its field is private).
+    let protocol = headers
+        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|list| {
+            list.split(',')
+                .find_map(|p| p.trim().parse::<WebSocketProtocols>().ok())
+        });
+    let Some(protocol) = protocol else {
+        return axum::http::StatusCode::BAD_REQUEST.into_response();
+    };
     let header = header_token(&headers);
     upgrade
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            GraphQLWebSocket::new(socket, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let token = payload_token(&payload).or(header);
-                    let mut data = Data::default();
-                    data.insert(caller_for(&api, token).await);
-                    Ok(data)
-                })
-                .serve()
-        })
+        .on_upgrade(move |socket| serve_ws(api, schema, protocol, header, socket))
+}
+
+/// Unregisters a graphql-ws connection however its task ends.
+struct OpenSession {
+    api: Api,
+    id: u64,
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.api.sessions().close(self.id);
+    }
+}
+
+/// async-graphql-axum's `GraphQLWebSocket::serve`, plus a way out: when the connection's
+/// user is deleted or changes password, every subscription on it ends and the socket is
+/// closed with [`REVOKED_CLOSE_CODE`].
+async fn serve_ws(
+    api: Api,
+    schema: ApiSchema,
+    protocol: WebSocketProtocols,
+    header: Option<String>,
+    socket: axum::extract::ws::WebSocket,
+) {
+    use axum::extract::ws::{CloseFrame, Message};
+    use futures_util::{SinkExt, StreamExt};
+
+    let (id, revoked) = api.sessions().open();
+    let _open = OpenSession {
+        api: api.clone(),
+        id,
+    };
+    let (mut sink, stream) = socket.split();
+    let input = stream
+        .take_while(|m| std::future::ready(m.is_ok()))
+        .filter_map(|m| {
+            std::future::ready(match m {
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => Some(m.into_data()),
+                _ => None,
+            })
+        });
+    let for_init = api.clone();
+    let connection = async_graphql::http::WebSocket::new(schema, input, protocol)
+        .on_connection_init(move |payload| async move {
+            let token = payload_token(&payload).or(header);
+            let caller = caller_for(&for_init, token.clone()).await;
+            if let (Ok(user), Some(token)) = (&caller.0, token)
+                && let Ok(claims) = for_init.auth().decode(&token)
+            {
+                for_init.sessions().authenticated(
+                    id,
+                    Bearer {
+                        user_id: user.id,
+                        issued_ms: claims.iat_ms.unwrap_or(claims.iat.saturating_mul(1000)),
+                        expires: claims.exp,
+                    },
+                );
+            }
+            let mut data = Data::default();
+            data.insert(caller);
+            Ok(data)
+        });
+    futures_util::pin_mut!(connection);
+    loop {
+        let outgoing = tokio::select! {
+            next = connection.next() => match next {
+                Some(async_graphql::http::WsMessage::Text(text)) => Message::Text(text.into()),
+                Some(async_graphql::http::WsMessage::Close(code, reason)) => {
+                    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+                }
+                None => break,
+            },
+            () = revoked.cancelled() => {
+                let close = Message::Close(Some(CloseFrame {
+                    code: REVOKED_CLOSE_CODE,
+                    reason: REVOKED_CLOSE_REASON.into(),
+                }));
+                let _ = sink.send(close).await;
+                break;
+            }
+        };
+        if sink.send(outgoing).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// `{"Authorization": "Bearer …"}`, `{"authorization": …}` or `{"token": "…"}`.

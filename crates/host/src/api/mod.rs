@@ -12,6 +12,7 @@ pub mod commands;
 pub mod graphql;
 pub mod realtime;
 pub mod rest;
+pub mod sessions;
 mod state;
 
 use std::path::PathBuf;

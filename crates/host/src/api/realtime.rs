@@ -52,8 +52,52 @@ struct SocketUser {
     expires: i64,
 }
 
+/// Bucket bounds (seconds) of the publication delay histograms: fine, because the goal is
+/// tens of milliseconds end to end and the host's own part should be well under one.
+pub const PUBLISH_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// A histogram over [`PUBLISH_BUCKETS`].
+#[derive(Debug, Default, Clone)]
+pub struct PublishHistogram {
+    /// Cumulative count per bucket.
+    pub buckets: [u64; 12],
+    /// Observations.
+    pub count: u64,
+    /// Sum, seconds.
+    pub sum: f64,
+}
+
+impl PublishHistogram {
+    fn observe(&mut self, seconds: f64) {
+        let seconds = seconds.max(0.0);
+        for (i, bound) in PUBLISH_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.buckets[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+/// How long `metricsUpdate` took to leave: from the host reading the sample (`from_receipt`)
+/// and from the guest's own timestamp (`from_guest`, meaningful only when the guest's clock is
+/// the host's, as with the simulator), to the broadcast being queued on every subscriber's
+/// socket.
+#[derive(Debug, Default, Clone)]
+pub struct PublishDelays {
+    /// Host receipt → queued on every socket.
+    pub from_receipt: PublishHistogram,
+    /// Guest timestamp → queued on every socket.
+    pub from_guest: PublishHistogram,
+}
+
 /// The Socket.IO side of the API.
 pub struct Realtime {
+    /// `metricsUpdate` publication delays.
+    delays: Mutex<PublishDelays>,
     io: SocketIo,
     /// (user, event) → (window start, count).
     limits: Mutex<HashMap<(i64, String), (Instant, u32)>>,
@@ -101,6 +145,7 @@ impl Realtime {
         (
             Self {
                 io,
+                delays: Mutex::new(PublishDelays::default()),
                 limits: Mutex::new(HashMap::new()),
                 seen: Mutex::new(HashSet::new()),
                 users: RwLock::new(HashMap::new()),
@@ -117,6 +162,14 @@ impl Realtime {
     /// Connected sockets.
     pub fn connections(&self) -> usize {
         self.io.sockets().len()
+    }
+
+    /// `metricsUpdate` publication delays so far.
+    pub fn publish_delays(&self) -> PublishDelays {
+        self.delays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether `user` may send one more `event` now (100 per minute per event type by
@@ -140,7 +193,8 @@ impl Realtime {
         // only matters for an admin created in the last few seconds.
     }
 
-    /// Disconnect every socket of a user (deleted, password changed).
+    /// Disconnect every socket and close every graphql-ws connection of a user (deleted,
+    /// password changed).
     pub async fn revoke_user(&self, api: &Api, user_id: i64) {
         let sockets = self.io.to(uid_room(user_id)).sockets();
         let count = sockets.len();
@@ -149,6 +203,10 @@ impl Realtime {
         }
         if count > 0 {
             tracing::info!(target: TARGET, user = user_id, count, "sockets of a revoked user disconnected");
+        }
+        let closed = api.sessions().revoke_user(user_id);
+        if closed > 0 {
+            tracing::info!(target: TARGET, user = user_id, count = closed, "graphql-ws connections of a revoked user closed");
         }
         self.reload_users(api).await;
     }
@@ -478,6 +536,8 @@ async fn fan_out(api: Api) {
                     "timestamp": sample.received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                     "guestTimestamp": sample.guest_time.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
                 });
+                // socketioxide encodes the packet once and queues the same bytes on every
+                // socket of the room; with the local adapter this future is already ready.
                 if let Err(e) = rt
                     .io
                     .to(vm_room(&vm_id))
@@ -485,6 +545,15 @@ async fn fan_out(api: Api) {
                     .await
                 {
                     tracing::debug!(target: TARGET, "metricsUpdate emit failed: {e}");
+                }
+                let now = Utc::now();
+                let seconds = |from: chrono::DateTime<Utc>| {
+                    (now - from).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
+                };
+                let mut delays = rt.delays.lock().unwrap_or_else(|p| p.into_inner());
+                delays.from_receipt.observe(seconds(sample.received_at));
+                if let Some(guest) = sample.guest_time {
+                    delays.from_guest.observe(seconds(guest));
                 }
             }
             BusEvent::Status(status) => {
@@ -510,8 +579,9 @@ async fn fan_out(api: Api) {
     }
 }
 
-/// Close sockets whose user was deleted, changed password or whose token expired — also when
-/// that happened outside this process (`infinibay user delete|passwd`).
+/// Close sockets and graphql-ws connections whose user was deleted, changed password or whose
+/// token expired — also when that happened outside this process (`infinibay user
+/// delete|passwd`).
 async fn sweep(api: Api) {
     let every = api
         .settings()
@@ -535,6 +605,16 @@ async fn sweep(api: Api) {
                 tracing::info!(target: TARGET, user = su.user.id, "socket of a revoked or expired token disconnected");
                 let _ = s.disconnect();
             }
+        }
+        let closed = api.sessions().revoke_where(|b| {
+            let valid = users
+                .get(&b.user_id)
+                .is_some_and(|u| b.issued_ms >= u.password_changed_at.timestamp_millis())
+                && b.expires > now;
+            !valid
+        });
+        if closed > 0 {
+            tracing::info!(target: TARGET, count = closed, "graphql-ws connections of revoked or expired tokens closed");
         }
         {
             let mut limits = rt.limits.lock().unwrap_or_else(|p| p.into_inner());

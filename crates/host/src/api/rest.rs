@@ -14,6 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::auth::bearer;
+use super::realtime::PUBLISH_BUCKETS;
 use super::state::{Api, ApiError, LATENCY_BUCKETS};
 
 /// Who may use a route.
@@ -214,6 +215,30 @@ pub fn render_metrics(api: &Api) -> String {
         );
         let _ = writeln!(out, "{name}_sum{{outcome=\"{outcome}\"}} {}", h.sum);
         let _ = writeln!(out, "{name}_count{{outcome=\"{outcome}\"}} {}", h.count);
+    }
+    let name = "infinibay_realtime_publish_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} metricsUpdate: from the sample's receipt by the host (from=\"receipt\") or the guest's timestamp (from=\"guest\"; same clock only with the simulator) until queued on every subscribed socket\n# TYPE {name} histogram"
+    );
+    let delays = api.realtime().publish_delays();
+    for (from, h) in [
+        ("receipt", &delays.from_receipt),
+        ("guest", &delays.from_guest),
+    ] {
+        for (bound, count) in PUBLISH_BUCKETS.iter().zip(h.buckets.iter()) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{from=\"{from}\",le=\"{bound}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{from=\"{from}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(out, "{name}_sum{{from=\"{from}\"}} {}", h.sum);
+        let _ = writeln!(out, "{name}_count{{from=\"{from}\"}} {}", h.count);
     }
     out
 }

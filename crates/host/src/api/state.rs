@@ -14,6 +14,7 @@ use infinibay_store::{CommandLogEntry, MetricSample, Store, StoreError, UserReco
 use super::auth::{self, AuthError, Authenticator};
 use super::authz;
 use super::realtime::Realtime;
+use super::sessions::Sessions;
 use crate::config::Config;
 use crate::host::Host;
 use crate::users::{self, FirstAdmin, UserError};
@@ -117,6 +118,8 @@ pub(crate) struct Inner {
     /// Command durations by outcome (`ok`, `error`).
     pub latency: Mutex<HashMap<&'static str, Histogram>>,
     pub realtime: Realtime,
+    /// Open graphql-ws connections (revocation closes them).
+    pub sessions: Sessions,
 }
 
 /// The shared API state. Cheap to clone.
@@ -233,6 +236,7 @@ impl Api {
                 latest: RwLock::new(HashMap::new()),
                 latency: Mutex::new(HashMap::new()),
                 realtime,
+                sessions: Sessions::default(),
             }),
         };
         super::realtime::install(&api);
@@ -364,6 +368,11 @@ impl Api {
     /// The real-time side.
     pub fn realtime(&self) -> &Realtime {
         &self.inner.realtime
+    }
+
+    /// Open graphql-ws connections.
+    pub fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
     }
 }
 
