@@ -408,12 +408,25 @@ impl Session {
         }
     }
 
+    /// Queue `vm_identification`, led by a `\n`.
+    ///
+    /// It is sent when the agent starts and when a host says hello: the moments a stream may
+    /// hold a half line. On virtio-serial the host's connection outlives the agent, so an agent
+    /// killed in the middle of a long line leaves that half line in front of its successor's
+    /// first message; the newline ends it there (the host drops one bad line) instead of
+    /// letting it swallow the identification. Receivers skip empty lines.
     fn queue_identification(&mut self) {
         let id = identification(&self.collector, &self.policy, self.vm_id.clone());
-        self.push(
-            LineClass::Identification,
-            &GuestMessage::VmIdentification(id),
-        );
+        let message = GuestMessage::VmIdentification(id);
+        match encode_line(&message) {
+            Ok(line) if line.len() < self.config.limits.max_line_bytes => {
+                let mut led = Vec::with_capacity(line.len() + 1);
+                led.push(b'\n');
+                led.extend_from_slice(&line);
+                self.outbox.push(LineClass::Identification, led);
+            }
+            _ => self.push(LineClass::Identification, &message),
+        }
     }
 
     fn collect_metrics(&mut self) {

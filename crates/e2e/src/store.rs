@@ -1,5 +1,15 @@
 //! Reading what the host stored, from outside the host process (its SQLite file, WAL mode, so
 //! reads never block the host's writer).
+//!
+//! Open one view per host database and keep it for the whole test run. Two rules keep the
+//! outside reader from hurting the host (`docs/e2e.md`, "Reading the host's database"):
+//!
+//! - the file is opened read-only with an explicit `mode=ro`, so the store never opens it
+//!   outside SQLite (its writability probe opens and closes the file, and closing any
+//!   descriptor drops every POSIX lock this process holds on it, SQLite's included);
+//! - its connections never close while the host runs (no idle timeout, no maximum lifetime):
+//!   a process whose last connection closes checkpoints and deletes the WAL if it finds no
+//!   other lock on the file.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,18 +36,30 @@ fn sql_error(what: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
 }
 
 impl StoreView {
-    /// Open the SQLite database `infinibay serve` keeps in `data_dir` (`infinibay.db`).
+    /// Open the SQLite database `infinibay serve` keeps in `data_dir` (`infinibay.db`),
+    /// read-only. Keep the view as long as the host runs (see the module doc).
     pub fn open_sqlite(data_dir: &Path) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(Error::io("starting a runtime for the store"))?;
-        let url = format!("sqlite://{}", data_dir.join("infinibay.db").display());
+        let path = data_dir.join("infinibay.db");
+        let url = format!("sqlite://{}?mode=ro", path.display());
         let store = runtime
             .block_on(infinibay_store::open(&url))
             .map_err(store_error("open"))?;
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .read_only(true);
         let raw = runtime
-            .block_on(sqlx::SqlitePool::connect(&url))
+            .block_on(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_with(options),
+            )
             .map_err(sql_error("open"))?;
         Ok(Self {
             runtime,

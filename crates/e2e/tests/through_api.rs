@@ -18,8 +18,11 @@ const HOSTNAME: &str = "e2e-through-api";
 
 struct World {
     socket_dir: tempfile::TempDir,
-    data_dir: tempfile::TempDir,
+    /// Kept so that it outlives the host (dropping it removes the directory).
+    _data_dir: tempfile::TempDir,
     host: HostProcess,
+    /// One read-only view on the host's database for the whole run (see `StoreView`).
+    store: StoreView,
     guest: Guest,
     token: String,
 }
@@ -41,6 +44,8 @@ fn world() -> &'static World {
             let token = host
                 .login("admin", &password)
                 .map_err(|e| format!("admin login: {e}"))?;
+            let store = StoreView::open_sqlite(data_dir.path())
+                .map_err(|e| format!("opening the host's database: {e}"))?;
             let image = GuestImage::shared().map_err(|e| e.to_string())?;
             let guest = Guest::boot(
                 image,
@@ -54,8 +59,9 @@ fn world() -> &'static World {
             .map_err(|e| format!("booting the guest: {e}"))?;
             Ok(World {
                 socket_dir,
-                data_dir,
+                _data_dir: data_dir,
                 host,
+                store,
                 guest,
                 token,
             })
@@ -78,7 +84,7 @@ impl World {
     }
 
     fn wait_status(&self, guest: &Guest, status: VmStatus, timeout: Duration) -> Duration {
-        let store = StoreView::open_sqlite(self.data_dir.path()).expect("store");
+        let store = &self.store;
         let vm = guest.vm_id().to_string();
         let started = Instant::now();
         loop {
@@ -120,7 +126,6 @@ impl World {
 }
 
 #[test]
-#[ignore = "flaky in cold clean-clone runs (a SQLite disk I/O error in the shared host, a power-off not seen as offline, a restart not seen in the store); passes warm; run with --ignored; see the issue note"]
 fn safe_and_unsafe_commands_run_inside_the_guest_through_the_api() {
     let _serial = serial();
     let world = world();
@@ -142,7 +147,6 @@ fn safe_and_unsafe_commands_run_inside_the_guest_through_the_api() {
 }
 
 #[test]
-#[ignore = "flaky in cold clean-clone runs (a SQLite disk I/O error in the shared host, a power-off not seen as offline, a restart not seen in the store); passes warm; run with --ignored; see the issue note"]
 fn guest_metrics_reach_a_socket_io_client() {
     let _serial = serial();
     let world = world();
@@ -204,7 +208,6 @@ fn guest_metrics_reach_a_socket_io_client() {
 }
 
 #[test]
-#[ignore = "flaky in cold clean-clone runs (a SQLite disk I/O error in the shared host, a power-off not seen as offline, a restart not seen in the store); passes warm; run with --ignored; see the issue note"]
 fn guest_powered_off_through_the_agent_goes_offline() {
     let _serial = serial();
     let world = world();

@@ -3,6 +3,7 @@
 //! alongside. One host and one long-lived guest are shared; the tests that end a guest boot
 //! their own.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -25,6 +26,9 @@ struct World {
     socket_dir: tempfile::TempDir,
     data_dir: tempfile::TempDir,
     host: Mutex<Option<HostProcess>>,
+    /// The one read-only view on the host's database, open for the whole run (see
+    /// `StoreView` for why it is never reopened).
+    store: StoreView,
     guest: Guest,
 }
 
@@ -44,6 +48,8 @@ fn world() -> &'static World {
             )
             .map_err(|e| format!("starting infinibay: {e}"))?;
             eprintln!("e2e: infinibay healthy after {:?}", started.elapsed());
+            let store = StoreView::open_sqlite(data_dir.path())
+                .map_err(|e| format!("opening the host's database: {e}"))?;
             let image = GuestImage::shared().map_err(|e| e.to_string())?;
             eprintln!("e2e: guest image ready after {:?}", started.elapsed());
             let guest = Guest::boot(
@@ -60,6 +66,7 @@ fn world() -> &'static World {
                 socket_dir,
                 data_dir,
                 host: Mutex::new(Some(host)),
+                store,
                 guest,
             })
         })
@@ -72,8 +79,8 @@ impl World {
         self.host.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn store(&self) -> StoreView {
-        StoreView::open_sqlite(self.data_dir.path()).expect("opening the host's database")
+    fn store(&self) -> &StoreView {
+        &self.store
     }
 
     fn host_log(&self) -> String {
@@ -123,7 +130,7 @@ fn wait_status(world: &World, guest: &Guest, status: VmStatus, timeout: Duration
         timeout,
         &format!("VM {vm} {}", status.as_str()),
         || world.context(guest),
-        || (status_of(&store, &vm) == Some(status)).then_some(()),
+        || (status_of(store, &vm) == Some(status)).then_some(()),
     )
     .1
 }
@@ -143,7 +150,6 @@ fn boot_own_guest(world: &World, name: &str) -> Guest {
 }
 
 #[test]
-#[ignore = "flaky in cold clean-clone runs (a SQLite disk I/O error in the shared host, a power-off not seen as offline, a restart not seen in the store); passes warm; run with --ignored; see the issue note"]
 fn host_discovers_the_guest_and_marks_it_online_with_its_identity() {
     let _serial = serial();
     let world = world();
@@ -168,7 +174,6 @@ fn host_discovers_the_guest_and_marks_it_online_with_its_identity() {
 }
 
 #[test]
-#[ignore = "flaky in cold clean-clone runs (a SQLite disk I/O error in the shared host, a power-off not seen as offline, a restart not seen in the store); passes warm; run with --ignored; see the issue note"]
 fn guest_metrics_reach_the_store_with_its_memory_size_and_interfaces() {
     let _serial = serial();
     let world = world();
@@ -215,7 +220,6 @@ fn guest_metrics_reach_the_store_with_its_memory_size_and_interfaces() {
 }
 
 #[test]
-#[ignore = "flaky in cold clean-clone runs (a SQLite disk I/O error in the shared host, a power-off not seen as offline, a restart not seen in the store); passes warm; run with --ignored; see the issue note"]
 fn host_restart_reconnects_and_stores_no_sample_twice() {
     let _serial = serial();
     let world = world();
@@ -271,10 +275,6 @@ fn host_restart_reconnects_and_stores_no_sample_twice() {
 }
 
 #[test]
-#[ignore = "flaky: in a cold clean-clone run no sample of the restarted agent reached the \
-            store within 90 s (the agent restarted, got `welcome`, the host wrote samples); \
-            passes in warm runs. Root cause not found yet; the in-guest restart is still \
-            tested by in_guest.rs"]
 fn agent_restart_inside_the_guest_is_seen_and_ingest_goes_on() {
     let _serial = serial();
     let world = world();
@@ -295,11 +295,10 @@ fn agent_restart_inside_the_guest_is_seen_and_ingest_goes_on() {
             (sample.received_at > killed_at + chrono::Duration::seconds(2)).then_some(())
         },
     );
-    assert_eq!(status_of(&store, &vm), Some(VmStatus::Online));
+    assert_eq!(status_of(store, &vm), Some(VmStatus::Online));
 }
 
 #[test]
-#[ignore = "flaky in cold clean-clone runs (a SQLite disk I/O error in the shared host, a power-off not seen as offline, a restart not seen in the store); passes warm; run with --ignored; see the issue note"]
 fn qemu_killed_vm_goes_offline_within_the_liveness_window() {
     let _serial = serial();
     let world = world();
@@ -316,7 +315,6 @@ fn qemu_killed_vm_goes_offline_within_the_liveness_window() {
 }
 
 #[test]
-#[ignore = "flaky in cold clean-clone runs (a SQLite disk I/O error in the shared host, a power-off not seen as offline, a restart not seen in the store); passes warm; run with --ignored; see the issue note"]
 fn removed_socket_file_takes_the_vm_offline() {
     let _serial = serial();
     let world = world();
@@ -345,7 +343,6 @@ fn vm_sockets(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-#[ignore = "flaky in cold clean-clone runs (a SQLite disk I/O error in the shared host, a power-off not seen as offline, a restart not seen in the store); passes warm; run with --ignored; see the issue note"]
 fn legacy_format_guest_is_served_alongside_ours() {
     let _serial = serial();
     let world = world();
@@ -387,8 +384,58 @@ fn legacy_format_guest_is_served_alongside_ours() {
         || world.host_log(),
         || store.latest_sample(&legacy_vm).ok().flatten(),
     );
-    assert_eq!(status_of(&store, &legacy_vm), Some(VmStatus::Online));
+    assert_eq!(status_of(store, &legacy_vm), Some(VmStatus::Online));
     // Ours is still served.
     let ours = world.guest.vm_id().to_string();
-    assert_eq!(status_of(&store, &ours), Some(VmStatus::Online));
+    assert_eq!(status_of(store, &ours), Some(VmStatus::Online));
+}
+
+/// POSIX locks `pid` holds on the file with inode `inode`, from `/proc/locks`.
+fn posix_locks_of(pid: u32, inode: u64) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/locks").expect("reading /proc/locks");
+    table
+        .lines()
+        .filter(|line| !line.contains("->"))
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // `N: POSIX ADVISORY READ PID MAJ:MIN:INODE START END`
+            fields.len() >= 6
+                && fields[1] == "POSIX"
+                && fields[4].parse::<u32>().ok() == Some(pid)
+                && fields[5]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|i| i.parse::<u64>().ok())
+                    == Some(inode)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// In WAL mode every open SQLite connection holds a SHARED lock on the database file; it is
+/// how another process's last connection knows, when it closes, that it must not checkpoint
+/// and delete the WAL and `-shm`. A host that lost that lock (closing any descriptor of the
+/// file drops all of a process's POSIX locks on it) has its WAL deleted by the next outside
+/// reader that closes — `sqlite3`, a backup, the CLI — and then writes into an unlinked file:
+/// lost samples and status changes, `SQLITE_IOERR_SHORT_READ` on its reads.
+#[test]
+fn host_keeps_its_lock_on_the_database_so_outside_readers_cannot_delete_its_wal() {
+    let _serial = serial();
+    let world = world();
+    wait_status(world, &world.guest, VmStatus::Online, BOOT);
+    let pid = world.host().as_ref().expect("host runs").pid();
+    let db = world.data_dir.path().join("infinibay.db");
+    let inode = std::fs::metadata(&db).expect("the database exists").ino();
+    let locks = posix_locks_of(pid, inode);
+    assert!(
+        !locks.is_empty(),
+        "infinibay (pid {pid}) holds no lock on {} (inode {inode}); every outside reader's \
+         close can now delete its WAL\n{}",
+        db.display(),
+        std::fs::read_to_string("/proc/locks").unwrap_or_default()
+    );
+    assert!(
+        db.with_extension("db-wal").exists(),
+        "the host's WAL is gone while it runs"
+    );
 }
