@@ -217,6 +217,8 @@ pub struct MaintenanceConfig {
     pub minute_retention_days: u32,
     /// Hour roll-ups kept, days (default 365).
     pub hour_retention_days: u32,
+    /// Service state changes, VM errors and command log entries kept, days (default 90).
+    pub event_retention_days: u32,
 }
 
 impl Default for MaintenanceConfig {
@@ -227,6 +229,7 @@ impl Default for MaintenanceConfig {
             raw_retention_hours: 48,
             minute_retention_days: 30,
             hour_retention_days: 365,
+            event_retention_days: 90,
         }
     }
 }
@@ -238,6 +241,7 @@ impl MaintenanceConfig {
             raw: chrono::Duration::hours(i64::from(self.raw_retention_hours)),
             minute: chrono::Duration::days(i64::from(self.minute_retention_days)),
             hour: chrono::Duration::days(i64::from(self.hour_retention_days)),
+            events: chrono::Duration::days(i64::from(self.event_retention_days)),
         }
     }
 }

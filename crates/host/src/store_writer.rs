@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use infinibay_protocol::message::VmIdentification;
 use infinibay_store::{
     CommandLogEntry, Inventory, InventoryKind, MetricSample, Store, VmErrorRecord, VmStatus,
+    VmStatusUpdate,
 };
 
 use crate::config::StoreConfig;
@@ -275,48 +276,7 @@ impl StoreQueue {
     fn take(&self) -> Pending {
         std::mem::take(&mut *self.lock())
     }
-
-    /// Put back what a flush deferred; anything newer that arrived meanwhile wins.
-    fn requeue(&self, later: Deferred) {
-        let mut p = self.lock();
-        for (id, at) in later.new_vms.into_iter().rev() {
-            if p.new_vm_ids.insert(id.clone()) {
-                p.new_vms.insert(0, (id, at));
-            }
-        }
-        for (id, agent) in later.agents {
-            p.agents.entry(id).or_insert(agent);
-        }
-        for (id, status) in later.statuses {
-            p.statuses.entry(id).or_insert(status);
-        }
-        for (key, (inventory, items)) in later.inventories {
-            if let std::collections::hash_map::Entry::Vacant(slot) = p.inventories.entry(key) {
-                slot.insert((inventory, items));
-                p.inventory_items += items;
-            }
-        }
-        for error in later.errors.into_iter().rev() {
-            *p.errors_per_vm.entry(error.vm_id.clone()).or_default() += 1;
-            p.errors.push_front(error);
-        }
-    }
 }
-
-/// Per-VM writes a flush leaves for the next one.
-#[derive(Default)]
-struct Deferred {
-    new_vms: Vec<(String, DateTime<Utc>)>,
-    agents: Vec<(String, VmIdentification)>,
-    statuses: Vec<(String, StatusUpdate)>,
-    inventories: Vec<((String, InventoryKind), (Inventory, usize))>,
-    errors: Vec<VmErrorRecord>,
-}
-
-/// Per-VM metadata writes (registration, agent info, status) per flush. Each is its own
-/// statement (~0.1–0.3 ms on SQLite); 1,000 keep a flush short so samples are never stuck
-/// behind 10,000 VMs registering at start (which then take ten flushes, a few seconds).
-const METADATA_PER_FLUSH: usize = 1_000;
 
 /// The single writer: drains `queue` into `store` until `shutdown`, then flushes what is left.
 pub async fn run_writer(
@@ -350,8 +310,11 @@ fn report(dedup: &mut Deduper, what: &'static str, error: &infinibay_store::Stor
 }
 
 /// Write everything waiting now. Public so that benchmarks can drive the writer directly.
+///
+/// Per-VM metadata (registrations, agent info, statuses) goes out as one batch call each, so
+/// 10,000 VMs appearing at once cost a few statements, not 10,000 round trips.
 pub async fn flush(queue: &StoreQueue, store: &dyn Store, dedup: &mut Deduper) {
-    let mut pending = queue.take();
+    let pending = queue.take();
     if pending.is_empty() {
         return;
     }
@@ -362,30 +325,17 @@ pub async fn flush(queue: &StoreQueue, store: &dyn Store, dedup: &mut Deduper) {
         report(dedup, what, e);
     };
 
-    let mut later = Deferred::default();
-    let mut budget = METADATA_PER_FLUSH;
-    let split = pending.new_vms.len().min(budget);
-    later.new_vms = pending.new_vms.split_off(split);
-    // Rows about a VM whose registration waits must wait too (the store knows no such VM yet).
-    let unregistered: HashSet<String> = later.new_vms.iter().map(|(id, _)| id.clone()).collect();
-    for (vm_id, at) in &pending.new_vms {
-        if let Err(e) = store.upsert_vm(vm_id, *at).await {
-            fail(dedup, "upsert_vm", &e);
+    // Registrations first: the store then knows every VM's key and the sample batches below
+    // need no registration of their own.
+    if !pending.new_vms.is_empty() {
+        if let Err(e) = store.upsert_vms(&pending.new_vms).await {
+            fail(dedup, "upsert_vms", &e);
         }
     }
-    budget -= split;
-    let mut agents = Vec::new();
-    for (vm_id, agent) in pending.agents {
-        if budget > 0 && !unregistered.contains(&vm_id) {
-            budget -= 1;
-            agents.push((vm_id, agent));
-        } else {
-            later.agents.push((vm_id, agent));
-        }
-    }
-    for (vm_id, agent) in &agents {
-        if let Err(e) = store.set_vm_agent(vm_id, agent).await {
-            fail(dedup, "set_vm_agent", &e);
+    if !pending.agents.is_empty() {
+        let agents: Vec<(String, VmIdentification)> = pending.agents.into_iter().collect();
+        if let Err(e) = store.set_vm_agents(&agents).await {
+            fail(dedup, "set_vm_agents", &e);
         }
     }
 
@@ -409,14 +359,11 @@ pub async fn flush(queue: &StoreQueue, store: &dyn Store, dedup: &mut Deduper) {
         }
     }
 
-    let mut inventories: Vec<Inventory> = Vec::with_capacity(pending.inventories.len());
-    for (key, (inventory, items)) in pending.inventories {
-        if unregistered.contains(&key.0) {
-            later.inventories.push((key, (inventory, items)));
-        } else {
-            inventories.push(inventory);
-        }
-    }
+    let inventories: Vec<Inventory> = pending
+        .inventories
+        .into_values()
+        .map(|(inventory, _)| inventory)
+        .collect();
     for batch in inventories.chunks(256) {
         match store.replace_inventories(batch).await {
             Ok(_) => {
@@ -427,11 +374,7 @@ pub async fn flush(queue: &StoreQueue, store: &dyn Store, dedup: &mut Deduper) {
         }
     }
 
-    let (errors, waiting): (Vec<VmErrorRecord>, Vec<VmErrorRecord>) = pending
-        .errors
-        .into_iter()
-        .partition(|e| !unregistered.contains(&e.vm_id));
-    later.errors = waiting;
+    let errors: Vec<VmErrorRecord> = pending.errors.into_iter().collect();
     if !errors.is_empty() {
         if let Err(e) = store.insert_vm_errors(&errors).await {
             fail(dedup, "insert_vm_errors", &e);
@@ -444,23 +387,19 @@ pub async fn flush(queue: &StoreQueue, store: &dyn Store, dedup: &mut Deduper) {
     }
     // Status last: `insert_samples` advances last_seen, and an offline status written before a
     // late sample of the same batch must not be overwritten by it.
-    for (vm_id, (status, last_seen)) in pending.statuses {
-        if budget == 0 || unregistered.contains(&vm_id) {
-            later.statuses.push((vm_id, (status, last_seen)));
-            continue;
+    if !pending.statuses.is_empty() {
+        let updates: Vec<VmStatusUpdate> = pending
+            .statuses
+            .into_iter()
+            .map(|(vm_id, (status, last_seen))| VmStatusUpdate {
+                vm_id,
+                status,
+                last_seen,
+            })
+            .collect();
+        if let Err(e) = store.set_vm_statuses(&updates).await {
+            fail(dedup, "set_vm_statuses", &e);
         }
-        budget -= 1;
-        if let Err(e) = store.set_vm_status(&vm_id, status, last_seen).await {
-            fail(dedup, "set_vm_status", &e);
-        }
-    }
-    let deferred = later.new_vms.len() + later.agents.len() + later.statuses.len();
-    if deferred > 0 {
-        tracing::debug!(target: TARGET, deferred, "per-VM writes left for the next flush");
-        queue.requeue(later);
-        queue.wake.notify_one();
-    } else if !later.inventories.is_empty() || !later.errors.is_empty() {
-        queue.requeue(later);
     }
 }
 
@@ -559,13 +498,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_registration_burst_is_spread_over_flushes_and_nothing_is_lost() {
+    async fn ten_thousand_new_vms_are_stored_in_one_flush_with_their_samples_and_statuses() {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = infinibay_store::open(&url).await.expect("sqlite store");
         let q = StoreQueue::new(StoreConfig::default());
         let now = Utc::now();
-        for i in 0..2_500 {
+        for i in 0..10_000 {
             let id = format!("vm-{i:05}");
             q.register_vm(&id, now);
             q.set_status(&id, VmStatus::Online, Some(now));
@@ -573,19 +512,12 @@ mod tests {
         }
         let mut dedup = Deduper::new(Duration::from_secs(60));
         flush(&q, store.as_ref(), &mut dedup).await;
-        // Every sample went out in the first flush, registrations or not.
-        assert_eq!(q.stats().samples_written, 2_500);
-        assert!(q.stats().pending_samples == 0);
-        let mut flushes = 1;
-        while !q.lock().is_empty() {
-            flush(&q, store.as_ref(), &mut dedup).await;
-            flushes += 1;
-            assert!(flushes < 20, "the deferred writes drain");
-        }
-        assert!(flushes >= 3, "spread over several flushes: {flushes}");
+        assert!(q.lock().is_empty(), "nothing is left for later");
+        let stats = q.stats();
+        assert_eq!(stats.samples_written, 10_000);
+        assert_eq!(stats.write_failures, 0);
         let vms = store.list_vms().await.expect("vms");
-        assert_eq!(vms.len(), 2_500);
+        assert_eq!(vms.len(), 10_000);
         assert!(vms.iter().all(|v| v.status == VmStatus::Online));
-        assert_eq!(q.stats().write_failures, 0);
     }
 }

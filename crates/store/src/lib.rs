@@ -252,6 +252,17 @@ pub struct VmErrorRecord {
     pub details: Option<String>,
 }
 
+/// A status write of one VM, as [`Store::set_vm_statuses`] takes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmStatusUpdate {
+    /// VM.
+    pub vm_id: String,
+    /// New status.
+    pub status: VmStatus,
+    /// Host time of the last valid message; `None` keeps the stored one.
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
 /// How long each kind of data is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retention {
@@ -261,6 +272,8 @@ pub struct Retention {
     pub minute: chrono::Duration,
     /// Hour rollups (default 1 year).
     pub hour: chrono::Duration,
+    /// Service state changes, VM errors and command log entries (default 90 days).
+    pub events: chrono::Duration,
 }
 
 impl Default for Retention {
@@ -269,6 +282,7 @@ impl Default for Retention {
             raw: chrono::Duration::hours(48),
             minute: chrono::Duration::days(30),
             hour: chrono::Duration::days(365),
+            events: chrono::Duration::days(90),
         }
     }
 }
@@ -300,6 +314,43 @@ pub trait Store: Send + Sync + 'static {
 
     /// Register a VM on first sight (no-op when it exists). Returns the record.
     async fn upsert_vm(&self, id: &str, now: DateTime<Utc>) -> Result<VmRecord>;
+    /// Register many VMs on first sight (`(id, first seen)`), in one transaction per few
+    /// thousand; existing ones are left as they are.
+    async fn upsert_vms(&self, vms: &[(String, DateTime<Utc>)]) -> Result<()> {
+        for (id, now) in vms {
+            self.upsert_vm(id, *now).await?;
+        }
+        Ok(())
+    }
+    /// Set the status (and `last_seen`) of many VMs at once, one update per VM. Ids that are
+    /// not registered are skipped. Returns how many VMs were updated.
+    async fn set_vm_statuses(&self, updates: &[VmStatusUpdate]) -> Result<u64> {
+        let mut updated = 0;
+        for u in updates {
+            match self.set_vm_status(&u.vm_id, u.status, u.last_seen).await {
+                Ok(()) => updated += 1,
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(updated)
+    }
+    /// [`Store::set_vm_agent`] for many VMs at once, one entry per VM. Ids that are not
+    /// registered are skipped. Returns how many VMs were updated.
+    async fn set_vm_agents(
+        &self,
+        agents: &[(String, protocol::message::VmIdentification)],
+    ) -> Result<u64> {
+        let mut updated = 0;
+        for (id, agent) in agents {
+            match self.set_vm_agent(id, agent).await {
+                Ok(()) => updated += 1,
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(updated)
+    }
     /// Set status (and `last_seen` when given).
     async fn set_vm_status(
         &self,

@@ -23,7 +23,7 @@ use crate::protocol::message::{MetricsBody, VmIdentification};
 use crate::{
     CommandLogEntry, Inventory, InventoryKind, MaintenanceReport, MetricPoint, MetricSample,
     MetricSeries, Resolution, Result, Retention, ServiceStateChange, Store, StoreError,
-    VmErrorRecord, VmRecord, VmStatus,
+    VmErrorRecord, VmRecord, VmStatus, VmStatusUpdate,
 };
 
 /// Raw rows deleted per statement by `delete_vm`.
@@ -446,6 +446,86 @@ impl Store for PgStore {
         let key: i64 = row.try_get("key").map_err(ctx("upsert_vm: key"))?;
         self.hot.know(id, key);
         self.overlay(vm_from_row(&row)?)
+    }
+
+    async fn upsert_vms(&self, vms: &[(String, DateTime<Utc>)]) -> Result<()> {
+        let mut sorted: Vec<&(String, DateTime<Utc>)> = vms.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        sorted.dedup_by(|a, b| a.0 == b.0);
+        let ids: Vec<&str> = sorted.iter().map(|(id, _)| id.as_str()).collect();
+        let times: Vec<DateTime<Utc>> = sorted.iter().map(|(_, at)| *at).collect();
+        let mut tx = self.pool.begin().await.map_err(ctx("upsert_vms: begin"))?;
+        sqlx::query(
+            "INSERT INTO vms (id, name, created_at) \
+             SELECT id, id, at FROM UNNEST($1::text[], $2::timestamptz[]) AS t(id, at) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&times)
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx("upsert_vms"))?;
+        let keys: Vec<(String, i64)> = sqlx::query_as("SELECT id, key FROM vms WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(ctx("upsert_vms: keys"))?;
+        tx.commit().await.map_err(ctx("upsert_vms: commit"))?;
+        for (id, key) in keys {
+            self.hot.know(&id, key);
+        }
+        Ok(())
+    }
+
+    async fn set_vm_statuses(&self, updates: &[VmStatusUpdate]) -> Result<u64> {
+        // VM-id order: the lock order every batch writing `vms` rows follows.
+        let mut sorted: Vec<&VmStatusUpdate> = updates.iter().collect();
+        sorted.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
+        let ids: Vec<&str> = sorted.iter().map(|u| u.vm_id.as_str()).collect();
+        let statuses: Vec<&str> = sorted.iter().map(|u| u.status.as_str()).collect();
+        let seen: Vec<Option<DateTime<Utc>>> = sorted.iter().map(|u| u.last_seen).collect();
+        let updated = sqlx::query(
+            "UPDATE vms SET status = u.status, last_seen = GREATEST(vms.last_seen, u.last_seen) \
+             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS u(id, status, last_seen) \
+             WHERE vms.id = u.id",
+        )
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&seen)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("set_vm_statuses"))?
+        .rows_affected();
+        Ok(updated)
+    }
+
+    async fn set_vm_agents(&self, agents: &[(String, VmIdentification)]) -> Result<u64> {
+        let mut sorted: Vec<&(String, VmIdentification)> = agents.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let ids: Vec<&str> = sorted.iter().map(|(id, _)| id.as_str()).collect();
+        let texts: Vec<String> = sorted
+            .iter()
+            .map(|(_, agent)| serde_json::to_string(agent))
+            .collect::<Result<_, _>>()
+            .map_err(|e| json_error("agent info", e))?;
+        let hostnames: Vec<&str> = sorted.iter().map(|(_, a)| a.hostname.as_str()).collect();
+        let updated = sqlx::query(
+            "UPDATE vms SET agent = u.agent::jsonb, \
+             name = CASE WHEN vms.name_source <> 'user' AND u.hostname <> '' \
+                         THEN u.hostname ELSE vms.name END, \
+             name_source = CASE WHEN vms.name_source <> 'user' AND u.hostname <> '' \
+                                THEN 'agent' ELSE vms.name_source END \
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(id, agent, hostname) \
+             WHERE vms.id = u.id",
+        )
+        .bind(&ids)
+        .bind(&texts)
+        .bind(&hostnames)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("set_vm_agents"))?
+        .rows_affected();
+        Ok(updated)
     }
 
     async fn set_vm_status(

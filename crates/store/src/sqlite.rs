@@ -27,7 +27,7 @@ use crate::protocol::message::{MetricsBody, VmIdentification};
 use crate::{
     CommandLogEntry, Inventory, InventoryKind, MaintenanceReport, MetricPoint, MetricSample,
     MetricSeries, Resolution, Result, Retention, ServiceStateChange, Store, StoreError,
-    VmErrorRecord, VmRecord, VmStatus,
+    VmErrorRecord, VmRecord, VmStatus, VmStatusUpdate,
 };
 
 /// Rows per multi-row INSERT of samples (13 bound parameters each; SQLite allows 32,766).
@@ -36,6 +36,9 @@ const SAMPLE_ROWS_PER_STATEMENT: usize = 500;
 const LATEST_ROWS_PER_STATEMENT: usize = 200;
 /// Rows per multi-row upsert of `vms.last_seen`.
 const VM_ROWS_PER_STATEMENT: usize = 500;
+/// VMs registered per transaction by `upsert_vms` (10,000 new VMs: a few short transactions,
+/// never one per VM).
+const VM_REGISTRATIONS_PER_TRANSACTION: usize = 5_000;
 /// Raw rows deleted per statement by `delete_vm`.
 const DELETE_VM_BATCH: i64 = 10_000;
 
@@ -509,6 +512,108 @@ impl Store for SqliteStore {
         let key: i64 = row.try_get("key").map_err(ctx("upsert_vm: key"))?;
         self.hot.know(id, key);
         self.overlay(vm_from_row(&row)?)
+    }
+
+    async fn upsert_vms(&self, vms: &[(String, DateTime<Utc>)]) -> Result<()> {
+        for chunk in vms.chunks(VM_REGISTRATIONS_PER_TRANSACTION) {
+            let mut tx = self
+                .writer
+                .begin()
+                .await
+                .map_err(ctx("upsert_vms: begin"))?;
+            for rows in chunk.chunks(VM_ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "INSERT INTO vms (id, name, created_at) VALUES {} ON CONFLICT (id) DO NOTHING",
+                    values_placeholders(rows.len(), 3)
+                );
+                let mut query = sqlx::query(&sql);
+                for (id, at) in rows {
+                    query = query.bind(id.as_str()).bind(id.as_str()).bind(ms(*at));
+                }
+                query.execute(&mut *tx).await.map_err(ctx("upsert_vms"))?;
+            }
+            let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+            let keys = fetch_keys(&mut tx, &ids).await?;
+            tx.commit().await.map_err(ctx("upsert_vms: commit"))?;
+            for (id, key) in keys {
+                self.hot.know(&id, key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_vm_statuses(&self, updates: &[VmStatusUpdate]) -> Result<u64> {
+        let mut updated = 0;
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(ctx("set_vm_statuses: begin"))?;
+        for rows in updates.chunks(VM_ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE vms SET status = u.column2, \
+                 last_seen = CASE WHEN u.column3 IS NULL THEN vms.last_seen \
+                                  ELSE MAX(COALESCE(vms.last_seen, u.column3), u.column3) END \
+                 FROM (VALUES {}) AS u WHERE vms.id = u.column1",
+                values_placeholders(rows.len(), 3)
+            );
+            let mut query = sqlx::query(&sql);
+            for u in rows {
+                query = query
+                    .bind(u.vm_id.as_str())
+                    .bind(u.status.as_str())
+                    .bind(opt_ms(u.last_seen));
+            }
+            updated += query
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx("set_vm_statuses"))?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(ctx("set_vm_statuses: commit"))?;
+        Ok(updated)
+    }
+
+    async fn set_vm_agents(&self, agents: &[(String, VmIdentification)]) -> Result<u64> {
+        let texts: Vec<String> = agents
+            .iter()
+            .map(|(_, agent)| serde_json::to_string(agent))
+            .collect::<Result<_, _>>()
+            .map_err(|e| json_error("agent info", e))?;
+        let mut updated = 0;
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(ctx("set_vm_agents: begin"))?;
+        for (rows, texts) in agents
+            .chunks(VM_ROWS_PER_STATEMENT)
+            .zip(texts.chunks(VM_ROWS_PER_STATEMENT))
+        {
+            let sql = format!(
+                "UPDATE vms SET agent = u.column2, \
+                 name = CASE WHEN vms.name_source <> 'user' AND u.column3 <> '' \
+                             THEN u.column3 ELSE vms.name END, \
+                 name_source = CASE WHEN vms.name_source <> 'user' AND u.column3 <> '' \
+                                    THEN 'agent' ELSE vms.name_source END \
+                 FROM (VALUES {}) AS u WHERE vms.id = u.column1",
+                values_placeholders(rows.len(), 3)
+            );
+            let mut query = sqlx::query(&sql);
+            for ((id, agent), text) in rows.iter().zip(texts) {
+                query = query
+                    .bind(id.as_str())
+                    .bind(text.as_str())
+                    .bind(agent.hostname.as_str());
+            }
+            updated += query
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx("set_vm_agents"))?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(ctx("set_vm_agents: commit"))?;
+        Ok(updated)
     }
 
     async fn set_vm_status(

@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use infinibay_store::protocol::samples::{Jitter, identification, small_metrics};
 use infinibay_store::{
     CommandLogEntry, Inventory, InventoryKind, MetricSample, Resolution, Retention, Store,
-    StoreError, VmErrorRecord, VmStatus,
+    StoreError, VmErrorRecord, VmStatus, VmStatusUpdate,
 };
 use serde_json::json;
 
@@ -828,6 +828,107 @@ mod story {
         assert_eq!(seen, total, "every sample of every batch landed once");
         assert_eq!(store.list_vms().await.expect("list").len(), vms as usize);
     }
+
+    pub async fn thousands_of_vms_register_and_change_status_in_batches(store: Arc<dyn Store>) {
+        let t0 = now_ms() - Duration::minutes(5);
+        let ids: Vec<String> = (0..3_000).map(|i| format!("vm-{i:05}")).collect();
+        store
+            .upsert_vm("vm-00001", t0)
+            .await
+            .expect("one registered before");
+        store
+            .set_vm_owner("vm-00001", Some(3), None)
+            .await
+            .expect("owner");
+        let registrations: Vec<(String, DateTime<Utc>)> = ids
+            .iter()
+            .map(|id| (id.clone(), t0 + Duration::seconds(1)))
+            .collect();
+        store
+            .upsert_vms(&registrations)
+            .await
+            .expect("register in a batch");
+        store
+            .upsert_vms(&registrations[..10])
+            .await
+            .expect("registering again is a no-op");
+        let vms = store.list_vms().await.expect("list");
+        assert_eq!(vms.len(), 3_000);
+        let existing = vms.iter().find(|v| v.id == "vm-00001").expect("vm-00001");
+        assert_eq!(
+            existing.created_at, t0,
+            "an existing VM keeps its first sighting"
+        );
+        assert_eq!(existing.owner_id, Some(3), "and what was set on it");
+
+        let seen = t0 + Duration::minutes(1);
+        let mut updates: Vec<VmStatusUpdate> = ids
+            .iter()
+            .map(|id| VmStatusUpdate {
+                vm_id: id.clone(),
+                status: VmStatus::Online,
+                last_seen: Some(seen),
+            })
+            .collect();
+        updates.push(VmStatusUpdate {
+            vm_id: "vm-never-registered".into(),
+            status: VmStatus::Online,
+            last_seen: Some(seen),
+        });
+        let updated = store.set_vm_statuses(&updates).await.expect("statuses");
+        assert_eq!(updated, 3_000, "unknown ids are skipped");
+        // Offline without a time keeps last_seen; an older time never moves it back.
+        let offline = [
+            VmStatusUpdate {
+                vm_id: "vm-00002".into(),
+                status: VmStatus::Offline,
+                last_seen: None,
+            },
+            VmStatusUpdate {
+                vm_id: "vm-00003".into(),
+                status: VmStatus::Offline,
+                last_seen: Some(t0),
+            },
+        ];
+        assert_eq!(store.set_vm_statuses(&offline).await.expect("offline"), 2);
+        let agents: Vec<_> = ids[..500]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), identification(&format!("host-{i}"))))
+            .collect();
+        store
+            .set_vm_owner("vm-00004", None, None)
+            .await
+            .expect("owner");
+        assert_eq!(store.set_vm_agents(&agents).await.expect("agents"), 500);
+
+        let vms: BTreeMap<String, _> = store
+            .list_vms()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|v| (v.id.clone(), v))
+            .collect();
+        assert!(!vms.contains_key("vm-never-registered"));
+        let online = vms
+            .values()
+            .filter(|v| v.status == VmStatus::Online)
+            .count();
+        assert_eq!(online, 2_998);
+        for id in ["vm-00002", "vm-00003"] {
+            assert_eq!(vms[id].status, VmStatus::Offline);
+            assert_eq!(vms[id].last_seen, Some(seen), "{id}");
+        }
+        assert_eq!(vms["vm-00010"].name, "host-10");
+        assert_eq!(
+            vms["vm-00010"].agent.as_ref().map(|a| a.hostname.as_str()),
+            Some("host-10")
+        );
+        assert_eq!(
+            vms["vm-02000"].name, "vm-02000",
+            "no agent info, default name"
+        );
+    }
 }
 
 macro_rules! both_backends {
@@ -879,6 +980,7 @@ both_backends!(
     command_log_records_then_completes_by_id,
     vm_errors_are_kept_newest_first,
     delete_vm_removes_everything_about_it,
-    concurrent_batches_all_land;
+    concurrent_batches_all_land,
+    thousands_of_vms_register_and_change_status_in_batches;
     reopening: latest_sample_and_last_seen_survive_a_reopen,
 );
