@@ -1,9 +1,11 @@
 //! From bytes to typed messages, for both directions.
 //!
-//! Decoding is two cheap steps per line: an envelope scan that reads only `type` (and, for the
-//! original agent's untyped lines, `id`/`success`/`metrics`), then a typed parse of the one
-//! struct that `type` names. Every failure is a [`DecodeError`] for that line only; the stream
-//! goes on with the next line.
+//! A v1 guest line that starts with `{"type":"<kind>"` is parsed once, straight into the struct
+//! `<kind>` names (the fast path). Every other line, and every line the fast path rejects, takes
+//! the full path: an envelope scan that reads only `type` (and, for the original agent's untyped
+//! lines, `id`/`success`/`metrics`), then the typed parse. Errors come only from the full path,
+//! so they are the same whichever way a line came in. Every failure is a [`DecodeError`] for
+//! that line only; the stream goes on with the next line.
 
 use std::borrow::Cow;
 
@@ -131,6 +133,42 @@ fn truncated_kind(kind: &str) -> String {
     kind.chars().take(64).collect()
 }
 
+/// The `type` of a line that starts exactly with `{"type":"<kind>"`, as every v1 agent writes
+/// (serde's tagged enums put the tag first, without spaces). `None` for any other shape,
+/// including a kind with escapes.
+fn leading_kind(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix(r#"{"type":""#)?;
+    let end = memchr::memchr2(b'"', b'\\', rest.as_bytes())?;
+    (rest.as_bytes()[end] == b'"').then(|| &rest[..end])
+}
+
+/// The common case in one parse: a v1 message whose `type` comes first goes straight to the
+/// typed parse of the struct it names, skipping the envelope scan. Anything else (another
+/// shape, an unknown or legacy type, a line the typed parse rejects) returns `None` and takes
+/// the full path, which then produces exactly the error (with its `id`) it always did; so
+/// this only saves work on valid lines and never changes what an invalid one yields.
+///
+/// One difference by construction: a later duplicate `type` key is ignored here (the typed
+/// structs skip unknown keys), where the envelope scan rejects the line as invalid JSON. The
+/// message is still fully validated as the type its first key names.
+fn guest_fast_path(text: &str) -> Option<GuestMessage> {
+    fn parse<'a, T: Deserialize<'a>>(text: &'a str) -> Option<T> {
+        serde_json::from_str(text).ok()
+    }
+    Some(match leading_kind(text)? {
+        "system_metrics" => GuestMessage::SystemMetrics(parse(text)?),
+        "process_snapshot" => GuestMessage::ProcessSnapshot(parse(text)?),
+        "service_inventory" => GuestMessage::ServiceInventory(parse(text)?),
+        "port_usage" => GuestMessage::PortUsage(parse(text)?),
+        "application_usage" => GuestMessage::ApplicationUsage(parse(text)?),
+        "pong" => GuestMessage::Pong(parse(text)?),
+        "response" => GuestMessage::Response(parse(text)?),
+        "vm_identification" => GuestMessage::VmIdentification(parse(text)?),
+        "error" => GuestMessage::Error(parse(text)?),
+        _ => return None,
+    })
+}
+
 /// Decode one guest→host line. Stateless: the original agent's `metrics` messages are read as
 /// if they were the first of their connection (see [`GuestStreamDecoder`] for the stateful form).
 pub fn decode_guest_line(line: &[u8]) -> Result<Vec<GuestMessage>, DecodeError> {
@@ -146,6 +184,10 @@ fn decode_guest_line_into(
     out: &mut Vec<GuestMessage>,
 ) -> Result<(), DecodeError> {
     let text = check_utf8(line)?;
+    if let Some(message) = guest_fast_path(text) {
+        out.push(message);
+        return Ok(());
+    }
     let env = envelope(text)?;
     let Some(kind) = env.kind.as_deref() else {
         // The original agent's untyped messages.

@@ -90,7 +90,10 @@ impl Fixer<'_> {
             c.is_control() && !(keep_layout && matches!(c, '\n' | '\t' | '\r'))
                 || matches!(c, '\u{2028}' | '\u{2029}' | '\u{FEFF}')
         };
-        if s.chars().any(is_bad) {
+        // Printable ASCII (the common case: names, mount points, addresses) has nothing to
+        // strip; checking bytes is much cheaper than decoding chars.
+        let printable_ascii = s.bytes().all(|b| (0x20..0x7f).contains(&b));
+        if !printable_ascii && s.chars().any(is_bad) {
             s.retain(|c| !is_bad(c));
             self.fixes += 1;
         }

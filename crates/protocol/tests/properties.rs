@@ -518,6 +518,19 @@ proptest! {
     }
 
     #[test]
+    fn the_fast_path_and_the_full_path_decode_a_message_alike(message in guest_message()) {
+        // Our encoder puts `type` first (fast path); re-serialised through a `Value` the keys
+        // come out sorted, `type` after the others (full path: envelope scan, then typed parse).
+        let fast = encode_line(&message).expect("encodes");
+        let mut sorted = serde_json::to_vec(&serde_json::to_value(&message).expect("to value"))
+            .expect("encodes");
+        sorted.push(b'\n');
+        let via_fast = decode_guest_line(&fast[..fast.len() - 1]);
+        let via_full = decode_guest_line(&sorted[..sorted.len() - 1]);
+        prop_assert_eq!(via_fast, via_full);
+    }
+
+    #[test]
     fn every_host_message_round_trips(message in host_message()) {
         let line = encode_line(&message).expect("encodes");
         prop_assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1);
@@ -584,4 +597,55 @@ proptest! {
 fn every_known_safe_action_is_covered_by_the_strategy() {
     // Guards the strategy above: a new action must be added to it.
     assert_eq!(KNOWN_SAFE_ACTIONS.len(), 14);
+}
+
+/// Lines the fast path picks up by their prefix but cannot parse must give exactly the errors
+/// of the full path: the right variant, the kind, and the id of a response.
+#[test]
+fn invalid_lines_starting_like_v1_messages_keep_their_precise_errors() {
+    use infinibay_protocol::DecodeError;
+    type Expected = fn(&DecodeError) -> bool;
+    let cases: [(&str, Expected); 4] = [
+        (r#"{"type":"response","id":"cmd-7","success":"yes"}"#, |e| {
+            matches!(e, DecodeError::InvalidMessage { kind, id: Some(id), .. }
+                if kind == "response" && id == "cmd-7")
+        }),
+        (
+            r#"{"type":"system_metrics","metrics":{"memory":{"total_kb":-1}}}"#,
+            |e| matches!(e, DecodeError::InvalidMessage { kind, .. } if kind == "system_metrics"),
+        ),
+        (r#"{"type":"system_metrics","metrics":{"cpu":"#, |e| {
+            matches!(e, DecodeError::InvalidJson { .. })
+        }),
+        (
+            r#"{"type":"no_such_type","id":"x"}"#,
+            |e| matches!(e, DecodeError::UnknownType { kind } if kind == "no_such_type"),
+        ),
+    ];
+    for (line, expected) in cases {
+        match decode_guest_line(line.as_bytes()) {
+            Err(e) => assert!(expected(&e), "{line}: unexpected error {e:?}"),
+            Ok(m) => panic!("{line}: decoded as {m:?}"),
+        }
+    }
+}
+
+/// The one documented difference of the fast path (docs/protocol.md): a repeated `type` after
+/// a leading one is ignored there; the message is validated as the first `type` names. With
+/// `type` elsewhere the envelope scan still refuses the duplicate.
+#[test]
+fn a_repeated_type_is_read_as_the_leading_one_and_refused_elsewhere() {
+    let leading = decode_guest_line(br#"{"type":"pong","id":"p","type":"error"}"#)
+        .expect("leading type wins");
+    assert_eq!(
+        leading,
+        vec![GuestMessage::Pong(Pong {
+            id: Some("p".into()),
+            timestamp: None
+        })]
+    );
+    assert!(matches!(
+        decode_guest_line(br#"{"id":"p","type":"pong","type":"error"}"#),
+        Err(infinibay_protocol::DecodeError::InvalidJson { .. })
+    ));
 }
