@@ -30,6 +30,13 @@ pub(crate) enum Plan {
     Rollup { tier: Resolution, width_ms: i64 },
 }
 
+/// Tables pruned by [`crate::Retention::events`] and their time columns.
+pub(crate) const EVENT_TABLES: [(&str, &str); 3] = [
+    ("service_history", "at"),
+    ("vm_errors", "at"),
+    ("command_log", "created_at"),
+];
+
 /// Caps what a caller can ask for, so one query cannot make the database build millions of
 /// points.
 pub(crate) const MAX_POINTS_CAP: u32 = 100_000;

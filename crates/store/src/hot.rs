@@ -158,6 +158,14 @@ impl HotState {
         }
     }
 
+    /// Registrations of a batch whose commit failed (their keys may be handed out again).
+    pub(crate) fn forget_all(&self, vm_ids: &[String]) {
+        let mut known = lock(&self.known);
+        for id in vm_ids {
+            known.remove(id);
+        }
+    }
+
     /// A VM was deleted.
     pub(crate) fn forget(&self, vm_id: &str) {
         lock(&self.known).remove(vm_id);

@@ -16,7 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Connection, Postgres, Row, Transaction};
 
 use crate::common::{
-    self, HOUR_MS, MINUTE_MS, Plan, ROLLUP_GRACE, ceil_to, ctx, floor_to, from_ms, json_error,
+    self, HOUR_MS, MINUTE_MS, Plan, ROLLUP_GRACE, ceil_to, ctx, db_error, floor_to, from_ms,
+    json_error,
 };
 use crate::hot::HotState;
 use crate::protocol::message::{MetricsBody, VmIdentification};
@@ -26,6 +27,11 @@ use crate::{
     VmErrorRecord, VmRecord, VmStatus, VmStatusUpdate,
 };
 
+/// Advisory lock between sample batches (shared) and the last step of `delete_vm`
+/// (exclusive): a batch that planned with a VM's key commits before the VM's rows are
+/// deleted, or plans after the VM was forgotten. Without it a batch could write rows under
+/// the key of a VM deleted meanwhile (orphans).
+const DELETE_LOCK: i64 = 0x4942_5f44_454c_4554; // "IB_DELET"
 /// Raw rows deleted per statement by `delete_vm`.
 const DELETE_VM_BATCH: i64 = 10_000;
 
@@ -631,6 +637,12 @@ impl Store for PgStore {
             }
         }
         let mut tx = self.pool.begin().await.map_err(ctx("delete_vm: begin"))?;
+        // Waits for the sample batches in flight; later ones plan after the `forget` below.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(DELETE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx("delete_vm: lock"))?;
         for table in ["metric_samples", "metric_minute", "metric_hour"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE vm_key = (SELECT key FROM vms WHERE id = $1)"
@@ -659,9 +671,10 @@ impl Store for PgStore {
             .await
             .map_err(ctx("delete_vm"))?
             .rows_affected();
-        tx.commit().await.map_err(ctx("delete_vm: commit"))?;
-        // A batch in flight may have cached the VM again meanwhile.
+        // A batch since the first `forget` may have cached the VM's key again; forgotten while
+        // holding the delete lock, so the next batch registers the VM anew.
         self.hot.forget(id);
+        tx.commit().await.map_err(ctx("delete_vm: commit"))?;
         if deleted == 0 {
             return Err(StoreError::NotFound(format!("vm {id}")));
         }
@@ -680,13 +693,6 @@ impl Store for PgStore {
             all.push(s);
         }
         let newest = common::newest_per_vm(samples);
-        let plan = self.hot.plan(samples, &newest);
-        let unknown: Vec<&str> = plan
-            .unknown
-            .iter()
-            .map(|&i| samples[i].vm_id.as_str())
-            .collect();
-        let persist: Vec<&MetricSample> = plan.persist.iter().map(|&i| &samples[i]).collect();
         let oldest = samples
             .iter()
             .map(|s| s.received_at)
@@ -702,10 +708,22 @@ impl Store for PgStore {
         // Telemetry batches do not wait for the WAL flush: a crash can lose the last few
         // hundred milliseconds of samples (never corrupt anything), the same promise as
         // SQLite's WAL with synchronous=NORMAL. Everything else keeps full durability.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await
-            .map_err(ctx("insert_samples: commit mode"))?;
+        // The shared delete lock: see `DELETE_LOCK`.
+        sqlx::query(
+            "SELECT set_config('synchronous_commit', 'off', true), \
+             pg_advisory_xact_lock_shared($1)",
+        )
+        .bind(DELETE_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx("insert_samples: commit mode"))?;
+        let plan = self.hot.plan(samples, &newest);
+        let unknown: Vec<&str> = plan
+            .unknown
+            .iter()
+            .map(|&i| samples[i].vm_id.as_str())
+            .collect();
+        let persist: Vec<&MetricSample> = plan.persist.iter().map(|&i| &samples[i]).collect();
         let mut learned = HashMap::new();
         if !unknown.is_empty() {
             ensure_vms(&mut tx, &unknown, samples[plan.unknown[0]].received_at).await?;
@@ -748,21 +766,32 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(ctx("insert_samples: watermark"))?;
-        tx.commit().await.map_err(ctx("insert_samples: commit"))?;
+        // Recorded before the commit, under the shared delete lock, so that no `delete_vm`
+        // can run between the commit and this and have its VM cached again.
+        let learned_ids: Vec<String> = learned.keys().cloned().collect();
         self.hot.committed(samples, &newest, &plan.persist, learned);
+        if let Err(e) = tx.commit().await {
+            self.hot.forget_all(&learned_ids);
+            return Err(db_error("insert_samples: commit", e));
+        }
         Ok(())
     }
 
     async fn flush(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(ctx("flush: begin"))?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(DELETE_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx("flush: lock"))?;
         let pending = self.hot.pending();
         if pending.is_empty() {
             return Ok(());
         }
         let refs: Vec<&MetricSample> = pending.iter().collect();
-        let mut tx = self.pool.begin().await.map_err(ctx("flush: begin"))?;
         write_latest(&mut tx, &refs).await?;
-        tx.commit().await.map_err(ctx("flush: commit"))?;
         self.hot.flushed(&pending);
+        tx.commit().await.map_err(ctx("flush: commit"))?;
         Ok(())
     }
 
@@ -1220,6 +1249,10 @@ impl Store for PgStore {
         let mut pruned = prune(&self.pool, "metric_samples", "at", raw_cutoff, batch).await?;
         pruned += prune(&self.pool, "metric_minute", "bucket", minute_cutoff, batch).await?;
         pruned += prune(&self.pool, "metric_hour", "bucket", hour_cutoff, batch).await?;
+        let events_cutoff = (now - retention.events).timestamp_millis();
+        for (table, column) in common::EVENT_TABLES {
+            pruned += prune(&self.pool, table, column, events_cutoff, batch).await?;
+        }
         Ok(MaintenanceReport {
             minute_buckets,
             hour_buckets,

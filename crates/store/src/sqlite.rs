@@ -20,7 +20,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::common::{
-    self, HOUR_MS, MINUTE_MS, Plan, ROLLUP_GRACE, ceil_to, ctx, floor_to, from_ms, json_error,
+    self, HOUR_MS, MINUTE_MS, Plan, ROLLUP_GRACE, ceil_to, ctx, db_error, floor_to, from_ms,
+    json_error,
 };
 use crate::hot::HotState;
 use crate::protocol::message::{MetricsBody, VmIdentification};
@@ -748,9 +749,11 @@ impl Store for SqliteStore {
             .await
             .map_err(ctx("delete_vm"))?
             .rows_affected();
-        tx.commit().await.map_err(ctx("delete_vm: commit"))?;
-        // A batch in flight may have cached the VM again meanwhile.
+        // A batch since the first `forget` may have cached the VM's key again. Forgotten before
+        // the commit, while this transaction holds the only write connection: the next batch
+        // plans after it and registers the VM anew rather than using the dead key.
         self.hot.forget(id);
+        tx.commit().await.map_err(ctx("delete_vm: commit"))?;
         if deleted == 0 {
             return Err(StoreError::NotFound(format!("vm {id}")));
         }
@@ -765,20 +768,22 @@ impl Store for SqliteStore {
             tracing::warn!(target: "infinibay::store", "non-finite metric values stored as 0");
         }
         let newest = common::newest_per_vm(samples);
-        let plan = self.hot.plan(samples, &newest);
         let oldest = samples.iter().map(|s| ms(s.received_at)).min().unwrap_or(0);
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(ctx("insert_samples: begin"))?;
+        // Planned while holding the only write connection: a `delete_vm` (which forgets the
+        // VM before its commit) is either wholly before this batch, so the VM's key is not used
+        // any more, or wholly after it, and deletes this batch's rows too. No orphan rows.
+        let plan = self.hot.plan(samples, &newest);
         let unknown: Vec<&str> = plan
             .unknown
             .iter()
             .map(|&i| samples[i].vm_id.as_str())
             .collect();
         let persist: Vec<&MetricSample> = plan.persist.iter().map(|&i| &samples[i]).collect();
-
-        let mut tx = self
-            .writer
-            .begin()
-            .await
-            .map_err(ctx("insert_samples: begin"))?;
         let mut learned = HashMap::new();
         if !unknown.is_empty() {
             ensure_vms(&mut tx, &unknown, samples[plan.unknown[0]].received_at).await?;
@@ -836,21 +841,27 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(ctx("insert_samples: watermark"))?;
-        tx.commit().await.map_err(ctx("insert_samples: commit"))?;
+        // Recorded before the commit, still holding the connection, so that no `delete_vm`
+        // can run between the commit and this and have its VM cached again.
+        let learned_ids: Vec<String> = learned.keys().cloned().collect();
         self.hot.committed(samples, &newest, &plan.persist, learned);
+        if let Err(e) = tx.commit().await {
+            self.hot.forget_all(&learned_ids);
+            return Err(db_error("insert_samples: commit", e));
+        }
         Ok(())
     }
 
     async fn flush(&self) -> Result<()> {
+        let mut tx = self.writer.begin().await.map_err(ctx("flush: begin"))?;
         let pending = self.hot.pending();
         if pending.is_empty() {
             return Ok(());
         }
         let refs: Vec<&MetricSample> = pending.iter().collect();
-        let mut tx = self.writer.begin().await.map_err(ctx("flush: begin"))?;
         write_latest(&mut tx, &refs).await?;
-        tx.commit().await.map_err(ctx("flush: commit"))?;
         self.hot.flushed(&pending);
+        tx.commit().await.map_err(ctx("flush: commit"))?;
         Ok(())
     }
 
@@ -1325,6 +1336,10 @@ impl Store for SqliteStore {
         )
         .await?;
         pruned += prune(&self.writer, "metric_hour", "bucket", hour_cutoff, batch).await?;
+        let events_cutoff = ms(now - retention.events);
+        for (table, column) in common::EVENT_TABLES {
+            pruned += prune(&self.writer, table, column, events_cutoff, batch).await?;
+        }
         Ok(MaintenanceReport {
             minute_buckets,
             hour_buckets,

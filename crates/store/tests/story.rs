@@ -929,6 +929,140 @@ mod story {
             "no agent info, default name"
         );
     }
+
+    pub async fn events_older_than_their_retention_are_pruned_in_batches(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let old = now - Duration::days(100);
+        let recent = now - Duration::days(1);
+        store.upsert_vm("vm-a", old).await.expect("register");
+        let services = |state: &str| {
+            json!([{"name": "cron.service", "active_state": state},
+                   {"name": "ssh.service", "active_state": state}])
+        };
+        for (at, state) in [
+            (old, "active"),
+            (old + Duration::seconds(1), "failed"),
+            (recent, "active"),
+        ] {
+            store
+                .replace_inventories(&[Inventory {
+                    vm_id: "vm-a".into(),
+                    kind: InventoryKind::Services,
+                    received_at: at,
+                    items: services(state),
+                }])
+                .await
+                .expect("services");
+        }
+        let error = |at, message: &str| VmErrorRecord {
+            vm_id: "vm-a".into(),
+            at,
+            code: None,
+            message: message.into(),
+            details: None,
+        };
+        store
+            .insert_vm_errors(&[
+                error(old, "old 1"),
+                error(old, "old 2"),
+                error(recent, "new"),
+            ])
+            .await
+            .expect("errors");
+        for (id, at) in [("c-old-1", old), ("c-old-2", old), ("c-new", recent)] {
+            store
+                .log_command(&CommandLogEntry {
+                    id: id.into(),
+                    vm_id: "vm-a".into(),
+                    user_id: None,
+                    kind: "safe".into(),
+                    command: json!({"id": id}),
+                    response: None,
+                    success: true,
+                    duration_ms: 1,
+                    created_at: at,
+                })
+                .await
+                .expect("command");
+        }
+        assert_eq!(
+            store.service_history("vm-a", 100).await.expect("h").len(),
+            4
+        );
+
+        let retention = Retention {
+            events: Duration::days(90),
+            ..Retention::default()
+        };
+        let report = store.maintain(now, retention, 1).await.expect("maintain");
+        assert_eq!(report.pruned, 2 + 2 + 2, "{report:?}");
+        let history = store.service_history("vm-a", 100).await.expect("history");
+        assert_eq!(history.len(), 2);
+        assert!(history.iter().all(|c| c.at == recent));
+        let errors = store.vm_errors("vm-a", 100).await.expect("errors");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].message, "new");
+        let logs = store.command_logs("vm-a", 100).await.expect("logs");
+        assert_eq!(
+            logs.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+            ["c-new"]
+        );
+        // The latest inventory itself is never pruned: it is the VM's current state.
+        assert!(
+            store
+                .inventory("vm-a", InventoryKind::Services)
+                .await
+                .expect("inventory")
+                .is_some()
+        );
+    }
+
+    /// Deleting a VM while sample batches of it are being written leaves no rows under its old
+    /// key (checked in the database itself: the trait cannot see orphan rows).
+    pub async fn delete_vm_racing_sample_batches_leaves_no_orphan_rows(
+        store: Arc<dyn Store>,
+        url: String,
+    ) {
+        let start = now_ms() - Duration::minutes(30);
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for round in 0..150i64 {
+                    let at = start + Duration::seconds(round);
+                    let batch: Vec<MetricSample> = ["vm-gone", "vm-stays"]
+                        .iter()
+                        .map(|vm| sample(vm, at, 1.0, 1))
+                        .collect();
+                    store.insert_samples(&batch).await.expect("batch");
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        for _ in 0..30 {
+            match store.delete_vm("vm-gone").await {
+                Ok(()) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => panic!("delete_vm: {e}"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+        writer.await.expect("writer");
+        match store.delete_vm("vm-gone").await {
+            Ok(()) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => panic!("delete_vm: {e}"),
+        }
+        let orphans = crate::support::count(
+            &url,
+            "SELECT COUNT(*) FROM metric_samples WHERE vm_key NOT IN (SELECT key FROM vms)",
+        )
+        .await;
+        assert_eq!(orphans, 0, "sample rows under the key of a deleted VM");
+        let stays = store
+            .metrics("vm-stays", start, start + Duration::minutes(5), 1000)
+            .await
+            .expect("metrics")
+            .1;
+        assert_eq!(stays.len(), 150, "the other VM lost nothing");
+    }
 }
 
 macro_rules! both_backends {
@@ -981,6 +1115,8 @@ both_backends!(
     vm_errors_are_kept_newest_first,
     delete_vm_removes_everything_about_it,
     concurrent_batches_all_land,
-    thousands_of_vms_register_and_change_status_in_batches;
+    thousands_of_vms_register_and_change_status_in_batches,
+    events_older_than_their_retention_are_pruned_in_batches;
     reopening: latest_sample_and_last_seen_survive_a_reopen,
+    delete_vm_racing_sample_batches_leaves_no_orphan_rows,
 );

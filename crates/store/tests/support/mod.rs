@@ -250,3 +250,24 @@ pub fn stop_throwaway_server() {
         }
     }
 }
+
+/// The single integer a query returns, asked straight of the database behind `url`.
+pub async fn count(url: &str, sql: &str) -> i64 {
+    if url.starts_with("sqlite") {
+        let mut conn = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("connect to the SQLite test database");
+        sqlx::query_scalar(sql)
+            .fetch_one(&mut conn)
+            .await
+            .expect("count query")
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .expect("connect to the PostgreSQL test database");
+        sqlx::query_scalar(sql)
+            .fetch_one(&mut conn)
+            .await
+            .expect("count query")
+    }
+}
