@@ -23,7 +23,7 @@ mod thermal;
 mod tool;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use infinibay_protocol::Timestamp;
@@ -38,7 +38,7 @@ pub use process::KernelUnits;
 use cpu::{CpuTimes, ProcStat};
 use disks::{DiskClass, DiskCounters};
 use net::NetCounters;
-use read::{CollectError, read_into, read_trimmed, text};
+use read::{CollectError, read_into, read_kept_open, read_trimmed, text};
 
 /// Where the collectors look; tests point these at captured fixtures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +96,11 @@ pub struct Collector {
     units: KernelUnits,
     /// Reused for every kernel file read by `system_metrics`.
     buf: Vec<u8>,
+    /// Whether the roots are the running system's (see [`Roots::is_live`]).
+    live: bool,
+    /// The /proc files read every sample, kept open on the live system (see
+    /// `read::read_kept_open`).
+    kept_open: HashMap<PathBuf, std::fs::File>,
     stat: ProcStat,
     previous_cpu: Option<CpuTimes>,
     previous_cores: Vec<(u32, CpuTimes)>,
@@ -121,6 +126,8 @@ impl Collector {
     /// A collector whose `/proc` was captured on a kernel with other units (fixtures).
     pub fn with_kernel_units(roots: Roots, units: KernelUnits) -> Self {
         Self {
+            live: roots.is_live(),
+            kept_open: HashMap::new(),
             roots,
             units,
             buf: Vec::with_capacity(8 * 1024),
@@ -187,7 +194,7 @@ impl Collector {
     pub fn process_snapshot(&mut self, top_n: usize) -> ProcessSnapshot {
         let uptime = self.uptime().unwrap_or(0.0);
         let path = self.roots.proc.join("stat");
-        match read_into(&path, &mut self.buf) {
+        match self.read_sampled(&path) {
             Ok(()) => cpu::parse_proc_stat(&text(&self.buf), &mut self.stat),
             Err(e) => self.note("proc_stat", &e),
         }
@@ -331,9 +338,19 @@ impl Collector {
         }
     }
 
+    /// Read a /proc file that is read every sample into `buf`: through a handle kept open on
+    /// the live system; opened each time in a fixture tree (whose files tests may replace).
+    fn read_sampled(&mut self, path: &Path) -> Result<(), CollectError> {
+        if self.live {
+            read_kept_open(&mut self.kept_open, path, &mut self.buf)
+        } else {
+            read_into(path, &mut self.buf)
+        }
+    }
+
     fn uptime(&mut self) -> Option<f64> {
         let path = self.roots.proc.join("uptime");
-        match read_into(&path, &mut self.buf) {
+        match self.read_sampled(&path) {
             Ok(()) => {
                 let uptime = load::parse_uptime(&text(&self.buf));
                 if uptime.is_none() {
@@ -350,7 +367,7 @@ impl Collector {
 
     fn cpu(&mut self) -> CpuMetrics {
         let path = self.roots.proc.join("stat");
-        if let Err(e) = read_into(&path, &mut self.buf) {
+        if let Err(e) = self.read_sampled(&path) {
             self.note("proc_stat", &e);
             return CpuMetrics::default();
         }
@@ -406,7 +423,7 @@ impl Collector {
 
     fn memory(&mut self) -> infinibay_protocol::message::MemoryMetrics {
         let path = self.roots.proc.join("meminfo");
-        if let Err(e) = read_into(&path, &mut self.buf) {
+        if let Err(e) = self.read_sampled(&path) {
             self.note("meminfo", &e);
             return Default::default();
         }
@@ -418,7 +435,7 @@ impl Collector {
 
     fn disk_usage(&mut self) -> Vec<infinibay_protocol::message::DiskUsage> {
         let path = self.roots.proc.join("mounts");
-        if let Err(e) = read_into(&path, &mut self.buf) {
+        if let Err(e) = self.read_sampled(&path) {
             self.note("mounts", &e);
             return Vec::new();
         }
@@ -435,7 +452,7 @@ impl Collector {
         uptime: Option<f64>,
     ) -> infinibay_protocol::message::DiskIo {
         let path = self.roots.proc.join("diskstats");
-        if let Err(e) = read_into(&path, &mut self.buf) {
+        if let Err(e) = self.read_sampled(&path) {
             self.note("diskstats", &e);
             return Default::default();
         }
@@ -471,22 +488,29 @@ impl Collector {
         elapsed: Option<f64>,
     ) -> Vec<infinibay_protocol::message::InterfaceStats> {
         let path = self.roots.proc.join("net/dev");
-        if let Err(e) = read_into(&path, &mut self.buf) {
+        if let Err(e) = self.read_sampled(&path) {
             self.note("net_dev", &e);
             return Vec::new();
         }
         let mut counters = net::parse_net_dev(&text(&self.buf));
         counters.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut addresses = self.addresses();
+        let net::LiveInterfaces {
+            mut addresses,
+            flags,
+        } = self.interfaces();
         let stats = counters
             .iter()
             .map(|now| {
                 let previous = self.previous_nets.iter().find(|p| p.name == now.name);
+                let up = match flags.get(&now.name) {
+                    Some(&flags) => net::flags_say_up(flags),
+                    None => net::sysfs_is_up(&self.roots.sys, &now.name),
+                };
                 net::interface_stats(
                     now,
                     elapsed.and(previous),
                     elapsed.unwrap_or(0.0),
-                    net::sysfs_is_up(&self.roots.sys, &now.name),
+                    up,
                     net::address_strings(addresses.remove(&now.name).unwrap_or_default()),
                 )
             })
@@ -495,10 +519,12 @@ impl Collector {
         stats
     }
 
-    fn addresses(&mut self) -> net::AddressMap {
+    /// Addresses and flags from the kernel (`getifaddrs`) on the live system; a fixture tree
+    /// has only the IPv6 addresses /proc lists, and its interfaces' state is read from sysfs.
+    fn interfaces(&mut self) -> net::LiveInterfaces {
         if self.roots.is_live() {
-            match net::getifaddrs_addresses() {
-                Ok(map) => return map,
+            match net::getifaddrs_interfaces() {
+                Ok(live) => return live,
                 Err(e) => self.note(
                     "getifaddrs",
                     &CollectError::Tool {
@@ -509,17 +535,17 @@ impl Collector {
             }
         }
         // A fixture tree (or a failed getifaddrs) has only what /proc lists: IPv6.
-        let mut map = net::AddressMap::new();
+        let mut live = net::LiveInterfaces::default();
         let path = self.roots.proc.join("net/if_inet6");
         if read_into(&path, &mut self.buf).is_ok() {
-            net::parse_if_inet6(&text(&self.buf), &mut map);
+            net::parse_if_inet6(&text(&self.buf), &mut live.addresses);
         }
-        map
+        live
     }
 
     fn load_average(&mut self) -> infinibay_protocol::message::LoadAverage {
         let path = self.roots.proc.join("loadavg");
-        if let Err(e) = read_into(&path, &mut self.buf) {
+        if let Err(e) = self.read_sampled(&path) {
             self.note("loadavg", &e);
             return Default::default();
         }

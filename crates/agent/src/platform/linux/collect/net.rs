@@ -1,5 +1,5 @@
-//! Network interfaces: counters from `/proc/net/dev`, state from sysfs, addresses from
-//! `getifaddrs` (or `/proc/net/if_inet6` when reading a fixture tree).
+//! Network interfaces: counters from `/proc/net/dev`, addresses and state from `getifaddrs`
+//! (or `/proc/net/if_inet6` and sysfs when reading a fixture tree).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -62,6 +62,16 @@ pub(crate) fn parse_net_dev(text: &str) -> Vec<NetCounters> {
 
 /// `IFF_UP` from `<linux/if.h>`.
 const IFF_UP: u64 = 0x1;
+/// `IFF_RUNNING` from `<linux/if.h>`.
+const IFF_RUNNING: u64 = 0x40;
+
+/// [`is_up`] from an interface's flags as `getifaddrs` reports them: the kernel sets
+/// `IFF_RUNNING` exactly when the device runs and its operstate is `up` or `unknown`
+/// (`dev_get_flags`), the rule [`is_up`] applies to sysfs's `operstate` — without reading two
+/// sysfs files per interface every sample.
+pub(crate) fn flags_say_up(flags: u64) -> bool {
+    flags & IFF_UP != 0 && flags & IFF_RUNNING != 0
+}
 
 /// Up means administratively up (`flags` has IFF_UP) and operationally up. Loopback and
 /// many virtual devices report operstate `unknown` while working, so `unknown` counts as up
@@ -126,6 +136,15 @@ pub(crate) fn interface_stats(
 /// Addresses per interface name; each list has IPv4 before IPv6, each family sorted.
 pub(crate) type AddressMap = BTreeMap<String, Vec<IpAddr>>;
 
+/// What one `getifaddrs` call says about the interfaces.
+#[derive(Debug, Default)]
+pub(crate) struct LiveInterfaces {
+    /// Addresses per interface.
+    pub addresses: AddressMap,
+    /// Flags (`IFF_*`) per interface, from its link-level (`AF_PACKET`) entry.
+    pub flags: BTreeMap<String, u64>,
+}
+
 /// Puts the lists in their reported order and turns them into strings.
 pub(crate) fn address_strings(mut addresses: Vec<IpAddr>) -> Vec<String> {
     addresses.sort_by_key(|a| (a.is_ipv6(), *a));
@@ -154,8 +173,8 @@ pub(crate) fn parse_if_inet6(text: &str, into: &mut AddressMap) {
 
 /// IPv4 and IPv6 addresses of the live system through `getifaddrs(3)`: glibc asks the
 /// kernel over netlink inside the process, so no tool is spawned.
-pub(crate) fn getifaddrs_addresses() -> std::io::Result<AddressMap> {
-    let mut map = AddressMap::new();
+pub(crate) fn getifaddrs_interfaces() -> std::io::Result<LiveInterfaces> {
+    let mut live = LiveInterfaces::default();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: `head` is a valid out-pointer; on success the list is freed below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
@@ -172,6 +191,15 @@ pub(crate) fn getifaddrs_addresses() -> std::io::Result<AddressMap> {
         // SAFETY: ifa_addr is non-null and points to a sockaddr whose family says its type.
         let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
         let address = match family {
+            libc::AF_PACKET => {
+                // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+                let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
+                live.flags.insert(
+                    name.to_string_lossy().into_owned(),
+                    u64::from(entry.ifa_flags),
+                );
+                continue;
+            }
             libc::AF_INET => {
                 // SAFETY: family AF_INET means the storage is a sockaddr_in.
                 let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
@@ -192,11 +220,14 @@ pub(crate) fn getifaddrs_addresses() -> std::io::Result<AddressMap> {
             Some((base, _)) if family == libc::AF_INET => base,
             _ => &name,
         };
-        map.entry(base.to_string()).or_default().push(address);
+        live.addresses
+            .entry(base.to_string())
+            .or_default()
+            .push(address);
     }
     // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
     unsafe { libc::freeifaddrs(head) };
-    Ok(map)
+    Ok(live)
 }
 
 #[cfg(test)]
@@ -228,6 +259,10 @@ mod tests {
         assert!(!is_up(Some("down"), Some(0x1003)));
         assert!(!is_up(Some("up"), Some(0x1002)));
         assert!(!is_up(Some("unknown"), None));
+        assert!(flags_say_up(0x1043), "UP|BROADCAST|RUNNING|MULTICAST");
+        assert!(flags_say_up(0x49), "lo: UP|LOOPBACK|RUNNING");
+        assert!(!flags_say_up(0x1003), "up but no carrier");
+        assert!(!flags_say_up(0x1042), "down");
         assert!(!is_up(None, None));
     }
 
@@ -270,5 +305,18 @@ mod tests {
             address_strings(map["eth0"].clone()),
             ["fd00::2", "fe80::fc:ff:fe00:1"]
         );
+    }
+
+    #[test]
+    fn getifaddrs_flags_say_what_sysfs_says_on_this_machine() {
+        let live = getifaddrs_interfaces().expect("getifaddrs");
+        assert!(live.flags.contains_key("lo"), "{:?}", live.flags);
+        for (name, flags) in &live.flags {
+            assert_eq!(
+                flags_say_up(*flags),
+                sysfs_is_up(Path::new("/sys"), name),
+                "{name}: flags {flags:#x}"
+            );
+        }
     }
 }

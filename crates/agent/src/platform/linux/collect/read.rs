@@ -85,6 +85,53 @@ pub(crate) fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<(), CollectErr
     Ok(())
 }
 
+/// Reads a whole kernel file (seq_file) through a handle kept open: `pread` at offset 0
+/// makes the kernel generate the file afresh, as `top` re-reads /proc/stat, and saves the
+/// path walk, open and close of every sample. A handle that fails is dropped and the file
+/// opened again once.
+pub(crate) fn read_kept_open(
+    files: &mut std::collections::HashMap<PathBuf, File>,
+    path: &Path,
+    buf: &mut Vec<u8>,
+) -> Result<(), CollectError> {
+    if let Some(file) = files.get(path) {
+        if pread_all(file, buf).is_ok() {
+            return Ok(());
+        }
+        files.remove(path);
+    }
+    let file = File::open(path).map_err(|e| CollectError::read(path, e))?;
+    pread_all(&file, buf).map_err(|e| CollectError::read(path, e))?;
+    files.insert(path.to_path_buf(), file);
+    Ok(())
+}
+
+fn pread_all(file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const MIN_CAPACITY: usize = 4096;
+    buf.clear();
+    loop {
+        let filled = buf.len();
+        if buf.capacity() - filled < MIN_CAPACITY / 2 {
+            buf.reserve(buf.capacity().max(MIN_CAPACITY));
+        }
+        let room = buf.capacity();
+        buf.resize(room, 0);
+        match file.read_at(&mut buf[filled..], filled as u64) {
+            Ok(0) => {
+                buf.truncate(filled);
+                return Ok(());
+            }
+            Ok(n) => buf.truncate(filled + n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(filled),
+            Err(e) => {
+                buf.clear();
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// A small file as trimmed text (`/proc/sys/kernel/hostname`, sysfs attributes).
 pub(crate) fn read_trimmed(path: &Path) -> Result<String, CollectError> {
     let raw = std::fs::read(path).map_err(|e| CollectError::read(path, e))?;
@@ -139,5 +186,39 @@ mod tests {
         assert_eq!(parse_u64(b""), None);
         assert_eq!(parse_u64(b"-1"), None);
         assert_eq!(parse_u64(b"12a"), None);
+    }
+
+    #[test]
+    fn a_kept_open_proc_file_is_generated_afresh_on_every_read() {
+        let mut files = std::collections::HashMap::new();
+        let mut buf = Vec::new();
+        let uptime = Path::new("/proc/uptime");
+        let seconds = |buf: &[u8]| -> f64 {
+            text(buf)
+                .split_whitespace()
+                .next()
+                .and_then(|s| s.parse().ok())
+                .expect("uptime seconds")
+        };
+        read_kept_open(&mut files, uptime, &mut buf).expect("first read");
+        let first = seconds(&buf);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        read_kept_open(&mut files, uptime, &mut buf).expect("second read");
+        assert_eq!(files.len(), 1, "one handle, reused");
+        assert!(seconds(&buf) > first, "{} then {first}", seconds(&buf));
+    }
+
+    #[test]
+    fn a_kept_open_file_longer_than_the_buffer_is_read_whole() {
+        let mut files = std::collections::HashMap::new();
+        let mut buf = Vec::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("big");
+        let content: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(&path, &content).expect("write");
+        read_kept_open(&mut files, &path, &mut buf).expect("read");
+        assert_eq!(buf, content);
+        read_kept_open(&mut files, &path, &mut buf).expect("read again");
+        assert_eq!(buf, content);
     }
 }
