@@ -4,10 +4,14 @@ import json, os, statistics, sys
 ingest_path, loads_path, out, host_ok, corpus_bytes, messages, rounds = sys.argv[1:]
 context = os.environ.get("CONTEXT", "")
 runs = [json.loads(l) for l in open(ingest_path) if l.strip()]
-ours = [r for r in runs if r["consumer"].startswith("rust")]
+host = [r for r in runs if r["consumer"] == "infinibay-host-ingest"]
+pipeline = [r for r in runs if r["consumer"] == "rust-protocol-pipeline"]
 node = [r for r in runs if r["consumer"].startswith("node")]
-med = lambda rs, k: statistics.median(r[k] for r in rs)
+med = lambda rs, k: statistics.median(r[k] for r in rs) if rs else 0.0
 loads = [json.loads(l) for l in open(loads_path) if l.strip()]
+# The budget is the host's own ingest code; the bare protocol pipeline is shown beside it.
+ours = host or pipeline
+ours_name = "the host's own ingest (`infinibay bench-ingest`)" if host else "the protocol pipeline only (the host did not build)"
 o_core, n_core = med(ours, "msg_per_cpu_sec"), med(node, "msg_per_cpu_sec")
 lines = []
 w = lines.append
@@ -24,21 +28,32 @@ w(f"The same corpus ({int(corpus_bytes)//2000} bytes/message, 2,000 distinct mes
   f"process at a time, {rounds} rounds each, medians reported. msg/s per core = messages ÷ the consumer's "
   "own CPU seconds (user+system) from its first byte to end of stream.")
 w("")
-w("- **ours**: `infinibay-sim ingest` — the protocol pipeline (`GuestStreamDecoder` → `sanitize` → tokio "
-  "`broadcast` publish to one subscriber), current-thread runtime. This is the pipeline the host's "
-  "ingest is built on, not `crates/host`'s own ingest code (no per-VM token bucket, no status tracking).")
+w("- **ours, host**: `infinibay bench-ingest --socket` — the code a connection task of `infinibay serve` runs "
+  "per read (`connection::ingest_read` → `Ingest::on_item`): `GuestStreamDecoder` (fast path), per-VM token bucket "
+  "(rate out of reach), `sanitize`, VM status/`last_seen`/counters, the sample built and handed to the host's "
+  "`StoreQueue` (no store writer: storage stubbed, the queue keeps the newest samples per VM), publish on the "
+  "`InProcessBus` to one metrics subscriber; current-thread runtime (one core, like the peer's event loop) and mimalloc, as `serve`. This is the budget's figure.")
+w("- **ours, protocol pipeline**: `infinibay-sim ingest` — `GuestStreamDecoder` → `sanitize` → tokio "
+  "`broadcast` publish, current-thread runtime, system allocator: the protocol crate alone, for comparison.")
 w("- **peer**: `bench/host/node-watcher.js` — seeds 001/003 re-implemented (buffered `toString().split('\\n')`, "
   "`JSON.parse`, `validateMessage` + `validateMetrics`, Prisma create stubbed as a resolved promise, EventEmitter emit).")
 w("")
 w("| consumer | msg/s per core (median) | wall msg/s | CPU s | peak RSS | rounds (msg/s per core) |")
 w("| --- | ---: | ---: | ---: | ---: | --- |")
-for name, rs in (("ours: protocol pipeline", ours), ("peer: seeds' Node watcher", node)):
+for name, rs in (("ours: host ingest", host), ("ours: protocol pipeline", pipeline), ("peer: seeds' Node watcher", node)):
+    if not rs:
+        w(f"| {name} | not measured | | | | |")
+        continue
     w(f"| {name} | {med(rs,'msg_per_cpu_sec'):,.0f} | {med(rs,'msg_per_sec'):,.0f} | {med(rs,'cpu_secs'):.2f} | "
       f"{med(rs,'max_rss_kb')/1024:.0f} MiB | {', '.join(format(r['msg_per_cpu_sec'], ',.0f') for r in rs)} |")
 w("")
-ratio = o_core / n_core
-w(f"**Ratio per core: {ratio:.1f}×** the peer measured in the same run (goal ≥ 10×: "
-  + ("met" if ratio >= 10 else "**not met**") + ").")
+ratio = o_core / n_core if n_core else 0.0
+if not n_core:
+    w("**Not measured in this run** (the ingest section was left out).")
+else:
+  w(f"**Ratio per core: {ratio:.1f}×** for {ours_name} against the peer measured in the same run (goal ≥ 10×: "
+  + ("met" if ratio >= 10 else "**not met**") + ")"
+  + (f"; the protocol pipeline alone: {med(pipeline,'msg_per_cpu_sec')/n_core:.1f}×." if host and pipeline and n_core else "."))
 lag = sum(r.get("lagged", 0) for r in ours)
 if lag:
     w(f"(The bus subscriber missed {lag:,} messages over all rounds: a tokio broadcast keeps the newest when a subscriber lags.)")
@@ -147,8 +162,11 @@ w("## Budgets")
 w("")
 w("| budget | result |")
 w("| --- | --- |")
-w(f"| ingest ≥ 10× the Node watcher per core | {ratio:.1f}× ({o_core:,.0f} vs {n_core:,.0f} msg/s per core) — "
-  + ("met" if ratio >= 10 else "**not met**") + "; protocol pipeline, not the host's own ingest code |")
+if not n_core:
+    w("| ingest ≥ 10× the Node watcher per core | not measured in this run |")
+else:
+  w(f"| ingest ≥ 10× the Node watcher per core | {ratio:.1f}× ({o_core:,.0f} vs {n_core:,.0f} msg/s per core) — "
+  + ("met" if ratio >= 10 else "**not met**") + f"; {ours_name} |")
 for key, label in (("store-sqlite", "SQLite storage ≥ 50,000 samples/s sustained"), ("store-pg", "PostgreSQL ≥ 50,000 samples/s sustained")):
     l = by.get(key)
     if not l:

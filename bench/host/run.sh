@@ -13,6 +13,8 @@
 #   HOST_BIN         the infinibay binary; default target/release/infinibay when it has `serve`
 #   SKIP_BUILD=1     use the binaries already built
 #   OUT              report path (default bench/results/host.md)
+#   SECTIONS         which parts to run, space-separated, of: ingest many flood store drain
+#                    (default: all; the report then says which were left out)
 #
 # Non-interactive, bounded: every process it starts is killed on exit, every wait has a limit.
 set -euo pipefail
@@ -47,6 +49,9 @@ cleanup() {
   if [[ ${KEEP_WORK:-0} == 1 ]]; then echo "work files kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
+
+SECTIONS=${SECTIONS:-ingest many flood store drain}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -92,6 +97,7 @@ CONTEXT=$(cat <<EOF
 - date: $(date -u '+%Y-%m-%d %H:%M UTC'); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')
 - machine: $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/MemTotal/ { printf "%.1f GiB", $2/1048576 }' /proc/meminfo) RAM, Linux $(uname -r)
 - load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine shares the 2 cores)
+- sections run: $SECTIONS
 - rustc $(rustc --version | cut -d' ' -f2), node $(node --version), RLIMIT_NOFILE $(ulimit -n)/$(ulimit -Hn)
 EOF
 )
@@ -118,12 +124,18 @@ feed_to() { # consumer command...
   wait "$feeder"
 }
 
+if want ingest; then
 for round in $(seq "$ROUNDS"); do
-  log "ingest round $round/$ROUNDS: rust pipeline"
+  if [[ $HOST_OK == 1 ]]; then
+    log "ingest round $round/$ROUNDS: the host's own ingest (infinibay bench-ingest)"
+    feed_to "$HOST_BIN" bench-ingest --socket "$WORK/feed.sock"
+  fi
+  log "ingest round $round/$ROUNDS: rust protocol pipeline"
   feed_to "$SIM" ingest --socket "$WORK/feed.sock"
   log "ingest round $round/$ROUNDS: node watcher"
   feed_to node "$NODE_WATCHER" --socket "$WORK/feed.sock"
 done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Load scenarios: the simulator (two processes when one would exceed RLIMIT_NOFILE) and one
@@ -256,10 +268,10 @@ HOST_PORT=${HOST_PORT:-18480}
 STORE_VMS=${STORE_VMS:-$VMS}
 STORE_INTERVAL=${STORE_INTERVAL:-0.2}
 if [[ $HOST_OK == 1 ]]; then
-  run_load many "$VMS" 1 small 0 0
-  run_load flood "$((OTHERS + 1))" 1 small 1 0
-  DB_KIND=sqlite run_load store-sqlite "$STORE_VMS" "$STORE_INTERVAL" small 0 0
-  if [[ ${SKIP_PG:-0} != 1 ]]; then
+  want many && run_load many "$VMS" 1 small 0 0
+  want flood && run_load flood "$((OTHERS + 1))" 1 small 1 0
+  want store && DB_KIND=sqlite run_load store-sqlite "$STORE_VMS" "$STORE_INTERVAL" small 0 0
+  if want store && [[ ${SKIP_PG:-0} != 1 ]]; then
     # shellcheck source=../../scripts/lib/postgres.sh
     source "$ROOT/scripts/lib/postgres.sh"
     if pg_throwaway_start >"$WORK/pg.log" 2>&1; then
@@ -271,11 +283,13 @@ if [[ $HOST_OK == 1 ]]; then
   fi
 fi
 # The stand-in host: the simulator's own cost on both runtimes, and a floor for the host.
-USE_DRAIN=1 run_load many-drain "$VMS" 1 small 0 0
-if [[ ${COMPARE_SIM_THREADS:-1} == 1 ]]; then
-  USE_DRAIN=1 run_load many-drain-mt "$VMS" 1 small 0 2
+if want drain; then
+  USE_DRAIN=1 run_load many-drain "$VMS" 1 small 0 0
+  if [[ ${COMPARE_SIM_THREADS:-1} == 1 ]]; then
+    USE_DRAIN=1 run_load many-drain-mt "$VMS" 1 small 0 2
+  fi
+  USE_DRAIN=1 run_load flood-drain "$((OTHERS + 1))" 1 small 1 0
 fi
-USE_DRAIN=1 run_load flood-drain "$((OTHERS + 1))" 1 small 1 0
 
 # ---------------------------------------------------------------------------------------------
 log "writing $OUT"

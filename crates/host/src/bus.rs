@@ -242,6 +242,13 @@ pub trait CommandHandler: Send + Sync + 'static {
 pub trait Bus: Send + Sync + 'static {
     /// Publish an event to its subject.
     fn publish(&self, event: BusEvent);
+    /// Whether an event of `topic` about `vm_id` would reach anyone now. Publishers use it to
+    /// skip building an event nobody receives (a sample's copy for the bus); when unsure, an
+    /// implementation answers `true`.
+    fn has_subscribers(&self, topic: Topic, vm_id: &str) -> bool {
+        let _ = (topic, vm_id);
+        true
+    }
     /// Receive the events that pass `filter`, from now on.
     fn subscribe(&self, filter: Filter) -> Subscription;
     /// Install the responder for `infinibay.vm.*.command` (done once by the host).
@@ -410,6 +417,22 @@ impl Bus for InProcessBus {
         }
     }
 
+    fn has_subscribers(&self, topic: Topic, vm_id: &str) -> bool {
+        if self.all.receiver_count() > 0
+            || self
+                .topics
+                .get(&topic)
+                .is_some_and(|tx| tx.receiver_count() > 0)
+        {
+            return true;
+        }
+        let map = match self.per_vm.read() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.get(vm_id).is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
     fn subscribe(&self, filter: Filter) -> Subscription {
         let rx = match (&filter.vm_id, filter.topic) {
             (Some(vm), _) => {
@@ -513,6 +536,23 @@ mod tests {
             other => panic!("expected a lag notice, got {other:?}"),
         }
         assert!(matches!(slow.recv().await, Some(Received::Event(_))));
+    }
+
+    #[test]
+    fn has_subscribers_is_true_only_for_what_someone_listens_to() {
+        let bus = InProcessBus::default();
+        assert!(!bus.has_subscribers(Topic::Metrics, "a"));
+        let only_a = bus.subscribe(Filter::vm("a"));
+        assert!(bus.has_subscribers(Topic::Metrics, "a"));
+        assert!(!bus.has_subscribers(Topic::Metrics, "b"));
+        let statuses = bus.subscribe(Filter::topic(Topic::Status));
+        assert!(bus.has_subscribers(Topic::Status, "b"));
+        assert!(!bus.has_subscribers(Topic::Metrics, "b"));
+        drop((only_a, statuses));
+        let everything = bus.subscribe(Filter::all());
+        assert!(bus.has_subscribers(Topic::Inventory, "c"));
+        drop(everything);
+        assert!(!bus.has_subscribers(Topic::Metrics, "a"));
     }
 
     #[tokio::test]

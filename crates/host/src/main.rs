@@ -6,7 +6,19 @@ use tracing_subscriber::EnvFilter;
 
 use infinibay::cli::{Cli, CliCommand, ConfigArgs};
 
+// Ingest allocates a few small strings and vectors per message on every connection task's
+// thread; mimalloc's thread-local free lists make that markedly cheaper than glibc's malloc
+// (bench/results/host.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    // Hidden benchmark entry (not in `--help`): bench/host/run.sh measures the host's own
+    // ingest code with it. Kept out of the public CLI on purpose.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "bench-ingest") {
+        return bench_ingest(args.collect());
+    }
     let cli = Cli::parse();
     // RUST_LOG filters per component target: infinibay::watcher, infinibay::connection,
     // infinibay::ingest, infinibay::store, infinibay::commands, infinibay::maintenance, …
@@ -100,4 +112,39 @@ async fn shutdown_signal() {
         }
     }
     tracing::info!(target: "infinibay::host", "shutdown requested");
+}
+
+/// `infinibay bench-ingest --socket PATH`: one JSON line on stdout (same fields as
+/// `infinibay-sim ingest`), see `infinibay::ingest::bench_socket`.
+fn bench_ingest(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let socket = match args.as_slice() {
+        [flag, path] if flag == "--socket" => std::path::PathBuf::from(path),
+        _ => {
+            eprintln!("usage: infinibay bench-ingest --socket PATH");
+            return ExitCode::from(2);
+        }
+    };
+    // One thread, like the Node peer's event loop: the figure is then the CPU cost of the work
+    // per message, not of waking a subscriber on another core for every sample.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = infinibay::Config::default();
+    match runtime.block_on(infinibay::ingest::bench_socket(&socket, &config)) {
+        Ok(report) => {
+            println!("{}", report.to_json("infinibay-host-ingest"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: bench-ingest on {}: {e}", socket.display());
+            ExitCode::FAILURE
+        }
+    }
 }

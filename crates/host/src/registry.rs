@@ -127,7 +127,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl VmEntry {
-    fn new(id: String, socket_path: PathBuf) -> Self {
+    pub(crate) fn new(id: String, socket_path: PathBuf) -> Self {
         Self {
             id,
             socket_path: Mutex::new(socket_path),
