@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::{
-    InventoryKind, MetricSample, Resolution, Retention, ServiceStateChange, StoreError, VmStatus,
+    InventoryKind, MaintenanceReport, MetricSample, Resolution, Retention, ServiceStateChange,
+    StoreError, VmStatus,
 };
 
 /// A minute and an hour in milliseconds (bucket steps of the rollup tiers).
@@ -30,12 +31,180 @@ pub(crate) enum Plan {
     Rollup { tier: Resolution, width_ms: i64 },
 }
 
-/// Tables pruned by [`crate::Retention::events`] and their time columns.
-pub(crate) const EVENT_TABLES: [(&str, &str); 3] = [
-    ("service_history", "at"),
-    ("vm_errors", "at"),
-    ("command_log", "created_at"),
+/// Tables holding rows of one VM by its id, deleted with the VM.
+pub(crate) const VM_ID_TABLES: [&str; 5] = [
+    "vm_latest_sample",
+    "vm_inventory",
+    "service_history",
+    "command_log",
+    "vm_errors",
 ];
+
+/// Tables holding rows of one VM by its integer key, deleted with the VM.
+pub(crate) const VM_KEY_TABLES: [&str; 3] = ["metric_samples", "metric_minute", "metric_hour"];
+
+/// The statements of a maintenance pass, per backend; the pass itself (what is rolled up and
+/// pruned, in which order and slices) is [`maintain`]. Times are ms since the epoch.
+pub(crate) trait MaintenanceOps: Sync {
+    /// Where the tier's roll-up stands (`None` before the first).
+    fn watermark(
+        &self,
+        tier: Resolution,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+    /// Time of the first source row (raw sample for minutes, minute for hours) at or after
+    /// `from`.
+    fn first_source_row(
+        &self,
+        tier: Resolution,
+        from: i64,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+    /// Recomputes the tier's buckets of `[start, end)` and moves its watermark to `end` (and
+    /// the hour watermark back to the hour of `start` for minutes), in one transaction.
+    /// Returns the buckets written.
+    fn roll_range(
+        &self,
+        tier: Resolution,
+        start: i64,
+        end: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Moves the tier's watermark forward to `end` (never back).
+    fn advance_watermark(
+        &self,
+        tier: Resolution,
+        end: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Deletes at most `batch` rows of `table` whose `column` is before `cutoff`.
+    fn prune_batch(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        cutoff: i64,
+        batch: i64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// One maintenance pass: roll minutes and hours forward, then prune every table by its
+/// retention, `batch` rows per statement.
+pub(crate) async fn maintain<M: MaintenanceOps>(
+    db: &M,
+    now: DateTime<Utc>,
+    retention: Retention,
+    batch: u32,
+) -> Result<MaintenanceReport, StoreError> {
+    let batch = i64::from(batch.max(1));
+    let ms = |t: DateTime<Utc>| t.timestamp_millis();
+    let raw_cutoff = ms(now - retention.raw);
+    let minute_cutoff = ms(now - retention.minute);
+    let hour_cutoff = ms(now - retention.hour);
+    // Minutes whose raw rows may already be partly pruned are never recomputed.
+    let minute_end = floor_to(ms(now - ROLLUP_GRACE), MINUTE_MS);
+    let minute_buckets = roll_tier(
+        db,
+        Resolution::Minute,
+        ceil_to(raw_cutoff, MINUTE_MS),
+        minute_end,
+    )
+    .await?;
+    let hour_buckets = roll_tier(
+        db,
+        Resolution::Hour,
+        ceil_to(minute_cutoff, HOUR_MS),
+        floor_to(minute_end, HOUR_MS),
+    )
+    .await?;
+    let events_cutoff = ms(now - retention.events);
+    let mut pruned = 0;
+    for (table, column, cutoff) in [
+        ("metric_samples", "at", raw_cutoff),
+        ("metric_minute", "bucket", minute_cutoff),
+        ("metric_hour", "bucket", hour_cutoff),
+        ("service_history", "at", events_cutoff),
+        ("vm_errors", "at", events_cutoff),
+        ("command_log", "created_at", events_cutoff),
+    ] {
+        loop {
+            let deleted = db.prune_batch(table, column, cutoff, batch).await?;
+            pruned += deleted;
+            if deleted < u64::try_from(batch).unwrap_or(u64::MAX) {
+                break;
+            }
+        }
+    }
+    Ok(MaintenanceReport {
+        minute_buckets,
+        hour_buckets,
+        pruned,
+    })
+}
+
+/// Rolls one tier forward from its watermark to `end`, one step-sized range per transaction,
+/// skipping empty stretches.
+async fn roll_tier<M: MaintenanceOps>(
+    db: &M,
+    tier: Resolution,
+    oldest_allowed: i64,
+    end: i64,
+) -> Result<u64, StoreError> {
+    let step = if tier == Resolution::Minute {
+        MINUTE_MS
+    } else {
+        HOUR_MS
+    };
+    // Far enough back for "from the beginning" and still a valid PostgreSQL timestamp.
+    const BEGINNING: i64 = -62_000_000_000_000;
+    let mut cursor = db
+        .watermark(tier)
+        .await?
+        .unwrap_or(BEGINNING)
+        .max(oldest_allowed);
+    let mut written = 0;
+    while cursor < end {
+        let Some(next_source) = db.first_source_row(tier, cursor).await? else {
+            break;
+        };
+        let start = floor_to(next_source, step).max(cursor);
+        if start >= end {
+            break;
+        }
+        let stop = (start + step).min(end);
+        written += db.roll_range(tier, start, stop).await?;
+        cursor = stop;
+    }
+    // Every source row before `end` is now rolled up (or there were none).
+    db.advance_watermark(tier, end).await?;
+    Ok(written)
+}
+
+/// `minute` / `hour`, as `rollup_state.tier` names them.
+pub(crate) fn tier_name(tier: Resolution) -> &'static str {
+    if tier == Resolution::Minute {
+        "minute"
+    } else {
+        "hour"
+    }
+}
+
+/// The keys of every sample's VM: known before the batch (`planned`) or registered by it
+/// (`learned`).
+pub(crate) fn sample_keys(
+    samples: &[MetricSample],
+    planned: &[Option<i64>],
+    learned: &std::collections::HashMap<String, i64>,
+) -> Result<Vec<i64>, StoreError> {
+    samples
+        .iter()
+        .zip(planned)
+        .map(|(s, key)| {
+            key.or_else(|| learned.get(&s.vm_id).copied())
+                .ok_or_else(|| {
+                    StoreError::Other(format!(
+                        "insert_samples: VM {} has no key after registration",
+                        s.vm_id
+                    ))
+                })
+        })
+        .collect()
+}
 
 /// Caps what a caller can ask for, so one query cannot make the database build millions of
 /// points.

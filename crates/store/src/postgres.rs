@@ -16,8 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Connection, Postgres, Row, Transaction};
 
 use crate::common::{
-    self, HOUR_MS, MINUTE_MS, Plan, ROLLUP_GRACE, ceil_to, ctx, db_error, floor_to, from_ms,
-    json_error,
+    self, HOUR_MS, MINUTE_MS, MaintenanceOps, Plan, ctx, db_error, floor_to, from_ms, json_error,
 };
 use crate::hot::HotState;
 use crate::protocol::message::{MetricsBody, VmIdentification};
@@ -171,142 +170,121 @@ async fn ensure_vms(
     Ok(())
 }
 
-async fn roll_range(pool: &PgPool, tier: Resolution, start: i64, end: i64) -> Result<u64> {
-    let sql = match tier {
-        Resolution::Minute => {
-            "INSERT INTO metric_minute (vm_key, bucket, samples, cpu_avg, cpu_min, cpu_max, \
-             mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
-             SELECT vm_key, date_bin('1 minute', at, TIMESTAMPTZ 'epoch'), COUNT(*), AVG(cpu), \
-             MIN(cpu), MAX(cpu), AVG(mem_used_kb)::float8, MAX(mem_total_kb), AVG(disk_read_bps), \
-             AVG(disk_write_bps), AVG(net_rx_bps), AVG(net_tx_bps) \
-             FROM metric_samples WHERE at >= $1 AND at < $2 GROUP BY 1, 2 \
-             ON CONFLICT (vm_key, bucket) DO UPDATE SET samples = excluded.samples, \
-             cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
-             mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
-             disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
-             net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps"
-        }
-        _ => {
-            "INSERT INTO metric_hour (vm_key, bucket, samples, cpu_avg, cpu_min, cpu_max, \
-             mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
-             SELECT vm_key, date_bin('1 hour', bucket, TIMESTAMPTZ 'epoch'), SUM(samples)::int8, \
-             SUM(cpu_avg * samples) / SUM(samples), MIN(cpu_min), MAX(cpu_max), \
-             SUM(mem_used_kb_avg * samples) / SUM(samples), MAX(mem_total_kb), \
-             SUM(disk_read_bps * samples) / SUM(samples), SUM(disk_write_bps * samples) / SUM(samples), \
-             SUM(net_rx_bps * samples) / SUM(samples), SUM(net_tx_bps * samples) / SUM(samples) \
-             FROM metric_minute WHERE bucket >= $1 AND bucket < $2 GROUP BY 1, 2 \
-             ON CONFLICT (vm_key, bucket) DO UPDATE SET samples = excluded.samples, \
-             cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
-             mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
-             disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
-             net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps"
-        }
-    };
-    let tier_name = if tier == Resolution::Minute {
-        "minute"
-    } else {
-        "hour"
-    };
-    let mut tx = pool.begin().await.map_err(ctx("maintain: begin"))?;
-    let written = sqlx::query(sql)
-        .bind(from_ms(start)?)
-        .bind(from_ms(end)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(ctx("maintain: roll up"))?
-        .rows_affected();
-    sqlx::query("UPDATE rollup_state SET done_until = $1 WHERE tier = $2")
-        .bind(from_ms(end)?)
-        .bind(tier_name)
-        .execute(&mut *tx)
-        .await
-        .map_err(ctx("maintain: watermark"))?;
-    if tier == Resolution::Minute {
-        sqlx::query(
-            "UPDATE rollup_state SET done_until = $1 WHERE tier = 'hour' AND done_until > $1",
-        )
-        .bind(from_ms(floor_to(start, HOUR_MS))?)
-        .execute(&mut *tx)
-        .await
-        .map_err(ctx("maintain: hour watermark"))?;
+impl MaintenanceOps for PgStore {
+    async fn watermark(&self, tier: Resolution) -> Result<Option<i64>> {
+        let at: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT done_until FROM rollup_state WHERE tier = $1")
+                .bind(common::tier_name(tier))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(ctx("maintain: read watermark"))?;
+        Ok(at.map(|t| t.timestamp_millis()))
     }
-    tx.commit().await.map_err(ctx("maintain: commit"))?;
-    Ok(written)
-}
 
-async fn roll_tier(pool: &PgPool, tier: Resolution, oldest_allowed: i64, end: i64) -> Result<u64> {
-    let (step, tier_name, source_min) = match tier {
-        Resolution::Minute => (
-            MINUTE_MS,
-            "minute",
-            "SELECT MIN(at) FROM metric_samples WHERE at >= $1",
-        ),
-        _ => (
-            HOUR_MS,
-            "hour",
-            "SELECT MIN(bucket) FROM metric_minute WHERE bucket >= $1",
-        ),
-    };
-    let watermark: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT done_until FROM rollup_state WHERE tier = $1")
-            .bind(tier_name)
-            .fetch_one(pool)
-            .await
-            .map_err(ctx("maintain: read watermark"))?;
-    // Far enough back for "from the beginning" and still a valid PostgreSQL timestamp.
-    let beginning = -62_000_000_000_000;
-    let mut cursor = watermark
-        .map(|w| w.timestamp_millis())
-        .unwrap_or(beginning)
-        .max(oldest_allowed);
-    let mut written = 0;
-    while cursor < end {
-        let next_source: Option<DateTime<Utc>> = sqlx::query_scalar(source_min)
-            .bind(from_ms(cursor)?)
-            .fetch_one(pool)
+    async fn first_source_row(&self, tier: Resolution, from: i64) -> Result<Option<i64>> {
+        let sql = if tier == Resolution::Minute {
+            "SELECT MIN(at) FROM metric_samples WHERE at >= $1"
+        } else {
+            "SELECT MIN(bucket) FROM metric_minute WHERE bucket >= $1"
+        };
+        let at: Option<DateTime<Utc>> = sqlx::query_scalar(sql)
+            .bind(from_ms(from)?)
+            .fetch_one(&self.pool)
             .await
             .map_err(ctx("maintain: find next rows"))?;
-        let Some(next_source) = next_source else {
-            break;
-        };
-        let start = floor_to(next_source.timestamp_millis(), step).max(cursor);
-        if start >= end {
-            break;
-        }
-        let stop = (start + step).min(end);
-        written += roll_range(pool, tier, start, stop).await?;
-        cursor = stop;
+        Ok(at.map(|t| t.timestamp_millis()))
     }
-    sqlx::query(
-        "UPDATE rollup_state SET done_until = $1 \
-         WHERE tier = $2 AND (done_until IS NULL OR done_until < $1)",
-    )
-    .bind(from_ms(end)?)
-    .bind(tier_name)
-    .execute(pool)
-    .await
-    .map_err(ctx("maintain: watermark"))?;
-    Ok(written)
-}
 
-async fn prune(pool: &PgPool, table: &str, column: &str, cutoff: i64, batch: i64) -> Result<u64> {
-    let sql = format!(
-        "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {column} < $1 LIMIT $2))"
-    );
-    let cutoff = from_ms(cutoff)?;
-    let mut pruned = 0;
-    loop {
-        let deleted = sqlx::query(&sql)
-            .bind(cutoff)
+    async fn roll_range(&self, tier: Resolution, start: i64, end: i64) -> Result<u64> {
+        let sql = match tier {
+            Resolution::Minute => {
+                "INSERT INTO metric_minute (vm_key, bucket, samples, cpu_avg, cpu_min, cpu_max, \
+                 mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
+                 SELECT vm_key, date_bin('1 minute', at, TIMESTAMPTZ 'epoch'), COUNT(*), AVG(cpu), \
+                 MIN(cpu), MAX(cpu), AVG(mem_used_kb)::float8, MAX(mem_total_kb), AVG(disk_read_bps), \
+                 AVG(disk_write_bps), AVG(net_rx_bps), AVG(net_tx_bps) \
+                 FROM metric_samples WHERE at >= $1 AND at < $2 GROUP BY 1, 2 \
+                 ON CONFLICT (vm_key, bucket) DO UPDATE SET samples = excluded.samples, \
+                 cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
+                 mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
+                 disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
+                 net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps"
+            }
+            _ => {
+                "INSERT INTO metric_hour (vm_key, bucket, samples, cpu_avg, cpu_min, cpu_max, \
+                 mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
+                 SELECT vm_key, date_bin('1 hour', bucket, TIMESTAMPTZ 'epoch'), SUM(samples)::int8, \
+                 SUM(cpu_avg * samples) / SUM(samples), MIN(cpu_min), MAX(cpu_max), \
+                 SUM(mem_used_kb_avg * samples) / SUM(samples), MAX(mem_total_kb), \
+                 SUM(disk_read_bps * samples) / SUM(samples), SUM(disk_write_bps * samples) / SUM(samples), \
+                 SUM(net_rx_bps * samples) / SUM(samples), SUM(net_tx_bps * samples) / SUM(samples) \
+                 FROM metric_minute WHERE bucket >= $1 AND bucket < $2 GROUP BY 1, 2 \
+                 ON CONFLICT (vm_key, bucket) DO UPDATE SET samples = excluded.samples, \
+                 cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
+                 mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
+                 disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
+                 net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps"
+            }
+        };
+        let mut tx = self.pool.begin().await.map_err(ctx("maintain: begin"))?;
+        let written = sqlx::query(sql)
+            .bind(from_ms(start)?)
+            .bind(from_ms(end)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx("maintain: roll up"))?
+            .rows_affected();
+        sqlx::query("UPDATE rollup_state SET done_until = $1 WHERE tier = $2")
+            .bind(from_ms(end)?)
+            .bind(common::tier_name(tier))
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx("maintain: watermark"))?;
+        if tier == Resolution::Minute {
+            // Recomputed minutes change their hours.
+            sqlx::query(
+                "UPDATE rollup_state SET done_until = $1 WHERE tier = 'hour' AND done_until > $1",
+            )
+            .bind(from_ms(floor_to(start, HOUR_MS))?)
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx("maintain: hour watermark"))?;
+        }
+        tx.commit().await.map_err(ctx("maintain: commit"))?;
+        Ok(written)
+    }
+
+    async fn advance_watermark(&self, tier: Resolution, end: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE rollup_state SET done_until = $1 \
+             WHERE tier = $2 AND (done_until IS NULL OR done_until < $1)",
+        )
+        .bind(from_ms(end)?)
+        .bind(common::tier_name(tier))
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("maintain: watermark"))?;
+        Ok(())
+    }
+
+    async fn prune_batch(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        cutoff: i64,
+        batch: i64,
+    ) -> Result<u64> {
+        let sql = format!(
+            "DELETE FROM {table} WHERE ctid = ANY(ARRAY(\
+             SELECT ctid FROM {table} WHERE {column} < $1 LIMIT $2))"
+        );
+        Ok(sqlx::query(&sql)
+            .bind(from_ms(cutoff)?)
             .bind(batch)
-            .execute(pool)
+            .execute(&self.pool)
             .await
             .map_err(ctx("maintain: prune"))?
-            .rows_affected();
-        pruned += deleted;
-        if deleted < u64::try_from(batch).unwrap_or(u64::MAX) {
-            return Ok(pruned);
-        }
+            .rows_affected())
     }
 }
 
@@ -643,7 +621,7 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(ctx("delete_vm: lock"))?;
-        for table in ["metric_samples", "metric_minute", "metric_hour"] {
+        for table in common::VM_KEY_TABLES {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE vm_key = (SELECT key FROM vms WHERE id = $1)"
             ))
@@ -652,13 +630,7 @@ impl Store for PgStore {
             .await
             .map_err(ctx("delete_vm"))?;
         }
-        for table in [
-            "vm_latest_sample",
-            "vm_inventory",
-            "service_history",
-            "command_log",
-            "vm_errors",
-        ] {
+        for table in common::VM_ID_TABLES {
             sqlx::query(&format!("DELETE FROM {table} WHERE vm_id = $1"))
                 .bind(id)
                 .execute(&mut *tx)
@@ -736,18 +708,7 @@ impl Store for PgStore {
                     .into_iter()
                     .collect();
         }
-        let mut keys = Vec::with_capacity(samples.len());
-        for (s, key) in samples.iter().zip(&plan.keys) {
-            match key.or_else(|| learned.get(&s.vm_id).copied()) {
-                Some(key) => keys.push(key),
-                None => {
-                    return Err(StoreError::Other(format!(
-                        "insert_samples: VM {} has no key after registration",
-                        s.vm_id
-                    )));
-                }
-            }
-        }
+        let keys = common::sample_keys(samples, &plan.keys, &learned)?;
         let insert = format!(
             "INSERT INTO metric_samples (vm_key, at, guest_time, cpu, mem_used_kb, mem_total_kb, \
              swap_used_kb, disk_used_percent, disk_read_bps, disk_write_bps, net_rx_bps, \
@@ -1227,37 +1188,7 @@ impl Store for PgStore {
             *current = retention;
         }
         self.flush().await?;
-        let batch = i64::from(batch.max(1));
-        let raw_cutoff = (now - retention.raw).timestamp_millis();
-        let minute_cutoff = (now - retention.minute).timestamp_millis();
-        let hour_cutoff = (now - retention.hour).timestamp_millis();
-        let minute_end = floor_to((now - ROLLUP_GRACE).timestamp_millis(), MINUTE_MS);
-        let minute_buckets = roll_tier(
-            &self.pool,
-            Resolution::Minute,
-            ceil_to(raw_cutoff, MINUTE_MS),
-            minute_end,
-        )
-        .await?;
-        let hour_buckets = roll_tier(
-            &self.pool,
-            Resolution::Hour,
-            ceil_to(minute_cutoff, HOUR_MS),
-            floor_to(minute_end, HOUR_MS),
-        )
-        .await?;
-        let mut pruned = prune(&self.pool, "metric_samples", "at", raw_cutoff, batch).await?;
-        pruned += prune(&self.pool, "metric_minute", "bucket", minute_cutoff, batch).await?;
-        pruned += prune(&self.pool, "metric_hour", "bucket", hour_cutoff, batch).await?;
-        let events_cutoff = (now - retention.events).timestamp_millis();
-        for (table, column) in common::EVENT_TABLES {
-            pruned += prune(&self.pool, table, column, events_cutoff, batch).await?;
-        }
-        Ok(MaintenanceReport {
-            minute_buckets,
-            hour_buckets,
-            pruned,
-        })
+        common::maintain(self, now, retention, batch).await
     }
 }
 

@@ -20,8 +20,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::common::{
-    self, HOUR_MS, MINUTE_MS, Plan, ROLLUP_GRACE, ceil_to, ctx, db_error, floor_to, from_ms,
-    json_error,
+    self, HOUR_MS, MINUTE_MS, MaintenanceOps, Plan, ctx, db_error, floor_to, from_ms, json_error,
 };
 use crate::hot::HotState;
 use crate::protocol::message::{MetricsBody, VmIdentification};
@@ -326,155 +325,118 @@ async fn write_latest(tx: &mut Transaction<'_, Sqlite>, samples: &[&MetricSample
     Ok(())
 }
 
-/// Recomputes the rollup buckets of `[start, end)` for all VMs and moves the watermark, in one
-/// transaction. Returns the buckets written.
-async fn roll_range(pool: &SqlitePool, tier: Resolution, start: i64, end: i64) -> Result<u64> {
-    let sql = match tier {
-        Resolution::Minute => {
-            "INSERT INTO metric_minute (vm_key, bucket, samples, cpu_avg, cpu_min, cpu_max, \
-             mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
-             SELECT vm_key, (at / 60000) * 60000, COUNT(*), AVG(cpu), MIN(cpu), MAX(cpu), \
-             CAST(AVG(mem_used_kb) AS REAL), MAX(mem_total_kb), AVG(disk_read_bps), \
-             AVG(disk_write_bps), AVG(net_rx_bps), AVG(net_tx_bps) \
-             FROM metric_samples WHERE at >= ?1 AND at < ?2 GROUP BY vm_key, at / 60000 \
-             ON CONFLICT (vm_key, bucket) DO UPDATE SET samples = excluded.samples, \
-             cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
-             mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
-             disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
-             net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps"
+impl MaintenanceOps for SqliteStore {
+    async fn watermark(&self, tier: Resolution) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT done_until FROM rollup_state WHERE tier = ?1")
+            .bind(common::tier_name(tier))
+            .fetch_one(&self.writer)
+            .await
+            .map_err(ctx("maintain: read watermark"))
+    }
+
+    async fn first_source_row(&self, tier: Resolution, from: i64) -> Result<Option<i64>> {
+        let sql = if tier == Resolution::Minute {
+            "SELECT MIN(at) FROM metric_samples WHERE at >= ?1"
+        } else {
+            "SELECT MIN(bucket) FROM metric_minute WHERE bucket >= ?1"
+        };
+        sqlx::query_scalar(sql)
+            .bind(from)
+            .fetch_one(&self.writer)
+            .await
+            .map_err(ctx("maintain: find next rows"))
+    }
+
+    async fn roll_range(&self, tier: Resolution, start: i64, end: i64) -> Result<u64> {
+        let sql = match tier {
+            Resolution::Minute => {
+                "INSERT INTO metric_minute (vm_key, bucket, samples, cpu_avg, cpu_min, cpu_max, \
+                 mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
+                 SELECT vm_key, (at / 60000) * 60000, COUNT(*), AVG(cpu), MIN(cpu), MAX(cpu), \
+                 CAST(AVG(mem_used_kb) AS REAL), MAX(mem_total_kb), AVG(disk_read_bps), \
+                 AVG(disk_write_bps), AVG(net_rx_bps), AVG(net_tx_bps) \
+                 FROM metric_samples WHERE at >= ?1 AND at < ?2 GROUP BY vm_key, at / 60000 \
+                 ON CONFLICT (vm_key, bucket) DO UPDATE SET samples = excluded.samples, \
+                 cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
+                 mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
+                 disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
+                 net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps"
+            }
+            _ => {
+                "INSERT INTO metric_hour (vm_key, bucket, samples, cpu_avg, cpu_min, cpu_max, \
+                 mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
+                 SELECT vm_key, (bucket / 3600000) * 3600000, SUM(samples), \
+                 SUM(cpu_avg * samples) / SUM(samples), MIN(cpu_min), MAX(cpu_max), \
+                 SUM(mem_used_kb_avg * samples) / SUM(samples), MAX(mem_total_kb), \
+                 SUM(disk_read_bps * samples) / SUM(samples), SUM(disk_write_bps * samples) / SUM(samples), \
+                 SUM(net_rx_bps * samples) / SUM(samples), SUM(net_tx_bps * samples) / SUM(samples) \
+                 FROM metric_minute WHERE bucket >= ?1 AND bucket < ?2 GROUP BY vm_key, bucket / 3600000 \
+                 ON CONFLICT (vm_key, bucket) DO UPDATE SET samples = excluded.samples, \
+                 cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
+                 mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
+                 disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
+                 net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps"
+            }
+        };
+        let mut tx = self.writer.begin().await.map_err(ctx("maintain: begin"))?;
+        let written = sqlx::query(sql)
+            .bind(start)
+            .bind(end)
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx("maintain: roll up"))?
+            .rows_affected();
+        sqlx::query("UPDATE rollup_state SET done_until = ?1 WHERE tier = ?2")
+            .bind(end)
+            .bind(common::tier_name(tier))
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx("maintain: watermark"))?;
+        if tier == Resolution::Minute {
+            // Recomputed minutes change their hours.
+            sqlx::query(
+                "UPDATE rollup_state SET done_until = ?1 WHERE tier = 'hour' AND done_until > ?1",
+            )
+            .bind(floor_to(start, HOUR_MS))
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx("maintain: hour watermark"))?;
         }
-        _ => {
-            "INSERT INTO metric_hour (vm_key, bucket, samples, cpu_avg, cpu_min, cpu_max, \
-             mem_used_kb_avg, mem_total_kb, disk_read_bps, disk_write_bps, net_rx_bps, net_tx_bps) \
-             SELECT vm_key, (bucket / 3600000) * 3600000, SUM(samples), \
-             SUM(cpu_avg * samples) / SUM(samples), MIN(cpu_min), MAX(cpu_max), \
-             SUM(mem_used_kb_avg * samples) / SUM(samples), MAX(mem_total_kb), \
-             SUM(disk_read_bps * samples) / SUM(samples), SUM(disk_write_bps * samples) / SUM(samples), \
-             SUM(net_rx_bps * samples) / SUM(samples), SUM(net_tx_bps * samples) / SUM(samples) \
-             FROM metric_minute WHERE bucket >= ?1 AND bucket < ?2 GROUP BY vm_key, bucket / 3600000 \
-             ON CONFLICT (vm_key, bucket) DO UPDATE SET samples = excluded.samples, \
-             cpu_avg = excluded.cpu_avg, cpu_min = excluded.cpu_min, cpu_max = excluded.cpu_max, \
-             mem_used_kb_avg = excluded.mem_used_kb_avg, mem_total_kb = excluded.mem_total_kb, \
-             disk_read_bps = excluded.disk_read_bps, disk_write_bps = excluded.disk_write_bps, \
-             net_rx_bps = excluded.net_rx_bps, net_tx_bps = excluded.net_tx_bps"
-        }
-    };
-    let tier_name = if tier == Resolution::Minute {
-        "minute"
-    } else {
-        "hour"
-    };
-    let mut tx = pool.begin().await.map_err(ctx("maintain: begin"))?;
-    let written = sqlx::query(sql)
-        .bind(start)
+        tx.commit().await.map_err(ctx("maintain: commit"))?;
+        Ok(written)
+    }
+
+    async fn advance_watermark(&self, tier: Resolution, end: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE rollup_state SET done_until = ?1 \
+             WHERE tier = ?2 AND (done_until IS NULL OR done_until < ?1)",
+        )
         .bind(end)
-        .execute(&mut *tx)
-        .await
-        .map_err(ctx("maintain: roll up"))?
-        .rows_affected();
-    sqlx::query("UPDATE rollup_state SET done_until = ?1 WHERE tier = ?2")
-        .bind(end)
-        .bind(tier_name)
-        .execute(&mut *tx)
+        .bind(common::tier_name(tier))
+        .execute(&self.writer)
         .await
         .map_err(ctx("maintain: watermark"))?;
-    if tier == Resolution::Minute {
-        // Recomputed minutes change their hours.
-        sqlx::query(
-            "UPDATE rollup_state SET done_until = ?1 WHERE tier = 'hour' AND done_until > ?1",
-        )
-        .bind(floor_to(start, HOUR_MS))
-        .execute(&mut *tx)
-        .await
-        .map_err(ctx("maintain: hour watermark"))?;
+        Ok(())
     }
-    tx.commit().await.map_err(ctx("maintain: commit"))?;
-    Ok(written)
-}
 
-/// Rolls one tier forward from its watermark to `end`, one step-sized range per transaction,
-/// skipping empty stretches.
-async fn roll_tier(
-    pool: &SqlitePool,
-    tier: Resolution,
-    oldest_allowed: i64,
-    end: i64,
-) -> Result<u64> {
-    let (step, tier_name, source_min) = match tier {
-        Resolution::Minute => (
-            MINUTE_MS,
-            "minute",
-            "SELECT MIN(at) FROM metric_samples WHERE at >= ?1",
-        ),
-        _ => (
-            HOUR_MS,
-            "hour",
-            "SELECT MIN(bucket) FROM metric_minute WHERE bucket >= ?1",
-        ),
-    };
-    let watermark: Option<i64> =
-        sqlx::query_scalar("SELECT done_until FROM rollup_state WHERE tier = ?1")
-            .bind(tier_name)
-            .fetch_one(pool)
-            .await
-            .map_err(ctx("maintain: read watermark"))?;
-    let mut cursor = watermark.unwrap_or(i64::MIN / 2).max(oldest_allowed);
-    let mut written = 0;
-    while cursor < end {
-        let next_source: Option<i64> = sqlx::query_scalar(source_min)
-            .bind(cursor)
-            .fetch_one(pool)
-            .await
-            .map_err(ctx("maintain: find next rows"))?;
-        let Some(next_source) = next_source else {
-            break;
-        };
-        let start = floor_to(next_source, step).max(cursor);
-        if start >= end {
-            break;
-        }
-        let stop = (start + step).min(end);
-        written += roll_range(pool, tier, start, stop).await?;
-        cursor = stop;
-    }
-    // Every source row before `end` is now rolled up (or there were none).
-    sqlx::query(
-        "UPDATE rollup_state SET done_until = ?1 \
-         WHERE tier = ?2 AND (done_until IS NULL OR done_until < ?1)",
-    )
-    .bind(end)
-    .bind(tier_name)
-    .execute(pool)
-    .await
-    .map_err(ctx("maintain: watermark"))?;
-    Ok(written)
-}
-
-/// Deletes rows older than `cutoff` from `table` (time column `column`), `batch` rows per
-/// statement, until none are left.
-async fn prune(
-    pool: &SqlitePool,
-    table: &str,
-    column: &str,
-    cutoff: i64,
-    batch: i64,
-) -> Result<u64> {
-    let sql = format!(
-        "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {column} < ?1 LIMIT ?2)"
-    );
-    let mut pruned = 0;
-    loop {
-        let deleted = sqlx::query(&sql)
+    async fn prune_batch(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        cutoff: i64,
+        batch: i64,
+    ) -> Result<u64> {
+        let sql = format!(
+            "DELETE FROM {table} WHERE rowid IN \
+             (SELECT rowid FROM {table} WHERE {column} < ?1 LIMIT ?2)"
+        );
+        Ok(sqlx::query(&sql)
             .bind(cutoff)
             .bind(batch)
-            .execute(pool)
+            .execute(&self.writer)
             .await
             .map_err(ctx("maintain: prune"))?
-            .rows_affected();
-        pruned += deleted;
-        if deleted < u64::try_from(batch).unwrap_or(u64::MAX) {
-            return Ok(pruned);
-        }
+            .rows_affected())
     }
 }
 
@@ -723,20 +685,14 @@ impl Store for SqliteStore {
             }
         }
         let mut tx = self.writer.begin().await.map_err(ctx("delete_vm: begin"))?;
-        for table in ["metric_samples", "metric_minute", "metric_hour"] {
+        for table in common::VM_KEY_TABLES {
             sqlx::query(&format!("DELETE FROM {table} WHERE {KEY_OF_VM}"))
                 .bind(id)
                 .execute(&mut *tx)
                 .await
                 .map_err(ctx("delete_vm"))?;
         }
-        for table in [
-            "vm_latest_sample",
-            "vm_inventory",
-            "service_history",
-            "command_log",
-            "vm_errors",
-        ] {
+        for table in common::VM_ID_TABLES {
             sqlx::query(&format!("DELETE FROM {table} WHERE vm_id = ?1"))
                 .bind(id)
                 .execute(&mut *tx)
@@ -789,18 +745,7 @@ impl Store for SqliteStore {
             ensure_vms(&mut tx, &unknown, samples[plan.unknown[0]].received_at).await?;
             learned = fetch_keys(&mut tx, &unknown).await?;
         }
-        let mut keys = Vec::with_capacity(samples.len());
-        for (s, key) in samples.iter().zip(&plan.keys) {
-            match key.or_else(|| learned.get(&s.vm_id).copied()) {
-                Some(key) => keys.push(key),
-                None => {
-                    return Err(StoreError::Other(format!(
-                        "insert_samples: VM {} has no key after registration",
-                        s.vm_id
-                    )));
-                }
-            }
-        }
+        let keys = common::sample_keys(samples, &plan.keys, &learned)?;
         for (chunk, chunk_keys) in samples
             .chunks(SAMPLE_ROWS_PER_STATEMENT)
             .zip(keys.chunks(SAMPLE_ROWS_PER_STATEMENT))
@@ -1305,46 +1250,7 @@ impl Store for SqliteStore {
             *current = retention;
         }
         self.flush().await?;
-        let batch = i64::from(batch.max(1));
-        let raw_cutoff = ms(now - retention.raw);
-        let minute_cutoff = ms(now - retention.minute);
-        let hour_cutoff = ms(now - retention.hour);
-        // Minutes whose raw rows may already be partly pruned are never recomputed.
-        let minute_end = floor_to(ms(now - ROLLUP_GRACE), MINUTE_MS);
-        let minute_buckets = roll_tier(
-            &self.writer,
-            Resolution::Minute,
-            ceil_to(raw_cutoff, MINUTE_MS),
-            minute_end,
-        )
-        .await?;
-        let hour_end = floor_to(minute_end, HOUR_MS);
-        let hour_buckets = roll_tier(
-            &self.writer,
-            Resolution::Hour,
-            ceil_to(minute_cutoff, HOUR_MS),
-            hour_end,
-        )
-        .await?;
-        let mut pruned = prune(&self.writer, "metric_samples", "at", raw_cutoff, batch).await?;
-        pruned += prune(
-            &self.writer,
-            "metric_minute",
-            "bucket",
-            minute_cutoff,
-            batch,
-        )
-        .await?;
-        pruned += prune(&self.writer, "metric_hour", "bucket", hour_cutoff, batch).await?;
-        let events_cutoff = ms(now - retention.events);
-        for (table, column) in common::EVENT_TABLES {
-            pruned += prune(&self.writer, table, column, events_cutoff, batch).await?;
-        }
-        Ok(MaintenanceReport {
-            minute_buckets,
-            hour_buckets,
-            pruned,
-        })
+        common::maintain(self, now, retention, batch).await
     }
 }
 
