@@ -5,21 +5,25 @@
 #
 #   bench/realtime/run.sh                         # release build, 1,000 clients, both client kinds
 #   CLIENTS=200 PROFILE=debug PHASES="A:node" bench/realtime/run.sh
+#   BIN=/path/to/infinibay SKIP_BUILD=1 SWEEP="2000 4000" bench/realtime/run.sh
 #
 # Phases (PHASES, space separated, each `<phase>:<client kind>`):
 #   A) 1 VM at 1 Hz, every client subscribed to it (N deliveries of each sample at one instant);
 #   B) VMS_B VMs at 1 Hz, each client subscribed to SUBS_B of them (sustained fan-out).
 # Client kinds: `node` = the official socket.io-client v4 (what the seeds' frontend uses), in
 # PROCS node processes; `rust` = rust_socketio 0.6 clients in one multi-threaded process
-# (bench/realtime/rust-client). SWEEP="2000 4000" adds phase-A rows with more rust clients.
+# (bench/realtime/rust-client); `raw` = a minimal Engine.IO v4 / Socket.IO v5 client written
+# for this benchmark (bench/realtime/rust-client/src/bin/raw.rs), one process, which only
+# finds the timestamp in each frame. SWEEP="2000 4000" adds phase-A rows with more clients.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
 PROFILE="${PROFILE:-release}"
 CLIENTS="${CLIENTS:-1000}"
 PROCS="${PROCS:-2}"              # node processes sharing the clients
-PHASES="${PHASES:-A:node A:rust B:node B:rust}"
-SWEEP="${SWEEP:-}"
+PHASES="${PHASES:-A:node A:rust A:raw B:node B:rust B:raw}"
+SWEEP="${SWEEP:-}"               # client counts for extra phase-A rows (SWEEP_KIND clients)
+SWEEP_KIND="${SWEEP_KIND:-raw}"
 VMS_B="${VMS_B:-50}"
 SUBS_B="${SUBS_B:-5}"
 MEASURE_S="${MEASURE_S:-20}"
@@ -28,12 +32,15 @@ PORT="${PORT:-18180}"
 OUT_MD="${OUT_MD:-$ROOT/bench/results/realtime.md}"
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-if [ "$PROFILE" = release ]; then [ -n "${SKIP_BUILD:-}" ] || cargo build --release -p infinibay >&2; BIN="$TARGET_DIR/release/infinibay";
+if [ -n "${BIN:-}" ]; then :   # a given binary (e.g. a copy, so parallel builds cannot replace it mid-run)
+elif [ "$PROFILE" = release ]; then [ -n "${SKIP_BUILD:-}" ] || cargo build --release -p infinibay >&2; BIN="$TARGET_DIR/release/infinibay";
 else [ -n "${SKIP_BUILD:-}" ] || cargo build -p infinibay >&2; BIN="$TARGET_DIR/debug/infinibay"; fi
+[ -x "$BIN" ] || { echo "no infinibay binary at $BIN" >&2; exit 1; }
 RUST_CLIENT_DIR="$ROOT/bench/realtime/rust-client"
 RUST_CLIENT="$RUST_CLIENT_DIR/target/release/realtime-bench-client"
-if [[ " $PHASES $SWEEP " == *rust* || -n "$SWEEP" ]]; then
-  [ -n "${SKIP_BUILD:-}" ] && [ -x "$RUST_CLIENT" ] || (cd "$RUST_CLIENT_DIR" && CARGO_TARGET_DIR="$RUST_CLIENT_DIR/target" cargo build --release --locked >&2)
+RAW_CLIENT="$RUST_CLIENT_DIR/target/release/raw"
+if [[ " $PHASES " == *rust* || " $PHASES " == *raw* || -n "$SWEEP" ]]; then
+  [ -n "${SKIP_BUILD:-}" ] && [ -x "$RUST_CLIENT" ] && [ -x "$RAW_CLIENT" ] || (cd "$RUST_CLIENT_DIR" && CARGO_TARGET_DIR="$RUST_CLIENT_DIR/target" cargo build --release --locked >&2)
 fi
 [ -d tests/node/node_modules/socket.io-client ] || npm ci --prefix tests/node >&2
 export NODE_PATH="$ROOT/tests/node/node_modules"
@@ -78,9 +85,12 @@ run_phase() { # name vms subs kind clients
   local cpu0; cpu0=$(cpu_ticks "$serve_pid"); local w0; w0=$(date +%s.%N)
   for p in $(seq 0 $((procs - 1))); do
     local envs=(SERVER="http://127.0.0.1:$PORT" TOKENS="$tokens" VMS="$ids" CLIENTS="$per" SUBS="$subs" OFFSET=$((p * per)) MEASURE_S="$MEASURE_S" OUT="$dir/lat$p.json")
-    if [ "$kind" = node ]; then env "${envs[@]}" node "$CLIENT_JS" >"$dir/clients$p.out" 2>&1 &
-    else env "${envs[@]}" "$RUST_CLIENT" >"$dir/clients$p.out" 2>&1 &
-    fi
+    case "$kind" in
+      node) env "${envs[@]}" node "$CLIENT_JS" >"$dir/clients$p.out" 2>&1 & ;;
+      rust) env "${envs[@]}" "$RUST_CLIENT" >"$dir/clients$p.out" 2>&1 & ;;
+      raw) env "${envs[@]}" "$RAW_CLIENT" >"$dir/clients$p.out" 2>&1 & ;;
+      *) echo "unknown client kind $kind" >&2; exit 2 ;;
+    esac
     results+=($!)
   done
   # The measuring window: host CPU, load and the host's publication histogram over it alone.
@@ -122,7 +132,7 @@ def host_q(frm, p):
 cpu = int(cpu_t) / int(tck) / max(float(wall), 1e-9) * 100
 mcpu = int(mcpu_t) / int(tck) / max(float(mwall), 1e-9) * 100
 expected = clients * int(subs) if name == "B" else clients
-label = "socket.io-client v4 (node)" if kind == "node" else "rust_socketio 0.6"
+label = {"node": "socket.io-client v4 (node)", "rust": "rust_socketio 0.6", "raw": "minimal Rust client (bench-only)"}[kind]
 print(f"| {name} | {label} | {vms} | {clients} | {subs} | {rec/secs:,.0f} (≈{expected:,.0f}) | {q(0.5):.1f} | {q(0.99):.1f} | {lat[-1] if lat else float('nan'):.1f} | {host_q('receipt', 0.5)} / {host_q('receipt', 0.99)} | {host_q('guest', 0.99)} | {mcpu:.0f}% ({cpu:.0f}%) | {int(rss)//1024} | {refused} | {disc} | {cms/1000:.1f} s | {load} |")
 PY
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=()
@@ -138,7 +148,7 @@ for spec in $PHASES; do
     *) echo "unknown phase $phase" >&2; exit 2 ;;
   esac
 done
-for n in $SWEEP; do run_phase A 1 1 rust "$n"; done
+for n in $SWEEP; do run_phase A 1 1 "$SWEEP_KIND" "$n"; done
 
 mkdir -p "$(dirname "$OUT_MD")"
 {

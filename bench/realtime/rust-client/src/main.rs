@@ -145,11 +145,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     counters.refused.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                     "only {acked} of {} subscribes acknowledged ({} `connected` events)",
                     clients * subs,
                     CONNECTED.load(Ordering::Relaxed)
-                ).into()),
+                )
+                .into());
+            }
         }
     }
     let connect_ms = started.elapsed().as_millis() as u64;
@@ -171,7 +174,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     collector.abort();
     let mut lat = latencies.lock().await.clone();
     lat.sort_by(f64::total_cmp);
-    let q = |p: f64| lat.get(((p * lat.len() as f64) as usize).min(lat.len().saturating_sub(1))).copied();
+    let q = |p: f64| {
+        lat.get(((p * lat.len() as f64) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+    };
     let received = counters.received.load(Ordering::Relaxed);
     let result = json!({
         "client": "rust_socketio 0.6",
