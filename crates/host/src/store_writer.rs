@@ -345,16 +345,26 @@ pub async fn flush(queue: &StoreQueue, store: &dyn Store, dedup: &mut Deduper) {
     }
     // Rows of one VM in receive order, VMs interleaved by time: what a time-ordered index likes.
     samples.sort_by_key(|s| s.received_at);
-    for batch in samples.chunks(queue.limits.max_batch.max(1)) {
-        match store.insert_samples(batch).await {
-            Ok(()) => {
-                c.samples_written
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                c.samples_failed
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                fail(dedup, "insert_samples", &e);
+    // Batches run `concurrent_batches` at a time (PostgreSQL: several connections; SQLite: 1).
+    let batches: Vec<&[MetricSample]> = samples.chunks(queue.limits.max_batch.max(1)).collect();
+    for group in batches.chunks(store.concurrent_batches().max(1)) {
+        // A plain loop, not a closure: the boxed futures keep the writer task `Send`.
+        let mut writes = Vec::with_capacity(group.len());
+        for batch in group {
+            writes.push(store.insert_samples(batch));
+        }
+        let results = futures_util::future::join_all(writes).await;
+        for (batch, result) in group.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    c.samples_written
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    c.samples_failed
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    fail(dedup, "insert_samples", &e);
+                }
             }
         }
     }

@@ -307,6 +307,13 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<()>;
 
+    /// How many [`Store::insert_samples`] batches a writer should run at once: 1 where the
+    /// backend serialises writes anyway (SQLite), more where a batch is bound by round trips
+    /// rather than by the database (PostgreSQL).
+    fn concurrent_batches(&self) -> usize {
+        1
+    }
+
     /// Users, departments and permissions of the same database.
     fn users(&self) -> &dyn UserStore;
 
