@@ -38,6 +38,8 @@ const OFFSET = Number(process.env.OFFSET ?? 0);
 let measuring = false;
 let latencies = new Float64Array(1 << 16);
 let count = 0;
+// guest timestamp (one per sample) → its first delivery's latency in this process
+const firstBySample = new Map();
 let received = 0;
 let refused = 0;
 let disconnects = 0;
@@ -63,7 +65,10 @@ function connectOne(i) {
         bigger.set(latencies);
         latencies = bigger;
       }
-      latencies[count++] = now - guestMs(stamp);
+      const l = now - guestMs(stamp);
+      latencies[count++] = l;
+      const f = firstBySample.get(stamp);
+      if (f === undefined || l < f) firstBySample.set(stamp, l);
     });
     s.on("connected", async () => {
       clearTimeout(t);
@@ -99,6 +104,7 @@ const result = {
   clients: CLIENTS, subsPerClient: SUBS, vms: VMS.length, connectMs, refused, disconnects,
   received, seconds, perSecond: received / seconds,
   p50: q(0.5), p90: q(0.9), p99: q(0.99), max: lat.length ? lat[lat.length - 1] : null,
+  firstBySample: Object.fromEntries(firstBySample),
 };
 if (process.env.OUT) writeFileSync(process.env.OUT, JSON.stringify({ ...result, latencies: lat }));
 console.log(JSON.stringify(result));

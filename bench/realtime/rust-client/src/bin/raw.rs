@@ -33,12 +33,17 @@ struct Counters {
 const EVENT_PREFIX: &str = "42[\"metricsUpdate\",";
 const STAMP_KEY: &str = "\"guestTimestamp\":\"";
 
-/// Milliseconds (fractional) from the guest's timestamp in an event frame until `now`.
-fn latency_ms(frame: &str, now: chrono::DateTime<chrono::Utc>) -> Option<f64> {
+/// The guest's timestamp in an event frame (µs since the epoch, which also names the sample)
+/// and the milliseconds (fractional) from it until `now`.
+fn latency_ms(frame: &str, now: chrono::DateTime<chrono::Utc>) -> Option<(i64, f64)> {
     let at = frame.find(STAMP_KEY)? + STAMP_KEY.len();
     let end = at + frame[at..].find('"')?;
     let sent = chrono::DateTime::parse_from_rfc3339(&frame[at..end]).ok()?;
-    Some((now - sent.with_timezone(&chrono::Utc)).num_microseconds()? as f64 / 1000.0)
+    let sent = sent.with_timezone(&chrono::Utc);
+    Some((
+        sent.timestamp_micros(),
+        (now - sent).num_microseconds()? as f64 / 1000.0,
+    ))
 }
 
 type Ws =
@@ -122,7 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let measure = Duration::from_secs(num("MEASURE_S", 20));
 
     let counters = Arc::new(Counters::default());
-    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<f64>();
+    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<(i64, f64)>();
     let started = Instant::now();
     let mut ready = Vec::with_capacity(clients);
     for batch in (0..clients).collect::<Vec<_>>().chunks(50) {
@@ -185,9 +190,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.abort();
     }
     let mut lat = Vec::new();
-    while let Ok(l) = lat_rx.try_recv() {
+    // The first delivery of each sample: the host's whole path plus one frame, without the
+    // queueing of the other deliveries of the same burst.
+    let mut first: std::collections::HashMap<i64, f64> = std::collections::HashMap::new();
+    while let Ok((sample, l)) = lat_rx.try_recv() {
         lat.push(l);
+        let f = first.entry(sample).or_insert(l);
+        *f = f.min(l);
     }
+    let mut first: Vec<f64> = first.into_values().collect();
+    first.sort_by(f64::total_cmp);
+    let fq = |p: f64| {
+        first
+            .get(((p * first.len() as f64) as usize).min(first.len().saturating_sub(1)))
+            .copied()
+    };
     lat.sort_by(f64::total_cmp);
     let q = |p: f64| {
         lat.get(((p * lat.len() as f64) as usize).min(lat.len().saturating_sub(1)))
@@ -200,6 +217,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "refused": counters.refused.load(Ordering::Relaxed), "disconnects": disconnects,
         "received": received, "seconds": seconds, "perSecond": received as f64 / seconds,
         "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": lat.last(),
+        "firstP50": fq(0.5), "firstP99": fq(0.99), "firstMax": first.last(),
     });
     if let Ok(out) = std::env::var("OUT") {
         let mut full = result.clone();
