@@ -34,13 +34,15 @@ run() { # label, args...
     results+=("$label|$line load1=$load")
 }
 
-for batch in 500 1000 2000; do
+# 5,000 is the host writer's default batch (`store.max_batch`).
+for batch in 1000 5000; do
     run "sqlite batch=$batch" --url "sqlite://$work/b$batch.db" --batch "$batch" --writers 1
     sqlite_size=$(du -sh "$work" | cut -f1)
     rm -f "$work"/b"$batch".db*
 done
 
-for setup in "1000 1" "1000 2" "1000 4" "2000 2"; do
+# The host writer runs `Store::concurrent_batches()` (PostgreSQL: 4) batches of 5,000 at once.
+for setup in "5000 1" "1000 4" "5000 4"; do
     read -r batch writers <<<"$setup"
     # A fresh server per run: every run starts from empty tables.
     pg_throwaway_start >/dev/null
