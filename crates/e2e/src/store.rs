@@ -4,9 +4,9 @@
 //! Open one view per host database and keep it for the whole test run. Two rules keep the
 //! outside reader from hurting the host (`docs/e2e.md`, "Reading the host's database"):
 //!
-//! - the file is opened read-only with an explicit `mode=ro`, so the store never opens it
-//!   outside SQLite (its writability probe opens and closes the file, and closing any
-//!   descriptor drops every POSIX lock this process holds on it, SQLite's included);
+//! - the file is opened read-only with an explicit `mode=ro`, so the store never touches it
+//!   outside SQLite (its writability probe is skipped; closing any descriptor of the file would
+//!   drop every POSIX lock this process holds on it, SQLite's included);
 //! - its connections never close while the host runs (no idle timeout, no maximum lifetime):
 //!   a process whose last connection closes checkpoints and deletes the WAL if it finds no
 //!   other lock on the file.
