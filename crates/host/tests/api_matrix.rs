@@ -874,7 +874,8 @@ type Ws =
 /// A graphql-transport-ws connection with one subscription started; returns once the server
 /// acknowledged the connection (the token is checked and registered by then).
 async fn open_subscription(server: &Server, token: &str, query: &str, variables: Value) -> Ws {
-    let mut request = format!("ws://{}/graphql/ws", server.addr)
+    // The canonical URL (the matrix's `subscribe_once` uses the `/graphql/ws` alias).
+    let mut request = format!("ws://{}/graphql", server.addr)
         .into_client_request()
         .expect("ws request");
     request.headers_mut().insert(

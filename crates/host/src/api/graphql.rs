@@ -1,5 +1,5 @@
 //! GraphQL at `/graphql` (async-graphql): GraphiQL on GET, queries and mutations by POST,
-//! subscriptions over graphql-ws at `/graphql/ws`. Every resolver asks [`super::authz`];
+//! subscriptions over graphql-ws at `/graphql` (and `/graphql/ws`). Every resolver asks [`super::authz`];
 //! errors carry `extensions.code`.
 
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use async_graphql::{
 };
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::Router;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -1275,11 +1275,12 @@ pub fn schema(api: Api) -> ApiSchema {
         .finish()
 }
 
-/// `/graphql` (GraphiQL, POST) and `/graphql/ws`.
+/// `/graphql` (GraphiQL on a plain GET, graphql-ws on a WebSocket upgrade, POST) and
+/// `/graphql/ws` (graphql-ws only).
 pub fn routes(api: Api) -> Router {
     let schema = schema(api.clone());
     Router::new()
-        .route("/graphql", get(graphiql).post(graphql_post))
+        .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(graphql_ws))
         .with_state((api, schema))
 }
@@ -1288,9 +1289,28 @@ async fn graphiql() -> impl IntoResponse {
     Html(
         GraphiQLSource::build()
             .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
+            .subscription_endpoint("/graphql")
             .finish(),
     )
+}
+
+/// GraphQL clients (Apollo, urql, graphql-ws) expect subscriptions on the same URL as queries:
+/// a WebSocket upgrade on `GET /graphql` is graphql-ws, any other GET is GraphiQL.
+async fn graphql_get(state: State<(Api, ApiSchema)>, request: axum::extract::Request) -> Response {
+    let wants_websocket = request
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !wants_websocket {
+        return graphiql().await.into_response();
+    }
+    let (mut parts, _body) = request.into_parts();
+    let headers = parts.headers.clone();
+    match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => graphql_ws(state, headers, upgrade).await,
+        Err(rejection) => rejection.into_response(),
+    }
 }
 
 fn header_token(headers: &HeaderMap) -> Option<String> {

@@ -219,7 +219,7 @@ pub fn render_metrics(api: &Api) -> String {
     let name = "infinibay_realtime_publish_seconds";
     let _ = writeln!(
         out,
-        "# HELP {name} metricsUpdate: from the sample's receipt by the host (from=\"receipt\") or the guest's timestamp (from=\"guest\"; same clock only with the simulator) until queued on every subscribed socket\n# TYPE {name} histogram"
+        "# HELP {name} metricsUpdate: from the sample's receipt by the host (from=\"receipt\") or the guest's timestamp (from=\"guest\"; same clock only with the simulator) until the real-time fan-out handles it (queued on every subscribed socket, if any)\n# TYPE {name} histogram"
     );
     let delays = api.realtime().publish_delays();
     for (from, h) in [
