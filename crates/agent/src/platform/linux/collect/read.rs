@@ -122,6 +122,12 @@ fn pread_all(file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
                 buf.truncate(filled);
                 return Ok(());
             }
+            // A short read is the end: /proc's seq_files fill the buffer while they have
+            // more (as `read_into` assumes), which saves a second call per file.
+            Ok(n) if filled + n < room => {
+                buf.truncate(filled + n);
+                return Ok(());
+            }
             Ok(n) => buf.truncate(filled + n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(filled),
             Err(e) => {
