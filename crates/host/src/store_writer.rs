@@ -345,9 +345,12 @@ pub async fn flush(queue: &StoreQueue, store: &dyn Store, dedup: &mut Deduper) {
     }
     // Rows of one VM in receive order, VMs interleaved by time: what a time-ordered index likes.
     samples.sort_by_key(|s| s.received_at);
-    // Batches run `concurrent_batches` at a time (PostgreSQL: several connections; SQLite: 1).
-    let batches: Vec<&[MetricSample]> = samples.chunks(queue.limits.max_batch.max(1)).collect();
-    for group in batches.chunks(store.concurrent_batches().max(1)) {
+    // Batches run `concurrent_batches` at a time (PostgreSQL: several connections; SQLite: 1),
+    // a flush's samples spread over them (PostgreSQL: 4 × 1,000 beat 4 × 5,000 in bench/store).
+    let parallel = store.concurrent_batches().max(1);
+    let per_batch = (queue.limits.max_batch / parallel).max(1);
+    let batches: Vec<&[MetricSample]> = samples.chunks(per_batch).collect();
+    for group in batches.chunks(parallel) {
         // A plain loop, not a closure: the boxed futures keep the writer task `Send`.
         let mut writes = Vec::with_capacity(group.len());
         for batch in group {
