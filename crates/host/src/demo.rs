@@ -77,10 +77,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     )
     .context("demo configuration")?;
     let admin_password = random_password();
-    let (api_settings, _) =
-        crate::api::prepare_with_admin_password(&config, Some(admin_password.clone()))
-            .await
-            .context("preparing the API")?;
+    let prepared = crate::api::prepare_with_admin_password(&config, Some(admin_password.clone()))
+        .await
+        .context("preparing the API")?;
+    let api_settings = prepared.settings;
 
     let agents = start_agents(&agent_binary, &args, &data_dir, &socket_dir).await?;
 
@@ -117,10 +117,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let result = crate::serve::run(config, listener, shutdown, move |host| {
-        infinibay_dashboard::mount(crate::api::router(host, api_settings))
-    })
-    .await;
+    let result =
+        crate::serve::run_with_store(config, prepared.store, listener, shutdown, move |host| {
+            infinibay_dashboard::mount(crate::api::router(host, api_settings))
+        })
+        .await;
     stop_agents(agents).await;
     drop(temporary);
     result.context("the demo server stopped with an error")

@@ -70,18 +70,26 @@ fn main() -> ExitCode {
 async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = args.load().context("configuration")?;
     let listener = infinibay::serve::bind(config.listen).await?;
-    let (api, first_admin) = infinibay::api::prepare(&config).await?;
-    if let Some(banner) = first_admin
+    let prepared = infinibay::api::prepare(&config).await?;
+    if let Some(banner) = prepared
+        .first_admin
         .as_ref()
         .and_then(infinibay::users::first_admin_banner)
     {
         // Printed once, on stdout, the only time the password exists in clear.
         println!("{banner}");
     }
-    infinibay::serve::run(config, listener, shutdown_signal(), move |host| {
-        // `mount` keeps the API router's fallback (Socket.IO answers there), see the crate.
-        infinibay_dashboard::mount(infinibay::api::router(host, api))
-    })
+    let api = prepared.settings;
+    infinibay::serve::run_with_store(
+        config,
+        prepared.store,
+        listener,
+        shutdown_signal(),
+        move |host| {
+            // `mount` keeps the API router's fallback (Socket.IO answers there), see the crate.
+            infinibay_dashboard::mount(infinibay::api::router(host, api))
+        },
+    )
     .await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -134,6 +134,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     extra: impl FnOnce(Host) -> Router,
 ) -> Result<(), StartError> {
+    let store = open_store(&config).await?;
+    run_with_store(config, store, listener, shutdown, extra).await
+}
+
+/// [`run`] on a store the caller already opened (`api::prepare` opens it to create the first
+/// admin).
+pub async fn run_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    extra: impl FnOnce(Host) -> Router,
+) -> Result<(), StartError> {
     match crate::system::raise_nofile_limit() {
         Ok((before, after)) if before != after => {
             tracing::info!(target: "infinibay::host", "open-files limit raised from {before} to {after}")
@@ -143,7 +156,6 @@ pub async fn run(
             tracing::warn!(target: "infinibay::host", "cannot raise the open-files limit: {e}")
         }
     }
-    let store = open_store(&config).await?;
     let token = CancellationToken::new();
     let host = Host::start(config, store, token.clone());
     tokio::spawn(async move {

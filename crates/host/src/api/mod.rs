@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use axum::Router;
 
-pub use state::{Api, ApiSettings, SetupError, prepare, prepare_with_admin_password};
+pub use state::{Api, ApiSettings, Prepared, SetupError, prepare, prepare_with_admin_password};
 
 use crate::host::Host;
 

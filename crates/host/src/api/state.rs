@@ -61,7 +61,7 @@ pub enum SetupError {
 /// Before serving: the JWT secret (created on first start) and the first admin (created when
 /// there is no user; its generated password is returned for printing once).
 /// The first admin's password comes from `INFINIBAY_ADMIN_PASSWORD` when set.
-pub async fn prepare(config: &Config) -> Result<(ApiSettings, Option<FirstAdmin>), SetupError> {
+pub async fn prepare(config: &Config) -> Result<Prepared, SetupError> {
     prepare_with_admin_password(config, std::env::var(users::ADMIN_PASSWORD_ENV).ok()).await
 }
 
@@ -70,12 +70,27 @@ pub async fn prepare(config: &Config) -> Result<(ApiSettings, Option<FirstAdmin>
 pub async fn prepare_with_admin_password(
     config: &Config,
     admin_password: Option<String>,
-) -> Result<(ApiSettings, Option<FirstAdmin>), SetupError> {
+) -> Result<Prepared, SetupError> {
     crate::serve::prepare_data_dir(&config.data_dir)?;
     let secret = auth::load_or_create_secret(&config.data_dir)?;
     let store = crate::serve::open_store(config).await?;
-    let admin = users::ensure_first_admin(store.as_ref(), admin_password).await?;
-    Ok((super::settings_for(config.data_dir.clone(), secret), admin))
+    let first_admin = users::ensure_first_admin(store.as_ref(), admin_password).await?;
+    Ok(Prepared {
+        settings: super::settings_for(config.data_dir.clone(), secret),
+        first_admin,
+        store,
+    })
+}
+
+/// What [`prepare`] made ready for serving.
+pub struct Prepared {
+    /// The API's settings.
+    pub settings: ApiSettings,
+    /// The first admin, when this start created it.
+    pub first_admin: Option<FirstAdmin>,
+    /// The open store, to hand to `serve::run_with_store`: one store per process, because a
+    /// second pool on the same SQLite file only adds a window in which the two disagree.
+    pub store: Arc<dyn Store>,
 }
 
 /// Buckets (seconds) of `infinibay_command_duration_seconds`.
