@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -113,6 +114,13 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
 /// Serve `app` on `listener` until `host` is shut down, then wait for the host to stop.
 pub async fn serve(host: Host, listener: TcpListener, app: Router) -> Result<(), StartError> {
     let token = host_shutdown(&host);
+    // Real-time frames are small writes on long-lived sockets: with Nagle's algorithm one
+    // could wait for the client's delayed ACK (40–200 ms), which is what a live chart shows.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(target: "infinibay::http", "TCP_NODELAY not set: {e}");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(token.clone().cancelled_owned())
         .await;
