@@ -59,28 +59,7 @@ pub const PUBLISH_BUCKETS: [f64; 12] = [
 ];
 
 /// A histogram over [`PUBLISH_BUCKETS`].
-#[derive(Debug, Default, Clone)]
-pub struct PublishHistogram {
-    /// Cumulative count per bucket.
-    pub buckets: [u64; 12],
-    /// Observations.
-    pub count: u64,
-    /// Sum, seconds.
-    pub sum: f64,
-}
-
-impl PublishHistogram {
-    fn observe(&mut self, seconds: f64) {
-        let seconds = seconds.max(0.0);
-        for (i, bound) in PUBLISH_BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                self.buckets[i] += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += seconds;
-    }
-}
+pub type PublishHistogram = super::state::Histogram;
 
 /// How long `metricsUpdate` took to leave: from the host reading the sample (`from_receipt`)
 /// and from the guest's own timestamp (`from_guest`, meaningful only when the guest's clock is
@@ -537,9 +516,13 @@ async fn fan_out(api: Api) {
                 };
                 {
                     let mut delays = rt.delays.lock().unwrap_or_else(|p| p.into_inner());
-                    delays.from_receipt.observe(seconds(sample.received_at));
+                    delays
+                        .from_receipt
+                        .observe_in(&PUBLISH_BUCKETS, seconds(sample.received_at));
                     if let Some(guest) = sample.guest_time {
-                        delays.from_guest.observe(seconds(guest));
+                        delays
+                            .from_guest
+                            .observe_in(&PUBLISH_BUCKETS, seconds(guest));
                     }
                 }
                 // Most VMs have nobody watching: building and encoding a `metricsUpdate` for

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::bearer;
 use super::realtime::PUBLISH_BUCKETS;
-use super::state::{Api, ApiError, LATENCY_BUCKETS};
+use super::state::{Api, ApiError, Histogram, LATENCY_BUCKETS};
 
 /// Who may use a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,19 +202,7 @@ pub fn render_metrics(api: &Api) -> String {
         "# HELP {name} Commands sent through the API, send to response\n# TYPE {name} histogram"
     );
     for (outcome, h) in api.command_latency() {
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(h.buckets.iter()) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{outcome=\"{outcome}\",le=\"{bound}\"}} {count}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{outcome=\"{outcome}\",le=\"+Inf\"}} {}",
-            h.count
-        );
-        let _ = writeln!(out, "{name}_sum{{outcome=\"{outcome}\"}} {}", h.sum);
-        let _ = writeln!(out, "{name}_count{{outcome=\"{outcome}\"}} {}", h.count);
+        write_histogram(&mut out, name, ("outcome", outcome), &LATENCY_BUCKETS, &h);
     }
     let name = "infinibay_realtime_publish_seconds";
     let _ = writeln!(
@@ -226,21 +214,32 @@ pub fn render_metrics(api: &Api) -> String {
         ("receipt", &delays.from_receipt),
         ("guest", &delays.from_guest),
     ] {
-        for (bound, count) in PUBLISH_BUCKETS.iter().zip(h.buckets.iter()) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{from=\"{from}\",le=\"{bound}\"}} {count}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{from=\"{from}\",le=\"+Inf\"}} {}",
-            h.count
-        );
-        let _ = writeln!(out, "{name}_sum{{from=\"{from}\"}} {}", h.sum);
-        let _ = writeln!(out, "{name}_count{{from=\"{from}\"}} {}", h.count);
+        write_histogram(&mut out, name, ("from", from), &PUBLISH_BUCKETS, h);
     }
     out
+}
+
+/// The `_bucket`, `_sum` and `_count` lines of one labelled Prometheus histogram.
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    (label, value): (&str, &str),
+    bounds: &[f64; 12],
+    h: &Histogram,
+) {
+    for (bound, count) in bounds.iter().zip(h.buckets.iter()) {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {count}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", h.count);
 }
 
 async fn metrics(State(api): State<Api>) -> Response {

@@ -98,7 +98,7 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// A Prometheus histogram of command durations.
+/// A Prometheus histogram of durations (command latency; the real-time publication delay).
 #[derive(Debug, Default, Clone)]
 pub struct Histogram {
     /// Cumulative count per bucket of [`LATENCY_BUCKETS`].
@@ -111,9 +111,15 @@ pub struct Histogram {
 
 impl Histogram {
     fn observe(&mut self, seconds: f64) {
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+        self.observe_in(&LATENCY_BUCKETS, seconds);
+    }
+
+    /// Count `seconds` (negative counts as 0) against `bounds`, one per bucket.
+    pub(crate) fn observe_in(&mut self, bounds: &[f64; 12], seconds: f64) {
+        let seconds = seconds.max(0.0);
+        for (bucket, bound) in self.buckets.iter_mut().zip(bounds) {
             if seconds <= *bound {
-                self.buckets[i] += 1;
+                *bucket += 1;
             }
         }
         self.count += 1;
