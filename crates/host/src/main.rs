@@ -28,15 +28,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         match cli.command {
@@ -134,15 +127,8 @@ fn bench_ingest(args: Vec<std::ffi::OsString>) -> ExitCode {
     };
     // One thread, like the Node peer's event loop: the figure is then the CPU cost of the work
     // per message, not of waking a subscriber on another core for every sample.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
     let config = infinibay::Config::default();
     match runtime.block_on(infinibay::ingest::bench_socket(&socket, &config)) {
@@ -153,6 +139,17 @@ fn bench_ingest(args: Vec<std::ffi::OsString>) -> ExitCode {
         Err(e) => {
             eprintln!("error: bench-ingest on {}: {e}", socket.display());
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The async runtime from `builder`, or `None` after saying why on stderr.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
         }
     }
 }
