@@ -197,12 +197,28 @@ impl Host {
         });
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();
-        background.spawn(crate::store_writer::run_writer(
+        let flush_interval = Duration::from_millis(shared.config.store.flush_interval_ms.max(1));
+        match crate::store_writer::spawn_writer(
             shared.queue.clone(),
             store.clone(),
-            Duration::from_millis(shared.config.store.flush_interval_ms.max(1)),
+            flush_interval,
             background_stop.clone(),
-        ));
+        ) {
+            Ok(stopped) => {
+                background.spawn(stopped);
+            }
+            Err(e) => {
+                // Out of threads is rare and not fatal: the writer then shares this runtime.
+                tracing::warn!(target: "infinibay::store",
+                    "cannot start the store writer thread ({e}); writing from the host's runtime");
+                background.spawn(crate::store_writer::run_writer(
+                    shared.queue.clone(),
+                    store.clone(),
+                    flush_interval,
+                    background_stop.clone(),
+                ));
+            }
+        }
         background.spawn(crate::maintenance::run(
             store.clone(),
             shared.config.maintenance.clone(),
