@@ -107,7 +107,7 @@ pub fn sample_from(vm_id: &str, received_at: DateTime<Utc>, m: SystemMetrics) ->
         net_rx_bps: rx,
         net_tx_bps: tx,
         load1: body.system.load_average.load1min,
-        detail: body,
+        detail: Arc::new(body),
     }
 }
 

@@ -71,7 +71,7 @@ fn templates(vms: usize) -> Vec<MetricSample> {
                 net_rx_bps: 1000.0,
                 net_tx_bps: 300.0,
                 load1: metrics.system.load_average.load1min,
-                detail: metrics,
+                detail: std::sync::Arc::new(metrics),
             }
         })
         .collect()

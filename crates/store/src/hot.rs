@@ -176,7 +176,6 @@ impl HotState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::message::MetricsBody;
 
     fn sample(vm: &str, secs: i64) -> MetricSample {
         MetricSample {
@@ -193,7 +192,7 @@ mod tests {
             net_rx_bps: 0.0,
             net_tx_bps: 0.0,
             load1: 0.0,
-            detail: MetricsBody::default(),
+            detail: Default::default(),
         }
     }
 

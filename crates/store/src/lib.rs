@@ -118,8 +118,10 @@ pub struct MetricSample {
     pub net_tx_bps: f64,
     /// 1-minute load average.
     pub load1: f64,
-    /// The sanitised message body (per core, per disk, per interface).
-    pub detail: protocol::message::MetricsBody,
+    /// The sanitised message body (per core, per disk, per interface). Shared: the store's
+    /// newest-sample cache, the bus and the queue hold the same body, and a clone of a sample
+    /// (one per VM per flush) does not copy its ~40 allocations.
+    pub detail: std::sync::Arc<protocol::message::MetricsBody>,
 }
 
 /// A point of a metrics series, raw or rolled up.

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
@@ -982,7 +982,7 @@ impl Store for PgStore {
         };
         let c = || ctx("latest_sample");
         let detail: String = row.try_get("detail").map_err(c())?;
-        let detail: MetricsBody =
+        let detail: Arc<MetricsBody> =
             serde_json::from_str(&detail).map_err(|e| json_error("stored detail", e))?;
         Ok(Some(MetricSample {
             vm_id: row.try_get("vm_id").map_err(c())?,

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
@@ -1114,7 +1114,7 @@ impl Store for SqliteStore {
         };
         let c = ctx("latest_sample");
         let detail: String = row.try_get("detail").map_err(c)?;
-        let detail: MetricsBody =
+        let detail: Arc<MetricsBody> =
             serde_json::from_str(&detail).map_err(|e| json_error("stored detail", e))?;
         let get_f = |n: &str| -> Result<f64> { row.try_get(n).map_err(ctx("latest_sample")) };
         Ok(Some(MetricSample {

@@ -41,7 +41,7 @@ fn sample(vm: &str, at: DateTime<Utc>, cpu: f64, mem_used_kb: i64) -> MetricSamp
         net_rx_bps: 1000.0 + cpu,
         net_tx_bps: 500.0,
         load1: 0.25,
-        detail,
+        detail: std::sync::Arc::new(detail),
     }
 }
 
