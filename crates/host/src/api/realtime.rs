@@ -493,11 +493,12 @@ async fn fan_out(api: Api) {
             }
         };
         let vm_id = event.vm_id().to_owned();
-        let first_sight = rt
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(vm_id.clone());
+        // Probed before inserting: every sample of a known VM (all but the first) would
+        // otherwise hash and drop a copy of its id.
+        let first_sight = {
+            let mut seen = rt.seen.lock().unwrap_or_else(|p| p.into_inner());
+            !seen.contains(&vm_id) && seen.insert(vm_id.clone())
+        };
         if first_sight {
             let owner = api.owner_of(&vm_id).await;
             let data = match api.store().get_vm(&vm_id).await {

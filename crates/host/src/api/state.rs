@@ -337,7 +337,13 @@ impl Api {
     }
 
     pub(crate) fn remember_sample(&self, sample: &Arc<MetricSample>) {
-        write(&self.inner.latest).insert(sample.vm_id.clone(), sample.clone());
+        let mut latest = write(&self.inner.latest);
+        match latest.get_mut(&sample.vm_id) {
+            Some(slot) => *slot = sample.clone(),
+            None => {
+                latest.insert(sample.vm_id.clone(), sample.clone());
+            }
+        }
     }
 
     /// Snapshot of the cached latest samples.
