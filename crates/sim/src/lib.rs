@@ -19,6 +19,7 @@ pub mod drain;
 pub mod feed;
 pub mod ids;
 pub mod limits;
+pub mod paced;
 pub mod payload;
 pub mod stats;
 pub mod ticker;

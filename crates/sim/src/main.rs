@@ -55,6 +55,38 @@ enum Tool {
         #[arg(long, default_value_t = 100)]
         repeat: u64,
     },
+    /// Pace a corpus over many VM sockets: `--vms` QEMU-like sockets writing `--rate` lines/s
+    /// together, each its share once per `--tick-ms`; runs until killed or `--duration`, then
+    /// prints its counters as JSON.
+    PacedFeed {
+        /// Directory for the vm-<uuid>.sock files.
+        #[arg(long)]
+        socket_dir: PathBuf,
+        /// Corpus file (lines).
+        #[arg(long)]
+        corpus: PathBuf,
+        /// Number of VMs.
+        #[arg(long)]
+        vms: usize,
+        /// Index of the first VM (split a fleet over two feeders with the same --seed).
+        #[arg(long, default_value_t = 0)]
+        first_index: u64,
+        /// Lines per second, all VMs together.
+        #[arg(long)]
+        rate: f64,
+        /// Milliseconds between a VM's writes.
+        #[arg(long, default_value_t = 100)]
+        tick_ms: u64,
+        /// VM ids are derived from this seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Stop after this many seconds (default: run until killed).
+        #[arg(long, value_parser = infinibay_sim::parse_seconds)]
+        duration: Option<std::time::Duration>,
+        /// Write cumulative counters here every second.
+        #[arg(long)]
+        stats_file: Option<PathBuf>,
+    },
     /// Connect to a socket and run decode + sanitise + publish on everything it sends; print a
     /// JSON report.
     Ingest {
@@ -151,6 +183,32 @@ async fn run_tool(tool: Tool) -> anyhow::Result<()> {
                 report.bytes,
                 report.wall.as_secs_f64()
             );
+        }
+        Tool::PacedFeed {
+            socket_dir,
+            corpus,
+            vms,
+            first_index,
+            rate,
+            tick_ms,
+            seed,
+            duration,
+            stats_file,
+        } => {
+            let bytes = std::fs::read(&corpus)
+                .with_context(|| format!("cannot read corpus {}", corpus.display()))?;
+            let options = infinibay_sim::paced::PacedOptions {
+                socket_dir,
+                vms,
+                first_index,
+                seed,
+                rate,
+                tick: std::time::Duration::from_millis(tick_ms.max(1)),
+                duration,
+                stats_file,
+            };
+            let stats = infinibay_sim::paced::paced_feed(options, Arc::new(bytes)).await?;
+            println!("{}", serde_json::to_string(&stats)?);
         }
         Tool::Ingest { socket } => {
             let report = feed::ingest_pipeline(&socket).await?;
