@@ -11,9 +11,10 @@
 #   VMS              simulated VMs of the "many VMs" scenario (default 10000; QUICK 2000)
 #   OTHERS           periodic VMs beside the flooder (default 1000)
 #   HOST_BIN         the infinibay binary; default target/release/infinibay when it has `serve`
+#   SUSTAIN_VMS, SUSTAIN_RATE, SUSTAIN_TICK_MS  the sustained-storage load (1000, 50000, 100)
 #   SKIP_BUILD=1     use the binaries already built
 #   OUT              report path (default bench/results/host.md)
-#   SECTIONS         which parts to run, space-separated, of: ingest many flood store drain
+#   SECTIONS         which parts to run, space-separated, of: ingest sustain many flood store drain
 #                    (default: all; the report then says which were left out)
 #
 # Non-interactive, bounded: every process it starts is killed on exit, every wait has a limit.
@@ -50,7 +51,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-SECTIONS=${SECTIONS:-ingest many flood store drain}
+SECTIONS=${SECTIONS:-ingest sustain many flood store drain}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 calc() { awk "BEGIN { printf \"%.2f\", $1 }"; }
@@ -264,6 +265,74 @@ JSON
   rm -rf "$SOCKDIR"
 }
 
+# ---------------------------------------------------------------------------------------------
+# Sustained storage: `infinibay serve` with a real store, fed a steady SUSTAIN_RATE samples/s by
+# `infinibay-sim paced-feed` (the ingest corpus, pre-rendered, SUSTAIN_VMS sockets each writing
+# its share every SUSTAIN_TICK_MS): measured like the ingest budget, with storage on. The
+# per-VM token bucket is raised for it (1,000 VMs × 50 samples/s exceed the default 10/s).
+SUSTAIN_JSON=$WORK/sustain.jsonl
+: >"$SUSTAIN_JSON"
+SUSTAIN_VMS=${SUSTAIN_VMS:-1000}
+SUSTAIN_RATE=${SUSTAIN_RATE:-50000}
+SUSTAIN_TICK_MS=${SUSTAIN_TICK_MS:-100}
+
+# CPU seconds of a PostgreSQL server and its backends (0 without one).
+pg_cpu_secs() {
+  local pm total=0 pid
+  pm=$(head -n 1 "${PG_THROWAWAY_DIR:-/nonexistent}/data/postmaster.pid" 2>/dev/null) || { echo 0; return; }
+  for pid in "$pm" $(pgrep -P "$pm"); do total=$(calc "$total + $(cpu_secs "$pid")"); done
+  echo "$total"
+}
+
+run_sustain() { # name store
+  local name=$1 store=$2
+  log "sustain $name: $SUSTAIN_VMS VMs, $SUSTAIN_RATE samples/s in all, every ${SUSTAIN_TICK_MS} ms, store $store"
+  local dir=$WORK/s-$name data=$WORK/host-data-$name
+  mkdir -p "$dir" "$data"
+  printf '[ingest]\nrate_per_sec = 1000.0\nburst = 1000\n' >"$WORK/sustain.toml"
+  "$SIM" paced-feed --socket-dir "$dir" --corpus "$CORPUS" --vms "$SUSTAIN_VMS" --rate "$SUSTAIN_RATE" \
+    --tick-ms "$SUSTAIN_TICK_MS" --stats-file "$WORK/paced-$name.json" \
+    >"$WORK/paced-$name.out" 2>"$WORK/paced-$name.err" &
+  local feeder=$!; PIDS+=("$feeder")
+  wait_for_sockets "$dir" "$SUSTAIN_VMS" 60
+  local db_args=()
+  [[ $store == postgres ]] && db_args=(--database "$DB_URL")
+  env -u INFINIBAY_TEST_PG_URL "$HOST_BIN" serve --config "$WORK/sustain.toml" --socket-dir "$dir" --data-dir "$data" \
+    --listen "127.0.0.1:$HOST_PORT" "${db_args[@]}" >"$WORK/host-$name.out" 2>"$WORK/host-$name.err" &
+  local host=$!; PIDS+=("$host")
+  local deadline=$((SECONDS + 60)) online=0
+  while (( SECONDS < deadline )); do
+    online=$(curl -s -m 5 "http://127.0.0.1:$HOST_PORT/healthz" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("online", 0))' 2>/dev/null || echo 0)
+    (( online >= SUSTAIN_VMS )) && break
+    sleep 1
+  done
+  log "host: $online/$SUSTAIN_VMS VMs online"
+  sleep 5
+  local host_before feeder_before pg_before begin_ms end_ms
+  curl -s -m 10 "http://127.0.0.1:$HOST_PORT/healthz" >"$WORK/health-$name.begin" || true
+  cp "$WORK/paced-$name.json" "$WORK/paced-$name.begin"
+  host_before=$(cpu_secs "$host"); feeder_before=$(cpu_secs "$feeder"); pg_before=$(pg_cpu_secs)
+  begin_ms=$(date +%s%3N)
+  sleep "$DURATION"
+  end_ms=$(date +%s%3N)
+  local host_cpu feeder_cpu pg_cpu rss hwm
+  host_cpu=$(calc "$(cpu_secs "$host") - $host_before"); feeder_cpu=$(calc "$(cpu_secs "$feeder") - $feeder_before")
+  pg_cpu=$(calc "$(pg_cpu_secs) - $pg_before")
+  rss=$(rss_kb "$host"); hwm=$(hwm_kb "$host")
+  cp "$WORK/paced-$name.json" "$WORK/paced-$name.end"
+  curl -s -m 10 "http://127.0.0.1:$HOST_PORT/healthz" >"$WORK/health-$name.end" || true
+  stop_pid "$host"; stop_pid "$feeder"
+  local hb='{}' he='{}' fb='{}' fe='{}'
+  [[ -s $WORK/health-$name.begin ]] && hb=$(cat "$WORK/health-$name.begin")
+  [[ -s $WORK/health-$name.end ]] && he=$(cat "$WORK/health-$name.end")
+  [[ -s $WORK/paced-$name.begin ]] && fb=$(cat "$WORK/paced-$name.begin")
+  [[ -s $WORK/paced-$name.end ]] && fe=$(cat "$WORK/paced-$name.end")
+  cat >>"$SUSTAIN_JSON" <<JSON
+{"name": "$name", "store": "$store", "vms": $SUSTAIN_VMS, "rate": $SUSTAIN_RATE, "tick_ms": $SUSTAIN_TICK_MS, "window_secs": $(calc "($end_ms - $begin_ms) / 1000"), "host_cpu_secs": $host_cpu, "feeder_cpu_secs": $feeder_cpu, "pg_cpu_secs": $pg_cpu, "host_rss_kb": $rss, "host_hwm_kb": $hwm, "health_begin": $hb, "health_end": $he, "feed_begin": $fb, "feed_end": $fe}
+JSON
+  rm -rf "$dir"
+}
+
 HOST_PORT=${HOST_PORT:-18480}
 STORE_VMS=${STORE_VMS:-$VMS}
 STORE_INTERVAL=${STORE_INTERVAL:-0.2}
@@ -282,6 +351,19 @@ if [[ $HOST_OK == 1 ]]; then
     fi
   fi
 fi
+if [[ $HOST_OK == 1 ]] && want sustain; then
+  run_sustain sustain-sqlite sqlite
+  if [[ ${SKIP_PG:-0} != 1 ]]; then
+    # shellcheck source=../../scripts/lib/postgres.sh
+    source "$ROOT/scripts/lib/postgres.sh"
+    if pg_throwaway_start >"$WORK/pg-sustain.log" 2>&1; then
+      DB_URL=$INFINIBAY_TEST_PG_URL run_sustain sustain-pg postgres
+      pg_throwaway_stop
+    else
+      log "PostgreSQL did not start: $(tail -n 3 "$WORK/pg-sustain.log")"
+    fi
+  fi
+fi
 # The stand-in host: the simulator's own cost on both runtimes, and a floor for the host.
 if want drain; then
   USE_DRAIN=1 run_load many-drain "$VMS" 1 small 0 0
@@ -294,6 +376,6 @@ fi
 # ---------------------------------------------------------------------------------------------
 log "writing $OUT"
 mkdir -p "$(dirname "$OUT")"
-CONTEXT="$CONTEXT" python3 "$ROOT/bench/host/report.py" "$INGEST_JSON" "$LOADS_JSON" "$OUT" "$HOST_OK" "$CORPUS_BYTES" "$INGEST_MESSAGES" "$ROUNDS"
+CONTEXT="$CONTEXT" python3 "$ROOT/bench/host/report.py" "$INGEST_JSON" "$LOADS_JSON" "$OUT" "$HOST_OK" "$CORPUS_BYTES" "$INGEST_MESSAGES" "$ROUNDS" "$SUSTAIN_JSON"
 log "done: $OUT"
 cat "$OUT"
