@@ -96,6 +96,7 @@ def desc(l):
             + (f", {l['flood']} flooding 64 KB ({sim_rate(l,'flood_messages'):,.0f} lines/s, "
                f"{sim_rate(l,'bytes')/1e6:,.1f} MB/s written by the sim)" if l["flood"] else "")
             + f"; sim runtime {'multi-thread x' + str(l['sim_threads']) if l['sim_threads'] else 'current-thread'}"
+            + (f"; CPU steal {l['steal_pct']:.0f} %" if "steal_pct" in l else "")
             + ("" if l.get("consumer_alive", True) else
                f" — **the consumer died during the window**: `{clean_tail(l)}`"))
 
@@ -140,20 +141,23 @@ if sustains:
       "nothing coalesced, failed or skipped. The fleet-shaped variant (10,000 VMs each writing every sample on "
       "its own) is the `store-*` rows of the load scenarios below.")
     w("")
-    w("| store | fed samples/s | host queued/s, written/s | coalesced, failed, feeder skipped | host CPU | PostgreSQL CPU | feeder CPU | host RSS / peak | sustained |")
-    w("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |")
+    w("*CPU steal*: the share of the machine's CPU time the hypervisor took during the window (`/proc/stat`); "
+      "this machine is a VM, and under heavy steal the host gets much less than its 2 cores.")
+    w("")
+    w("| store | fed samples/s | host queued/s, written/s | coalesced, failed, feeder skipped | host CPU | PostgreSQL CPU | feeder CPU | CPU steal | host RSS / peak | sustained |")
+    w("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for l in sustains:
         f = sustain_figures(l)
         w(f"| {l['store']} | {fmt(f['fed_per_sec'])} | {fmt(f['queued_per_sec'])}, {fmt(f['written_per_sec'])} | "
           f"{fmt(f['coalesced'])}, {fmt(f['failed'])}, {fmt(f['skipped'])} | {f['host_cpu']:.0f} % | "
           + (f"{f['pg_cpu']:.0f} %" if l['store'] == 'postgres' else "–")
-          + f" | {f['feeder_cpu']:.0f} % | {l['host_rss_kb']/1024:.0f} / {l['host_hwm_kb']/1024:.0f} MiB | "
+          + f" | {f['feeder_cpu']:.0f} % | {l.get('steal_pct', 0):.0f} % | {l['host_rss_kb']/1024:.0f} / {l['host_hwm_kb']/1024:.0f} MiB | "
           + ("yes" if sustain_ok(f) else "**no**") + " |")
     w("")
 
 hosts = [l for l in loads if is_host(l)]
 drains = [l for l in loads if not is_host(l)]
-d0 = loads[0]["duration"] if loads else 0
+d0 = loads[0]["duration"] if loads else (sustains[0]["window_secs"] if sustains else 0)
 
 w("## Load scenarios")
 w("")
@@ -225,7 +229,7 @@ for key, store, label in (("store-sqlite", "sqlite", "SQLite storage ≥ 50,000 
         f = sustain_figures(l)
         w(f"| {label} (section 2: fed like the ingest budget, {l['vms']:,} VMs) | {fmt(f['written_per_sec'])} samples/s written, "
           f"{fmt(f['coalesced'])} coalesced, {fmt(f['failed'])} failed, {fmt(f['skipped'])} feeder ticks skipped; host CPU "
-          f"{f['host_cpu']:.0f} % — " + ("met" if sustain_ok(f) else "**not met**") + " |")
+          f"{f['host_cpu']:.0f} %, CPU steal {l.get('steal_pct', 0):.0f} % — " + ("met" if sustain_ok(f) else "**not met**") + " |")
     l = by.get(key)
     if not l:
         if not sus.get(store):

@@ -64,6 +64,13 @@ cpu_secs() { awk -v t="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# The machine's CPU counters (jiffies: total, steal). This is a VM: the hypervisor may take
+# ("steal") a share of the 2 cores, and every figure of a window with much steal is pessimistic.
+cpu_jiffies() { awk '/^cpu / { t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $9; exit }' /proc/stat; }
+steal_pct() { # "total steal" at begin, same at end
+  awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[1] - x[1]; printf "%.1f", t > 0 ? 100 * (y[2] - x[2]) / t : 0 }'
+}
+
 wait_for_sockets() { # dir count timeout_s
   local deadline=$((SECONDS + $3))
   while (( $(find "$1" -maxdepth 1 -name 'vm-*.sock' 2>/dev/null | wc -l) < $2 )); do
@@ -226,11 +233,11 @@ run_load() { # name vms interval profile flood threads
   # overloaded simulator writes its stats file late (its counters carry their own uptime).
   local begin_ms end_ms health_end_ms
   curl -s -m 5 "http://127.0.0.1:$HOST_PORT/healthz" >"$WORK/health-$name.begin" 2>/dev/null || true
-  begin_ms=$(date +%s%3N)
+  begin_ms=$(date +%s%3N); local jiffies_begin; jiffies_begin=$(cpu_jiffies)
   for f in "$WORK"/stats-"$name"-*.json; do cp "$f" "$f.begin"; done
   sleep "$DURATION"
   for f in "$WORK"/stats-"$name"-*.json; do cp "$f" "$f.end"; done
-  end_ms=$(date +%s%3N)
+  end_ms=$(date +%s%3N); local steal; steal=$(steal_pct "$jiffies_begin" "$(cpu_jiffies)")
   local consumer_cpu consumer_rss consumer_hwm sim_cpu=0 sim_rss=0 i=0 consumer_alive=true
   kill -0 "$CONSUMER_PID" 2>/dev/null || { consumer_alive=false; log "consumer of $name died; see its log"; }
   consumer_cpu=$(calc "$(cpu_secs "$CONSUMER_PID") - $consumer_before")
@@ -260,7 +267,7 @@ run_load() { # name vms interval profile flood threads
     begin+="$(cat "$f.begin" 2>/dev/null || echo '{"sim_totals":{}}'),"; end+="$(cat "$f.end" 2>/dev/null || echo '{"sim_totals":{}}'),"
   done
   cat >>"$LOADS_JSON" <<JSON
-{"name": "$name", "vms": $vms, "interval": $interval, "profile": "$profile", "flood": $flood, "sim_threads": $threads, "duration": $DURATION, "window_secs": $(calc "($end_ms - $begin_ms) / 1000"), "health_secs": $(calc "($health_end_ms - $begin_ms) / 1000"), "consumer_kind": "$CONSUMER_KIND", "consumer_alive": $consumer_alive, "consumer_log_tail": $(tail -n 3 "$WORK/host-$name.err" 2>/dev/null | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()[-600:]))'), "consumer_cpu_secs": $consumer_cpu, "consumer_rss_kb": $consumer_rss, "consumer_hwm_kb": $consumer_hwm, "consumer_own": $own, "sim_cpu_secs": $sim_cpu, "sim_rss_kb": $sim_rss, "sim_processes": ${#SIM_PIDS[@]}, "sim_begin": [${begin%,}], "sim_end": [${end%,}], "store": "${DB_KIND:-sqlite}", "health_begin": $health_begin, "health_end": $health_end, "db": $db}
+{"name": "$name", "vms": $vms, "interval": $interval, "profile": "$profile", "flood": $flood, "sim_threads": $threads, "duration": $DURATION, "steal_pct": $steal, "window_secs": $(calc "($end_ms - $begin_ms) / 1000"), "health_secs": $(calc "($health_end_ms - $begin_ms) / 1000"), "consumer_kind": "$CONSUMER_KIND", "consumer_alive": $consumer_alive, "consumer_log_tail": $(tail -n 3 "$WORK/host-$name.err" 2>/dev/null | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()[-600:]))'), "consumer_cpu_secs": $consumer_cpu, "consumer_rss_kb": $consumer_rss, "consumer_hwm_kb": $consumer_hwm, "consumer_own": $own, "sim_cpu_secs": $sim_cpu, "sim_rss_kb": $sim_rss, "sim_processes": ${#SIM_PIDS[@]}, "sim_begin": [${begin%,}], "sim_end": [${end%,}], "store": "${DB_KIND:-sqlite}", "health_begin": $health_begin, "health_end": $health_end, "db": $db}
 JSON
   rm -rf "$SOCKDIR"
 }
@@ -312,9 +319,9 @@ run_sustain() { # name store
   curl -s -m 10 "http://127.0.0.1:$HOST_PORT/healthz" >"$WORK/health-$name.begin" || true
   cp "$WORK/paced-$name.json" "$WORK/paced-$name.begin"
   host_before=$(cpu_secs "$host"); feeder_before=$(cpu_secs "$feeder"); pg_before=$(pg_cpu_secs)
-  begin_ms=$(date +%s%3N)
+  begin_ms=$(date +%s%3N); local jiffies_begin; jiffies_begin=$(cpu_jiffies)
   sleep "$DURATION"
-  end_ms=$(date +%s%3N)
+  end_ms=$(date +%s%3N); local steal; steal=$(steal_pct "$jiffies_begin" "$(cpu_jiffies)")
   local host_cpu feeder_cpu pg_cpu rss hwm
   host_cpu=$(calc "$(cpu_secs "$host") - $host_before"); feeder_cpu=$(calc "$(cpu_secs "$feeder") - $feeder_before")
   pg_cpu=$(calc "$(pg_cpu_secs) - $pg_before")
@@ -328,7 +335,7 @@ run_sustain() { # name store
   [[ -s $WORK/paced-$name.begin ]] && fb=$(cat "$WORK/paced-$name.begin")
   [[ -s $WORK/paced-$name.end ]] && fe=$(cat "$WORK/paced-$name.end")
   cat >>"$SUSTAIN_JSON" <<JSON
-{"name": "$name", "store": "$store", "vms": $SUSTAIN_VMS, "rate": $SUSTAIN_RATE, "tick_ms": $SUSTAIN_TICK_MS, "window_secs": $(calc "($end_ms - $begin_ms) / 1000"), "host_cpu_secs": $host_cpu, "feeder_cpu_secs": $feeder_cpu, "pg_cpu_secs": $pg_cpu, "host_rss_kb": $rss, "host_hwm_kb": $hwm, "health_begin": $hb, "health_end": $he, "feed_begin": $fb, "feed_end": $fe}
+{"name": "$name", "store": "$store", "vms": $SUSTAIN_VMS, "rate": $SUSTAIN_RATE, "tick_ms": $SUSTAIN_TICK_MS, "steal_pct": $steal, "window_secs": $(calc "($end_ms - $begin_ms) / 1000"), "host_cpu_secs": $host_cpu, "feeder_cpu_secs": $feeder_cpu, "pg_cpu_secs": $pg_cpu, "host_rss_kb": $rss, "host_hwm_kb": $hwm, "health_begin": $hb, "health_end": $he, "feed_begin": $fb, "feed_end": $fe}
 JSON
   rm -rf "$dir"
 }
