@@ -150,6 +150,10 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+fn read_corpus(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read corpus {}", path.display()))
+}
+
 async fn run_tool(tool: Tool) -> anyhow::Result<()> {
     match tool {
         Tool::Corpus {
@@ -174,8 +178,7 @@ async fn run_tool(tool: Tool) -> anyhow::Result<()> {
             corpus,
             repeat,
         } => {
-            let bytes = std::fs::read(&corpus)
-                .with_context(|| format!("cannot read corpus {}", corpus.display()))?;
+            let bytes = read_corpus(&corpus)?;
             let report = feed::serve_corpus(&socket, Arc::new(bytes), repeat).await?;
             eprintln!(
                 "fed {} messages, {} bytes in {:.3} s",
@@ -195,8 +198,7 @@ async fn run_tool(tool: Tool) -> anyhow::Result<()> {
             duration,
             stats_file,
         } => {
-            let bytes = std::fs::read(&corpus)
-                .with_context(|| format!("cannot read corpus {}", corpus.display()))?;
+            let bytes = read_corpus(&corpus)?;
             let options = infinibay_sim::paced::PacedOptions {
                 socket_dir,
                 vms,

@@ -113,9 +113,11 @@ pub async fn paced_feed(
     let counters = Arc::new(Counters::default());
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut paths = Vec::with_capacity(vms);
     for index in 0..vms {
         let id = crate::ids::vm_uuid(options.seed, options.first_index + index as u64);
         let path = options.socket_dir.join(format!("vm-{id}.sock"));
+        paths.push(path.clone());
         let listener = crate::vm::bind(&path).map_err(|source| FeedError::Io {
             what: "cannot bind",
             path: path.clone(),
@@ -153,9 +155,8 @@ pub async fn paced_feed(
         }
     }
     tasks.abort_all();
-    for index in 0..vms {
-        let id = crate::ids::vm_uuid(options.seed, options.first_index + index as u64);
-        let _ = std::fs::remove_file(options.socket_dir.join(format!("vm-{id}.sock")));
+    for path in &paths {
+        let _ = std::fs::remove_file(path);
     }
     Ok(snapshot(&counters))
 }
