@@ -140,6 +140,11 @@ for round in $(seq "$ROUNDS"); do
   fi
   log "ingest round $round/$ROUNDS: rust protocol pipeline"
   feed_to "$SIM" ingest --socket "$WORK/feed.sock"
+  # The floors under any ingest that checks its input (see docs/host.md, "The ingest budget").
+  for stage in framing syntax typed; do
+    log "ingest round $round/$ROUNDS: floor, $stage only"
+    feed_to "$SIM" ingest --stage "$stage" --socket "$WORK/feed.sock"
+  done
   log "ingest round $round/$ROUNDS: node watcher"
   feed_to node "$NODE_WATCHER" --socket "$WORK/feed.sock"
 done

@@ -3,7 +3,8 @@
 //! The ingest benchmark feeds the same bytes to two consumers over a real UNIX socket: our
 //! protocol pipeline ([`ingest_pipeline`]) and the seeds' Node watcher re-implemented in
 //! `bench/host/node-watcher.js`. [`corpus`] makes the bytes, [`serve_corpus`] is the QEMU-like
-//! server end that writes them as fast as the consumer reads.
+//! server end that writes them as fast as the consumer reads. The pipeline can stop early
+//! ([`IngestStage`]): its lower stages are the floors any ingest that checks its input pays.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use infinibay_protocol::samples::Jitter;
 use infinibay_protocol::sanitize::{Limits, sanitize};
-use infinibay_protocol::{DEFAULT_MAX_LINE, GuestMessage, GuestStreamDecoder, encode_line};
+use infinibay_protocol::{
+    DEFAULT_MAX_LINE, Frame, GuestMessage, GuestStreamDecoder, LineDecoder, encode_line,
+};
+use serde::de::IgnoredAny;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -178,10 +182,41 @@ pub fn process_usage() -> (f64, u64) {
     )
 }
 
-/// Connect to `socket` and run the host's ingest steps on everything it sends until it closes:
-/// decode ([`GuestStreamDecoder`]) → validate and clamp ([`sanitize`]) → publish on a tokio
-/// `broadcast` bus to one subscriber, with storage left out (as the peer was measured).
-pub async fn ingest_pipeline(socket: &Path) -> Result<IngestReport, FeedError> {
+/// How much of the ingest [`ingest_pipeline`] runs on each line. The stages below `Full` are
+/// floors, not ingests: each one is what every design that reads its input that far must pay,
+/// so that the budget's ratio can be set against what is reachable at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum IngestStage {
+    /// Split the stream into lines and check each is UTF-8; nothing is parsed.
+    Framing,
+    /// Framing, then a complete JSON syntax check of each line (serde_json, every value
+    /// skipped as it is read, nothing built): the least a host can do and still reject bad JSON.
+    Syntax,
+    /// Framing and the typed decode ([`GuestStreamDecoder`]), without sanitising or publishing.
+    Typed,
+    /// Decode, sanitise and publish: the protocol pipeline.
+    #[default]
+    Full,
+}
+
+impl IngestStage {
+    /// The `consumer` name in the JSON report.
+    pub fn consumer_name(self) -> &'static str {
+        match self {
+            Self::Framing => "rust-floor-framing",
+            Self::Syntax => "rust-floor-syntax",
+            Self::Typed => "rust-floor-typed",
+            Self::Full => "rust-protocol-pipeline",
+        }
+    }
+}
+
+/// Connect to `socket` and run the host's ingest steps, up to `stage`, on everything it sends
+/// until it closes. `Full`: decode ([`GuestStreamDecoder`]) → validate and clamp
+/// ([`sanitize`]) → publish on a tokio `broadcast` bus to one subscriber, with storage left out
+/// (as the peer was measured). The lower stages count what they accept as `messages` and what
+/// they reject as `bad_lines`, and publish nothing.
+pub async fn ingest_pipeline(socket: &Path, stage: IngestStage) -> Result<IngestReport, FeedError> {
     let mut stream = UnixStream::connect(socket)
         .await
         .map_err(io_error("cannot connect to", socket))?;
@@ -199,6 +234,7 @@ pub async fn ingest_pipeline(socket: &Path) -> Result<IngestReport, FeedError> {
     });
     let limits = Limits::default();
     let mut decoder = GuestStreamDecoder::new(DEFAULT_MAX_LINE);
+    let mut lines = LineDecoder::new(DEFAULT_MAX_LINE);
     let mut buffer = vec![0u8; 64 * 1024];
     let mut report = IngestReport::default();
     let mut start: Option<(Instant, f64)> = None;
@@ -214,15 +250,36 @@ pub async fn ingest_pipeline(socket: &Path) -> Result<IngestReport, FeedError> {
             start = Some((Instant::now(), process_usage().0));
         }
         report.bytes += n as u64;
-        decoder.decode(&buffer[..n], |item| match item {
-            Ok(mut message) => {
-                report.fixes += u64::from(sanitize(&mut message, &limits).fixes);
-                report.messages += 1;
-                // No receiver only means nobody listens right now; ingest goes on.
-                let _ = bus.send(Arc::new((vm, message)));
-            }
-            Err(_) => report.bad_lines += 1,
-        });
+        let chunk = &buffer[..n];
+        match stage {
+            IngestStage::Framing | IngestStage::Syntax => lines.decode(chunk, |frame| {
+                let accepted = match frame {
+                    Frame::Line(line) => std::str::from_utf8(line).is_ok_and(|text| {
+                        stage == IngestStage::Framing
+                            || serde_json::from_str::<IgnoredAny>(text).is_ok()
+                    }),
+                    Frame::Oversize { .. } | Frame::Resynced { .. } => false,
+                };
+                if accepted {
+                    report.messages += 1;
+                } else {
+                    report.bad_lines += 1;
+                }
+            }),
+            IngestStage::Typed => decoder.decode(chunk, |item| match item {
+                Ok(_) => report.messages += 1,
+                Err(_) => report.bad_lines += 1,
+            }),
+            IngestStage::Full => decoder.decode(chunk, |item| match item {
+                Ok(mut message) => {
+                    report.fixes += u64::from(sanitize(&mut message, &limits).fixes);
+                    report.messages += 1;
+                    // No receiver only means nobody listens right now; ingest goes on.
+                    let _ = bus.send(Arc::new((vm, message)));
+                }
+                Err(_) => report.bad_lines += 1,
+            }),
+        }
         // Let the subscriber run between reads, as a runtime with other tasks would.
         tokio::task::yield_now().await;
     }

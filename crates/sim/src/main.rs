@@ -93,6 +93,10 @@ enum Tool {
         /// Socket to connect to.
         #[arg(long)]
         socket: PathBuf,
+        /// How far to take each line: `full` is the protocol pipeline; `framing`, `syntax` and
+        /// `typed` stop early, to measure the floor under it.
+        #[arg(long, value_enum, default_value_t = feed::IngestStage::Full)]
+        stage: feed::IngestStage,
     },
     /// A stand-in host: connect to every vm-*.sock in a directory, decode + sanitise + publish
     /// what arrives, measure rates and sample gaps; print a JSON report.
@@ -212,9 +216,9 @@ async fn run_tool(tool: Tool) -> anyhow::Result<()> {
             let stats = infinibay_sim::paced::paced_feed(options, Arc::new(bytes)).await?;
             println!("{}", serde_json::to_string(&stats)?);
         }
-        Tool::Ingest { socket } => {
-            let report = feed::ingest_pipeline(&socket).await?;
-            println!("{}", report.to_json("rust-protocol-pipeline"));
+        Tool::Ingest { socket, stage } => {
+            let report = feed::ingest_pipeline(&socket, stage).await?;
+            println!("{}", report.to_json(stage.consumer_name()));
         }
         Tool::Drain {
             socket_dir,

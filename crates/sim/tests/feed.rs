@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use infinibay_sim::Profile;
-use infinibay_sim::feed::{corpus, count_lines, ingest_pipeline, serve_corpus};
+use infinibay_sim::feed::{IngestStage, corpus, count_lines, ingest_pipeline, serve_corpus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_corpus_message_is_decoded_sanitised_and_published_once() {
@@ -21,10 +21,10 @@ async fn every_corpus_message_is_decoded_sanitised_and_published_once() {
         let bytes = Arc::new(bytes);
         tokio::spawn(async move { serve_corpus(&socket, bytes, 20).await })
     };
-    while !socket.exists() {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let report = ingest_pipeline(&socket).await.expect("ingest runs");
+    wait_for(&socket).await;
+    let report = ingest_pipeline(&socket, IngestStage::Full)
+        .await
+        .expect("ingest runs");
     let fed = feeder.await.expect("feeder task").expect("feeder runs");
     assert_eq!(fed.messages, 10_000);
     assert_eq!(report.messages, 10_000);
@@ -36,6 +36,48 @@ async fn every_corpus_message_is_decoded_sanitised_and_published_once() {
         "every message published"
     );
     assert!(report.cpu_secs > 0.0);
+}
+
+async fn wait_for(socket: &std::path::Path) {
+    while !socket.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The floors are only floors if they do the work they are named after: framing rejects what is
+/// not UTF-8, the syntax stage also rejects broken JSON, the typed stage also a wrong type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_floor_stage_rejects_exactly_what_its_check_covers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut bytes = corpus(Profile::Small, 20, 5).expect("corpus builds");
+    bytes.extend_from_slice(b"{\"type\":\"system_metrics\",\"metrics\":{\"cpu\":{\"x\":[1,}}}\n");
+    bytes.extend_from_slice(b"{\"type\":\"system_metrics\",\"metrics\":{\"cpu\":\"busy\"}}\n");
+    bytes.extend_from_slice(b"{\"type\":\"pong\",\"note\":\"\xc3\x28\"}\n");
+    let bytes = Arc::new(bytes);
+    // (stage, accepted, rejected) per 23-line round
+    let expected = [
+        (IngestStage::Framing, 22, 1),
+        (IngestStage::Syntax, 21, 2),
+        (IngestStage::Typed, 20, 3),
+        (IngestStage::Full, 20, 3),
+    ];
+    for (stage, accepted, rejected) in expected {
+        let socket = dir.path().join(format!("{}.sock", stage.consumer_name()));
+        let feeder = {
+            let (socket, bytes) = (socket.clone(), bytes.clone());
+            tokio::spawn(async move { serve_corpus(&socket, bytes, 3).await })
+        };
+        wait_for(&socket).await;
+        let report = ingest_pipeline(&socket, stage).await.expect("ingest runs");
+        feeder.await.expect("feeder task").expect("feeder runs");
+        assert_eq!(
+            (report.messages, report.bad_lines),
+            (accepted * 3, rejected * 3),
+            "{stage:?}"
+        );
+        let published = if stage == IngestStage::Full { 60 } else { 0 };
+        assert_eq!(report.delivered + report.lagged, published, "{stage:?}");
+    }
 }
 
 #[test]
