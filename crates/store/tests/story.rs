@@ -236,6 +236,59 @@ mod story {
         assert!(empty.is_empty());
     }
 
+    /// Each VM's rollup holds its own samples only, whichever part of the minute they fell in
+    /// (a backend may group a bucket in several reads and merge them).
+    pub async fn rollups_keep_each_vms_samples_apart_across_the_minute(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let minute = floor_to(now, Duration::minutes(1)) - Duration::minutes(10);
+        let mut expected: BTreeMap<&str, Vec<(f64, i64)>> = BTreeMap::new();
+        let mut samples = Vec::new();
+        // Three VMs, one sample each every 3 s, offset from each other, with different values.
+        for (v, vm) in ["vm-a", "vm-b", "vm-c"].into_iter().enumerate() {
+            for i in 0..20i64 {
+                let at = minute + Duration::milliseconds(3_000 * i + 700 * v as i64);
+                let cpu = (10 * v as i64 + (i * 7) % 13) as f64;
+                let mem = 500_000 * (v as i64 + 1) + i;
+                samples.push(sample(vm, at, cpu, mem));
+                expected.entry(vm).or_default().push((cpu, mem));
+            }
+        }
+        samples.sort_by_key(|s| s.received_at);
+        store.insert_samples(&samples).await.expect("insert");
+        store
+            .maintain(now, Retention::default(), 1000)
+            .await
+            .expect("maintain");
+        let short_raw = Retention {
+            raw: Duration::minutes(5),
+            ..Retention::default()
+        };
+        store
+            .maintain(now, short_raw, 1000)
+            .await
+            .expect("prune raw");
+        for (vm, values) in &expected {
+            let (resolution, points) = store
+                .metrics(vm, minute, minute + Duration::minutes(1), 1000)
+                .await
+                .expect("minute query");
+            assert_eq!(resolution, Resolution::Minute, "{vm}");
+            assert_eq!(points.len(), 1, "{vm}: one minute");
+            let cpus: Vec<f64> = values.iter().map(|v| v.0).collect();
+            let mems: Vec<f64> = values.iter().map(|v| v.1 as f64).collect();
+            let (avg, min, max, count) = stats(&cpus);
+            let point = &points[0];
+            assert_eq!(point.samples, count, "{vm}");
+            assert!(
+                close(point.cpu_avg, avg),
+                "{vm}: {} vs {avg}",
+                point.cpu_avg
+            );
+            assert_eq!((point.cpu_min, point.cpu_max), (min, max), "{vm}");
+            assert!(close(point.mem_used_kb_avg, stats(&mems).0), "{vm}");
+        }
+    }
+
     pub async fn maintain_rolls_up_minutes_and_hours_without_double_counting(
         store: Arc<dyn Store>,
     ) {
@@ -1109,6 +1162,7 @@ both_backends!(
     samples_land_and_latest_sample_keeps_full_detail,
     metrics_query_returns_raw_samples_or_raw_buckets,
     maintain_rolls_up_minutes_and_hours_without_double_counting,
+    rollups_keep_each_vms_samples_apart_across_the_minute,
     retention_prunes_only_old_rows,
     inventories_are_replaced_and_service_changes_derived,
     command_log_records_then_completes_by_id,
