@@ -42,6 +42,10 @@ pub struct GuestOptions {
     pub socket_dir: Option<PathBuf>,
     /// `RUST_LOG` for the agent inside the guest.
     pub agent_log: Option<String>,
+    /// Give the guest a VGA display served by QEMU's VNC server on the UNIX socket
+    /// `<socket_dir>/vnc-<uuid>.sock` (security type None), with a root shell on tty1 so
+    /// that what is typed there shows on the screen.
+    pub vnc: bool,
 }
 
 impl Default for GuestOptions {
@@ -56,7 +60,56 @@ impl Default for GuestOptions {
             network: true,
             socket_dir: None,
             agent_log: None,
+            vnc: false,
         }
+    }
+}
+
+/// A picture of the guest's display: `width` × `height` RGB pixels, row by row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Screen {
+    /// Pixels per row.
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+    /// 3 bytes (R, G, B) per pixel.
+    pub rgb: Vec<u8>,
+}
+
+impl Screen {
+    /// Parse the binary PPM (`P6`, maxval 255) QEMU's `screendump` writes.
+    fn from_ppm(ppm: &[u8]) -> Result<Screen> {
+        let bad = |detail: &str| Error::protocol("screendump", detail.to_owned());
+        // The header is four whitespace-separated words: P6 WIDTH HEIGHT MAXVAL, then one
+        // whitespace byte, then the pixels. (QEMU writes no comments.)
+        let mut words = Vec::new();
+        let mut at = 0;
+        while words.len() < 4 {
+            while ppm.get(at).is_some_and(u8::is_ascii_whitespace) {
+                at += 1;
+            }
+            let start = at;
+            while ppm.get(at).is_some_and(|b| !b.is_ascii_whitespace()) {
+                at += 1;
+            }
+            if start == at {
+                return Err(bad("truncated header"));
+            }
+            words.push(String::from_utf8_lossy(&ppm[start..at]).into_owned());
+        }
+        let number = |word: &str| {
+            word.parse::<u32>()
+                .map_err(|_| bad("header is not numeric"))
+        };
+        if words[0] != "P6" || number(&words[3])? != 255 {
+            return Err(bad("not a P6 PPM with maxval 255"));
+        }
+        let (width, height) = (number(&words[1])?, number(&words[2])?);
+        let rgb = ppm.get(at + 1..).ok_or_else(|| bad("no pixels"))?.to_vec();
+        if rgb.len() != width as usize * height as usize * 3 {
+            return Err(bad("pixel data does not match the size"));
+        }
+        Ok(Screen { width, height, rgb })
     }
 }
 
@@ -66,6 +119,8 @@ pub struct Guest {
     /// Short private directory (`/tmp/ib-XXXXXX`): AF_UNIX paths must stay under 108 bytes.
     private_dir: tempfile::TempDir,
     agent_socket: PathBuf,
+    /// `<socket_dir>/vnc-<uuid>.sock` when booted with [`GuestOptions::vnc`].
+    vnc_socket: Option<PathBuf>,
     qga_socket: PathBuf,
     qmp_socket: PathBuf,
     /// Kept after the guest is gone, for failure reports (`target/e2e/runs/...`).
@@ -146,9 +201,15 @@ impl Guest {
             .clone()
             .unwrap_or_else(|| private_dir.path().to_path_buf());
         let agent_socket = socket_dir.join(format!("vm-{}.sock", options.vm_id));
+        let vnc_socket = options
+            .vnc
+            .then(|| socket_dir.join(format!("vnc-{}.sock", options.vm_id)));
         let qga_socket = private_dir.path().join("qga.sock");
         let qmp_socket = private_dir.path().join("qmp.sock");
-        for socket in [&agent_socket, &qga_socket, &qmp_socket] {
+        for socket in [&agent_socket, &qga_socket, &qmp_socket]
+            .into_iter()
+            .chain(vnc_socket.as_ref())
+        {
             if socket.as_os_str().len() > 107 {
                 return Err(Error::protocol(
                     "socket path",
@@ -179,6 +240,9 @@ impl Guest {
         }
         if let Some(filter) = &options.agent_log {
             append.push_str(&format!(" ib.log={filter}"));
+        }
+        if options.vnc {
+            append.push_str(" ib.tty1=shell");
         }
 
         let mut command = Command::new("qemu-system-x86_64");
@@ -216,6 +280,12 @@ impl Guest {
             ))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()));
+        if let Some(vnc_socket) = &vnc_socket {
+            // The guest's text console (VGA, 720x400) through QEMU's own VNC server.
+            command
+                .args(["-vga", "std", "-vnc"])
+                .arg(format!("unix:{}", vnc_socket.display()));
+        }
         if options.network {
             command.args(["-netdev", "user,id=net0,restrict=on"]).args([
                 "-device",
@@ -233,6 +303,7 @@ impl Guest {
             options,
             private_dir,
             agent_socket,
+            vnc_socket,
             qga_socket,
             qmp_socket,
             run_dir,
@@ -249,7 +320,12 @@ impl Guest {
             if let Some(status) = self.try_exit_status()? {
                 return Err(self.exited_error(status));
             }
-            if self.agent_socket.exists() && self.qga_socket.exists() && self.qmp_socket.exists() {
+            let vnc_ready = self.vnc_socket.as_ref().is_none_or(|s| s.exists());
+            if self.agent_socket.exists()
+                && self.qga_socket.exists()
+                && self.qmp_socket.exists()
+                && vnc_ready
+            {
                 return Ok(());
             }
             if started.elapsed() > timeout {
@@ -292,6 +368,12 @@ impl Guest {
     /// Host side of the agent's port: `<socket_dir>/vm-<uuid>.sock`.
     pub fn agent_socket(&self) -> &Path {
         &self.agent_socket
+    }
+
+    /// QEMU's VNC server (`<socket_dir>/vnc-<uuid>.sock`), when booted with
+    /// [`GuestOptions::vnc`].
+    pub fn vnc_socket(&self) -> Option<&Path> {
+        self.vnc_socket.as_deref()
     }
 
     /// Host side of qemu-ga's port.
@@ -351,6 +433,22 @@ impl Guest {
             forget(self.pid);
         }
         Ok(status)
+    }
+
+    /// What the guest's display shows now, from QEMU itself (QMP `screendump`): the
+    /// reference a VNC client's view is compared with. Needs [`GuestOptions::vnc`] (without a
+    /// display device there is nothing to dump).
+    pub fn screendump(&self, timeout: Duration) -> Result<Screen> {
+        let path = self.private_dir.path().join("screen.ppm");
+        let deadline = Instant::now() + timeout;
+        Qmp::connect(&self.qmp_socket, timeout)?.execute_with(
+            "screendump",
+            serde_json::json!({ "filename": path }),
+            deadline,
+        )?;
+        let ppm = fs::read(&path).map_err(Error::io(format!("reading {}", path.display())))?;
+        let _ = fs::remove_file(&path);
+        Screen::from_ppm(&ppm)
     }
 
     /// Whether QEMU still runs.
@@ -423,5 +521,8 @@ impl Drop for Guest {
         let _ = self.kill();
         // The agent socket may live in a shared socket directory: remove ours.
         let _ = fs::remove_file(&self.agent_socket);
+        if let Some(vnc_socket) = &self.vnc_socket {
+            let _ = fs::remove_file(vnc_socket);
+        }
     }
 }

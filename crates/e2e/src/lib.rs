@@ -35,7 +35,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use agent::AgentClient;
-pub use guest::{Guest, GuestOptions};
+pub use guest::{Guest, GuestOptions, Screen};
 pub use host::{HostOptions, HostProcess, HttpResponse, host_binary, http_request};
 pub use image::GuestImage;
 pub use qga::{ExecOutput, QgaClient};

@@ -1,4 +1,4 @@
-//! Just enough QMP to stop a guest cleanly (`quit`).
+//! Just enough QMP to stop a guest cleanly (`quit`) and to look at its screen (`screendump`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -33,7 +33,21 @@ impl Qmp {
 
     /// Run `command`; asynchronous events that arrive meanwhile are skipped.
     pub(crate) fn execute(&mut self, command: &str, deadline: Instant) -> Result<Value> {
-        let request = json!({ "execute": command });
+        self.execute_with(command, Value::Null, deadline)
+    }
+
+    /// Run `command` with `arguments` (a JSON object, or `Null` for none).
+    pub(crate) fn execute_with(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        deadline: Instant,
+    ) -> Result<Value> {
+        let request = if arguments.is_null() {
+            json!({ "execute": command })
+        } else {
+            json!({ "execute": command, "arguments": arguments })
+        };
         self.lines.send(format!("{request}\n").as_bytes())?;
         loop {
             let reply = self.read_json(deadline)?;

@@ -2,6 +2,8 @@
 //! sockets as VNC endpoints, and a real WebSocket client (tokio-tungstenite).
 #![allow(dead_code)] // each test binary uses a part of it
 
+pub mod rfb;
+
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -129,7 +131,9 @@ pub struct Harness {
     pub audit: Arc<RecordingAudit>,
     pub gate: Arc<TestGate>,
     pub addr: SocketAddr,
-    pub dir: tempfile::TempDir,
+    /// Where the gate looks for `vnc-<vm>.sock`.
+    pub dir: PathBuf,
+    _own_dir: Option<tempfile::TempDir>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -145,17 +149,24 @@ impl Harness {
     }
 
     pub async fn with_config(config: ConsoleConfig) -> Harness {
-        log_capture();
         // Short: AF_UNIX paths must stay under 108 bytes.
-        let dir = tempfile::Builder::new()
+        let own = tempfile::Builder::new()
             .prefix("ibc-")
             .tempdir_in("/tmp")
             .expect("temp dir");
+        let mut harness = Harness::in_dir(config, own.path().to_path_buf()).await;
+        harness._own_dir = Some(own);
+        harness
+    }
+
+    /// A console whose gate finds VNC sockets in `dir` (e.g. a QEMU guest's socket directory).
+    pub async fn in_dir(config: ConsoleConfig, dir: PathBuf) -> Harness {
+        log_capture();
         let tickets = Arc::new(MemoryTicketStore::new(1024));
         let audit = Arc::new(RecordingAudit::default());
         let gate = Arc::new(TestGate {
             rules: Rules::default(),
-            dir: dir.path().to_path_buf(),
+            dir: dir.clone(),
         });
         let console = Console::new(tickets.clone(), gate.clone(), audit.clone(), config);
         let app: axum::Router = console.router();
@@ -178,6 +189,7 @@ impl Harness {
             gate,
             addr,
             dir,
+            _own_dir: None,
             server,
         }
     }
@@ -210,7 +222,7 @@ impl Harness {
     }
 
     pub fn vnc_path(&self, vm_id: &str) -> PathBuf {
-        vnc_socket_path(self.dir.path(), vm_id).expect("plain VM id")
+        vnc_socket_path(&self.dir, vm_id).expect("plain VM id")
     }
 
     pub async fn ticket(&self, user_id: i64, vm_id: &str) -> IssuedTicket {

@@ -2,9 +2,9 @@
 //!
 //! For people (poke at a guest by hand) and for the leak test (kill this process, QEMU must
 //! die with it). Prints `key=value` lines once QEMU runs:
-//! `qemu_pid`, `agent_socket`, `qga_socket`, `run_dir`.
+//! `qemu_pid`, `agent_socket`, `qga_socket`, `run_dir`, and `vnc_socket` with `--vnc`.
 //!
-//!     infinibay-e2e-guest [--hostname NAME] [--socket-dir DIR] [--no-agent]
+//!     infinibay-e2e-guest [--hostname NAME] [--socket-dir DIR] [--no-agent] [--vnc]
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -18,18 +18,26 @@ fn main() -> ExitCode {
         name: "manual".into(),
         ..GuestOptions::default()
     };
+    let usage = || {
+        eprintln!(
+            "usage: infinibay-e2e-guest [--hostname NAME] [--socket-dir DIR] [--no-agent] [--vnc]"
+        );
+        ExitCode::from(2)
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next()) {
-            ("--hostname", Some(value)) => options.hostname = value,
-            ("--socket-dir", Some(value)) => options.socket_dir = Some(PathBuf::from(value)),
-            ("--no-agent", None) => options.agent = false,
-            _ => {
-                eprintln!(
-                    "usage: infinibay-e2e-guest [--hostname NAME] [--socket-dir DIR] [--no-agent]"
-                );
-                return ExitCode::from(2);
-            }
+        match arg.as_str() {
+            "--hostname" => match args.next() {
+                Some(value) => options.hostname = value,
+                None => return usage(),
+            },
+            "--socket-dir" => match args.next() {
+                Some(value) => options.socket_dir = Some(PathBuf::from(value)),
+                None => return usage(),
+            },
+            "--no-agent" => options.agent = false,
+            "--vnc" => options.vnc = true,
+            _ => return usage(),
         }
     }
     let guest = match GuestImage::shared().and_then(|image| Guest::boot(image, options)) {
@@ -48,6 +56,10 @@ fn main() -> ExitCode {
         guest.qga_socket().display(),
         guest.run_dir().display()
     )
+    .and_then(|()| match guest.vnc_socket() {
+        Some(vnc) => writeln!(stdout, "vnc_socket={}", vnc.display()),
+        None => Ok(()),
+    })
     .and_then(|()| stdout.flush());
     drop(stdout);
     if let Err(e) = printed {
