@@ -36,6 +36,7 @@ mod relay;
 mod service;
 pub mod sql;
 mod ticket;
+mod upgrade;
 
 pub use audit::{AuditRecord, AuditSink, LogAudit};
 pub use close::CloseCode;

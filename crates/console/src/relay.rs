@@ -1,27 +1,38 @@
-//! The byte pump between an open WebSocket and a VNC server.
+//! The byte pump between an upgraded viewer connection and a VNC server.
 //!
-//! Two loops run concurrently in the session's task, each owning one direction:
+//! The two directions are not symmetric, and neither is the code:
 //!
-//! - **viewer → VNC** reads one WebSocket message and writes it whole to the VNC socket before
-//!   reading the next: a VNC server that stops reading stops the viewer (TCP backpressure),
-//!   and at most one message (≤ `max_viewer_message`) is held.
-//! - **VNC → viewer** reads at most `chunk` bytes and sends them as one binary message, waiting
-//!   until the WebSocket accepted it before reading more: a slow viewer slows the VNC server,
-//!   and at most one chunk is held. It also sends the keepalive pings and watches for the end
-//!   requested from outside.
+//! - **VNC → viewer** carries nearly every byte (framebuffer updates). It reads at most
+//!   `chunk` bytes from the VNC server into one reused buffer and writes them as one binary
+//!   frame: a 2–10 byte header and the buffer in one vectored write, so the payload is copied
+//!   once by the kernel on the way in and once on the way out, never in between. It reads the
+//!   next chunk only when the frame is written: a slow viewer slows the VNC server, and one
+//!   chunk is all it holds. It also writes the keepalive pings, the control frames tungstenite
+//!   queues (pongs, close replies) between data frames, and watches for an end requested from
+//!   outside.
+//! - **viewer → VNC** is parsed by tungstenite (masking, fragmentation, control frames, size
+//!   limits); each binary message is written whole to the VNC server before the next is read,
+//!   so a VNC server that stops reading stops the viewer, and one message is all it holds.
+//!   tungstenite's own writes (its automatic replies) go to a small [`ControlQueue`] that the
+//!   other direction drains, so that no two writers ever interleave inside a frame.
 //!
-//! Whichever loop ends first ends the session; then the caller sends the close frame on the
-//! reunited socket and awaits the viewer's close reply (bounded), so that the browser sees our
-//! code rather than a connection reset.
+//! Whichever direction ends first ends the session; then the close frame goes out and the
+//! viewer's close reply is awaited (bounded), so that the browser sees our code rather than a
+//! reset.
 
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::close::CloseCode;
 use crate::registry::Stop;
@@ -32,6 +43,9 @@ pub(crate) struct Limits {
     pub(crate) chunk: usize,
     pub(crate) keepalive_interval: Duration,
     pub(crate) keepalive_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) max_viewer_message: usize,
+    pub(crate) viewer_read_buffer: usize,
 }
 
 /// Bytes relayed so far, readable after the session ended.
@@ -41,32 +55,186 @@ pub(crate) struct Traffic {
     pub(crate) from_viewer: AtomicU64,
 }
 
-/// Relay until one side ends or `stop` is requested; returns why it ended, with the socket
-/// to send the close frame on ([`close_with`]) unless the viewer closed or vanished.
-pub(crate) async fn relay<R, W>(
-    socket: WebSocket,
+/// tungstenite's automatic replies may wait here this long (a pong or a close frame is at
+/// most 127 bytes; tungstenite keeps one pending reply of each kind).
+const CONTROL_QUEUE_LIMIT: usize = 4096;
+
+/// Control frames tungstenite wrote, waiting for the writer of the VNC → viewer direction.
+#[derive(Default)]
+struct ControlQueue {
+    state: Mutex<ControlState>,
+}
+
+#[derive(Default)]
+struct ControlState {
+    bytes: Vec<u8>,
+    /// The writer waiting for bytes.
+    waiting: Option<Waker>,
+}
+
+impl ControlQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take everything queued.
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut self.lock().bytes)
+    }
+
+    /// Completes when bytes are queued.
+    fn ready(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            let mut state = self.lock();
+            if state.bytes.is_empty() {
+                state.waiting = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+    }
+}
+
+/// What tungstenite sees as its connection: it reads the viewer, and writes into the queue.
+struct Inbound<R> {
+    read: R,
+    control: Arc<ControlQueue>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Inbound<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl<R> AsyncWrite for Inbound<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut state = self.control.lock();
+        if state.bytes.len() + data.len() > CONTROL_QUEUE_LIMIT {
+            // Only a viewer that makes us answer faster than we can write gets here.
+            return Poll::Ready(Err(io::Error::other("control frame queue full")));
+        }
+        state.bytes.extend_from_slice(data);
+        if let Some(waker) = state.waiting.take() {
+            waker.wake();
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Header of an unmasked server frame (FIN set) with `opcode` and `len` payload bytes.
+fn frame_header(opcode: u8, len: usize) -> ([u8; 10], usize) {
+    let mut header = [0u8; 10];
+    header[0] = 0x80 | opcode;
+    if len < 126 {
+        header[1] = len as u8;
+        (header, 2)
+    } else if len <= usize::from(u16::MAX) {
+        header[1] = 126;
+        header[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        (header, 4)
+    } else {
+        header[1] = 127;
+        header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (header, 10)
+    }
+}
+
+const OPCODE_BINARY: u8 = 0x2;
+const OPCODE_CLOSE: u8 = 0x8;
+const OPCODE_PING: u8 = 0x9;
+
+/// Write one frame: header and payload in vectored writes, however the socket splits them.
+async fn write_frame<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    opcode: u8,
+    payload: &[u8],
+) -> io::Result<()> {
+    let (header, header_len) = frame_header(opcode, payload.len());
+    let (mut head, mut body) = (&header[..header_len], payload);
+    while !head.is_empty() || !body.is_empty() {
+        let written = out
+            .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+            .await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_head = written.min(head.len());
+        head = &head[from_head..];
+        body = &body[written - from_head..];
+    }
+    Ok(())
+}
+
+/// Relay until one side ends or `stop` is requested; tells `ended` why (before the closing
+/// handshake, which may take up to `close_timeout`), closes the viewer's connection with the
+/// reason and returns it.
+#[allow(clippy::too_many_arguments)] // the two connections' four halves, and the session's state
+pub(crate) async fn relay<VR, VW, R, W>(
+    viewer_in: VR,
+    already_read: Vec<u8>,
+    mut viewer_out: VW,
     mut from_vnc: R,
     mut to_vnc: W,
     stop: &Stop,
     limits: Limits,
     traffic: &Traffic,
-) -> Ended
+    ended: impl FnOnce(CloseCode),
+) -> CloseCode
 where
+    VR: AsyncRead + Unpin,
+    VW: AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (mut sink, mut stream) = socket.split();
+    let control = Arc::new(ControlQueue::default());
+    let config = WebSocketConfig::default()
+        .read_buffer_size(limits.viewer_read_buffer)
+        .max_message_size(Some(limits.max_viewer_message))
+        .max_frame_size(Some(limits.max_viewer_message))
+        // Replies go to the queue at once, not when a later write happens to flush them.
+        .write_buffer_size(0);
+    let mut incoming = WebSocketStream::from_partially_read(
+        Inbound {
+            read: viewer_in,
+            control: control.clone(),
+        },
+        already_read,
+        Role::Server,
+        Some(config),
+    )
+    .await;
+
     let started = Instant::now();
     // Milliseconds after `started` when the viewer was last heard (any frame, pongs included).
     let heard_at = AtomicU64::new(0);
     // While the VNC server is not taking the viewer's bytes we do not read the viewer either,
     // so its pongs go unseen: silence then is not the viewer's fault.
     let writing_to_vnc = AtomicBool::new(false);
+    // Set while a frame is partly written: no other frame may follow on this connection.
+    let mid_frame = AtomicBool::new(false);
     let millis = |since: Instant| since.duration_since(started).as_millis() as u64;
 
     let viewer_to_vnc = async {
         loop {
-            let message = match stream.next().await {
+            let message = match incoming.next().await {
                 Some(Ok(message)) => message,
                 Some(Err(e)) => {
                     tracing::debug!(target: crate::LOG_TARGET, "viewer connection failed: {e}");
@@ -91,27 +259,32 @@ where
                 Message::Text(_) => return CloseCode::UnsupportedData,
                 Message::Close(_) => return CloseCode::ViewerClosed,
                 // tungstenite answers pings itself; a pong only proves the viewer is alive.
-                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
         }
     };
 
     let vnc_to_viewer = async {
-        let mut buf = BytesMut::new();
+        let mut buf = vec![0u8; limits.chunk];
         let mut keepalive = tokio::time::interval_at(
             started + limits.keepalive_interval,
             limits.keepalive_interval,
         );
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What to write next: a data frame of `n` bytes of `buf`, or queued control frames.
+        enum Next {
+            Data(usize),
+            Control(Vec<u8>),
+            Ping,
+        }
         loop {
-            // Reclaims the previous chunk's allocation: the WebSocket copied it into its frame.
-            buf.reserve(limits.chunk);
-            let message = tokio::select! {
+            let next = tokio::select! {
                 biased;
                 why = stop.requested() => return why,
-                read = from_vnc.read_buf(&mut buf) => match read {
+                () = control.ready() => Next::Control(control.take()),
+                read = from_vnc.read(&mut buf) => match read {
                     Ok(0) => return CloseCode::ConsoleClosed,
-                    Ok(_) => Message::Binary(buf.split().freeze()),
+                    Ok(n) => Next::Data(n),
                     Err(e) => {
                         tracing::debug!(target: crate::LOG_TARGET, "reading from the VNC server: {e}");
                         return CloseCode::ConsoleClosed;
@@ -124,24 +297,31 @@ where
                     if silent > limits.keepalive_timeout && !writing_to_vnc.load(Ordering::Relaxed) {
                         return CloseCode::KeepaliveTimeout;
                     }
-                    Message::Ping(Bytes::new())
+                    Next::Ping
                 }
             };
-            let len = match &message {
-                Message::Binary(data) => data.len() as u64,
-                _ => 0,
+            mid_frame.store(true, Ordering::Relaxed);
+            let write = async {
+                match &next {
+                    Next::Data(n) => write_frame(&mut viewer_out, OPCODE_BINARY, &buf[..*n]).await,
+                    Next::Control(bytes) => viewer_out.write_all(bytes).await,
+                    Next::Ping => write_frame(&mut viewer_out, OPCODE_PING, &[]).await,
+                }
             };
-            tokio::select! {
-                biased;
-                why = stop.requested() => return why,
-                sent = sink.send(message) => if let Err(e) = sent {
-                    tracing::debug!(target: crate::LOG_TARGET, "sending to the viewer: {e}");
+            // A frame is finished before anything else happens (an end requested meanwhile
+            // waits for it); only a viewer that takes nothing for this long cuts it short.
+            match tokio::time::timeout(limits.keepalive_timeout, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(target: crate::LOG_TARGET, "writing to the viewer: {e}");
                     return CloseCode::ViewerGone;
-                },
-                // A viewer that takes nothing for this long is gone, whatever TCP thinks.
-                _ = tokio::time::sleep(limits.keepalive_timeout) => return CloseCode::KeepaliveTimeout,
+                }
+                Err(_) => return CloseCode::KeepaliveTimeout,
             }
-            traffic.to_viewer.fetch_add(len, Ordering::Relaxed);
+            mid_frame.store(false, Ordering::Relaxed);
+            if let Next::Data(n) = next {
+                traffic.to_viewer.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
     };
 
@@ -149,41 +329,122 @@ where
         end = viewer_to_vnc => end,
         end = vnc_to_viewer => end,
     };
-    match end {
-        // The viewer closed (tungstenite answered its close frame) or vanished.
-        CloseCode::ViewerClosed | CloseCode::ViewerGone => Ended { end, socket: None },
-        // Both halves come from the same split above, so they always reunite.
-        end => Ended {
-            end,
-            socket: sink.reunite(stream).ok(),
-        },
+    ended(end);
+    if end != CloseCode::ViewerGone && !mid_frame.load(Ordering::Relaxed) {
+        let _ = tokio::time::timeout(limits.close_timeout, async {
+            if end == CloseCode::ViewerClosed {
+                // tungstenite writes its reply to the viewer's close frame on the next flush.
+                let _ = incoming.flush().await;
+            }
+            // Control frames still queued (that reply, a late pong) go out first.
+            let queued = control.take();
+            if viewer_out.write_all(&queued).await.is_err() {
+                return;
+            }
+            if end != CloseCode::ViewerClosed && end.is_sendable() {
+                let mut payload = end.code().to_be_bytes().to_vec();
+                payload.extend_from_slice(end.reason().as_bytes());
+                if write_frame(&mut viewer_out, OPCODE_CLOSE, &payload)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // Discard what the viewer still had in flight until its close reply.
+                while let Some(Ok(message)) = incoming.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
     }
+    let _ = viewer_out.shutdown().await;
+    end
 }
 
-/// How a relay ended, and the socket when the close frame is still ours to send.
-pub(crate) struct Ended {
-    pub(crate) end: CloseCode,
-    pub(crate) socket: Option<WebSocket>,
-}
-
-/// Send a close frame with `code` and wait (at most `timeout`) for the viewer's reply, so
-/// the TCP connection ends after the viewer read our frame (an early reset could make the
-/// browser report 1006 instead).
-pub(crate) async fn close_with(socket: &mut WebSocket, code: CloseCode, timeout: Duration) {
-    let frame = CloseFrame {
-        code: code.code(),
-        reason: code.reason().into(),
-    };
+/// Refuse an upgraded connection: a close frame with `code`, the viewer's reply awaited
+/// (bounded), then the end.
+pub(crate) async fn refuse<V: AsyncRead + AsyncWrite + Unpin>(
+    viewer: V,
+    code: CloseCode,
+    timeout: Duration,
+) {
+    let (viewer_in, mut viewer_out) = tokio::io::split(viewer);
+    let mut incoming = WebSocketStream::from_raw_socket(
+        Inbound {
+            read: viewer_in,
+            control: Arc::new(ControlQueue::default()),
+        },
+        Role::Server,
+        Some(WebSocketConfig::default().read_buffer_size(4096)),
+    )
+    .await;
     let _ = tokio::time::timeout(timeout, async {
-        if socket.send(Message::Close(Some(frame))).await.is_err() {
+        let mut payload = code.code().to_be_bytes().to_vec();
+        payload.extend_from_slice(code.reason().as_bytes());
+        if write_frame(&mut viewer_out, OPCODE_CLOSE, &payload)
+            .await
+            .is_err()
+        {
             return;
         }
-        // Discard what the viewer still had in flight until its close reply (or EOF).
-        while let Some(Ok(message)) = socket.recv().await {
+        while let Some(Ok(message)) = incoming.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
         }
     })
     .await;
+    let _ = viewer_out.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_headers_use_the_shortest_length_encoding() {
+        assert_eq!(frame_header(OPCODE_BINARY, 0).0[..2], [0x82, 0]);
+        assert_eq!(frame_header(OPCODE_BINARY, 125).0[..2], [0x82, 125]);
+        assert_eq!(frame_header(OPCODE_BINARY, 126).0[..4], [0x82, 126, 0, 126]);
+        assert_eq!(frame_header(OPCODE_BINARY, 65_535).1, 4);
+        let (header, len) = frame_header(OPCODE_BINARY, 65_536);
+        assert_eq!(header[..len], [0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(frame_header(OPCODE_PING, 0).0[..2], [0x89, 0]);
+    }
+
+    /// A writer that takes at most 3 bytes per call: header and payload must still arrive
+    /// whole and in order.
+    struct Trickle(Vec<u8>);
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = data.len().min(3);
+            self.0.extend_from_slice(&data[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_survives_short_writes() {
+        let payload: Vec<u8> = (0..300u16).map(|i| i as u8).collect();
+        let mut out = Trickle(Vec::new());
+        write_frame(&mut out, OPCODE_BINARY, &payload)
+            .await
+            .expect("write");
+        assert_eq!(out.0[..4], [0x82, 126, 1, 44]);
+        assert_eq!(out.0[4..], payload[..]);
+    }
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::Router;
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, Path as UrlPath, Query, State};
+use axum::extract::{FromRequestParts, Path as UrlPath, Query, Request, State};
 use axum::http::request::Parts;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::task::TaskTracker;
@@ -23,8 +23,9 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use crate::audit::{AuditRecord, AuditSink};
 use crate::close::CloseCode;
 use crate::registry::{Claim, OpenSession, Registry};
-use crate::relay::{Limits, Traffic, close_with, relay};
+use crate::relay::{Limits, Traffic, refuse, relay};
 use crate::ticket::{Redemption, Ticket, TicketRefusal, TicketStore, TicketStoreError};
+use crate::upgrade::Handshake;
 
 /// The URL of a console: `GET /console/{vm_id}?ticket=…[&takeover=1]`.
 pub const CONSOLE_ROUTE: &str = "/console/{vm_id}";
@@ -271,24 +272,37 @@ impl Console {
             .with_state(self.clone())
     }
 
-    /// Admit or refuse one upgrade request (what [`Console::router`]'s handler calls), for a
-    /// host that routes it itself. `ticket` is the `ticket` query parameter, `takeover`
-    /// whether the viewer asked to replace its open console of this VM.
+    /// Admit or refuse one request for `vm_id`'s console (what [`Console::router`]'s handler
+    /// calls), for a host that routes it itself. Reads `ticket` and `takeover` from the query;
+    /// answers HTTP 4xx to anything but a WebSocket upgrade (without touching the ticket).
     pub async fn upgrade(
         self: &Arc<Self>,
-        upgrade: WebSocketUpgrade,
+        request: Request,
         vm_id: String,
-        ticket: Option<&str>,
-        takeover: bool,
         remote: Option<SocketAddr>,
     ) -> Response {
+        let (mut parts, _body) = request.into_parts();
+        let handshake = match Handshake::accept(&mut parts) {
+            Ok(handshake) => handshake,
+            Err(not_a_websocket) => return not_a_websocket.into_response(),
+        };
+        // A query that does not parse carries no usable ticket: refused like a missing one.
+        let params = Query::<ConsoleParams>::try_from_uri(&parts.uri)
+            .map(|Query(p)| p)
+            .unwrap_or_default();
+        let takeover = params
+            .takeover
+            .as_deref()
+            .is_some_and(|v| matches!(v, "1" | "true" | "yes"));
         let attempt = Attempt {
             vm_id,
             remote,
             started_at: Utc::now(),
         };
-        let upgrade = self.configure(upgrade);
-        match self.admit(&attempt, ticket, takeover).await {
+        match self
+            .admit(&attempt, params.ticket.as_deref(), takeover)
+            .await
+        {
             Ok(admitted) => {
                 tracing::info!(
                     target: crate::LOG_TARGET,
@@ -306,7 +320,7 @@ impl Console {
                     attempt,
                     admitted,
                 };
-                upgrade.on_upgrade(move |socket| pending.run_with(socket))
+                handshake.respond(move |upgraded| pending.run_with(upgraded))
             }
             Err(refused) => {
                 tracing::warn!(
@@ -334,24 +348,11 @@ impl Console {
                     })
                     .await;
                 let close_timeout = self.config.close_timeout;
-                upgrade.on_upgrade(move |mut socket| async move {
-                    close_with(&mut socket, refused.code, close_timeout).await;
+                handshake.respond(move |upgraded| {
+                    refuse(TokioIo::new(upgraded), refused.code, close_timeout)
                 })
             }
         }
-    }
-
-    fn configure(&self, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
-        let c = &self.config;
-        upgrade
-            .protocols(["binary"])
-            .read_buffer_size(c.viewer_read_buffer)
-            .max_message_size(c.max_viewer_message)
-            .max_frame_size(c.max_viewer_message)
-            // Each message is flushed before the next is read from the VNC server, so the
-            // buffer holds one chunk plus control frames.
-            .write_buffer_size(0)
-            .max_write_buffer_size(c.chunk_size * 2 + 4096)
     }
 
     async fn admit(
@@ -510,7 +511,7 @@ struct PendingSession {
 }
 
 impl PendingSession {
-    async fn run_with(self, socket: axum::extract::ws::WebSocket) {
+    async fn run_with(self, upgraded: Upgraded) {
         let PendingSession {
             console,
             _tracked,
@@ -527,21 +528,48 @@ impl PendingSession {
             chunk: c.chunk_size,
             keepalive_interval: c.keepalive_interval,
             keepalive_timeout: c.keepalive_timeout,
+            close_timeout: c.close_timeout,
+            max_viewer_message: c.max_viewer_message,
+            viewer_read_buffer: c.viewer_read_buffer,
         };
         let traffic = Traffic::default();
         let opened = tokio::time::Instant::now();
-        let ended = match vnc {
-            VncStream::Unix(stream) => {
+        let stop = &claim.stop;
+        let vm_id = &attempt.vm_id;
+        let remote = attempt.remote;
+        let traffic_ref = &traffic;
+        // Logged when the relay ends, before the closing handshake.
+        let ended = |end: CloseCode| {
+            tracing::info!(
+                target: crate::LOG_TARGET,
+                user = user_id,
+                vm = %vm_id,
+                remote = %display_remote(remote),
+                code = end.code(),
+                duration_ms = opened.elapsed().as_millis() as u64,
+                bytes_to_viewer = traffic_ref.to_viewer.load(std::sync::atomic::Ordering::Relaxed),
+                bytes_from_viewer = traffic_ref.from_viewer.load(std::sync::atomic::Ordering::Relaxed),
+                "console closed: {}",
+                end.reason()
+            );
+        };
+        let end = match (viewer_halves(upgraded), vnc) {
+            ((viewer_in, read, viewer_out), VncStream::Unix(stream)) => {
                 let (from_vnc, to_vnc) = stream.into_split();
-                relay(socket, from_vnc, to_vnc, &claim.stop, limits, &traffic).await
+                relay(
+                    viewer_in, read, viewer_out, from_vnc, to_vnc, stop, limits, &traffic, ended,
+                )
+                .await
             }
-            VncStream::Tcp(stream) => {
+            ((viewer_in, read, viewer_out), VncStream::Tcp(stream)) => {
                 let (from_vnc, to_vnc) = stream.into_split();
-                relay(socket, from_vnc, to_vnc, &claim.stop, limits, &traffic).await
+                relay(
+                    viewer_in, read, viewer_out, from_vnc, to_vnc, stop, limits, &traffic, ended,
+                )
+                .await
             }
         };
         let duration = opened.elapsed();
-        let end = ended.end;
         let record = AuditRecord {
             user_id: Some(user_id),
             vm_id: attempt.vm_id,
@@ -554,21 +582,6 @@ impl PendingSession {
             bytes_to_viewer: traffic.to_viewer.into_inner(),
             bytes_from_viewer: traffic.from_viewer.into_inner(),
         };
-        tracing::info!(
-            target: crate::LOG_TARGET,
-            user = user_id,
-            vm = %record.vm_id,
-            remote = %display_remote(record.remote),
-            code = end.code(),
-            duration_ms = duration.as_millis() as u64,
-            bytes_to_viewer = record.bytes_to_viewer,
-            bytes_from_viewer = record.bytes_from_viewer,
-            "console closed: {}",
-            end.reason()
-        );
-        if let Some(mut socket) = ended.socket {
-            close_with(&mut socket, end, c.close_timeout).await;
-        }
         // Free the (user, VM) slot before the audit write, which may wait for a database.
         drop(claim);
         console.audit.record(record).await;
@@ -597,7 +610,7 @@ fn encode_path_segment(segment: &str) -> String {
     out
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct ConsoleParams {
     ticket: Option<String>,
     takeover: Option<String>,
@@ -622,22 +635,29 @@ impl<S: Send + Sync> FromRequestParts<S> for RemoteAddr {
 async fn console_handler(
     State(console): State<Arc<Console>>,
     UrlPath(vm_id): UrlPath<String>,
-    params: Result<Query<ConsoleParams>, QueryRejection>,
     RemoteAddr(remote): RemoteAddr,
-    upgrade: WebSocketUpgrade,
+    request: Request,
 ) -> Response {
-    // A query that does not parse carries no usable ticket: refused like a missing one.
-    let params = params.map(|Query(p)| p).unwrap_or(ConsoleParams {
-        ticket: None,
-        takeover: None,
-    });
-    let takeover = params
-        .takeover
-        .as_deref()
-        .is_some_and(|v| matches!(v, "1" | "true" | "yes"));
-    console
-        .upgrade(upgrade, vm_id, params.ticket.as_deref(), takeover, remote)
-        .await
+    console.upgrade(request, vm_id, remote).await
+}
+
+/// The two halves of the viewer's connection, and what hyper read past the handshake. A TCP
+/// connection (what `axum::serve` on a `TcpListener` gives) splits without a lock between
+/// the halves; anything else goes through tokio's generic split.
+type ViewerIn = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+type ViewerOut = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+fn viewer_halves(upgraded: Upgraded) -> (ViewerIn, Vec<u8>, ViewerOut) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (read, write) = parts.io.into_inner().into_split();
+            (Box::new(read), parts.read_buf.to_vec(), Box::new(write))
+        }
+        Err(upgraded) => {
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            (Box::new(read), Vec::new(), Box::new(write))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -476,3 +476,105 @@ async fn shutdown_closes_every_console_with_1001_and_closed_waits_for_their_audi
     assert_eq!(records.len(), 2, "{records:#?}");
     assert!(records.iter().all(|r| r.end == CloseCode::ServerShutdown));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewers_ping_is_answered_and_its_close_is_replied_to_between_data_frames() {
+    let h = Harness::start().await;
+    let (vm, vnc) = h.vm_with_console(7);
+    let (mut viewer, mut guest) = h.open(7, &vm, &vnc).await;
+    // Data keeps flowing while the viewer pings: the pong must come out whole between frames.
+    let feeder = tokio::spawn(async move {
+        for n in 0..64u32 {
+            guest
+                .write_all(&numbered_block(n))
+                .await
+                .expect("guest writes");
+        }
+        guest
+    });
+    viewer
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .expect("ping");
+    let mut data = 0usize;
+    let mut pong = None;
+    while data < 64 * 65_536 || pong.is_none() {
+        match viewer.next().await {
+            Some(Ok(Message::Binary(bytes))) => data += bytes.len(),
+            Some(Ok(Message::Pong(payload))) => pong = Some(payload),
+            Some(Ok(Message::Ping(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(data, 64 * 65_536);
+    assert_eq!(pong.as_deref(), Some(&b"are you there"[..]));
+    let _guest = feeder.await.expect("feeder");
+
+    viewer.close(None).await.expect("close");
+    let reply = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match viewer.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("expected the close reply, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("close reply within 10 s");
+    assert!(reply.is_none_or(|f| u16::from(f.code) == 1000 || u16::from(f.code) == 1005));
+    let record = h.audit.wait_for(&vm, |r| r.opened).await;
+    assert_eq!(record.end, CloseCode::ViewerClosed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_served_over_a_unix_listener_is_relayed_too() {
+    // Not TCP: the relay splits the upgraded connection generically.
+    let h = Harness::start().await;
+    let (vm, vnc) = h.vm_with_console(7);
+    let http_socket = h.dir.join("http.sock");
+    let listener = tokio::net::UnixListener::bind(&http_socket).expect("bind");
+    let app: axum::Router = h.console.router();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service())
+            .await
+            .expect("serve");
+    });
+    let ticket = h.ticket(7, &vm).await;
+    let stream = tokio::net::UnixStream::connect(&http_socket)
+        .await
+        .expect("connect");
+    let (mut viewer, _) =
+        tokio_tungstenite::client_async(format!("ws://localhost{}", ticket.path), stream)
+            .await
+            .expect("handshake");
+    let (mut guest, _) = vnc.accept().await.expect("relayed");
+    guest.write_all(b"over a unix socket").await.expect("write");
+    let got = loop {
+        match viewer.next().await {
+            Some(Ok(Message::Binary(data))) => break data,
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(&got[..], b"over a unix socket");
+    viewer
+        .send(Message::Binary(b"and back".to_vec().into()))
+        .await
+        .expect("send");
+    let mut back = [0u8; 8];
+    guest.read_exact(&mut back).await.expect("read");
+    assert_eq!(&back, b"and back");
+    drop(guest);
+    let (code, _) = loop {
+        match viewer.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => break (u16::from(frame.code), frame.reason),
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(code, 4000);
+    let record = h.audit.wait_for(&vm, |r| r.opened).await;
+    assert_eq!(record.remote, None, "no address on a UNIX listener");
+    server.abort();
+}
