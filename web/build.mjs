@@ -1,4 +1,5 @@
-// Bundle src/ into dist/: dist/index.html + dist/assets/app-<hash>.{js,css}. Content hashes in
+// Bundle src/ into dist/: dist/index.html + dist/assets/app-<hash>.{js,css} (+ chunk-<hash>.js
+// for code loaded on demand). Content hashes in
 // the asset names let the server mark them immutable; index.html is revalidated.
 //   node build.mjs           minified production build
 //   node build.mjs --dev     adds source maps
@@ -25,6 +26,10 @@ const result = await esbuild.build({
   legalComments: 'eof',
   outdir: join(dist, 'assets'),
   entryNames: '[name]-[hash]',
+  // noVNC (the Console tab) is imported dynamically and lands in a chunk of its own, loaded
+  // only when a console is opened.
+  splitting: true,
+  chunkNames: 'chunk-[hash]',
   metafile: true,
   write: false,
   logLevel: 'warning',

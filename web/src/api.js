@@ -111,6 +111,7 @@ export const Q = {
     id kind command success durationMs createdAt user { username } } }`,
   execute: `mutation X($vmId: ID!, $command: CommandInput!) { executeVmCommand(vmId: $vmId, command: $command) {
     id success exitCode stdout stderr stdoutTruncated stderrTruncated data executionTimeMs error { code message } } }`,
+  consoleTicket: `mutation CT($vmId: ID!) { vmConsoleTicket(vmId: $vmId) { ticket expiresAt path } }`,
   users: `query U { users { ${USER_FIELDS} } }`,
   createUser: `mutation C($input: CreateUserInput!) { createUser(input: $input) { ${USER_FIELDS} } }`,
   deleteUser: `mutation D($id: ID!) { deleteUser(id: $id) }`,

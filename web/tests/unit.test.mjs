@@ -66,3 +66,28 @@ test('summarize survives garbage from a guest', () => {
   assert.equal(m.netRxBps, 0);
   assert.ok(Number.isFinite(epochSeconds('not a date')));
 });
+
+test('console close codes read as sentences with the code, unknown ones keep the reason', async () => {
+  const { closeText, consoleUrl, retryKind } = await import('../src/console.js');
+  assert.equal(closeText(4410, 'ticket already used'), 'The console ticket was already used. (ticket already used, 4410)');
+  assert.equal(closeText(4409, ''), 'The VM is not running. (4409)');
+  assert.equal(closeText(4999, 'something new'), 'Console closed: something new (4999)');
+  assert.equal(closeText(4999), 'Console closed (4999)');
+  assert.equal(retryKind(4423), 'takeover');
+  assert.equal(retryKind(4001), 'takeover');
+  assert.equal(retryKind(1006), 'auto');
+  assert.equal(retryKind(4403), null);
+  assert.equal(retryKind(4999), 'reconnect');
+  const path = '/console/8d2c6a4e-1f0b-4c7a-9e51-2b3c4d5e6f70?ticket=abc';
+  assert.equal(consoleUrl({ protocol: 'http:', host: 'h:8080' }, path), `ws://h:8080${path}`);
+  assert.equal(consoleUrl({ protocol: 'https:', host: 'h' }, path, true), `wss://h${path}&takeover=1`);
+});
+
+test('every refusal the server sends has its own text', async () => {
+  const { CLOSE_CODES } = await import('../src/console.js');
+  for (const code of [4401, 4410, 4421, 4403, 4404, 4409, 4423, 4503, 4000, 4001, 4002, 4003]) {
+    assert.ok(CLOSE_CODES[code]?.text, `no text for ${code}`);
+  }
+  const texts = Object.values(CLOSE_CODES).map((c) => c.text);
+  assert.equal(new Set(texts).size, texts.length, 'two codes share a text');
+});

@@ -1,5 +1,6 @@
 // One VM: header facts, live charts (history from vmMetrics + metricsUpdate after subscribe:vm),
-// processes, ports, applications, services (start/stop/restart) and the command box.
+// processes, ports, applications, services (start/stop/restart), the command box and the
+// console (pages/console.js).
 import { ApiError, Q, gql, hasPermission } from '../api.js';
 import { confirmButton, h, replace } from '../dom.js';
 import * as fmt from '../format.js';
@@ -7,6 +8,7 @@ import { createChart, PALETTE } from '../charts.js';
 import { epochSeconds, summarize } from '../live.js';
 import { createTable, filterInput } from '../table.js';
 import { badge } from './vms.js';
+import { consoleTab } from './console.js';
 
 const RANGES = [
   { key: '15m', label: '15 min', seconds: 15 * 60 },
@@ -28,6 +30,7 @@ const TABS = [
   { key: 'applications', label: 'Applications' },
   { key: 'services', label: 'Services' },
   { key: 'command', label: 'Command' },
+  { key: 'console', label: 'Console' },
 ];
 
 /** Safe actions with a parameter template (the original agent's shapes). */
@@ -121,6 +124,7 @@ export function vmPage({ user, live }, vmId, initialTab) {
       applications: applicationsTab,
       services: servicesTab,
       command: commandTab,
+      console: consoleTab,
     }[key]({ vmId, vm, user, live });
     tabCleanup = view.destroy ?? null;
     replace(body, view.el);
