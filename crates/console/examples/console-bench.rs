@@ -97,8 +97,9 @@ async fn full_frame(rfb: &mut Rfb) -> anyhow::Result<u64> {
 async fn throughput(target: &str, seconds: f64, warmup: f64) -> anyhow::Result<()> {
     let mut rfb = open(target).await?;
     let warm_until = Instant::now() + Duration::from_secs_f64(warmup);
+    let mut warmup_bytes = 0u64;
     while Instant::now() < warm_until {
-        full_frame(&mut rfb).await?;
+        warmup_bytes += full_frame(&mut rfb).await?;
     }
     let started = Instant::now();
     let (mut frames, mut bytes) = (0u64, 0u64);
@@ -108,9 +109,10 @@ async fn throughput(target: &str, seconds: f64, warmup: f64) -> anyhow::Result<(
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "{{\"mode\":\"throughput\",\"width\":{},\"height\":{},\"frames\":{frames},\"bytes\":{bytes},\"seconds\":{elapsed:.3},\"frames_per_s\":{:.2},\"mb_per_s\":{:.2}}}",
+        "{{\"mode\":\"throughput\",\"width\":{},\"height\":{},\"frames\":{frames},\"bytes\":{bytes},\"bytes_with_warmup\":{},\"seconds\":{elapsed:.3},\"frames_per_s\":{:.2},\"mb_per_s\":{:.2}}}",
         rfb.width,
         rfb.height,
+        bytes + warmup_bytes,
         frames as f64 / elapsed,
         bytes as f64 / elapsed / 1e6
     );

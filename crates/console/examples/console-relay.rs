@@ -1,7 +1,7 @@
 //! The console relay on its own, **for the benchmark only** (`bench/console/run.sh`): the
 //! same `Console` the host mounts, without the host. Tickets live in this process's memory and
 //! anyone who can reach the listener may mint one (`POST /bench/ticket/{vm}` answers the path
-//! to open), so never expose it.
+//! to open; each ticket for a new user id), so never expose it.
 //!
 //!     console-relay [--listen 127.0.0.1:0] --vnc NAME=PATH [--vnc NAME=PATH …] [--chunk BYTES]
 //!
@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
@@ -54,12 +55,16 @@ impl ConsoleGate for OpenGate {
     }
 }
 
+/// Each ticket for a user of its own: the bench holds many consoles of one VM at once, and a
+/// user may have one.
+static NEXT_USER: AtomicI64 = AtomicI64::new(1);
+
 async fn mint(
     State(console): State<Arc<Console>>,
     Path(vm): Path<String>,
 ) -> Result<String, String> {
     console
-        .issue_ticket(1, &vm)
+        .issue_ticket(NEXT_USER.fetch_add(1, Ordering::Relaxed), &vm)
         .await
         .map(|issued| issued.path)
         .map_err(|e| e.to_string())

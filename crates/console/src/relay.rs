@@ -189,7 +189,6 @@ async fn write_frame<W: AsyncWrite + Unpin>(
 #[allow(clippy::too_many_arguments)] // the two connections' four halves, and the session's state
 pub(crate) async fn relay<VR, VW, R, W>(
     viewer_in: VR,
-    already_read: Vec<u8>,
     mut viewer_out: VW,
     mut from_vnc: R,
     mut to_vnc: W,
@@ -211,12 +210,11 @@ where
         .max_frame_size(Some(limits.max_viewer_message))
         // Replies go to the queue at once, not when a later write happens to flush them.
         .write_buffer_size(0);
-    let mut incoming = WebSocketStream::from_partially_read(
+    let mut incoming = WebSocketStream::from_raw_socket(
         Inbound {
             read: viewer_in,
             control: control.clone(),
         },
-        already_read,
         Role::Server,
         Some(config),
     )

@@ -554,17 +554,17 @@ impl PendingSession {
             );
         };
         let end = match (viewer_halves(upgraded), vnc) {
-            ((viewer_in, read, viewer_out), VncStream::Unix(stream)) => {
+            ((viewer_in, viewer_out), VncStream::Unix(stream)) => {
                 let (from_vnc, to_vnc) = stream.into_split();
                 relay(
-                    viewer_in, read, viewer_out, from_vnc, to_vnc, stop, limits, &traffic, ended,
+                    viewer_in, viewer_out, from_vnc, to_vnc, stop, limits, &traffic, ended,
                 )
                 .await
             }
-            ((viewer_in, read, viewer_out), VncStream::Tcp(stream)) => {
+            ((viewer_in, viewer_out), VncStream::Tcp(stream)) => {
                 let (from_vnc, to_vnc) = stream.into_split();
                 relay(
-                    viewer_in, read, viewer_out, from_vnc, to_vnc, stop, limits, &traffic, ended,
+                    viewer_in, viewer_out, from_vnc, to_vnc, stop, limits, &traffic, ended,
                 )
                 .await
             }
@@ -641,23 +641,14 @@ async fn console_handler(
     console.upgrade(request, vm_id, remote).await
 }
 
-/// The two halves of the viewer's connection, and what hyper read past the handshake. A TCP
-/// connection (what `axum::serve` on a `TcpListener` gives) splits without a lock between
-/// the halves; anything else goes through tokio's generic split.
-type ViewerIn = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
-type ViewerOut = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+/// The two halves of the viewer's connection. (hyper-util's server wraps every connection in
+/// a private type before the upgrade, so the TCP socket cannot be had back for a lock-free
+/// split or for `splice(2)`; tokio's generic split it is.)
+type ViewerIn = tokio::io::ReadHalf<TokioIo<Upgraded>>;
+type ViewerOut = tokio::io::WriteHalf<TokioIo<Upgraded>>;
 
-fn viewer_halves(upgraded: Upgraded) -> (ViewerIn, Vec<u8>, ViewerOut) {
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let (read, write) = parts.io.into_inner().into_split();
-            (Box::new(read), parts.read_buf.to_vec(), Box::new(write))
-        }
-        Err(upgraded) => {
-            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            (Box::new(read), Vec::new(), Box::new(write))
-        }
-    }
+fn viewer_halves(upgraded: Upgraded) -> (ViewerIn, ViewerOut) {
+    tokio::io::split(TokioIo::new(upgraded))
 }
 
 #[cfg(test)]

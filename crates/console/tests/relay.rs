@@ -15,7 +15,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_flow_both_ways_and_the_binary_subprotocol_is_selected() {
-    let h = Harness::start().await;
+    bytes_flow_both_ways(Harness::start().await).await;
+}
+
+async fn bytes_flow_both_ways(h: Harness) {
     let (vm, vnc) = h.vm_with_console(7);
     let ticket = h.ticket(7, &vm).await;
     assert!(ticket.path.starts_with(&format!("/console/{vm}?ticket=")));
@@ -577,4 +580,30 @@ async fn a_viewer_served_over_a_unix_listener_is_relayed_too() {
     let record = h.audit.wait_for(&vm, |r| r.opened).await;
     assert_eq!(record.remote, None, "no address on a UNIX listener");
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vnc_server_on_tcp_is_relayed_both_ways() {
+    // libvirt's VNC on a port.
+    let h = Harness::start().await;
+    let vnc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let vm = uuid();
+    h.allow(7, &vm);
+    h.set_vm(&vm, VmConsole::Tcp(vnc.local_addr().expect("addr")));
+    let ticket = h.ticket(7, &vm).await;
+    let (mut viewer, _) = h.connect(&ticket.path).await;
+    let (mut guest, _) = vnc.accept().await.expect("relayed");
+    let frame: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    guest.write_all(&frame).await.expect("write");
+    let mut received = Vec::new();
+    while received.len() < frame.len() {
+        received.extend(next_binary(&mut viewer).await);
+    }
+    assert_eq!(received, frame);
+    send(&mut viewer, b"key event").await;
+    let mut got = [0u8; 9];
+    guest.read_exact(&mut got).await.expect("read");
+    assert_eq!(&got, b"key event");
 }

@@ -35,6 +35,8 @@ pub enum VmConsole {
     None,
     /// The gate says the VM is not running.
     Stopped,
+    /// The gate names a TCP address (libvirt's VNC on a port).
+    Tcp(SocketAddr),
 }
 
 /// The host's rules in miniature: which user may open which VM, and each VM's state.
@@ -65,6 +67,7 @@ impl ConsoleGate for TestGate {
         match state {
             None | Some(VmConsole::None) => Err(GateRefusal::NoConsole),
             Some(VmConsole::Stopped) => Err(GateRefusal::NotRunning),
+            Some(VmConsole::Tcp(addr)) => Ok(VncEndpoint::Tcp(addr)),
             Some(VmConsole::Socket) => vnc_socket_path(&self.dir, vm_id)
                 .map(VncEndpoint::Unix)
                 .ok_or(GateRefusal::NoConsole),
