@@ -3,8 +3,8 @@
 //! The two directions are not symmetric, and neither is the code:
 //!
 //! - **VNC → viewer** carries nearly every byte (framebuffer updates). It reads at most
-//!   `chunk` bytes from the VNC server into one reused buffer and writes them as one binary
-//!   frame: a 2–10 byte header and the buffer in one vectored write, so the payload is copied
+//!   `chunk` bytes from the VNC server into one reused buffer (16 KiB while the console is
+//!   quiet, doubling while reads fill it) and writes them as one binary frame: a 2–10 byte header and the buffer in one vectored write, so the payload is copied
 //!   once by the kernel on the way in and once on the way out, never in between. It reads the
 //!   next chunk only when the frame is written: a slow viewer slows the VNC server, and one
 //!   chunk is all it holds. It also writes the keepalive pings, the control frames tungstenite
@@ -54,6 +54,9 @@ pub(crate) struct Traffic {
     pub(crate) to_viewer: AtomicU64,
     pub(crate) from_viewer: AtomicU64,
 }
+
+/// The VNC → viewer buffer of a quiet console (see the loop for how it grows).
+const MIN_CHUNK: usize = 16 * 1024;
 
 /// tungstenite's automatic replies may wait here this long (a pong or a close frame is at
 /// most 127 bytes; tungstenite keeps one pending reply of each kind).
@@ -263,7 +266,12 @@ where
     };
 
     let vnc_to_viewer = async {
-        let mut buf = vec![0u8; limits.chunk];
+        // Starts small and doubles while reads fill it (a framebuffer update streaming in), up
+        // to `chunk`: fewer, larger reads and frames under load, little memory for an idle
+        // console. Shrinks back at a keepalive tick when nothing large came since the last.
+        let mut buf = vec![0u8; MIN_CHUNK.min(limits.chunk)];
+        let mut filled_since_tick = false;
+        let mut grow = false;
         let mut keepalive = tokio::time::interval_at(
             started + limits.keepalive_interval,
             limits.keepalive_interval,
@@ -282,7 +290,16 @@ where
                 () = control.ready() => Next::Control(control.take()),
                 read = from_vnc.read(&mut buf) => match read {
                     Ok(0) => return CloseCode::ConsoleClosed,
-                    Ok(n) => Next::Data(n),
+                    Ok(n) => {
+                        if n == buf.len() {
+                            filled_since_tick = true;
+                            if buf.len() < limits.chunk {
+                                // Grown after this frame is written (the data is in `buf`).
+                                grow = true;
+                            }
+                        }
+                        Next::Data(n)
+                    }
                     Err(e) => {
                         tracing::debug!(target: crate::LOG_TARGET, "reading from the VNC server: {e}");
                         return CloseCode::ConsoleClosed;
@@ -294,6 +311,9 @@ where
                     );
                     if silent > limits.keepalive_timeout && !writing_to_vnc.load(Ordering::Relaxed) {
                         return CloseCode::KeepaliveTimeout;
+                    }
+                    if !std::mem::take(&mut filled_since_tick) && buf.len() > MIN_CHUNK {
+                        buf = vec![0u8; MIN_CHUNK];
                     }
                     Next::Ping
                 }
@@ -319,6 +339,10 @@ where
             mid_frame.store(false, Ordering::Relaxed);
             if let Next::Data(n) = next {
                 traffic.to_viewer.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if std::mem::take(&mut grow) {
+                let doubled = (buf.len() * 2).min(limits.chunk);
+                buf.resize(doubled, 0);
             }
         }
     };

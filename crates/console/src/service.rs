@@ -45,6 +45,8 @@ pub struct ConsoleConfig {
     /// is gone.
     pub keepalive_timeout: Duration,
     /// At most this many bytes are read from the VNC server per WebSocket message (and held).
+    /// A quiet console holds 16 KiB; the buffer doubles up to this while updates stream in
+    /// (QEMU's and Xvnc's UNIX sockets queue about 200 KiB at a time).
     pub chunk_size: usize,
     /// Largest message (and frame) accepted from the viewer. noVNC sends input events and
     /// update requests of a few bytes; a clipboard paste is the largest.
@@ -65,7 +67,7 @@ impl Default for ConsoleConfig {
             ticket_retention: Duration::from_secs(600),
             keepalive_interval: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(45),
-            chunk_size: 64 * 1024,
+            chunk_size: 256 * 1024,
             max_viewer_message: 1024 * 1024,
             viewer_read_buffer: 16 * 1024,
             connect_timeout: Duration::from_secs(5),
