@@ -364,20 +364,7 @@ where
                 return;
             }
             if end != CloseCode::ViewerClosed && end.is_sendable() {
-                let mut payload = end.code().to_be_bytes().to_vec();
-                payload.extend_from_slice(end.reason().as_bytes());
-                if write_frame(&mut viewer_out, OPCODE_CLOSE, &payload)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                // Discard what the viewer still had in flight until its close reply.
-                while let Some(Ok(message)) = incoming.next().await {
-                    if matches!(message, Message::Close(_)) {
-                        break;
-                    }
-                }
+                close_handshake(&mut viewer_out, &mut incoming, end).await;
             }
         })
         .await;
@@ -403,23 +390,31 @@ pub(crate) async fn refuse<V: AsyncRead + AsyncWrite + Unpin>(
         Some(WebSocketConfig::default().read_buffer_size(4096)),
     )
     .await;
-    let _ = tokio::time::timeout(timeout, async {
-        let mut payload = code.code().to_be_bytes().to_vec();
-        payload.extend_from_slice(code.reason().as_bytes());
-        if write_frame(&mut viewer_out, OPCODE_CLOSE, &payload)
-            .await
-            .is_err()
-        {
-            return;
-        }
-        while let Some(Ok(message)) = incoming.next().await {
-            if matches!(message, Message::Close(_)) {
-                break;
-            }
-        }
-    })
+    let _ = tokio::time::timeout(
+        timeout,
+        close_handshake(&mut viewer_out, &mut incoming, code),
+    )
     .await;
     let _ = viewer_out.shutdown().await;
+}
+
+/// Our close frame with `code` and its reason, then what the viewer still had in flight is
+/// discarded until its close reply (or the end of the connection).
+async fn close_handshake<W, S>(out: &mut W, incoming: &mut S, code: CloseCode)
+where
+    W: AsyncWrite + Unpin,
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let mut payload = code.code().to_be_bytes().to_vec();
+    payload.extend_from_slice(code.reason().as_bytes());
+    if write_frame(out, OPCODE_CLOSE, &payload).await.is_err() {
+        return;
+    }
+    while let Some(Ok(message)) = incoming.next().await {
+        if matches!(message, Message::Close(_)) {
+            break;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! The store owns its migrations and implements [`crate::TicketStore`] with these statements;
 //! they live here so that this crate's tests run them against real SQLite and PostgreSQL
-//! (`tests/ticket_sql.rs`, including concurrent redemption) and `docs/console.md` quotes them.
+//! (`tests/ticket_stores.rs`, including concurrent redemption) and `docs/console.md` quotes them.
 //! In the store's migration the two id columns should also reference `users (id)` and
 //! `vms (id)` with `ON DELETE CASCADE` (a deleted user's tickets go with them); they are left
 //! out here because this crate has no such tables.

@@ -8,10 +8,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use common::rfb::{Link, Rfb};
 use common::*;
-use infinibay_console::{ConsoleConfig, Ticket, TicketStore};
+use infinibay_console::ConsoleConfig;
 use infinibay_e2e::fixture::{scratch_dir, shared_guest};
 use infinibay_e2e::{Guest, GuestOptions};
 
@@ -151,16 +150,7 @@ async fn an_expired_ticket_and_another_users_ticket_for_this_vm_are_refused() {
     let guest = tokio::task::block_in_place(guest);
     let (h, vm) = console_for(guest).await;
 
-    let expired = Ticket::generate().expect("randomness");
-    h.tickets
-        .mint(
-            &expired.hash(),
-            7,
-            &vm,
-            Utc::now() - chrono::Duration::seconds(1),
-        )
-        .await
-        .expect("mint");
+    let expired = h.expired_ticket(7, &vm).await;
     let mut link = Link::websocket(&ws_url(
         &h,
         &format!("/console/{vm}?ticket={}", expired.as_str()),

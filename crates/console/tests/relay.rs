@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use infinibay_console::{CloseCode, ConsoleConfig, Ticket, TicketStore};
+use infinibay_console::{CloseCode, ConsoleConfig, Ticket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -110,16 +110,7 @@ async fn a_ticket_opens_one_console_and_its_replay_is_refused_with_4410_and_logg
 async fn unknown_expired_missing_and_malformed_tickets_are_refused_with_4401() {
     let h = Harness::start().await;
     let (vm, _vnc) = h.vm_with_console(7);
-    let expired = Ticket::generate().expect("randomness");
-    h.tickets
-        .mint(
-            &expired.hash(),
-            7,
-            &vm,
-            Utc::now() - chrono::Duration::seconds(1),
-        )
-        .await
-        .expect("mint");
+    let expired = h.expired_ticket(7, &vm).await;
     let never_minted = Ticket::generate().expect("randomness");
     for query in [
         format!("?ticket={}", expired.as_str()),

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use infinibay_console::{
     AuditRecord, AuditSink, Console, ConsoleConfig, ConsoleGate, GateRefusal, IssuedTicket,
-    MemoryTicketStore, VncEndpoint, vnc_socket_path,
+    MemoryTicketStore, Ticket, TicketStore, VncEndpoint, vnc_socket_path,
 };
 use tokio::net::{TcpStream, UnixListener};
 use tokio::sync::Notify;
@@ -233,6 +233,22 @@ impl Harness {
             .issue_ticket(user_id, vm_id)
             .await
             .expect("mint a ticket")
+    }
+
+    /// A ticket for `user_id` and `vm_id` that expired a second ago (put straight into the
+    /// store: minting through the console always gives 30 s).
+    pub async fn expired_ticket(&self, user_id: i64, vm_id: &str) -> Ticket {
+        let ticket = Ticket::generate().expect("randomness");
+        self.tickets
+            .mint(
+                &ticket.hash(),
+                user_id,
+                vm_id,
+                chrono::Utc::now() - chrono::Duration::seconds(1),
+            )
+            .await
+            .expect("mint");
+        ticket
     }
 
     /// Open `path` (as `IssuedTicket::path`) as a viewer asking for the `binary` subprotocol.

@@ -1,6 +1,7 @@
-//! The ticket table's SQL (`infinibay_console::sql`, quoted in docs/console.md) on real
-//! SQLite and PostgreSQL, behind the same `TicketStore` trait the store will implement:
-//! one redemption out of many concurrent attempts, and the right refusal for each case.
+//! One story for every `TicketStore`: the in-memory one, and the ticket table's SQL
+//! (`infinibay_console::sql`, quoted in docs/console.md) on real SQLite and PostgreSQL behind
+//! the same trait the store will implement — one redemption out of many concurrent attempts,
+//! and the right refusal for each case.
 //!
 //! PostgreSQL comes from `INFINIBAY_TEST_PG_URL` (`scripts/test` starts one; by hand:
 //! `source scripts/lib/postgres.sh; pg_throwaway_start`).
@@ -11,7 +12,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use infinibay_console::sql;
 use infinibay_console::{
-    Redemption, Ticket, TicketHash, TicketRefusal, TicketRow, TicketStore, TicketStoreError,
+    MemoryTicketStore, Redemption, Ticket, TicketHash, TicketRefusal, TicketRow, TicketStore,
+    TicketStoreError,
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
@@ -289,6 +291,11 @@ async fn tickets_are_single_use_and_refusals_say_why(store: Arc<dyn TicketStore>
             user_id: Some(7)
         }
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_tickets_are_single_use_and_refusals_say_why() {
+    tickets_are_single_use_and_refusals_say_why(Arc::new(MemoryTicketStore::new(64))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
