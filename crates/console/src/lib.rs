@@ -45,8 +45,8 @@ pub use service::{
     Console, ConsoleConfig, ConsoleGate, GateRefusal, IssuedTicket, VncEndpoint, vnc_socket_path,
 };
 pub use ticket::{
-    MemoryTicketStore, Redemption, Ticket, TicketHash, TicketRefusal, TicketRow, TicketStore,
-    TicketStoreError,
+    MemoryTicketStore, Redemption, TICKET_BYTES, TICKET_LEN, Ticket, TicketHash, TicketRefusal,
+    TicketRow, TicketStore, TicketStoreError,
 };
 
 /// Log target of everything this crate logs.
