@@ -42,7 +42,8 @@ pub use audit::{AuditRecord, AuditSink, LogAudit};
 pub use close::CloseCode;
 pub use registry::OpenSession;
 pub use service::{
-    Console, ConsoleConfig, ConsoleGate, GateRefusal, IssuedTicket, VncEndpoint, vnc_socket_path,
+    CONSOLE_ROUTE, Console, ConsoleConfig, ConsoleGate, GateRefusal, IssuedTicket, VncEndpoint,
+    vnc_socket_path,
 };
 pub use ticket::{
     MemoryTicketStore, Redemption, TICKET_BYTES, TICKET_LEN, Ticket, TicketHash, TicketRefusal,
