@@ -7,9 +7,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Where the installer writes the config.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/infiniservice/config.toml";
-
 /// A config that could not be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -42,7 +39,7 @@ pub struct Config {
     pub collection_interval: u64,
     /// Log filter when `RUST_LOG` is not set (`error`, `warn`, `info`, `debug`, `trace`).
     pub log_level: String,
-    /// The systemd unit name, for messages and `--diagnose`.
+    /// The service's name: the systemd unit, or the Windows service (installed under it).
     pub service_name: String,
     /// Port path; empty means auto-detect.
     pub virtio_serial_path: String,

@@ -47,14 +47,7 @@ pub fn take(
 
 /// CPU (user + system) this process used so far.
 pub fn cpu_time() -> Duration {
-    // SAFETY: rusage is plain data; getrusage fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    crate::platform::info::process_cpu_time()
 }
 
 /// Result of `--bench-collect`.
