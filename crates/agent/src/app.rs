@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::channel::Channel;
+use crate::channel::PortHints;
 use crate::cli::Args;
 use crate::config::Config;
 use crate::platform::collect::{Collector, Roots};
-use crate::platform::port::PortHints;
 use crate::platform::service;
 use crate::policy::Policy;
 use crate::session::{self, Session};

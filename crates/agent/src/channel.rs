@@ -7,19 +7,70 @@
 //! While no host is there, nothing wakes the agent except a probe once a second or the
 //! arrival of a client: never a busy loop.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use thiserror::Error;
 
 use crate::platform::channel::{self as os, Inner};
-use crate::platform::port::{self, PortHints};
+use crate::platform::port;
 
 /// How often a port is probed for a host while none is connected.
 pub const HOST_PROBE_PERIOD: Duration = Duration::from_secs(1);
 
 /// Bytes read per wake-up.
 const READ_BUFFER: usize = 16 * 1024;
+
+/// Where the operator may name the port; each wins over the next, and all over the OS's own
+/// discovery.
+#[derive(Debug, Clone, Default)]
+pub struct PortHints {
+    /// `--device`.
+    pub flag: Option<PathBuf>,
+    /// `INFINISERVICE_DEVICE`.
+    pub env: Option<String>,
+    /// `virtio_serial_path`.
+    pub config: Option<String>,
+}
+
+/// Which hint named the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    /// `--device`.
+    Flag,
+    /// `INFINISERVICE_DEVICE`.
+    Env,
+    /// `virtio_serial_path` in the config.
+    Config,
+}
+
+impl Hint {
+    /// How to say it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Flag => "--device",
+            Self::Env => "INFINISERVICE_DEVICE",
+            Self::Config => "config virtio_serial_path",
+        }
+    }
+}
+
+impl PortHints {
+    /// The first hint given, and which one it was. Explicit paths are taken as given, even if
+    /// they do not exist yet, so that an error names what the operator asked for.
+    pub fn explicit(&self) -> Option<(PathBuf, Hint)> {
+        if let Some(p) = &self.flag {
+            return Some((p.clone(), Hint::Flag));
+        }
+        if let Some(p) = self.env.as_deref().filter(|p| !p.trim().is_empty()) {
+            return Some((PathBuf::from(p), Hint::Env));
+        }
+        self.config
+            .as_deref()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| (PathBuf::from(p), Hint::Config))
+    }
+}
 
 /// The channel could not be set up.
 #[derive(Debug, Error)]

@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
+use crate::channel::PortHints;
 use crate::config::Config;
-use crate::platform::port::PortHints;
 
 /// The report, and whether the agent could run (a port was found and opens).
 #[derive(Debug, Clone)]

@@ -12,6 +12,8 @@
 //! | `diagnose` | the OS's part of `--diagnose` |
 //! | `service` | config path, logging, shutdown signal, service install (Windows) |
 
+pub(crate) mod rates;
+
 #[cfg(target_os = "linux")]
 pub mod linux;
 #[cfg(target_os = "linux")]

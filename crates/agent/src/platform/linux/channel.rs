@@ -12,7 +12,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::{UnixListener, UnixStream};
 
-use super::port::{self, PortHints};
+use super::port;
+use crate::channel::PortHints;
 use crate::channel::{ChannelError, Event, HOST_PROBE_PERIOD};
 
 /// The channel's OS part.

@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::port::{self, PortHints};
+use super::port;
+use crate::channel::PortHints;
 use crate::config::Config;
 use crate::diagnose::{Findings, Problem};
 
