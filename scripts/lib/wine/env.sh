@@ -40,6 +40,9 @@ wine_prefix_ready() {
         flock 9
         if [ ! -f "$prefix/.infinibay-ready" ]; then
             WINEPREFIX="$prefix" "$WINE64" wineboot --init >/dev/null 2>&1 || true
+            # Wine 8 presents itself as Windows 7 by default; the agent's targets are 10/11.
+            # (winecfg /v also writes the registry's CurrentVersion keys, as Windows has them.)
+            WINEPREFIX="$prefix" "$WINE64" winecfg /v win10 >/dev/null 2>&1 || true
             WINEPREFIX="$prefix" /usr/lib/wine/wineserver -w || true
         fi
         wine_shim_build

@@ -320,8 +320,10 @@ pub fn open_port(path: &Path) -> Result<OwnedHandle, PortError> {
 }
 
 /// Read timeouts for a COM port (ignored for other devices): a read waits for the first byte
-/// and then returns what has arrived, like a pipe. Without this a COM read returns only when
-/// its whole buffer is full.
+/// and returns once the line has been quiet for [`READ_INTERVAL_MS`], like a pipe. Without
+/// this a COM read returns only when its whole buffer is full. (The other documented way,
+/// `MAXDWORD` interval and multiplier, is not honoured by wine's serial driver for overlapped
+/// reads, which then wait for the buffer or end of stream; the interval form works on both.)
 fn configure_if_com(handle: &OwnedHandle) {
     use std::os::windows::io::AsRawHandle;
     let raw = handle.as_raw_handle();
@@ -331,9 +333,9 @@ fn configure_if_com(handle: &OwnedHandle) {
         return;
     }
     let timeouts = COMMTIMEOUTS {
-        ReadIntervalTimeout: u32::MAX,
-        ReadTotalTimeoutMultiplier: u32::MAX,
-        ReadTotalTimeoutConstant: u32::MAX - 1,
+        ReadIntervalTimeout: READ_INTERVAL_MS,
+        ReadTotalTimeoutMultiplier: 0,
+        ReadTotalTimeoutConstant: 0,
         WriteTotalTimeoutMultiplier: 0,
         WriteTotalTimeoutConstant: 0,
     };
@@ -345,6 +347,10 @@ fn configure_if_com(handle: &OwnedHandle) {
         );
     }
 }
+
+/// Quiet time after which a COM read returns what it has (the timeout starts at the first
+/// byte, so an idle port costs nothing).
+const READ_INTERVAL_MS: u32 = 5;
 
 /// The text of `\\.\Global\…`-style device names, for `--diagnose`.
 pub fn dos_device_target(name: &str) -> Option<String> {

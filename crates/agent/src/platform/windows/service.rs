@@ -36,13 +36,30 @@ const LOG_KEEP: u32 = 3;
 /// How long install and uninstall wait for the service to start or stop.
 const STATE_WAIT: Duration = Duration::from_secs(30);
 
-/// `%ProgramData%\Infinibay\InfiniService`: config and logs.
+/// `C:\ProgramData\Infinibay\InfiniService`: config and logs.
 pub fn data_dir() -> PathBuf {
-    std::env::var_os("ProgramData")
+    program_data().join("Infinibay").join("InfiniService")
+}
+
+/// The machine's ProgramData folder, where the MSI puts the config (`CommonAppDataFolder`).
+/// Read from the registry (`ProfileList\ProgramData`, `%SystemDrive%\ProgramData`) rather
+/// than from the environment: a service's environment is the service manager's, which need
+/// not have `ProgramData` (under wine it names another folder).
+fn program_data() -> PathBuf {
+    use super::registry::View;
+    let from_registry = Key::open(
+        HKEY_LOCAL_MACHINE,
+        r"SOFTWARE\Microsoft\Windows NT\CurrentVersion\ProfileList",
+        View::Bits64,
+    )
+    .ok()
+    .and_then(|key| key.string("ProgramData"))
+    .map(|raw| super::wide::expand_environment(&raw))
+    .filter(|p| !p.is_empty() && !p.contains('%'));
+    from_registry
         .map(PathBuf::from)
+        .or_else(|| std::env::var_os("ProgramData").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
-        .join("Infinibay")
-        .join("InfiniService")
 }
 
 /// `C:\ProgramData\Infinibay\InfiniService\config.toml`.
@@ -213,7 +230,10 @@ pub fn install(args: &Args, config: &Config) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("cannot create the service"),
     };
     service.set_description(DESCRIPTION)?;
-    set_recovery(&service)?;
+    if let Err(e) = set_recovery(&service) {
+        // Real Windows always has failure actions; wine's service manager does not.
+        tracing::warn!(error = %format!("{e:#}"), "the service will not be restarted on failure");
+    }
     register_event_source(&config.service_name, &exe)
         .context("cannot register the Event Log source")?;
     if service.query_status()?.current_state != ServiceState::Running {

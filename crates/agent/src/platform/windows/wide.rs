@@ -30,6 +30,28 @@ pub unsafe fn from_wide_ptr(ptr: *const u16) -> String {
     String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
+/// `%VAR%` references in `text` replaced by the environment's values
+/// (`ExpandEnvironmentStringsW`); `text` unchanged if that fails.
+pub fn expand_environment(text: &str) -> String {
+    use windows_sys::Win32::System::Environment::ExpandEnvironmentStringsW;
+    let source = to_wide(text);
+    let mut buffer = vec![0u16; 512];
+    for _ in 0..2 {
+        // SAFETY: `source` is NUL-terminated; `buffer` holds its length in u16s.
+        let needed = unsafe {
+            ExpandEnvironmentStringsW(source.as_ptr(), buffer.as_mut_ptr(), buffer.len() as u32)
+        } as usize;
+        if needed == 0 {
+            break;
+        }
+        if needed <= buffer.len() {
+            return from_wide(&buffer);
+        }
+        buffer.resize(needed, 0);
+    }
+    text.to_owned()
+}
+
 /// The strings of a double-NUL-terminated list (`a\0b\0\0`), as GetVolumePathNames and
 /// GetLogicalDriveStrings return.
 pub fn split_multi(buffer: &[u16]) -> Vec<String> {
