@@ -147,6 +147,8 @@ impl Default for CollectorsConfig {
 impl Config {
     /// Parse a config from TOML text; `path` is for messages only.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        // Windows editors (Notepad, PowerShell 5's UTF8) start the file with a byte-order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
@@ -288,6 +290,14 @@ mod tests {
         assert!(
             Config::from_toml("[limits]\nmax_concurrent_commands = 0", Path::new("x")).is_err()
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_and_crlf_line_ends_are_accepted() {
+        let text = "\u{feff}collection_interval = 7\r\n[policy]\r\nallow_unsafe = true\r\n";
+        let c = Config::from_toml(text, Path::new("x")).expect("Windows-edited config parses");
+        assert_eq!(c.collection_interval, 7);
+        assert!(c.policy.allow_unsafe);
     }
 
     #[test]
