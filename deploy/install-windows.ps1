@@ -8,7 +8,8 @@
     .\install-windows.ps1 -ServiceMode normal -VmId <VM_ID>
     .\install-windows.ps1 -ServiceMode debug  -VmId <VM_ID>   # same, with log_level = "debug"
 
-  - the binary: infiniservice.exe next to this script, or -BinaryPath; installed to
+  - the binary: infiniservice.exe next to this script (scripts/build-windows makes it: the
+    size-optimised build, the only one accepted), or -BinaryPath; installed to
     C:\Program Files\Infinibay\InfiniService\infiniservice.exe (copied, then renamed, so a
     failed copy never leaves half a binary);
   - C:\ProgramData\Infinibay\InfiniService\config.toml: written with the VM id; an existing
@@ -71,6 +72,12 @@ try {
     if (-not (Test-Path -LiteralPath $BinaryPath -PathType Leaf)) {
         Fail "agent binary not found at $BinaryPath (use -BinaryPath)"
     }
+    # Only the size-optimised build ships (scripts/build-windows: profile agent, opt-level s).
+    $build = (& $BinaryPath --version 2>&1 | Out-String).Trim()
+    if ($build -notmatch '\(opt-level s\)') {
+        Fail "$BinaryPath is not the size-optimised agent build ($build): build it with scripts/build-windows"
+    }
+    Write-Log "build: $build"
 
     # The port can be opened by one process only: stop a running agent first.
     $existing = Get-Service -Name $ServiceName -ErrorAction SilentlyContinue

@@ -1,4 +1,4 @@
-//! For Windows targets: the resources of infiniservice.exe — the message table the Event Log
+//! The build's optimisation level for `--version`, and, for Windows targets: the resources of infiniservice.exe — the message table the Event Log
 //! source points at (`windows/messages.mc`) and the version information — compiled with
 //! mingw-w64's windmc and windres and linked into the binary. Nothing for other targets.
 
@@ -7,6 +7,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
+    // `infiniservice --version` says which optimisation the binary was built with, so that
+    // the installers can refuse anything but the size-optimised `agent` profile (opt-level
+    // "s"), the one build that ships.
+    let opt_level = env::var("OPT_LEVEL").unwrap_or_default();
+    println!("cargo:rustc-env=INFINISERVICE_OPT_LEVEL={opt_level}");
     println!("cargo:rerun-if-changed=windows/messages.mc");
     println!("cargo:rerun-if-env-changed=WINDMC");
     println!("cargo:rerun-if-env-changed=WINDRES");

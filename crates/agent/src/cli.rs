@@ -5,9 +5,18 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// `0.1.0 (opt-level s)`: the installers check that the size-optimised `agent` profile is
+/// what they install.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (opt-level ",
+    env!("INFINISERVICE_OPT_LEVEL"),
+    ")"
+);
+
 /// InfiniService: the Infinibay guest agent.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "infiniservice", version, about)]
+#[command(name = "infiniservice", version = VERSION, about)]
 pub struct Args {
     /// The port to the host (else INFINISERVICE_DEVICE, the config, then discovery: the udev
     /// link and /sys on Linux; \\.\Global\org.infinibay.agent, then the COM ports on Windows).
