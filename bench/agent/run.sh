@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Agent budgets, measured (not asserted): writes bench/results/agent.md.
+# Agent budgets, measured (not asserted): writes bench/results/agent.md, then (same run)
+# bench/results/agent-windows.md through bench/agent/windows.sh (infiniservice.exe under wine).
 #
 #   bench/agent/run.sh [IDLE_SECONDS] [CYCLES]
 #
@@ -165,3 +166,6 @@ chunks, the first 1 MiB kept, the rest counted and discarded while the pipe is d
 EOF
 log "wrote $out"
 cat "$out"
+
+# --- the Windows agent, under wine, in the same run -------------------------------------------
+"$here/windows.sh" "$idle_seconds" "$cycles"

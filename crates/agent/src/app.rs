@@ -68,7 +68,12 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(cycles) = args.bench_collect {
         let mut collector = Collector::new(Roots::default());
-        let result = snapshot::bench(&mut collector, cycles, config.limits.process_top_n);
+        let result = snapshot::bench(
+            &mut collector,
+            cycles,
+            config.limits.process_top_n,
+            args.bench_only.as_deref(),
+        );
         println!("{}", serde_json::to_string(&result)?);
         return Ok(ExitCode::SUCCESS);
     }

@@ -62,6 +62,11 @@ pub struct Args {
     /// Benchmark: run N cycles of each collector and print CPU time per cycle.
     #[arg(long, value_name = "N", hide = true)]
     pub bench_collect: Option<u32>,
+
+    /// Benchmark: only this collector (system_metrics, process_snapshot, port_usage).
+    #[arg(long, value_name = "COLLECTOR", hide = true, requires = "bench_collect",
+          value_parser = ["system_metrics", "process_snapshot", "port_usage"])]
+    pub bench_only: Option<String>,
 }
 
 impl Args {

@@ -18,7 +18,7 @@ use thiserror::Error;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
-use crate::platform::exec::Tree;
+use crate::platform::exec::{Output, Tree};
 
 /// How long the pipes are still read after the program exited. A background process it left
 /// behind may hold them open for ever; its later output is not part of this command.
@@ -200,15 +200,19 @@ pub async fn run(
     crate::platform::exec::add_args(&mut command, &spec.args, spec.arg_style);
     command
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::null());
     if let Some(dir) = &spec.working_dir {
         command.current_dir(dir);
     }
+    // Pipes for stdout and stderr that the runtime's reactor reads (no thread per pipe).
+    let output = Output::attach(&mut command).map_err(spawn_error)?;
     // A tree of its own, so that a timeout or cancel can kill every descendant at once.
     crate::platform::exec::prepare(&mut command);
-    let mut child = command.spawn().map_err(spawn_error)?;
+    let spawned = command.spawn();
+    // The command holds our copies of the child's pipe ends: without dropping it now, the
+    // pipes would never report the end of the output.
+    drop(command);
+    let mut child = spawned.map_err(spawn_error)?;
     let pid = child.id();
     let mut tree = match Tree::adopt(&child) {
         Ok(tree) => tree,
@@ -219,8 +223,7 @@ pub async fn run(
             return Err(spawn_error(source));
         }
     };
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
+    let (mut stdout, mut stderr) = output.readers(&mut child).await;
     let mut out_cap = OutputCap::new(spec.max_output);
     let mut err_cap = OutputCap::new(spec.max_output);
     let mut out_buf = vec![0u8; READ_CHUNK];

@@ -1,7 +1,7 @@
 //! Linux side of running a command (`crate::exec`): every command is the leader of its own
 //! process group, and the group is the tree that a timeout or cancel kills with SIGKILL.
 
-use std::process::ExitStatus;
+use std::process::{ExitStatus, Stdio};
 
 use tokio::process::{Child, Command};
 
@@ -32,6 +32,29 @@ pub fn shell_command(
 /// Linux has argv only: both styles pass each argument as one.
 pub fn add_args(command: &mut Command, args: &[String], _style: ArgStyle) {
     command.args(args);
+}
+
+/// A pipe end the runner reads a command's output from.
+pub type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+/// The command's stdout and stderr: ordinary pipes, read through the runtime's epoll.
+#[derive(Debug)]
+pub struct Output;
+
+impl Output {
+    /// Give `command` a pipe for stdout and one for stderr.
+    pub fn attach(command: &mut Command) -> std::io::Result<Self> {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        Ok(Self)
+    }
+
+    /// Our ends of the pipes, once `child` runs.
+    pub async fn readers(self, child: &mut Child) -> (Option<Reader>, Option<Reader>) {
+        (
+            child.stdout.take().map(|r| Box::new(r) as Reader),
+            child.stderr.take().map(|r| Box::new(r) as Reader),
+        )
+    }
 }
 
 /// Make the child the leader of a new process group.

@@ -20,6 +20,11 @@ use crate::channel::{ChannelError, Event, HOST_PROBE_PERIOD, PortHints};
 /// Longest wait between two attempts to open the port.
 const MAX_REOPEN_DELAY: Duration = Duration::from_secs(30);
 
+/// Most bytes offered to one overlapped write. The reactor copies what it writes into a
+/// buffer of its own until the write completes; a 1 MiB response offered whole would be held
+/// twice.
+const MAX_WRITE: usize = 64 * 1024;
+
 /// The channel's OS part.
 #[derive(Debug)]
 pub enum Inner {
@@ -123,12 +128,15 @@ impl Port {
                     Err(e) => Err(format!("waiting on the port failed: {e}")),
                 },
                 ready = client.writable(), if pending.is_some() => match ready {
-                    Ok(()) => match client.try_write(pending.unwrap_or_default()) {
+                    Ok(()) => {
+                        let chunk = pending.unwrap_or_default();
+                        match client.try_write(&chunk[..chunk.len().min(MAX_WRITE)]) {
                         Ok(n) => Ok(Some(Event::Wrote(n))),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
                             || e.kind() == std::io::ErrorKind::Interrupted => Ok(None),
                         Err(e) => Err(format!("writing the port failed: {e}")),
-                    },
+                        }
+                    }
                     Err(e) => Err(format!("waiting on the port failed: {e}")),
                 },
             };

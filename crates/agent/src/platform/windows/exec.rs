@@ -13,6 +13,7 @@ use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
 use std::process::ExitStatus;
 
 use base64::Engine as _;
+use tokio::net::windows::named_pipe::{NamedPipeServer, ServerOptions};
 use tokio::process::{Child, Command};
 use windows_sys::Win32::Foundation::HANDLE;
 use windows_sys::Win32::System::JobObjects::{
@@ -102,6 +103,62 @@ pub fn add_args(command: &mut Command, args: &[String], style: ArgStyle) {
         ArgStyle::Verbatim => {
             command.raw_arg(args.join(" "));
         }
+    }
+}
+
+/// A pipe end the runner reads a command's output from.
+pub type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+/// The command's stdout and stderr, each a named pipe whose server end is ours, opened for
+/// overlapped I/O and read through the runtime's completion port. (tokio's own child pipes
+/// on Windows read on a blocking thread each: with the agent's two blocking threads, a
+/// command writing to stderr while its stdout read waits would stall until its timeout.)
+#[derive(Debug)]
+pub struct Output {
+    stdout: NamedPipeServer,
+    stderr: NamedPipeServer,
+}
+
+/// A fresh pipe: our overlapped, inbound-only server end, and the child's synchronous write
+/// end (which std makes inheritable when it is given to the command).
+fn output_pipe() -> std::io::Result<(NamedPipeServer, std::fs::File)> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!(r"\\.\pipe\infiniservice-{}-{n}", std::process::id());
+    let server = ServerOptions::new()
+        .access_inbound(true)
+        .access_outbound(false)
+        .first_pipe_instance(true)
+        .reject_remote_clients(true)
+        .max_instances(1)
+        .create(&name)?;
+    let client = std::fs::OpenOptions::new().write(true).open(&name)?;
+    Ok((server, client))
+}
+
+impl Output {
+    /// Give `command` a pipe for stdout and one for stderr.
+    pub fn attach(command: &mut Command) -> std::io::Result<Self> {
+        let (stdout, out_client) = output_pipe()?;
+        let (stderr, err_client) = output_pipe()?;
+        command.stdout(out_client).stderr(err_client);
+        Ok(Self { stdout, stderr })
+    }
+
+    /// Our ends of the pipes, once the child runs. The child's ends were opened when the
+    /// pipes were made, so the connects complete at once; a pipe that cannot connect is read
+    /// as empty.
+    pub async fn readers(self, _child: &mut Child) -> (Option<Reader>, Option<Reader>) {
+        let connect = |server: NamedPipeServer| async move {
+            match server.connect().await {
+                Ok(()) => Some(Box::new(server) as Reader),
+                Err(error) => {
+                    tracing::warn!(%error, "a command's output pipe did not connect");
+                    None
+                }
+            }
+        };
+        (connect(self.stdout).await, connect(self.stderr).await)
     }
 }
 
