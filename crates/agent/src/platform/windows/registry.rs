@@ -95,53 +95,52 @@ impl Key {
 
     /// The names of the subkeys.
     pub fn subkeys(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        let mut buffer = [0u16; 256];
-        for index in 0.. {
-            let mut len = buffer.len() as u32;
-            // SAFETY: `buffer` holds `len` u16s; unused out-pointers are null.
-            let status = unsafe {
+        // A key name is at most 255 characters.
+        Self::names(256, |index, buffer, len| {
+            // SAFETY: `buffer` holds `*len` u16s; unused out-pointers are null.
+            unsafe {
                 RegEnumKeyExW(
                     self.0,
                     index,
-                    buffer.as_mut_ptr(),
-                    &mut len,
+                    buffer,
+                    len,
                     std::ptr::null(),
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
                 )
-            };
-            match status {
-                ERROR_SUCCESS => names.push(from_wide(&buffer[..len as usize])),
-                // A key name is at most 255 characters: a longer one cannot be; skip it.
-                ERROR_MORE_DATA => continue,
-                _ => break,
             }
-        }
-        names
+        })
     }
 
     /// The names of the values.
     pub fn value_names(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        let mut buffer = vec![0u16; 16 * 1024];
-        for index in 0.. {
-            let mut len = buffer.len() as u32;
-            // SAFETY: `buffer` holds `len` u16s; the data out-pointers are null.
-            let status = unsafe {
+        // A value name is at most 16383 characters.
+        Self::names(16 * 1024, |index, buffer, len| {
+            // SAFETY: `buffer` holds `*len` u16s; the data out-pointers are null.
+            unsafe {
                 RegEnumValueW(
                     self.0,
                     index,
-                    buffer.as_mut_ptr(),
-                    &mut len,
+                    buffer,
+                    len,
                     std::ptr::null(),
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
                 )
-            };
-            match status {
+            }
+        })
+    }
+
+    /// Enumerate names with `enumerate(index, buffer, length)` until it reports the end; a
+    /// name longer than the limit (which cannot be) is skipped.
+    fn names(capacity: usize, enumerate: impl Fn(u32, *mut u16, &mut u32) -> u32) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut buffer = vec![0u16; capacity];
+        for index in 0.. {
+            let mut len = buffer.len() as u32;
+            match enumerate(index, buffer.as_mut_ptr(), &mut len) {
                 ERROR_SUCCESS => names.push(from_wide(&buffer[..len as usize])),
                 ERROR_MORE_DATA => continue,
                 _ => break,
