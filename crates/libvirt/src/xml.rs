@@ -34,9 +34,19 @@ pub(crate) struct DomainDefinition<'a> {
     pub serial_log: Option<&'a Path>,
 }
 
+/// A path as XML text: UTF-8 and without NUL (libvirt takes the XML as a C string).
 fn utf8<'p>(what: &str, path: &'p Path) -> Result<&'p str> {
-    path.to_str()
-        .ok_or_else(|| Error::InvalidSpec(format!("{what} {} is not UTF-8", path.display())))
+    match path.to_str() {
+        Some(text) if !text.contains('\0') => Ok(text),
+        Some(_) => Err(Error::InvalidSpec(format!(
+            "{what} {} contains a NUL byte",
+            path.display()
+        ))),
+        None => Err(Error::InvalidSpec(format!(
+            "{what} {} is not UTF-8",
+            path.display()
+        ))),
+    }
 }
 
 fn xml_io(e: std::io::Error) -> Error {
@@ -558,9 +568,11 @@ mod tests {
     }
 
     #[test]
-    fn a_path_that_is_not_utf8_is_refused_not_mangled() {
+    fn a_path_that_is_not_utf8_or_holds_a_nul_is_refused_not_mangled() {
         use std::os::unix::ffi::OsStrExt;
         let bad = Path::new(std::ffi::OsStr::from_bytes(b"/s/\xff.sock"));
         assert!(matches!(agent_channel_xml(bad), Err(Error::InvalidSpec(_))));
+        let nul = Path::new("/s/a\0b.sock");
+        assert!(matches!(agent_channel_xml(nul), Err(Error::InvalidSpec(_))));
     }
 }

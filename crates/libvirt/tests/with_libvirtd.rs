@@ -550,3 +550,41 @@ async fn probe_reports_the_daemon_with_tcg_and_an_absent_daemon_with_libvirts_re
         "{power_on:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_libvirtd_makes_operations_time_out_instead_of_hanging() {
+    let _serial = serial().await;
+    let daemon = daemon();
+    let mut config = config();
+    config.call_timeout = Duration::from_secs(3);
+    let (libvirt, _events) = Libvirt::start(config).expect("start");
+    libvirt
+        .wait_connected(Duration::from_secs(30))
+        .await
+        .expect("connected");
+    let pid_file = daemon.dir.join("libvirtd.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {}", pid_file.display()));
+    // SAFETY: kill(2) on the libvirtd this test's script started; SIGCONT follows below.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let started = Instant::now();
+    let listed = libvirt.list_domains().await;
+    let waited = started.elapsed();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert!(
+        matches!(
+            listed,
+            Err(Error::Timeout {
+                operation: Operation::List,
+                ..
+            })
+        ),
+        "{listed:?}"
+    );
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    // The daemon answers again on the same connection.
+    libvirt.list_domains().await.expect("list after SIGCONT");
+}
