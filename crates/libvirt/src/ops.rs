@@ -112,6 +112,19 @@ pub struct AttachOutcome {
     pub attached_config: bool,
 }
 
+/// The state a power action needs.
+#[derive(Debug, Clone, Copy)]
+enum Needs {
+    /// Not active (power on).
+    Stopped,
+    /// Active, running or paused (forced power off).
+    Active,
+    /// Active and not paused (ACPI actions, suspend).
+    Unpaused,
+    /// Paused (resume).
+    Paused,
+}
+
 fn require_active(
     conn: &Conn,
     dom: &Domain,
@@ -439,103 +452,90 @@ impl Libvirt {
         .await
     }
 
+    /// Checks that domain `uuid` is in a state `needs` allows, then runs `act` on it.
+    async fn power_action(
+        &self,
+        op: Operation,
+        uuid: Uuid,
+        needs: Needs,
+        act: fn(&Domain) -> std::result::Result<(), virt::error::Error>,
+    ) -> Result<()> {
+        self.with_domain(op, uuid, move |conn, dom| {
+            let refuse = |state| {
+                Err(Error::InvalidState {
+                    uuid,
+                    operation: op,
+                    state,
+                })
+            };
+            match needs {
+                Needs::Stopped => {
+                    if dom.is_active().map_err(|e| conn.error(e, op, Some(uuid)))? {
+                        return Err(Error::AlreadyRunning { uuid });
+                    }
+                }
+                Needs::Active => {
+                    require_active(conn, dom, uuid, op)?;
+                }
+                Needs::Unpaused => {
+                    if require_active(conn, dom, uuid, op)? == PowerState::Paused {
+                        return refuse(PowerState::Paused);
+                    }
+                }
+                Needs::Paused => match require_active(conn, dom, uuid, op)? {
+                    PowerState::Paused => {}
+                    other => return refuse(other),
+                },
+            }
+            act(dom).map_err(|e| refused(conn, dom, uuid, op, e))
+        })
+        .await
+    }
+
     /// Starts a defined domain.
     pub async fn power_on(&self, uuid: Uuid) -> Result<()> {
-        let op = Operation::PowerOn;
-        self.with_domain(op, uuid, move |conn, dom| {
-            if dom.is_active().map_err(|e| conn.error(e, op, Some(uuid)))? {
-                return Err(Error::AlreadyRunning { uuid });
-            }
-            dom.create()
-                .map(drop)
-                .map_err(|e| refused(conn, dom, uuid, op, e))
+        self.power_action(Operation::PowerOn, uuid, Needs::Stopped, |d| {
+            d.create().map(drop)
         })
         .await
     }
 
     /// ACPI shutdown: presses the power button; the guest decides (the domain is SHUTOFF once
-    /// it has powered off; watch the events).
+    /// it has powered off; watch the events). A paused guest cannot see the button.
     pub async fn shutdown(&self, uuid: Uuid) -> Result<()> {
-        let op = Operation::Shutdown;
-        self.with_domain(op, uuid, move |conn, dom| {
-            let state = require_active(conn, dom, uuid, op)?;
-            if state == PowerState::Paused {
-                // A paused guest cannot see the button.
-                return Err(Error::InvalidState {
-                    uuid,
-                    operation: op,
-                    state,
-                });
-            }
-            dom.shutdown_flags(sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        self.power_action(Operation::Shutdown, uuid, Needs::Unpaused, |d| {
+            d.shutdown_flags(sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
                 .map(drop)
-                .map_err(|e| refused(conn, dom, uuid, op, e))
         })
         .await
     }
 
     /// Forced power off (`virDomainDestroy`): QEMU is killed, the guest gets no say.
     pub async fn power_off(&self, uuid: Uuid) -> Result<()> {
-        let op = Operation::PowerOff;
-        self.with_domain(op, uuid, move |conn, dom| {
-            require_active(conn, dom, uuid, op)?;
-            dom.destroy().map_err(|e| refused(conn, dom, uuid, op, e))
-        })
-        .await
+        self.power_action(Operation::PowerOff, uuid, Needs::Active, Domain::destroy)
+            .await
     }
 
     /// ACPI reboot (the guest decides).
     pub async fn reboot(&self, uuid: Uuid) -> Result<()> {
-        let op = Operation::Reboot;
-        self.with_domain(op, uuid, move |conn, dom| {
-            let state = require_active(conn, dom, uuid, op)?;
-            if state == PowerState::Paused {
-                return Err(Error::InvalidState {
-                    uuid,
-                    operation: op,
-                    state,
-                });
-            }
-            dom.reboot(sys::VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
-                .map_err(|e| refused(conn, dom, uuid, op, e))
+        self.power_action(Operation::Reboot, uuid, Needs::Unpaused, |d| {
+            d.reboot(sys::VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
         })
         .await
     }
 
     /// Pauses the vCPUs (memory stays; `resume` continues).
     pub async fn suspend(&self, uuid: Uuid) -> Result<()> {
-        let op = Operation::Suspend;
-        self.with_domain(op, uuid, move |conn, dom| {
-            let state = require_active(conn, dom, uuid, op)?;
-            if state == PowerState::Paused {
-                return Err(Error::InvalidState {
-                    uuid,
-                    operation: op,
-                    state,
-                });
-            }
-            dom.suspend()
-                .map(drop)
-                .map_err(|e| refused(conn, dom, uuid, op, e))
+        self.power_action(Operation::Suspend, uuid, Needs::Unpaused, |d| {
+            d.suspend().map(drop)
         })
         .await
     }
 
     /// Resumes paused vCPUs.
     pub async fn resume(&self, uuid: Uuid) -> Result<()> {
-        let op = Operation::Resume;
-        self.with_domain(op, uuid, move |conn, dom| {
-            let state = require_active(conn, dom, uuid, op)?;
-            if state != PowerState::Paused {
-                return Err(Error::InvalidState {
-                    uuid,
-                    operation: op,
-                    state,
-                });
-            }
-            dom.resume()
-                .map(drop)
-                .map_err(|e| refused(conn, dom, uuid, op, e))
+        self.power_action(Operation::Resume, uuid, Needs::Paused, |d| {
+            d.resume().map(drop)
         })
         .await
     }
