@@ -16,9 +16,8 @@ fn time_ms<B: Connections>(at: Option<B::Time>) -> Result<Option<i64>> {
         .map(|t| t.timestamp_millis()))
 }
 
-impl<B> MaintenanceOps for B
+impl<B: Backend> MaintenanceOps for B
 where
-    B: Backend,
     for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
     for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
     usize: ColumnIndex<<B::Db as Database>::Row>,

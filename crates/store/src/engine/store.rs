@@ -57,9 +57,8 @@ fn registrations(mut vms: Vec<(&str, DateTime<Utc>)>) -> Vec<(&str, DateTime<Utc
 }
 
 #[async_trait]
-impl<B> Store for B
+impl<B: Backend> Store for B
 where
-    B: Backend,
     for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
     for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
     usize: ColumnIndex<<B::Db as Database>::Row>,
@@ -190,15 +189,10 @@ where
         }
         // Waits for the sample batches in flight; later ones plan after the `forget` below.
         let mut tx = self.begin(TxKind::DeleteVm).await?;
-        for table in common::VM_KEY_TABLES {
-            sqlx::query(&format!("DELETE FROM {table} WHERE {KEY_OF_VM}"))
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(ctx("delete_vm"))?;
-        }
-        for table in common::VM_ID_TABLES {
-            sqlx::query(&format!("DELETE FROM {table} WHERE vm_id = $1"))
+        let by_key = common::VM_KEY_TABLES.map(|t| format!("DELETE FROM {t} WHERE {KEY_OF_VM}"));
+        let by_id = common::VM_ID_TABLES.map(|t| format!("DELETE FROM {t} WHERE vm_id = $1"));
+        for statement in by_key.iter().chain(&by_id) {
+            sqlx::query(statement)
                 .bind(id)
                 .execute(&mut *tx)
                 .await

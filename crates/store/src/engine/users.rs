@@ -23,9 +23,8 @@ const ADD_DEPARTMENT: &str =
     "INSERT INTO departments (name, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING";
 
 #[async_trait]
-impl<B> UserStore for B
+impl<B: Backend> UserStore for B
 where
-    B: Backend,
     for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
     for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
     usize: ColumnIndex<<B::Db as Database>::Row>,
