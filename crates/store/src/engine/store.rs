@@ -229,9 +229,10 @@ where
         let newest = common::newest_per_vm(samples);
         let oldest = samples
             .iter()
-            .map(|s| s.received_at)
+            .map(|s| s.received_at.timestamp_millis())
             .min()
             .unwrap_or_default();
+        let oldest_minute = B::to_db(from_ms(floor_to(oldest, MINUTE_MS))?);
         let mut tx = self.begin(TxKind::Samples).await?;
         // Planned inside the transaction, which holds the write serialisation point (SQLite:
         // the only write connection; PostgreSQL: the shared delete lock): a `delete_vm` (which
@@ -261,10 +262,7 @@ where
         sqlx::query(
             "UPDATE rollup_state SET done_until = $1 WHERE tier = 'minute' AND done_until > $1",
         )
-        .bind(B::to_db(from_ms(floor_to(
-            oldest.timestamp_millis(),
-            MINUTE_MS,
-        ))?))
+        .bind(oldest_minute)
         .execute(&mut *tx)
         .await
         .map_err(ctx("insert_samples: watermark"))?;
