@@ -531,6 +531,32 @@ GitHub Desktop       GitHub.GitHubDesktop 3.3.6                  winget\n";
     }
 
     #[test]
+    fn without_winget_package_changes_are_unsupported_with_the_reason() {
+        if find_winget().is_some() {
+            return; // a machine with App Installer: the programs path applies
+        }
+        for action in [
+            SafeAction::PackageInstall {
+                package: "Git.Git".into(),
+            },
+            SafeAction::PackageUpdate { package: None },
+        ] {
+            match packages(&action) {
+                Work::Refuse(code, reason) => {
+                    assert_eq!(code, ErrorCode::Unsupported);
+                    assert!(reason.contains("winget"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The list needs no winget: it is the registry.
+        assert!(matches!(
+            packages(&SafeAction::PackageList),
+            Work::Native(_)
+        ));
+    }
+
+    #[test]
     fn process_kill_ends_a_child() {
         let mut child = std::process::Command::new("cmd.exe")
             .args(["/C", "ping -n 60 127.0.0.1 >nul"])
