@@ -24,8 +24,10 @@ pids=()
 source "$repo/scripts/lib/wine/env.sh"
 export WINEPREFIX="$work/prefix"
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    # The prefix's server first ends every wine process of the prefix (its service manager
+    # and device hosts are not our children: killed without it, they would be orphaned).
     /usr/lib/wine/wineserver -k 2>/dev/null || true
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
 }

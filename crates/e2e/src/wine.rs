@@ -100,6 +100,7 @@ impl WinePrefix {
                 output: String::from_utf8_lossy(&output.stderr).into_owned(),
             });
         }
+        register_exit_cleanup(dir);
         let mut prefix = Self {
             dir: dir.to_path_buf(),
             log_dir: log_dir.to_path_buf(),
@@ -216,17 +217,61 @@ impl WinePrefix {
     }
 }
 
+/// `wineserver -k` for `prefix`: the server ends every wine process of the prefix, its
+/// service manager and device hosts included (they are not our children: if the server were
+/// killed first they would be orphaned).
+fn kill_prefix(prefix: &Path) {
+    let _ = Command::new(WINESERVER)
+        .arg("-k")
+        .env("WINEPREFIX", prefix)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Prefixes to end at exit. A prefix kept in a static (a test binary's shared world) is never
+/// dropped; the spawn module's exit hook then SIGKILLs the server it started, which would
+/// orphan the prefix's other processes. This hook is registered after that one (its first
+/// spawn comes later), so it runs before it (exit hooks run in reverse order).
+static EXIT_PREFIXES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn kill_prefixes_at_exit() {
+    let prefixes = match EXIT_PREFIXES.try_lock() {
+        Ok(list) => list.clone(),
+        Err(_) => return,
+    };
+    for prefix in prefixes {
+        kill_prefix(&prefix);
+        // Hundreds of MB of Windows each; the logs beside it stay for a post-mortem.
+        let _ = std::fs::remove_dir_all(&prefix);
+    }
+}
+
+fn register_exit_cleanup(prefix: &Path) {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    // The spawn module's hook must exist first, so that ours runs before it.
+    crate::spawn::ensure_exit_hook();
+    REGISTERED.call_once(|| {
+        // SAFETY: registering a plain extern "C" function with no captured state.
+        unsafe {
+            libc::atexit(kill_prefixes_at_exit);
+        }
+    });
+    EXIT_PREFIXES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(prefix.to_path_buf());
+}
+
 impl Drop for WinePrefix {
     fn drop(&mut self) {
         self.keepalive = None;
-        // Every wine process of the prefix (services included), then the server.
-        let _ = Command::new(WINESERVER)
-            .arg("-k")
-            .envs(self.env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        kill_prefix(&self.dir);
+        EXIT_PREFIXES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| *p != self.dir);
         self.server = None;
     }
 }
