@@ -5,7 +5,10 @@
 #   sudo ./install-linux.sh debug  <VM_ID>     # same, with log_level = "debug"
 #
 # - the binary: ./infiniservice next to this script, or INFINISERVICE_BINARY=PATH;
-#   installed to /opt/infiniservice/infiniservice, linked from /usr/local/bin/infiniservice;
+#   installed to /opt/infiniservice/infiniservice, linked from /usr/local/bin/infiniservice.
+#   Only the size-optimised build ships (`cargo build -p infiniservice --profile agent`,
+#   target/agent/infiniservice: `infiniservice --version` says "opt-level s"); any other
+#   build is refused unless INFINISERVICE_ALLOW_ANY_BUILD=1 (development only);
 # - /etc/infiniservice/config.toml: written with the VM id; an existing file is kept (the
 #   operator's policy stays) and only its `vm_id` line is updated;
 # - the systemd unit: ./infiniservice.service next to this script (or INFINISERVICE_UNIT=PATH),
@@ -66,6 +69,18 @@ fail() {
 log "installing InfiniService (mode $mode, VM $vm_id)"
 [ -f "$binary" ] || fail "agent binary not found at $binary (set INFINISERVICE_BINARY)"
 [ -f "$unit_src" ] || fail "systemd unit not found at $unit_src (set INFINISERVICE_UNIT)"
+# The memory budget (bench/results/agent.md) holds for the size-optimised build only.
+build="$("$binary" --version 2>/dev/null || true)"
+case "$build" in
+    *"(opt-level s)"*) log "build: $build" ;;
+    *)
+        if [ "${INFINISERVICE_ALLOW_ANY_BUILD:-0}" = 1 ]; then
+            log "WARNING: $binary is not the size-optimised agent build (${build:-no --version}); installing it anyway"
+        else
+            fail "$binary is not the size-optimised agent build (${build:-no --version}): build it with cargo build -p infiniservice --profile agent (target/agent/infiniservice)"
+        fi
+        ;;
+esac
 
 # Stop a running agent first: the port can be opened by one process only.
 systemd_running=false

@@ -35,7 +35,10 @@ def lines(sock, until):
         buf += data
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
-            yield line
+            # The agent leads its identification with a newline (docs/agent.md): receivers
+            # skip empty lines.
+            if line.strip():
+                yield line
 
 
 def main():
@@ -55,6 +58,8 @@ def main():
         raw = sys.argv[3]
         sent = time.time()
         cmd = {"type": "UnsafeCommand", "id": "bench", "raw_command": raw, "timeout": 120}
+        if len(sys.argv) > 4:
+            cmd["shell"] = sys.argv[4]
         sock.sendall((json.dumps(cmd) + "\n").encode())
         for line in lines(sock, time.time() + 150):
             msg = json.loads(line)
@@ -70,7 +75,7 @@ def main():
         print(json.dumps({"error": "no response"}))
         sys.exit(1)
     else:
-        sys.exit("usage: host.py idle SOCK SECONDS | command SOCK 'shell command'")
+        sys.exit("usage: host.py idle SOCK SECONDS | command SOCK 'shell command' [SHELL]")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Agent budgets, measured (not asserted): writes bench/results/agent.md.
+# Agent budgets, measured (not asserted): writes bench/results/agent.md, then (same run)
+# bench/results/agent-windows.md through bench/agent/windows.sh (infiniservice.exe under wine).
 #
 #   bench/agent/run.sh [IDLE_SECONDS] [CYCLES]
 #
@@ -29,15 +30,11 @@ status_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{ s = $0; sub(/^.*\) /, "", s); split(s, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
 hz="$(getconf CLK_TCK)"
 
-# The `agent` profile: release, optimized for size. Smaller code means fewer pages of it
-# resident, which is most of the agent's memory (measured: 3.9 MB instead of 4.2 MB VmHWM).
-# The root Cargo.toml may define it; otherwise it is defined here on the command line.
-profile_args=(--profile agent)
-if ! grep -q '^\[profile\.agent\]' "$repo/Cargo.toml"; then
-    profile_args+=(--config 'profile.agent.inherits="release"' --config 'profile.agent.opt-level="s"')
-fi
+# The `agent` profile (root Cargo.toml): release, optimized for size, the one build that ships.
+# Smaller code means fewer pages of it resident, which is most of the agent's memory
+# (measured: 3.9 MB instead of 4.2 MB VmHWM).
 log "building (profile agent)"
-(cd "$repo" && cargo build -p infiniservice "${profile_args[@]}" 2>&1 | tail -n 1 >&2)
+(cd "$repo" && cargo build -p infiniservice --profile agent 2>&1 | tail -n 1 >&2)
 agent="$repo/target/agent/infiniservice"
 binary_kb=$(( $(stat -c %s "$agent") / 1024 ))
 
@@ -169,3 +166,6 @@ chunks, the first 1 MiB kept, the rest counted and discarded while the pipe is d
 EOF
 log "wrote $out"
 cat "$out"
+
+# --- the Windows agent, under wine, in the same run -------------------------------------------
+"$here/windows.sh" "$idle_seconds" "$cycles"

@@ -7,9 +7,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Where the installer writes the config.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/infiniservice/config.toml";
-
 /// A config that could not be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -42,7 +39,7 @@ pub struct Config {
     pub collection_interval: u64,
     /// Log filter when `RUST_LOG` is not set (`error`, `warn`, `info`, `debug`, `trace`).
     pub log_level: String,
-    /// The systemd unit name, for messages and `--diagnose`.
+    /// The service's name: the systemd unit, or the Windows service (installed under it).
     pub service_name: String,
     /// Port path; empty means auto-detect.
     pub virtio_serial_path: String,
@@ -150,6 +147,8 @@ impl Default for CollectorsConfig {
 impl Config {
     /// Parse a config from TOML text; `path` is for messages only.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        // Windows editors (Notepad, PowerShell 5's UTF8) start the file with a byte-order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
@@ -291,6 +290,14 @@ mod tests {
         assert!(
             Config::from_toml("[limits]\nmax_concurrent_commands = 0", Path::new("x")).is_err()
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_and_crlf_line_ends_are_accepted() {
+        let text = "\u{feff}collection_interval = 7\r\n[policy]\r\nallow_unsafe = true\r\n";
+        let c = Config::from_toml(text, Path::new("x")).expect("Windows-edited config parses");
+        assert_eq!(c.collection_interval, 7);
+        assert!(c.policy.allow_unsafe);
     }
 
     #[test]

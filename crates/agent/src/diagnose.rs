@@ -1,10 +1,11 @@
-//! `--diagnose`: what the agent would use, and why it cannot, in plain words.
+//! `--diagnose`: what the agent would use, why it cannot, and the fix for each problem, in
+//! plain words. What the OS offers (ports, devices, the service) is `platform::diagnose`; the
+//! policy and limits are the same everywhere.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
+use crate::channel::PortHints;
 use crate::config::Config;
-use crate::platform::port::{self, PortHints};
 
 /// The report, and whether the agent could run (a port was found and opens).
 #[derive(Debug, Clone)]
@@ -15,70 +16,47 @@ pub struct Diagnosis {
     pub ok: bool,
 }
 
-/// Inspect ports under `sys`/`dev` for `config` and `hints`.
-pub fn diagnose(config: &Config, hints: &PortHints, sys: &Path, dev: &Path) -> Diagnosis {
+/// Something in the way, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What is wrong.
+    pub what: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl Problem {
+    /// A problem and its fix.
+    pub fn new(what: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// What the OS part found.
+#[derive(Debug, Clone, Default)]
+pub struct Findings {
+    /// Its part of the report.
+    pub report: String,
+    /// Whether the agent can reach the host.
+    pub ok: bool,
+    /// What is in the way (problems that do not stop the agent count too, e.g. a stopped
+    /// service).
+    pub problems: Vec<Problem>,
+}
+
+/// Inspect the OS for `config` and `hints`.
+pub fn diagnose(config: &Config, hints: &PortHints) -> Diagnosis {
+    report(config, crate::platform::diagnose::inspect(config, hints))
+}
+
+/// The whole report around the OS's findings.
+pub fn report(config: &Config, findings: Findings) -> Diagnosis {
     let mut r = String::new();
     let _ = writeln!(r, "infiniservice {} diagnosis", env!("CARGO_PKG_VERSION"));
-    let ports = port::list_sys_ports(sys, dev);
-    let _ = writeln!(
-        r,
-        "\nvirtio-serial ports in {}/class/virtio-ports:",
-        sys.display()
-    );
-    if ports.is_empty() {
-        let _ = writeln!(
-            r,
-            "  none (no virtio-serial device, or virtio_console not loaded)"
-        );
-    }
-    for p in &ports {
-        let _ = writeln!(
-            r,
-            "  {} name={} dev={} ({})",
-            p.device,
-            p.name.as_deref().unwrap_or("<unnamed>"),
-            p.dev_path.display(),
-            port::describe_permissions(&p.dev_path)
-        );
-    }
-    let ok = match port::discover(hints, sys, dev) {
-        Ok((path, source)) => {
-            let _ = writeln!(
-                r,
-                "\nport: {} (from {}), {}",
-                path.display(),
-                source.describe(),
-                port::describe_permissions(&path)
-            );
-            match port::open_port(&path) {
-                Ok(fd) => {
-                    let host = if port::host_connected(&fd) {
-                        "a host is connected"
-                    } else {
-                        "no host connected right now (POLLHUP)"
-                    };
-                    let _ = writeln!(r, "open: ok; {host}");
-                    true
-                }
-                Err(e) => {
-                    let busy = matches!(&e, port::PortError::Open { source, .. } if source.raw_os_error() == Some(libc::EBUSY));
-                    let _ = writeln!(r, "open: FAILED: {e}");
-                    if busy {
-                        let _ = writeln!(
-                            r,
-                            "  (EBUSY is expected while the {} service runs)",
-                            config.service_name
-                        );
-                    }
-                    busy
-                }
-            }
-        }
-        Err(e) => {
-            let _ = writeln!(r, "\nport: MISSING: {e}");
-            false
-        }
-    };
+    r.push_str(&findings.report);
     let policy = &config.policy;
     let _ = writeln!(r, "\npolicy:");
     let _ = writeln!(r, "  allow_unsafe = {}", policy.allow_unsafe);
@@ -111,16 +89,25 @@ pub fn diagnose(config: &Config, hints: &PortHints, sys: &Path, dev: &Path) -> D
         l.inventory_interval
     );
     let _ = writeln!(r, "collection_interval = {} s", config.collection_interval);
+    if !findings.problems.is_empty() {
+        let _ = writeln!(r, "\nproblems:");
+        for p in &findings.problems {
+            let _ = writeln!(r, "  - {}\n    fix: {}", p.what, p.fix);
+        }
+    }
     let _ = writeln!(
         r,
         "\nresult: {}",
-        if ok {
+        if findings.ok {
             "OK"
         } else {
             "NOT OK: the agent cannot reach the host"
         }
     );
-    Diagnosis { report: r, ok }
+    Diagnosis {
+        report: r,
+        ok: findings.ok,
+    }
 }
 
 #[cfg(test)]
@@ -128,34 +115,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn missing_port_is_not_ok_and_says_why() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let diag = diagnose(
-            &Config::default(),
-            &PortHints::default(),
-            &d.path().join("sys"),
-            &d.path().join("dev"),
-        );
-        assert!(!diag.ok);
-        assert!(diag.report.contains("MISSING"));
-        assert!(diag.report.contains("allow_unsafe = false"));
-    }
-
-    #[test]
-    fn a_port_that_opens_is_ok() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let fake = d.path().join("port");
-        std::fs::write(&fake, b"").expect("create");
-        let hints = PortHints {
-            flag: Some(fake),
-            ..PortHints::default()
+    fn every_problem_is_listed_with_its_fix_and_the_policy_is_shown() {
+        let findings = Findings {
+            report: "\nport: MISSING\n".into(),
+            ok: false,
+            problems: vec![Problem::new("no port", "add the port to the VM")],
         };
-        let diag = diagnose(
-            &Config::default(),
-            &hints,
-            &d.path().join("sys"),
-            &d.path().join("dev"),
+        let d = report(&Config::default(), findings);
+        assert!(!d.ok);
+        assert!(
+            d.report
+                .contains("- no port\n    fix: add the port to the VM")
         );
-        assert!(diag.ok, "{}", diag.report);
+        assert!(d.report.contains("allow_unsafe = false"));
+        assert!(d.report.contains("result: NOT OK"));
     }
 }

@@ -106,7 +106,7 @@ impl Session {
         vm_id: Option<String>,
     ) -> Self {
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
-        let inventory_collector = Some(Collector::new(collector.roots().clone()));
+        let inventory_collector = Some(collector.sibling());
         let live = Live {
             collection: config.collection_period(),
             inventory: Duration::from_secs(config.limits.inventory_interval.max(1)),
@@ -489,7 +489,7 @@ impl Session {
             }
             Err(e) => {
                 tracing::error!(error = %e, "inventory check failed; starting over");
-                self.inventory_collector = Some(Collector::new(self.collector.roots().clone()));
+                self.inventory_collector = Some(self.collector.sibling());
             }
         }
         if std::mem::take(&mut self.inventory_rerun) {
@@ -660,18 +660,17 @@ fn log_outcome(action: &str, response: &CommandResponse) {
     );
 }
 
-/// What the agent says of itself: the collector's view of the machine, completed from
-/// uname/os-release where the collector left a field empty.
+/// What the agent says of itself: the OS's view of the machine (`platform::info`), the
+/// agent's version and capabilities, and the configured VM id.
 pub fn identification(
     collector: &Collector,
     policy: &Policy,
     vm_id: Option<String>,
 ) -> VmIdentification {
-    let mut id = collector.identification();
+    let mut id = info::identification(collector);
     id.timestamp = Some(Timestamp::now());
     id.agent_version = env!("CARGO_PKG_VERSION").into();
     id.protocol_version = PROTOCOL_VERSION;
-    id.os = "linux".into();
     let mut capabilities = vec![
         "system_metrics",
         "process_snapshot",
@@ -687,26 +686,6 @@ pub fn identification(
         capabilities.push("unsafe_commands");
     }
     id.capabilities = capabilities.into_iter().map(String::from).collect();
-    if id.kernel.is_empty() || id.hostname.is_empty() || id.architecture.is_empty() {
-        let u = info::uname();
-        if id.kernel.is_empty() {
-            id.kernel = u.release;
-        }
-        if id.hostname.is_empty() {
-            id.hostname = u.nodename;
-        }
-        if id.architecture.is_empty() {
-            id.architecture = u.machine;
-        }
-    }
-    if id.os_version.is_empty() {
-        let os = info::os_release(&collector.roots().root);
-        id.os_version = os
-            .get("PRETTY_NAME")
-            .or_else(|| os.get("NAME"))
-            .cloned()
-            .unwrap_or_default();
-    }
     if id.claimed_vm_id.is_none() {
         id.claimed_vm_id = vm_id;
     }

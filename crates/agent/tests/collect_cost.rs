@@ -7,6 +7,7 @@
 //! ```
 //!
 //! `COLLECT_COST_CALLS` changes the number of calls for the per-sample collectors (1000).
+#![cfg(target_os = "linux")]
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! The collectors pointed at captured and hand-written /proc + /sys trees
 //! (`tests/fixtures/`): two successive samples with known counter changes must give exactly
 //! the expected percentages and rates.
+#![cfg(target_os = "linux")]
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,6 @@
 //! The collectors on the machine running the tests: values agree with what the kernel
 //! says through other paths, and sockets and processes this test creates show up.
+#![cfg(target_os = "linux")]
 
 use std::net::{TcpListener, UdpSocket};
 use std::time::{Duration, Instant};

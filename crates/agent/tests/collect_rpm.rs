@@ -1,6 +1,7 @@
 //! The rpm inventory against a real rpm database: a tiny package is built with rpmbuild and
 //! registered in a database under a temporary root laid out like an RPM distribution.
 //! Needs the `rpm` tools (Debian package `rpm`); without them the test says so and passes.
+#![cfg(target_os = "linux")]
 
 use std::path::Path;
 use std::process::Command;

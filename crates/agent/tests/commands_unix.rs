@@ -2,6 +2,7 @@
 //! harmless on this machine, policy refusals, validation, and raw commands with timeouts,
 //! cancel, capped output and the concurrency limit. Power and package changes are never run:
 //! every test config denies them (see `common::SAFE_DENY`).
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The agent's session seen from a host over `--listen-unix`: handshake, ping while busy,
 //! framing, reconnects and the backlog, live configuration.
+#![cfg(target_os = "linux")]
 
 mod common;
 

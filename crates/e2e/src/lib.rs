@@ -10,6 +10,7 @@
 //!   trust, and the peer the benchmark compares us with).
 //! - [`agent`]: a client for our protocol on the other port, for tests without the host.
 //! - [`host`]: run the real `infinibay serve` against a socket directory.
+//! - [`wine`]: the Windows agent under wine64, its COM port bridged into a socket directory.
 //!
 //! **Invariant:** no QEMU (or host) process started here outlives the process that started
 //! it, however that process ends: children get `PR_SET_PDEATHSIG(SIGKILL)` from a thread that
@@ -27,6 +28,7 @@ pub mod qga;
 mod qmp;
 mod spawn;
 pub mod store;
+pub mod wine;
 
 use std::io;
 use std::path::PathBuf;

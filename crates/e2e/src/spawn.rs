@@ -57,14 +57,20 @@ extern "C" fn kill_live_children() {
     }
 }
 
-/// Spawn `command` so that it gets SIGKILL when this process dies.
-pub(crate) fn spawn_tied_to_process(mut command: Command) -> io::Result<Child> {
+/// Register the exit hook that kills the children still registered (once). Hooks registered
+/// after it run before it.
+pub(crate) fn ensure_exit_hook() {
     ATEXIT.call_once(|| {
         // SAFETY: registering a plain extern "C" fn; it only reads a static and calls kill(2).
         unsafe {
             libc::atexit(kill_live_children);
         }
     });
+}
+
+/// Spawn `command` so that it gets SIGKILL when this process dies.
+pub(crate) fn spawn_tied_to_process(mut command: Command) -> io::Result<Child> {
+    ensure_exit_hook();
     // SAFETY: getpid(2) cannot fail.
     let parent = unsafe { libc::getpid() };
     // SAFETY: only async-signal-safe calls (prctl, getppid) between fork and exec.

@@ -234,7 +234,11 @@ async fn graphql_case(
         ),
         ("MutationRoot", "deleteVm") => {
             let id = format!("00000000-0000-4000-8000-{:012}", caller as u8);
-            server.store.upsert_vm(&id, now).await.expect("scratch VM");
+            server
+                .store
+                .upsert_vms(&[(id.clone(), now)])
+                .await
+                .expect("scratch VM");
             server
                 .store
                 .set_vm_owner(&id, Some(server.owner.record.id), None)

@@ -14,7 +14,7 @@ use infinibay_protocol::message::{CommandResponse, ErrorCode, ResponseError};
 use tokio::sync::oneshot;
 
 use crate::config::Limits;
-use crate::platform::exec::{self, ExecEnd, ExecOutcome, ExecSpec};
+use crate::exec::{self, ExecEnd, ExecOutcome, ExecSpec, Invocation};
 
 /// A command task's future.
 pub type CommandFuture = Pin<Box<dyn Future<Output = CommandResponse> + Send + 'static>>;
@@ -36,6 +36,76 @@ impl std::fmt::Debug for Plan {
             Self::Done(r) => f.debug_tuple("Done").field(r).finish(),
             Self::Run(_) => f.write_str("Run(..)"),
             Self::RespondThenRun(r, _) => f.debug_tuple("RespondThenRun").field(r).finish(),
+        }
+    }
+}
+
+/// What a safe action needs from the OS, as `platform::actions` describes it. The portable
+/// code turns it into a [`Plan`]: the deadline, cancellation and the response are the same
+/// on every OS.
+pub enum Work {
+    /// Refused before anything ran (`unsupported`, `forbidden`, `invalid`).
+    Refuse(ErrorCode, String),
+    /// The answer, known at once.
+    Answer {
+        /// The response's `stdout`: one line saying what was done.
+        summary: String,
+        /// The response's `data`.
+        data: serde_json::Value,
+    },
+    /// Programs to run in order, stopping at the first failure.
+    Programs(Programs),
+    /// Native OS calls (the Service Control Manager, the registry), run on a blocking thread.
+    /// The call gets the deadline, and must return by then; if it does not, or the host
+    /// cancels, the command is answered `timeout` / `cancelled` without waiting for it.
+    Native(NativeCall),
+}
+
+/// A native call: the deadline in, the summary and data (or an error) out.
+pub type NativeCall = Box<
+    dyn FnOnce(Instant) -> Result<(String, serde_json::Value), (ErrorCode, String)>
+        + Send
+        + 'static,
+>;
+
+/// Turns a successful run's stdout into the response's summary and data.
+pub type ParseOutput = Box<dyn FnOnce(&str) -> (String, serde_json::Value) + Send + 'static>;
+
+/// Programs a safe action runs, and how to read their result.
+pub struct Programs {
+    /// Run in order; the first that does not succeed ends the run.
+    pub steps: Vec<Invocation>,
+    /// Which exit codes of the last step count as success.
+    pub succeeded: fn(i32) -> bool,
+    /// Turns a successful run's stdout into the response's summary and data.
+    pub parse: Option<ParseOutput>,
+    /// The response's `data` when there is nothing to parse.
+    pub data: Option<serde_json::Value>,
+}
+
+impl Programs {
+    /// Steps whose success is exit code 0, nothing parsed.
+    pub fn new(steps: Vec<Invocation>) -> Self {
+        Self {
+            steps,
+            succeeded: |code| code == 0,
+            parse: None,
+            data: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refuse(code, message) => {
+                f.debug_tuple("Refuse").field(code).field(message).finish()
+            }
+            Self::Answer { summary, .. } => {
+                f.debug_struct("Answer").field("summary", summary).finish()
+            }
+            Self::Programs(p) => f.debug_tuple("Programs").field(&p.steps).finish(),
+            Self::Native(_) => f.write_str("Native(..)"),
         }
     }
 }
@@ -157,7 +227,7 @@ pub fn exec_response(
             Some(ResponseError {
                 code: ErrorCode::Timeout,
                 message: format!(
-                    "ran past its deadline ({} ms); its process group was killed",
+                    "ran past its deadline ({} ms); its process tree was killed",
                     outcome.elapsed.as_millis()
                 ),
             }),
@@ -167,7 +237,7 @@ pub fn exec_response(
             None,
             Some(ResponseError {
                 code: ErrorCode::Cancelled,
-                message: "cancelled by the host; its process group was killed".into(),
+                message: "cancelled by the host; its process tree was killed".into(),
             }),
         ),
     };
@@ -347,14 +417,7 @@ mod tests {
             .expect("runtime");
         let dir = tempfile::tempdir().expect("tempdir");
         let marker = dir.path().join("ran");
-        let spec = ExecSpec {
-            program: "touch".into(),
-            args: vec![marker.display().to_string()],
-            env: vec![],
-            working_dir: None,
-            timeout: Duration::from_secs(5),
-            max_output: 1024,
-        };
+        let spec = crate::platform::exec::touch_spec(&marker);
         let (tx, rx) = oneshot::channel();
         tx.send(()).expect("send cancel");
         let outcome = runtime

@@ -1,20 +1,23 @@
-//! `SafeCommand`: structured actions, validated strictly before anything runs and executed with
-//! argv, never through a shell.
+//! `SafeCommand`: structured actions, validated strictly before anything runs and executed
+//! without a shell: programs by argv, or native OS calls. What each action does on an OS is
+//! `platform::actions`; the checks, the deadline, cancellation and the response are here.
 
 use std::time::{Duration, Instant};
 
-use infinibay_protocol::message::command::signal_number;
 use infinibay_protocol::message::{
     CommandResponse, ErrorCode, ProcessInfo, SafeAction, SafeCommand,
 };
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::{Plan, elapsed_ms, exec_response, refused, run_steps, spawn_failed};
+use super::{
+    CommandFuture, Plan, Programs, Work, cancelled, elapsed_ms, exec_response, refused, run_steps,
+    spawn_failed,
+};
 use crate::config::Limits;
-use crate::platform::actions::{self, Invocation, PackageManager};
+use crate::exec::ExecSpec;
+use crate::platform::actions;
 use crate::platform::collect::Collector;
-use crate::platform::exec::ExecSpec;
 use crate::platform::info;
 use crate::policy::Policy;
 
@@ -26,8 +29,9 @@ const MAX_PROCESS_LIMIT: usize = 4096;
 /// Delay between answering `Shutdown`/`Reboot` and doing it, so the response reaches the host.
 const POWER_DELAY: Duration = Duration::from_secs(2);
 
-/// Decide what to do with a safe command. Order: unknown action, validation, policy — so a
-/// malformed request is `invalid` whatever the policy, and nothing runs before all three pass.
+/// Decide what to do with a safe command. Order: unknown action, validation (the protocol's,
+/// then the OS's own, e.g. winget ids), policy — so a malformed request is `invalid` whatever
+/// the policy, and nothing runs before all of them pass.
 pub fn plan(
     command: SafeCommand,
     received: Instant,
@@ -46,18 +50,16 @@ pub fn plan(
             COMMAND_TYPE,
         ));
     }
-    if let Err(reason) = action.validate() {
+    if let Err(reason) = action.validate().and_then(|()| actions::validate(action)) {
         return Plan::Done(refused(id, ErrorCode::Invalid, reason, COMMAND_TYPE));
     }
     if let Err(reason) = policy.check_safe(action) {
         return Plan::Done(refused(id, ErrorCode::Forbidden, reason, COMMAND_TYPE));
     }
     let timeout = super::effective_timeout(command.timeout, limits);
-    let spec = |inv: Invocation| ExecSpec {
-        program: inv.program,
-        args: inv.args,
-        env: inv.env,
-        working_dir: None,
+    let run = Runner {
+        id: id.to_owned(),
+        received,
         timeout,
         max_output: limits.max_output_bytes,
     };
@@ -86,11 +88,6 @@ pub fn plan(
             ))
         }
         SafeAction::ProcessKill { pid, force, signal } => {
-            let sig = match signal.as_deref() {
-                Some(s) => signal_number(s).unwrap_or(libc::SIGTERM),
-                None if force == Some(true) => libc::SIGKILL,
-                None => libc::SIGTERM,
-            };
             if pid == std::process::id() {
                 return Plan::Done(refused(
                     id,
@@ -99,72 +96,26 @@ pub fn plan(
                     COMMAND_TYPE,
                 ));
             }
-            match actions::send_signal(pid, sig) {
-                Ok(()) => Plan::Done(with_data(
-                    id,
-                    received,
-                    format!("Sent signal {sig} to process {pid}"),
-                    json!({"pid": pid, "signal": sig}),
-                )),
-                Err(e) => {
-                    let code = match e.raw_os_error() {
-                        Some(libc::EPERM) => ErrorCode::Forbidden,
-                        _ => ErrorCode::Failed,
-                    };
-                    Plan::Done(CommandResponse {
-                        execution_time_ms: elapsed_ms(received),
-                        ..refused(
-                            id,
-                            code,
-                            format!("cannot signal process {pid}: {e}"),
-                            COMMAND_TYPE,
-                        )
-                    })
-                }
+            match actions::kill_process(pid, force == Some(true), signal.as_deref()) {
+                Ok((summary, data)) => Plan::Done(with_data(id, received, summary, data)),
+                Err((code, message)) => Plan::Done(CommandResponse {
+                    execution_time_ms: elapsed_ms(received),
+                    ..refused(id, code, message, COMMAND_TYPE)
+                }),
             }
         }
-        SafeAction::SystemInfo => {
-            let u = info::uname();
-            let mem = info::memory_and_uptime();
-            let os = info::os_release(&roots.root);
-            Plan::Done(with_data(
-                id,
-                received,
-                "System information retrieved successfully".into(),
-                json!({
-                    "hostname": u.nodename,
-                    "kernel_version": u.release,
-                    "architecture": u.machine,
-                    "os_type": u.sysname,
-                    "linux_distro": os.get("NAME"),
-                    "version": os.get("PRETTY_NAME"),
-                    "cpu_count": info::cpu_count(),
-                    "total_memory_kb": mem.total_memory_kb,
-                    "uptime_seconds": mem.uptime_seconds,
-                    "package_manager": PackageManager::detect(),
-                    "systemd": actions::systemd_running(&roots.root),
-                }),
-            ))
-        }
-        SafeAction::OsInfo => {
-            let u = info::uname();
-            let os = info::os_release(&roots.root);
-            Plan::Done(with_data(
-                id,
-                received,
-                "OS information retrieved successfully".into(),
-                json!({
-                    "os_type": u.sysname,
-                    "name": os.get("NAME"),
-                    "pretty_name": os.get("PRETTY_NAME"),
-                    "id": os.get("ID"),
-                    "version": os.get("VERSION"),
-                    "version_id": os.get("VERSION_ID"),
-                    "kernel_version": u.release,
-                    "architecture": u.machine,
-                }),
-            ))
-        }
+        SafeAction::SystemInfo => Plan::Done(with_data(
+            id,
+            received,
+            "System information retrieved successfully".into(),
+            info::system_info(&roots),
+        )),
+        SafeAction::OsInfo => Plan::Done(with_data(
+            id,
+            received,
+            "OS information retrieved successfully".into(),
+            info::os_info(&roots),
+        )),
         SafeAction::ServiceList => {
             let services = collector.services().services;
             Plan::Done(with_data(
@@ -175,100 +126,43 @@ pub fn plan(
             ))
         }
         SafeAction::ServiceControl { service, operation } => {
-            if !actions::systemd_running(&roots.root) {
-                return Plan::Done(refused(
-                    id,
-                    ErrorCode::Unsupported,
-                    "systemd is not the init system of this guest (no /run/systemd/system)",
-                    COMMAND_TYPE,
-                ));
-            }
-            let step = spec(actions::service_control(&service, operation));
-            let id = id.to_owned();
-            Plan::Run(Box::pin(async move {
-                match run_steps(vec![step], cancel).await {
-                    Ok(outcome) => {
-                        let mut r = exec_response(&id, COMMAND_TYPE, received, outcome, |c| {
-                            actions::service_control_succeeded(operation, c)
-                        });
-                        r.data = Some(json!({"service": service, "operation": operation}));
-                        r
-                    }
-                    Err(e) => spawn_failed(&id, COMMAND_TYPE, received, &e),
-                }
-            }))
+            let data = json!({"service": service, "operation": operation});
+            run.plan(
+                actions::service_control(&service, operation, &roots),
+                Some(data),
+                cancel,
+            )
         }
         SafeAction::PackageList
         | SafeAction::PackageSearch { .. }
         | SafeAction::PackageInstall { .. }
         | SafeAction::PackageRemove { .. }
-        | SafeAction::PackageUpdate { .. } => {
-            let Some(manager) = PackageManager::detect() else {
-                return Plan::Done(refused(
-                    id,
-                    ErrorCode::Unsupported,
-                    "no supported package manager (apt-get/dpkg, dnf, yum) on this guest",
-                    COMMAND_TYPE,
-                ));
-            };
-            let (steps, parse): (Vec<Invocation>, Parse) = match action.clone() {
-                SafeAction::PackageList => (vec![manager.list()], Parse::List),
-                SafeAction::PackageSearch { query } => {
-                    (vec![manager.search(&query)], Parse::Search)
-                }
-                SafeAction::PackageInstall { package } => {
-                    (vec![manager.install(&package)], Parse::None)
-                }
-                SafeAction::PackageRemove { package } => {
-                    (vec![manager.remove(&package)], Parse::None)
-                }
-                SafeAction::PackageUpdate { package } => {
-                    (manager.update(package.as_deref()), Parse::None)
-                }
-                _ => (Vec::new(), Parse::None),
-            };
-            let steps: Vec<ExecSpec> = steps.into_iter().map(spec).collect();
-            let id = id.to_owned();
-            Plan::Run(Box::pin(async move {
-                match run_steps(steps, cancel).await {
-                    Ok(outcome) => {
-                        let mut r = exec_response(&id, COMMAND_TYPE, received, outcome, |c| c == 0);
-                        parse.apply(manager, &mut r);
-                        r
-                    }
-                    Err(e) => spawn_failed(&id, COMMAND_TYPE, received, &e),
-                }
-            }))
-        }
+        | SafeAction::PackageUpdate { .. } => run.plan(actions::packages(action), None, cancel),
         SafeAction::Shutdown | SafeAction::Reboot => {
             let reboot = matches!(action, SafeAction::Reboot);
-            let step = spec(actions::power(reboot, &roots.root));
             let what = if reboot { "reboot" } else { "power-off" };
+            let work = actions::power(reboot, &roots);
+            if let Work::Refuse(code, message) = work {
+                return Plan::Done(refused(id, code, message, COMMAND_TYPE));
+            }
             let response = with_data(
                 id,
                 received,
                 format!("{what} in {} s", POWER_DELAY.as_secs()),
-                json!({"scheduled": what, "delay_seconds": POWER_DELAY.as_secs(), "program": step.program}),
+                json!({"scheduled": what, "delay_seconds": POWER_DELAY.as_secs()}),
             );
-            let id = id.to_owned();
             Plan::RespondThenRun(
-                response.clone(),
+                response,
                 Box::pin(async move {
-                    // The host may still cancel during the delay; run_steps sees that cancel
-                    // before it spawns anything.
+                    // The host may still cancel during the delay; nothing is started then.
                     let mut cancel = cancel;
                     tokio::select! {
                         () = tokio::time::sleep(POWER_DELAY) => {}
                         _ = &mut cancel => {
-                            return refused(&id, ErrorCode::Cancelled, "cancelled before it ran", COMMAND_TYPE);
+                            return refused(&run.id, ErrorCode::Cancelled, "cancelled before it ran", COMMAND_TYPE);
                         }
                     }
-                    match run_steps(vec![step], cancel).await {
-                        Ok(outcome) => {
-                            exec_response(&id, COMMAND_TYPE, received, outcome, |c| c == 0)
-                        }
-                        Err(e) => spawn_failed(&id, COMMAND_TYPE, received, &e),
-                    }
+                    run.future(work, None, cancel).await
                 }),
             )
         }
@@ -281,33 +175,112 @@ pub fn plan(
     }
 }
 
-/// What to make of a package tool's stdout.
-#[derive(Debug, Clone, Copy)]
-enum Parse {
-    None,
-    List,
-    Search,
+/// What every piece of [`Work`] needs to become a response.
+struct Runner {
+    id: String,
+    received: Instant,
+    timeout: Duration,
+    max_output: usize,
 }
 
-impl Parse {
-    fn apply(self, manager: PackageManager, response: &mut CommandResponse) {
-        if !response.success {
-            return;
+impl Runner {
+    /// The plan for `work`: answered at once, or a task. `data` is the response's `data`
+    /// when the work itself gives none.
+    fn plan(
+        self,
+        work: Work,
+        data: Option<serde_json::Value>,
+        cancel: oneshot::Receiver<()>,
+    ) -> Plan {
+        match work {
+            Work::Refuse(code, message) => Plan::Done(CommandResponse {
+                execution_time_ms: elapsed_ms(self.received),
+                ..refused(&self.id, code, message, COMMAND_TYPE)
+            }),
+            Work::Answer { summary, data } => {
+                Plan::Done(with_data(&self.id, self.received, summary, data))
+            }
+            work => Plan::Run(self.future(work, data, cancel)),
         }
-        let data = match self {
-            Self::None => return,
-            Self::List => {
-                let packages = manager.parse_list(&response.stdout);
-                response.stdout = format!("Found {} packages", packages.len());
-                json!(packages)
+    }
+
+    fn future(
+        self,
+        work: Work,
+        data: Option<serde_json::Value>,
+        cancel: oneshot::Receiver<()>,
+    ) -> CommandFuture {
+        Box::pin(async move {
+            let Runner {
+                id,
+                received,
+                timeout,
+                max_output,
+            } = self;
+            match work {
+                Work::Refuse(code, message) => CommandResponse {
+                    execution_time_ms: elapsed_ms(received),
+                    ..refused(&id, code, message, COMMAND_TYPE)
+                },
+                Work::Answer { summary, data } => with_data(&id, received, summary, data),
+                Work::Programs(programs) => {
+                    let Programs {
+                        steps,
+                        succeeded,
+                        parse,
+                        data: own_data,
+                    } = programs;
+                    let steps = steps
+                        .into_iter()
+                        .map(|step| ExecSpec::of(step, timeout, max_output))
+                        .collect();
+                    match run_steps(steps, cancel).await {
+                        Ok(outcome) => {
+                            let mut r =
+                                exec_response(&id, COMMAND_TYPE, received, outcome, succeeded);
+                            if let (true, Some(parse)) = (r.success, parse) {
+                                let (summary, parsed) = parse(&r.stdout);
+                                r.stdout = summary;
+                                r.data = Some(parsed);
+                            } else {
+                                r.data = own_data.or(data);
+                            }
+                            r
+                        }
+                        Err(e) => spawn_failed(&id, COMMAND_TYPE, received, &e),
+                    }
+                }
+                Work::Native(call) => {
+                    let deadline = Instant::now() + timeout;
+                    let task = tokio::task::spawn_blocking(move || call(deadline));
+                    let cancel = cancelled(cancel);
+                    tokio::select! {
+                        joined = task => match joined {
+                            Ok(Ok((summary, native_data))) => {
+                                with_data(&id, received, summary, native_data)
+                            }
+                            Ok(Err((code, message))) => CommandResponse {
+                                execution_time_ms: elapsed_ms(received),
+                                data,
+                                ..refused(&id, code, message, COMMAND_TYPE)
+                            },
+                            Err(e) => CommandResponse {
+                                execution_time_ms: elapsed_ms(received),
+                                ..refused(&id, ErrorCode::Internal, e.to_string(), COMMAND_TYPE)
+                            },
+                        },
+                        () = tokio::time::sleep(timeout) => CommandResponse {
+                            execution_time_ms: elapsed_ms(received),
+                            ..refused(&id, ErrorCode::Timeout, format!("the OS did not finish within {} s", timeout.as_secs()), COMMAND_TYPE)
+                        },
+                        () = cancel => CommandResponse {
+                            execution_time_ms: elapsed_ms(received),
+                            ..refused(&id, ErrorCode::Cancelled, "cancelled by the host; what the OS had started is not undone", COMMAND_TYPE)
+                        },
+                    }
+                }
             }
-            Self::Search => {
-                let hits = manager.parse_search(&response.stdout);
-                response.stdout = format!("Found {} packages", hits.len());
-                json!(hits)
-            }
-        };
-        response.data = Some(data);
+        })
     }
 }
 

@@ -1,7 +1,8 @@
 //! `UnsafeCommand`: a shell string or an argv, only when the policy allows raw commands.
-//! Runs in its own process group with a deadline; on timeout or cancel the whole group dies.
+//! Runs as a process tree of its own (a process group, a Job Object) with a deadline; on
+//! timeout or cancel the whole tree dies.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use infinibay_protocol::message::{ErrorCode, UnsafeCommand};
@@ -9,13 +10,11 @@ use tokio::sync::oneshot;
 
 use super::{Plan, exec_response, refused, run_steps, spawn_failed};
 use crate::config::Limits;
-use crate::platform::exec::ExecSpec;
+use crate::exec::{ArgStyle, ExecSpec};
+use crate::platform::exec::shell_command;
 use crate::policy::Policy;
 
 const COMMAND_TYPE: &str = "unsafe";
-
-/// Shells a `raw_command` may name.
-const SHELLS: &[&str] = &["sh", "bash", "/bin/sh", "/bin/bash", "/usr/bin/bash"];
 
 /// Decide what to do with an unsafe command: policy first (a refused command is not even
 /// looked at), then validation.
@@ -44,7 +43,7 @@ pub fn plan(
 
 /// Check a command and turn it into what to execute.
 pub fn to_spec(command: &UnsafeCommand, limits: &Limits) -> Result<ExecSpec, String> {
-    let (program, args) = match (&command.argv, &command.raw_command) {
+    let (program, args, arg_style) = match (&command.argv, &command.raw_command) {
         (Some(argv), _) => {
             let (program, args) = argv
                 .split_first()
@@ -52,20 +51,13 @@ pub fn to_spec(command: &UnsafeCommand, limits: &Limits) -> Result<ExecSpec, Str
             if program.is_empty() {
                 return Err("`argv[0]` is empty".into());
             }
-            (program.clone(), args.to_vec())
+            (program.clone(), args.to_vec(), ArgStyle::Separate)
         }
         (None, Some(raw)) => {
             if raw.trim().is_empty() {
                 return Err("`raw_command` is empty".into());
             }
-            let shell = command.shell.as_deref().unwrap_or("sh");
-            if !SHELLS.contains(&shell) {
-                return Err(format!(
-                    "shell `{}` is not one of {SHELLS:?}",
-                    shell.escape_debug()
-                ));
-            }
-            (shell.to_owned(), vec!["-c".to_owned(), raw.clone()])
+            shell_command(command.shell.as_deref(), raw)?
         }
         (None, None) => return Err("neither `raw_command` nor `argv` given".into()),
     };
@@ -88,7 +80,9 @@ pub fn to_spec(command: &UnsafeCommand, limits: &Limits) -> Result<ExecSpec, Str
     }
     let working_dir = match command.working_dir.as_deref() {
         None | Some("") => None,
-        Some(dir) if dir.starts_with('/') && !dir.contains('\0') => Some(PathBuf::from(dir)),
+        Some(dir) if Path::new(dir).is_absolute() && !dir.contains('\0') => {
+            Some(PathBuf::from(dir))
+        }
         Some(dir) => {
             return Err(format!(
                 "working_dir `{}` must be an absolute path",
@@ -99,6 +93,7 @@ pub fn to_spec(command: &UnsafeCommand, limits: &Limits) -> Result<ExecSpec, Str
     Ok(ExecSpec {
         program,
         args,
+        arg_style,
         env,
         working_dir,
         timeout: super::effective_timeout(command.timeout, limits),
@@ -121,10 +116,11 @@ mod tests {
     }
 
     #[test]
-    fn raw_command_runs_through_sh_c_with_the_default_timeout() {
+    fn raw_command_runs_through_the_default_shell_with_the_default_timeout() {
         let spec = to_spec(&cmd(), &Limits::default()).expect("valid");
-        assert_eq!(spec.program, "sh");
-        assert_eq!(spec.args, ["-c", "echo hi"]);
+        let (shell, args, _) = shell_command(None, "echo hi").expect("default shell");
+        assert_eq!(spec.program, shell);
+        assert_eq!(spec.args, args);
         assert_eq!(spec.timeout, Duration::from_secs(60));
         assert_eq!(spec.max_output, 1024 * 1024);
     }

@@ -717,12 +717,12 @@ impl QueryRoot {
         }
         let to = Utc::now();
         let from = to - chrono::Duration::hours(hours.into());
-        let (_, points) = api
+        let series = api
             .store()
-            .metrics(&vm_id, from, to, 500)
+            .metrics_series(&vm_id, from, to, 500)
             .await
             .map_err(ApiError::from)?;
-        Ok(points.iter().map(MetricPoint::from).collect())
+        Ok(series.points.iter().map(MetricPoint::from).collect())
     }
 
     /// A series between two instants, at most about `maxPoints` points.

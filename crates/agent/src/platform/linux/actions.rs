@@ -1,36 +1,112 @@
-//! The OS tools behind safe actions: which programs, with which arguments, and how to read
-//! their output. Every invocation is an argv (no shell); names reaching these functions were
-//! validated by `SafeAction::validate` (no leading `-`, strict character set).
+//! The OS tools behind safe actions on Linux: which programs, with which arguments, and how to
+//! read their output. Every invocation is an argv (no shell); names reaching these functions
+//! were validated by `SafeAction::validate` (no leading `-`, strict character set).
 
 use std::path::{Path, PathBuf};
 
-use infinibay_protocol::message::{Application, ServiceOperation};
+use infinibay_protocol::message::command::signal_number;
+use infinibay_protocol::message::{Application, ErrorCode, SafeAction, ServiceOperation};
 use serde::Serialize;
+use serde_json::json;
 
-/// One program invocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invocation {
-    /// Program.
-    pub program: String,
-    /// Arguments.
-    pub args: Vec<String>,
-    /// Extra environment.
-    pub env: Vec<(String, String)>,
+use super::collect::Roots;
+use crate::commands::{Programs, Work};
+use crate::exec::Invocation;
+
+/// Linux adds nothing to the protocol's validation: its names are package and unit names.
+pub fn validate(_action: &SafeAction) -> Result<(), String> {
+    Ok(())
 }
 
-impl Invocation {
-    fn new(program: &str, args: &[&str]) -> Self {
-        Self {
-            program: program.into(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            env: Vec::new(),
+/// `ProcessKill`: kill(2) with `signal` (a name or number the protocol accepted), SIGKILL
+/// when `force`, else SIGTERM.
+pub fn kill_process(
+    pid: u32,
+    force: bool,
+    signal: Option<&str>,
+) -> Result<(String, serde_json::Value), (ErrorCode, String)> {
+    let sig = match signal {
+        Some(s) => signal_number(s).unwrap_or(libc::SIGTERM),
+        None if force => libc::SIGKILL,
+        None => libc::SIGTERM,
+    };
+    match send_signal(pid, sig) {
+        Ok(()) => Ok((
+            format!("Sent signal {sig} to process {pid}"),
+            json!({"pid": pid, "signal": sig}),
+        )),
+        Err(e) => {
+            let code = match e.raw_os_error() {
+                Some(libc::EPERM) => ErrorCode::Forbidden,
+                _ => ErrorCode::Failed,
+            };
+            Err((code, format!("cannot signal process {pid}: {e}")))
         }
     }
+}
 
-    fn with_arg(mut self, arg: &str) -> Self {
-        self.args.push(arg.into());
-        self
+/// `ServiceControl` through systemctl; `unsupported` when systemd is not the init.
+pub fn service_control(service: &str, operation: ServiceOperation, roots: &Roots) -> Work {
+    if !systemd_running(&roots.root) {
+        return Work::Refuse(
+            ErrorCode::Unsupported,
+            "systemd is not the init system of this guest (no /run/systemd/system)".into(),
+        );
     }
+    let mut programs = Programs::new(vec![service_control_invocation(service, operation)]);
+    programs.succeeded = match operation {
+        ServiceOperation::Status => {
+            |code| service_control_succeeded(ServiceOperation::Status, code)
+        }
+        _ => |code| code == 0,
+    };
+    Work::Programs(programs)
+}
+
+/// The package actions through apt/dpkg, dnf or yum; `unsupported` without any.
+pub fn packages(action: &SafeAction) -> Work {
+    let Some(manager) = PackageManager::detect() else {
+        return Work::Refuse(
+            ErrorCode::Unsupported,
+            "no supported package manager (apt-get/dpkg, dnf, yum) on this guest".into(),
+        );
+    };
+    let programs = match action {
+        SafeAction::PackageList => {
+            let mut p = Programs::new(vec![manager.list()]);
+            p.parse = Some(Box::new(move |stdout: &str| {
+                let packages = manager.parse_list(stdout);
+                (
+                    format!("Found {} packages", packages.len()),
+                    json!(packages),
+                )
+            }));
+            p
+        }
+        SafeAction::PackageSearch { query } => {
+            let mut p = Programs::new(vec![manager.search(query)]);
+            p.parse = Some(Box::new(move |stdout: &str| {
+                let hits = manager.parse_search(stdout);
+                (format!("Found {} packages", hits.len()), json!(hits))
+            }));
+            p
+        }
+        SafeAction::PackageInstall { package } => Programs::new(vec![manager.install(package)]),
+        SafeAction::PackageRemove { package } => Programs::new(vec![manager.remove(package)]),
+        SafeAction::PackageUpdate { package } => Programs::new(manager.update(package.as_deref())),
+        other => {
+            return Work::Refuse(
+                ErrorCode::Internal,
+                format!("`{}` is not a package action", other.name()),
+            );
+        }
+    };
+    Work::Programs(programs)
+}
+
+/// `Shutdown` / `Reboot`: systemctl, or shutdown(8) without systemd.
+pub fn power(reboot: bool, roots: &Roots) -> Work {
+    Work::Programs(Programs::new(vec![power_invocation(reboot, &roots.root)]))
 }
 
 /// Is `program` an executable file in `PATH`?
@@ -52,7 +128,7 @@ pub fn systemd_running(root: &Path) -> bool {
 }
 
 /// `systemctl <operation> <service>`.
-pub fn service_control(service: &str, operation: ServiceOperation) -> Invocation {
+pub fn service_control_invocation(service: &str, operation: ServiceOperation) -> Invocation {
     Invocation::new(
         "systemctl",
         &["--no-pager", "--no-ask-password", operation.as_str(), "--"],
@@ -222,7 +298,7 @@ pub struct SearchHit {
 }
 
 /// Power-off or reboot, trying systemd first.
-pub fn power(reboot: bool, root: &Path) -> Invocation {
+pub fn power_invocation(reboot: bool, root: &Path) -> Invocation {
     match (systemd_running(root), reboot) {
         (true, false) => Invocation::new("systemctl", &["--no-ask-password", "poweroff"]),
         (true, true) => Invocation::new("systemctl", &["--no-ask-password", "reboot"]),
@@ -249,7 +325,7 @@ mod tests {
 
     #[test]
     fn service_names_follow_a_double_dash() {
-        let inv = service_control("ssh.service", ServiceOperation::Restart);
+        let inv = service_control_invocation("ssh.service", ServiceOperation::Restart);
         assert_eq!(inv.program, "systemctl");
         let dd = inv.args.iter().position(|a| a == "--").expect("has --");
         assert_eq!(inv.args[dd - 1], "restart");

@@ -1,142 +1,97 @@
-//! Running a program for a command: its own process group, a deadline, cancellation, and
-//! capped output.
-//!
-//! Output is read as it comes, in 8 KiB reads: up to the cap it is kept, beyond it is counted
-//! and thrown away, so the child never blocks on a full pipe and the agent never holds more
-//! than the cap (qemu-ga buffers everything and peaks at 64 MB on a 20 MB output).
+//! Linux side of running a command (`crate::exec`): every command is the leader of its own
+//! process group, and the group is the tree that a timeout or cancel kills with SIGKILL.
 
-use std::future::Future;
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::process::{ExitStatus, Stdio};
 
-use thiserror::Error;
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
-/// How long the pipes are still read after the program exited. A background process it left
-/// behind may hold them open for ever; its later output is not part of this command.
-const DRAIN_GRACE: Duration = Duration::from_millis(500);
+use crate::exec::{ArgStyle, ExecEnd};
 
-const READ_CHUNK: usize = 8 * 1024;
+/// Shells a `raw_command` may name; the first is the default.
+pub const SHELLS: &[&str] = &["sh", "bash", "/bin/sh", "/bin/bash", "/usr/bin/bash"];
 
-/// What to run.
-#[derive(Debug, Clone)]
-pub struct ExecSpec {
-    /// Program (looked up in `PATH`).
-    pub program: String,
-    /// Arguments, passed as they are (no shell).
-    pub args: Vec<String>,
-    /// Added to the agent's environment.
-    pub env: Vec<(String, String)>,
-    /// Working directory; the agent's when absent.
-    pub working_dir: Option<PathBuf>,
-    /// Killed (with its whole process group) after this long.
-    pub timeout: Duration,
-    /// Bytes kept of stdout, and of stderr.
-    pub max_output: usize,
+/// The program and arguments that run `raw` in `shell` (`sh` when none is named).
+pub fn shell_command(
+    shell: Option<&str>,
+    raw: &str,
+) -> Result<(String, Vec<String>, ArgStyle), String> {
+    let shell = shell.unwrap_or(SHELLS[0]);
+    if !SHELLS.contains(&shell) {
+        return Err(format!(
+            "shell `{}` is not one of {SHELLS:?}",
+            shell.escape_debug()
+        ));
+    }
+    Ok((
+        shell.to_owned(),
+        vec!["-c".to_owned(), raw.to_owned()],
+        ArgStyle::Separate,
+    ))
 }
 
-/// Output kept from one pipe.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CappedOutput {
-    /// The first `cap` bytes.
-    pub bytes: Vec<u8>,
-    /// More than `cap` bytes arrived.
-    pub truncated: bool,
-    /// Bytes that arrived in all.
-    pub total: u64,
+/// Linux has argv only: both styles pass each argument as one.
+pub fn add_args(command: &mut Command, args: &[String], _style: ArgStyle) {
+    command.args(args);
 }
 
-/// Keeps the first `cap` bytes of a stream and counts the rest.
+/// A pipe end the runner reads a command's output from.
+pub type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+/// The command's stdout and stderr: ordinary pipes, read through the runtime's epoll.
 #[derive(Debug)]
-pub struct OutputCap {
-    cap: usize,
-    out: CappedOutput,
-}
+pub struct Output;
 
-impl OutputCap {
-    /// A capper keeping `cap` bytes.
-    pub fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            out: CappedOutput::default(),
-        }
+impl Output {
+    /// Give `command` a pipe for stdout and one for stderr.
+    pub fn attach(command: &mut Command) -> std::io::Result<Self> {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        Ok(Self)
     }
 
-    /// Take in one chunk.
-    pub fn push(&mut self, chunk: &[u8]) {
-        self.out.total += chunk.len() as u64;
-        let room = self.cap.saturating_sub(self.out.bytes.len());
-        if chunk.len() > room {
-            self.out.truncated = true;
-        }
-        let keep = chunk.len().min(room);
-        if keep > 0 {
-            // Grow by what arrives, never to the cap up front: most outputs are tiny.
-            self.out.bytes.extend_from_slice(&chunk[..keep]);
-        }
-    }
-
-    /// What was kept.
-    pub fn finish(self) -> CappedOutput {
-        self.out
+    /// Our ends of the pipes, once `child` runs.
+    pub async fn readers(self, child: &mut Child) -> (Option<Reader>, Option<Reader>) {
+        (
+            child.stdout.take().map(|r| Box::new(r) as Reader),
+            child.stderr.take().map(|r| Box::new(r) as Reader),
+        )
     }
 }
 
-/// How the program ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExecEnd {
-    /// It exited with this code.
-    Exited(i32),
-    /// A signal it did not get from us ended it.
-    Signaled(i32),
-    /// It ran past its deadline; its process group was killed.
-    TimedOut,
-    /// It was cancelled; its process group was killed.
-    Cancelled,
+/// Make the child the leader of a new process group.
+pub fn prepare(command: &mut Command) {
+    command.process_group(0);
 }
 
-/// The result of a run.
-#[derive(Debug, Clone)]
-pub struct ExecOutcome {
-    /// How it ended.
-    pub end: ExecEnd,
-    /// Captured stdout.
-    pub stdout: CappedOutput,
-    /// Captured stderr.
-    pub stderr: CappedOutput,
-    /// Wall time from spawn to end.
-    pub elapsed: Duration,
-    /// The program's pid, which is also its process group id.
-    pub pid: Option<u32>,
-}
-
-/// The program could not be started.
-#[derive(Debug, Error)]
-#[error("cannot start `{program}`: {source}")]
-pub struct SpawnError {
-    /// What we tried to run.
-    pub program: String,
-    /// Why it failed.
-    pub source: std::io::Error,
-}
-
-/// Kills the process group when dropped: if the agent stops awaiting a command (shutdown,
-/// a panic elsewhere), nothing it started is left running unattended.
-struct GroupGuard {
+/// The process group of a running command. Dropping it kills the group: if the agent stops
+/// awaiting a command (shutdown, a panic elsewhere), nothing it started is left running
+/// unattended.
+#[derive(Debug)]
+pub struct Tree {
     pgid: Option<i32>,
 }
 
-impl GroupGuard {
-    fn kill(&mut self) {
+impl Tree {
+    /// The group of a child started after [`prepare`].
+    pub fn adopt(child: &Child) -> std::io::Result<Self> {
+        Ok(Self {
+            pgid: child.id().and_then(|p| i32::try_from(p).ok()),
+        })
+    }
+
+    /// SIGKILL every process of the group.
+    pub fn kill(&mut self) {
         if let Some(pgid) = self.pgid.take() {
             kill_group(pgid);
         }
     }
+
+    /// The leader was reaped: its pid, the group id, may be reused from now on.
+    pub fn release(&mut self) {
+        self.pgid = None;
+    }
 }
 
-impl Drop for GroupGuard {
+impl Drop for Tree {
     fn drop(&mut self) {
         self.kill();
     }
@@ -153,162 +108,32 @@ pub fn kill_group(pgid: i32) {
     }
 }
 
-/// Run `spec`; `cancel` resolving stops it like a timeout does.
-pub async fn run(
-    spec: &ExecSpec,
-    cancel: impl Future<Output = ()>,
-) -> Result<ExecOutcome, SpawnError> {
-    let started = Instant::now();
-    let mut command = Command::new(&spec.program);
-    command
-        .args(&spec.args)
-        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // A group of its own, so that a timeout or cancel can kill every descendant at once.
-        .process_group(0);
-    if let Some(dir) = &spec.working_dir {
-        command.current_dir(dir);
+/// How a reaped child ended.
+pub fn end_of(status: ExitStatus) -> ExecEnd {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExecEnd::Exited(code),
+        (None, Some(signal)) => ExecEnd::Signaled(signal),
+        (None, None) => ExecEnd::Exited(-1),
     }
-    let mut child = command.spawn().map_err(|source| SpawnError {
-        program: spec.program.clone(),
-        source,
-    })?;
-    let pid = child.id();
-    let mut guard = GroupGuard {
-        pgid: pid.and_then(|p| i32::try_from(p).ok()),
-    };
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let mut out_cap = OutputCap::new(spec.max_output);
-    let mut err_cap = OutputCap::new(spec.max_output);
-    let mut out_buf = vec![0u8; READ_CHUNK];
-    let mut err_buf = vec![0u8; READ_CHUNK];
-
-    let deadline = tokio::time::sleep(spec.timeout);
-    tokio::pin!(deadline);
-    tokio::pin!(cancel);
-    let grace = tokio::time::sleep(Duration::MAX / 4);
-    tokio::pin!(grace);
-
-    let mut killed: Option<ExecEnd> = None;
-    let mut status: Option<std::process::ExitStatus> = None;
-    let mut cancel_done = false;
-
-    loop {
-        if status.is_some() && stdout.is_none() && stderr.is_none() {
-            break;
-        }
-        tokio::select! {
-            read = read_some(&mut stdout, &mut out_buf), if stdout.is_some() => {
-                match read {
-                    Some(n) => out_cap.push(&out_buf[..n]),
-                    None => stdout = None,
-                }
-            }
-            read = read_some(&mut stderr, &mut err_buf), if stderr.is_some() => {
-                match read {
-                    Some(n) => err_cap.push(&err_buf[..n]),
-                    None => stderr = None,
-                }
-            }
-            waited = child.wait(), if status.is_none() => {
-                match waited {
-                    Ok(s) => status = Some(s),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "waiting for a command failed");
-                        status = Some(std::os::unix::process::ExitStatusExt::from_raw(0));
-                    }
-                }
-                grace.as_mut().reset(tokio::time::Instant::now() + DRAIN_GRACE);
-            }
-            () = &mut deadline, if killed.is_none() && status.is_none() => {
-                guard.kill();
-                killed = Some(ExecEnd::TimedOut);
-            }
-            () = &mut cancel, if !cancel_done && killed.is_none() && status.is_none() => {
-                cancel_done = true;
-                guard.kill();
-                killed = Some(ExecEnd::Cancelled);
-            }
-            () = &mut grace, if status.is_some() => break,
-        }
-    }
-    // Our child was reaped: its pid (the group id) may be reused from now on, so the guard
-    // must not fire later.
-    guard.pgid = None;
-
-    let end = match killed {
-        Some(end) => end,
-        None => match status {
-            Some(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
-                (Some(code), _) => ExecEnd::Exited(code),
-                (None, Some(sig)) => ExecEnd::Signaled(sig),
-                (None, None) => ExecEnd::Exited(-1),
-            },
-            None => ExecEnd::Exited(-1),
-        },
-    };
-    Ok(ExecOutcome {
-        end,
-        stdout: out_cap.finish(),
-        stderr: err_cap.finish(),
-        elapsed: started.elapsed(),
-        pid,
-    })
 }
 
-/// One read; `None` at EOF or on a read error (both end the capture of that pipe).
-async fn read_some<R: tokio::io::AsyncRead + Unpin>(
-    pipe: &mut Option<R>,
-    buf: &mut [u8],
-) -> Option<usize> {
-    let reader = pipe.as_mut()?;
-    match reader.read(buf).await {
-        Ok(0) | Err(_) => None,
-        Ok(n) => Some(n),
-    }
+/// A command that creates the file `path` (tests of what runs and what does not).
+#[cfg(test)]
+pub fn touch_spec(path: &std::path::Path) -> crate::exec::ExecSpec {
+    crate::exec::ExecSpec::of(
+        crate::exec::Invocation::new("touch", &[&path.display().to_string()]),
+        std::time::Duration::from_secs(5),
+        1024,
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
-
-    #[test]
-    fn capper_keeps_the_first_cap_bytes_and_counts_all() {
-        let mut cap = OutputCap::new(10);
-        cap.push(b"hello");
-        cap.push(b" world, and more");
-        let out = cap.finish();
-        assert_eq!(out.bytes, b"hello worl");
-        assert!(out.truncated);
-        assert_eq!(out.total, 21);
-    }
-
-    #[test]
-    fn capper_exactly_at_cap_is_not_truncated() {
-        let mut cap = OutputCap::new(4);
-        cap.push(b"ab");
-        cap.push(b"cd");
-        cap.push(b"");
-        let out = cap.finish();
-        assert_eq!(out.bytes, b"abcd");
-        assert!(!out.truncated);
-    }
-
-    #[test]
-    fn capper_never_holds_more_than_the_cap() {
-        let mut cap = OutputCap::new(1024);
-        let chunk = [b'x'; 8192];
-        for _ in 0..2560 {
-            cap.push(&chunk);
-        }
-        let out = cap.finish();
-        assert_eq!(out.bytes.len(), 1024);
-        assert!(out.bytes.capacity() < 8192);
-        assert_eq!(out.total, 20 * 1024 * 1024);
-    }
+    use crate::exec::{ExecSpec, Invocation, run};
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -318,14 +143,7 @@ mod tests {
     }
 
     fn sh(script: &str, timeout: Duration) -> ExecSpec {
-        ExecSpec {
-            program: "sh".into(),
-            args: vec!["-c".into(), script.into()],
-            env: vec![],
-            working_dir: None,
-            timeout,
-            max_output: 1024,
-        }
+        ExecSpec::of(Invocation::new("sh", &["-c", script]), timeout, 1024)
     }
 
     #[test]
@@ -365,5 +183,14 @@ mod tests {
         if let Some(pid) = out.pid {
             kill_group(pid as i32);
         }
+    }
+
+    #[test]
+    fn raw_commands_run_through_sh_c_and_other_shells_are_refused() {
+        let (program, args, style) = shell_command(None, "echo hi").expect("valid");
+        assert_eq!(program, "sh");
+        assert_eq!(args, ["-c", "echo hi"]);
+        assert_eq!(style, ArgStyle::Separate);
+        assert!(shell_command(Some("python3"), "x").is_err());
     }
 }

@@ -3,6 +3,89 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
+
+use infinibay_protocol::message::VmIdentification;
+use serde_json::json;
+
+use super::actions::{self, PackageManager};
+use super::collect::{Collector, Roots};
+
+/// What the machine says of itself in `vm_identification` (`os`, `os_version`, `kernel`,
+/// `hostname`, `architecture`): the collector's view, completed from uname(2) and os-release
+/// where it left a field empty.
+pub fn identification(collector: &Collector) -> VmIdentification {
+    let mut id = collector.identification();
+    if id.kernel.is_empty() || id.hostname.is_empty() || id.architecture.is_empty() {
+        let u = uname();
+        if id.kernel.is_empty() {
+            id.kernel = u.release;
+        }
+        if id.hostname.is_empty() {
+            id.hostname = u.nodename;
+        }
+        if id.architecture.is_empty() {
+            id.architecture = u.machine;
+        }
+    }
+    if id.os_version.is_empty() {
+        let os = os_release(&collector.roots().root);
+        id.os_version = os
+            .get("PRETTY_NAME")
+            .or_else(|| os.get("NAME"))
+            .cloned()
+            .unwrap_or_default();
+    }
+    id
+}
+
+/// `SystemInfo`'s data.
+pub fn system_info(roots: &Roots) -> serde_json::Value {
+    let u = uname();
+    let mem = memory_and_uptime();
+    let os = os_release(&roots.root);
+    json!({
+        "hostname": u.nodename,
+        "kernel_version": u.release,
+        "architecture": u.machine,
+        "os_type": u.sysname,
+        "linux_distro": os.get("NAME"),
+        "version": os.get("PRETTY_NAME"),
+        "cpu_count": cpu_count(),
+        "total_memory_kb": mem.total_memory_kb,
+        "uptime_seconds": mem.uptime_seconds,
+        "package_manager": PackageManager::detect(),
+        "systemd": actions::systemd_running(&roots.root),
+    })
+}
+
+/// `OsInfo`'s data.
+pub fn os_info(roots: &Roots) -> serde_json::Value {
+    let u = uname();
+    let os = os_release(&roots.root);
+    json!({
+        "os_type": u.sysname,
+        "name": os.get("NAME"),
+        "pretty_name": os.get("PRETTY_NAME"),
+        "id": os.get("ID"),
+        "version": os.get("VERSION"),
+        "version_id": os.get("VERSION_ID"),
+        "kernel_version": u.release,
+        "architecture": u.machine,
+    })
+}
+
+/// CPU (user + system) this process used so far.
+pub fn process_cpu_time() -> Duration {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
 
 /// What uname(2) says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

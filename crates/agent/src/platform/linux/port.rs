@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::channel::{Hint, PortHints};
+
 /// The port name the host's QEMU config gives the agent's channel.
 pub const PORT_NAME: &str = "org.infinibay.agent";
 
@@ -74,12 +76,8 @@ pub fn list_sys_ports(sys: &Path, dev: &Path) -> Vec<SysPort> {
 /// Where a port path came from, for logs and `--diagnose`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortSource {
-    /// `--device`.
-    Flag,
-    /// `INFINISERVICE_DEVICE`.
-    Env,
-    /// `virtio_serial_path` in the config.
-    Config,
+    /// `--device`, `INFINISERVICE_DEVICE` or the config.
+    Hint(Hint),
     /// The udev link.
     UdevLink,
     /// A `/sys/class/virtio-ports` entry with our name.
@@ -90,24 +88,11 @@ impl PortSource {
     /// How to say it.
     pub fn describe(self) -> &'static str {
         match self {
-            Self::Flag => "--device",
-            Self::Env => "INFINISERVICE_DEVICE",
-            Self::Config => "config virtio_serial_path",
+            Self::Hint(hint) => hint.describe(),
             Self::UdevLink => DEFAULT_DEVICE,
             Self::SysScan => "/sys/class/virtio-ports scan",
         }
     }
-}
-
-/// The inputs of port discovery.
-#[derive(Debug, Clone, Default)]
-pub struct PortHints {
-    /// `--device`.
-    pub flag: Option<PathBuf>,
-    /// `INFINISERVICE_DEVICE`.
-    pub env: Option<String>,
-    /// `virtio_serial_path`.
-    pub config: Option<String>,
 }
 
 /// Find the port, in the documented order. Explicit paths (flag, env, config) are taken as
@@ -117,14 +102,8 @@ pub fn discover(
     sys: &Path,
     dev: &Path,
 ) -> Result<(PathBuf, PortSource), PortError> {
-    if let Some(p) = &hints.flag {
-        return Ok((p.clone(), PortSource::Flag));
-    }
-    if let Some(p) = hints.env.as_deref().filter(|p| !p.trim().is_empty()) {
-        return Ok((PathBuf::from(p), PortSource::Env));
-    }
-    if let Some(p) = hints.config.as_deref().filter(|p| !p.trim().is_empty()) {
-        return Ok((PathBuf::from(p), PortSource::Config));
+    if let Some((path, hint)) = hints.explicit() {
+        return Ok((path, PortSource::Hint(hint)));
     }
     let link = dev.join("virtio-ports").join(PORT_NAME);
     if link.exists() {
@@ -246,7 +225,7 @@ mod tests {
         };
         assert_eq!(
             discover(&hints, &sys, &dev).expect("found").1,
-            PortSource::Flag
+            PortSource::Hint(Hint::Flag)
         );
         hints.flag = None;
         assert_eq!(
@@ -256,7 +235,7 @@ mod tests {
         hints.env = Some(String::new());
         assert_eq!(
             discover(&hints, &sys, &dev).expect("found").1,
-            PortSource::Config
+            PortSource::Hint(Hint::Config)
         );
         hints.config = Some(String::new());
         let (path, source) = discover(&hints, &sys, &dev).expect("found");

@@ -79,10 +79,7 @@ pub(crate) fn usage_percent(previous: Option<CpuTimes>, now: CpuTimes) -> f64 {
     round2((busy as f64 / total as f64 * 100.0).clamp(0.0, 100.0))
 }
 
-/// Two decimals: enough for a percentage and keeps the JSON short.
-pub(crate) fn round2(value: f64) -> f64 {
-    (value * 100.0).round() / 100.0
-}
+pub(crate) use crate::platform::rates::round2;
 
 #[cfg(test)]
 mod tests {

@@ -168,10 +168,7 @@ pub(crate) fn rates(
     io
 }
 
-/// One decimal: rates are estimates over a 10 ms-resolution clock anyway.
-pub(crate) fn round1(value: f64) -> f64 {
-    (value * 10.0).round() / 10.0
-}
+pub(crate) use crate::platform::rates::round1;
 
 #[cfg(test)]
 mod tests {

@@ -146,6 +146,11 @@ impl Collector {
         }
     }
 
+    /// A fresh collector over the same sources (the session's second one, for inventories).
+    pub fn sibling(&self) -> Self {
+        Self::with_kernel_units(self.roots.clone(), self.units)
+    }
+
     /// Where this collector reads.
     pub fn roots(&self) -> &Roots {
         &self.roots

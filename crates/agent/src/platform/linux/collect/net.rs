@@ -5,22 +5,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use infinibay_protocol::message::InterfaceStats;
-
-use super::disks::round1;
 use super::read::read_trimmed;
-
-/// Cumulative counters of one interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct NetCounters {
-    pub name: String,
-    pub rx_bytes: u64,
-    pub rx_packets: u64,
-    pub rx_errors: u64,
-    pub tx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_errors: u64,
-}
+pub(crate) use crate::platform::rates::{NetCounters, address_strings, interface_stats};
 
 /// Parses `/proc/net/dev`. The kernel prints `%6s:` then the numbers, so a long name touches
 /// its colon and the first number may touch it too (`eth0:1234`). Names may contain `:`,
@@ -98,41 +84,6 @@ pub(crate) fn sysfs_is_up(sys: &Path, name: &str) -> bool {
     is_up(operstate.as_deref(), flags)
 }
 
-/// Builds the reported entry; rates are `None` without a previous reading, with a zero
-/// interval, or when a counter went backwards (the interface was re-created).
-pub(crate) fn interface_stats(
-    now: &NetCounters,
-    previous: Option<&NetCounters>,
-    elapsed_secs: f64,
-    is_up: bool,
-    ip_addresses: Vec<String>,
-) -> InterfaceStats {
-    let rate = |f: fn(&NetCounters) -> u64| -> Option<f64> {
-        let prev = previous?;
-        if elapsed_secs <= 0.0 {
-            return None;
-        }
-        let delta = f(now).checked_sub(f(prev))?;
-        Some(round1(delta as f64 / elapsed_secs))
-    };
-    InterfaceStats {
-        interface: now.name.clone(),
-        bytes_received: Some(now.rx_bytes),
-        bytes_sent: Some(now.tx_bytes),
-        packets_received: Some(now.rx_packets),
-        packets_sent: Some(now.tx_packets),
-        errors_in: Some(now.rx_errors),
-        errors_out: Some(now.tx_errors),
-        bytes_received_per_sec: rate(|c| c.rx_bytes),
-        bytes_sent_per_sec: rate(|c| c.tx_bytes),
-        packets_received_per_sec: rate(|c| c.rx_packets),
-        packets_sent_per_sec: rate(|c| c.tx_packets),
-        errors_per_sec: rate(|c| c.rx_errors + c.tx_errors),
-        is_up,
-        ip_addresses,
-    }
-}
-
 /// Addresses per interface name; each list has IPv4 before IPv6, each family sorted.
 pub(crate) type AddressMap = BTreeMap<String, Vec<IpAddr>>;
 
@@ -143,13 +94,6 @@ pub(crate) struct LiveInterfaces {
     pub addresses: AddressMap,
     /// Flags (`IFF_*`) per interface, from its link-level (`AF_PACKET`) entry.
     pub flags: BTreeMap<String, u64>,
-}
-
-/// Puts the lists in their reported order and turns them into strings.
-pub(crate) fn address_strings(mut addresses: Vec<IpAddr>) -> Vec<String> {
-    addresses.sort_by_key(|a| (a.is_ipv6(), *a));
-    addresses.dedup();
-    addresses.iter().map(IpAddr::to_string).collect()
 }
 
 /// Parses `/proc/net/if_inet6`: `<32 hex> <ifindex> <prefix> <scope> <flags> <name>`.
