@@ -1,244 +1,20 @@
 //! The bus between ingest and its consumers (API, Socket.IO).
 //!
-//! Shaped for NATS: every event has a subject, one per VM and kind
-//! (`infinibay.vm.<id>.metrics`, `.status`, `.inventory`, `.error`, `.agent`), subscriptions
-//! take NATS-style patterns (`*` for one token, `>` for the rest), and commands are
-//! request/reply on `infinibay.vm.<id>.command`. The in-process implementation below uses
-//! bounded tokio broadcast channels: a subscriber that falls behind loses the oldest events
-//! (and is told how many) instead of stalling ingest.
+//! Publishing never blocks and never fails: ingest must not wait for consumers. The
+//! in-process implementation below uses bounded tokio broadcast channels: a subscriber that
+//! falls behind loses the oldest events (and is told how many) instead of stalling ingest. A
+//! NATS implementation implements the same trait (subjects and patterns are NATS-shaped, see
+//! [`crate::event`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
+use std::sync::RwLock;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
-use infinibay_protocol::message::{CommandResponse, VmIdentification};
-use infinibay_store::{Inventory, MetricSample, VmErrorRecord, VmStatus};
+use crate::event::{BusEvent, Filter, Subscription, Topic};
 
-use crate::commands::{Command, CommandError};
-
-/// First tokens of every VM subject.
-pub const SUBJECT_PREFIX: &str = "infinibay.vm";
-
-/// The kind of an event: the last token of its subject.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Topic {
-    /// A stored `system_metrics` sample.
-    Metrics,
-    /// `vm:online` / `vm:offline`.
-    Status,
-    /// A new process, port, application or service inventory.
-    Inventory,
-    /// An error the agent reported.
-    Error,
-    /// The agent identified itself.
-    Agent,
-}
-
-impl Topic {
-    /// All topics.
-    pub const ALL: [Topic; 5] = [
-        Topic::Metrics,
-        Topic::Status,
-        Topic::Inventory,
-        Topic::Error,
-        Topic::Agent,
-    ];
-
-    /// Subject token.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Metrics => "metrics",
-            Self::Status => "status",
-            Self::Inventory => "inventory",
-            Self::Error => "error",
-            Self::Agent => "agent",
-        }
-    }
-
-    fn parse(token: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == token)
-    }
-}
-
-/// A VM came online or went offline (seed 001 names the events `vm:online`, `vm:offline`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StatusEvent {
-    /// VM.
-    pub vm_id: String,
-    /// New status.
-    pub status: VmStatus,
-    /// `vm:online` or `vm:offline`.
-    pub event: &'static str,
-    /// Host time of the change.
-    pub at: DateTime<Utc>,
-    /// Why (`valid message`, `socket closed`, `missed pings`, `socket removed`, `shutdown`).
-    pub reason: &'static str,
-}
-
-impl StatusEvent {
-    /// The event name for a status.
-    pub fn event_name(status: VmStatus) -> &'static str {
-        match status {
-            VmStatus::Online => "vm:online",
-            VmStatus::Offline => "vm:offline",
-        }
-    }
-}
-
-/// What the agent said of itself.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AgentEvent {
-    /// VM (from the socket path, never from the message).
-    pub vm_id: String,
-    /// Host time.
-    pub at: DateTime<Utc>,
-    /// The sanitised identification.
-    pub agent: VmIdentification,
-}
-
-/// One event on the bus. Payloads are shared (`Arc`) so that fan-out never copies a sample.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "topic", content = "data", rename_all = "snake_case")]
-pub enum BusEvent {
-    /// A sample, as stored.
-    Metrics(Arc<MetricSample>),
-    /// Status change.
-    Status(StatusEvent),
-    /// Inventory, as stored.
-    Inventory(Arc<Inventory>),
-    /// Agent-reported error, as stored.
-    Error(Arc<VmErrorRecord>),
-    /// Agent identification.
-    Agent(Arc<AgentEvent>),
-}
-
-impl BusEvent {
-    /// The VM the event is about.
-    pub fn vm_id(&self) -> &str {
-        match self {
-            Self::Metrics(s) => &s.vm_id,
-            Self::Status(s) => &s.vm_id,
-            Self::Inventory(i) => &i.vm_id,
-            Self::Error(e) => &e.vm_id,
-            Self::Agent(a) => &a.vm_id,
-        }
-    }
-
-    /// The event's topic.
-    pub fn topic(&self) -> Topic {
-        match self {
-            Self::Metrics(_) => Topic::Metrics,
-            Self::Status(_) => Topic::Status,
-            Self::Inventory(_) => Topic::Inventory,
-            Self::Error(_) => Topic::Error,
-            Self::Agent(_) => Topic::Agent,
-        }
-    }
-
-    /// `infinibay.vm.<id>.<topic>`.
-    pub fn subject(&self) -> String {
-        subject(self.vm_id(), self.topic())
-    }
-}
-
-/// `infinibay.vm.<id>.<topic>`.
-pub fn subject(vm_id: &str, topic: Topic) -> String {
-    format!("{SUBJECT_PREFIX}.{vm_id}.{}", topic.as_str())
-}
-
-/// The request/reply subject for commands to a VM.
-pub fn command_subject(vm_id: &str) -> String {
-    format!("{SUBJECT_PREFIX}.{vm_id}.command")
-}
-
-/// Which events a subscription receives: one VM or all, one topic or all.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Filter {
-    /// `None`: every VM.
-    pub vm_id: Option<String>,
-    /// `None`: every topic.
-    pub topic: Option<Topic>,
-}
-
-/// A subject pattern that is not one this bus publishes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unsupported subject pattern `{0}` (expected infinibay.vm.<id|*>.<topic|*> or infinibay.vm.>)"
-)]
-pub struct BadPattern(pub String);
-
-impl Filter {
-    /// Everything.
-    pub fn all() -> Self {
-        Self::default()
-    }
-
-    /// One topic of every VM.
-    pub fn topic(topic: Topic) -> Self {
-        Self {
-            vm_id: None,
-            topic: Some(topic),
-        }
-    }
-
-    /// Every topic of one VM.
-    pub fn vm(vm_id: impl Into<String>) -> Self {
-        Self {
-            vm_id: Some(vm_id.into()),
-            topic: None,
-        }
-    }
-
-    /// From a NATS-style pattern: `infinibay.vm.*.status`, `infinibay.vm.<id>.>`, `infinibay.vm.>`.
-    pub fn from_pattern(pattern: &str) -> Result<Self, BadPattern> {
-        let bad = || BadPattern(pattern.to_owned());
-        let rest = pattern
-            .strip_prefix(SUBJECT_PREFIX)
-            .and_then(|r| r.strip_prefix('.'))
-            .ok_or_else(bad)?;
-        if rest == ">" {
-            return Ok(Self::all());
-        }
-        let (vm, topic) = rest.split_once('.').ok_or_else(bad)?;
-        if vm.is_empty() || vm == ">" {
-            return Err(bad());
-        }
-        let vm_id = (vm != "*").then(|| vm.to_owned());
-        let topic = match topic {
-            "*" | ">" => None,
-            t => Some(Topic::parse(t).ok_or_else(bad)?),
-        };
-        Ok(Self { vm_id, topic })
-    }
-
-    /// Whether `event` passes.
-    pub fn matches(&self, event: &BusEvent) -> bool {
-        self.topic.is_none_or(|t| t == event.topic())
-            && self.vm_id.as_deref().is_none_or(|v| v == event.vm_id())
-    }
-}
-
-/// Answers command requests (the host's command registry implements it).
-#[async_trait]
-pub trait CommandHandler: Send + Sync + 'static {
-    /// Send `command` to `vm_id` and wait for its response.
-    async fn handle(
-        &self,
-        vm_id: &str,
-        command: Command,
-        timeout: Option<Duration>,
-    ) -> Result<CommandResponse, CommandError>;
-}
-
-/// The publish/subscribe and request/reply contract. Publishing never blocks and never fails:
-/// ingest must not wait for consumers.
-#[async_trait]
+/// The publish/subscribe contract. Publishing never blocks and never fails: ingest must not
+/// wait for consumers.
 pub trait Bus: Send + Sync + 'static {
     /// Publish an event to its subject.
     fn publish(&self, event: BusEvent);
@@ -251,79 +27,6 @@ pub trait Bus: Send + Sync + 'static {
     }
     /// Receive the events that pass `filter`, from now on.
     fn subscribe(&self, filter: Filter) -> Subscription;
-    /// Install the responder for `infinibay.vm.*.command` (done once by the host).
-    fn serve_commands(&self, handler: Arc<dyn CommandHandler>);
-    /// Request/reply on `infinibay.vm.<id>.command`.
-    async fn request_command(
-        &self,
-        vm_id: &str,
-        command: Command,
-        timeout: Option<Duration>,
-    ) -> Result<CommandResponse, CommandError>;
-}
-
-/// What [`Subscription::recv`] yields.
-#[derive(Debug, Clone)]
-pub enum Received {
-    /// An event.
-    Event(BusEvent),
-    /// The subscriber fell behind and this many events were dropped for it.
-    Lagged(u64),
-}
-
-enum SubscriptionInner {
-    Broadcast {
-        rx: broadcast::Receiver<BusEvent>,
-        filter: Filter,
-    },
-    Channel(mpsc::Receiver<Received>),
-}
-
-/// A stream of events. Dropping it unsubscribes.
-pub struct Subscription {
-    inner: SubscriptionInner,
-}
-
-impl std::fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").finish_non_exhaustive()
-    }
-}
-
-impl Subscription {
-    /// For other bus implementations (NATS): a subscription fed by a channel.
-    pub fn from_channel(rx: mpsc::Receiver<Received>) -> Self {
-        Self {
-            inner: SubscriptionInner::Channel(rx),
-        }
-    }
-
-    /// The next event, or how many were lost; `None` when the bus is gone.
-    pub async fn recv(&mut self) -> Option<Received> {
-        match &mut self.inner {
-            SubscriptionInner::Channel(rx) => rx.recv().await,
-            SubscriptionInner::Broadcast { rx, filter } => loop {
-                match rx.recv().await {
-                    Ok(event) if filter.matches(&event) => return Some(Received::Event(event)),
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        return Some(Received::Lagged(n));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            },
-        }
-    }
-
-    /// The next event, skipping lag notices.
-    pub async fn next_event(&mut self) -> Option<BusEvent> {
-        loop {
-            match self.recv().await? {
-                Received::Event(e) => return Some(e),
-                Received::Lagged(_) => continue,
-            }
-        }
-    }
 }
 
 /// Channel capacities of the in-process bus.
@@ -355,7 +58,6 @@ pub struct InProcessBus {
     all: broadcast::Sender<BusEvent>,
     // std RwLock: held only to clone or insert a sender, never across an await.
     per_vm: RwLock<HashMap<String, broadcast::Sender<BusEvent>>>,
-    commands: OnceLock<Arc<dyn CommandHandler>>,
 }
 
 impl std::fmt::Debug for InProcessBus {
@@ -384,12 +86,10 @@ impl InProcessBus {
             topics,
             all: broadcast::channel(capacity.per_topic.max(1)).0,
             per_vm: RwLock::new(HashMap::new()),
-            commands: OnceLock::new(),
         }
     }
 }
 
-#[async_trait]
 impl Bus for InProcessBus {
     fn publish(&self, event: BusEvent) {
         if self.all.receiver_count() > 0 {
@@ -450,31 +150,16 @@ impl Bus for InProcessBus {
             },
             (None, None) => self.all.subscribe(),
         };
-        Subscription {
-            inner: SubscriptionInner::Broadcast { rx, filter },
-        }
-    }
-
-    fn serve_commands(&self, handler: Arc<dyn CommandHandler>) {
-        let _ = self.commands.set(handler);
-    }
-
-    async fn request_command(
-        &self,
-        vm_id: &str,
-        command: Command,
-        timeout: Option<Duration>,
-    ) -> Result<CommandResponse, CommandError> {
-        match self.commands.get() {
-            Some(handler) => handler.handle(vm_id, command, timeout).await,
-            None => Err(CommandError::NoResponder),
-        }
+        Subscription::from_broadcast(rx, filter)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Received, StatusEvent};
+    use chrono::Utc;
+    use infinibay_store::VmStatus;
 
     fn status(vm: &str, s: VmStatus) -> BusEvent {
         BusEvent::Status(StatusEvent {
@@ -484,28 +169,6 @@ mod tests {
             at: Utc::now(),
             reason: "test",
         })
-    }
-
-    #[test]
-    fn patterns_parse_like_nats_subjects() {
-        assert_eq!(
-            Filter::from_pattern("infinibay.vm.*.status").expect("valid"),
-            Filter::topic(Topic::Status)
-        );
-        assert_eq!(
-            Filter::from_pattern("infinibay.vm.abc.>").expect("valid"),
-            Filter::vm("abc")
-        );
-        assert_eq!(
-            Filter::from_pattern("infinibay.vm.>").expect("valid"),
-            Filter::all()
-        );
-        assert!(Filter::from_pattern("infinibay.vm.abc.bogus").is_err());
-        assert!(Filter::from_pattern("other.vm.abc.status").is_err());
-        assert_eq!(
-            status("a", VmStatus::Online).subject(),
-            "infinibay.vm.a.status"
-        );
     }
 
     #[tokio::test]

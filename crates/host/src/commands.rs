@@ -8,138 +8,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::Utc;
-use thiserror::Error;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use infinibay_protocol::message::{
-    Cancel, CommandResponse, SafeAction, SafeCommand, UnsafeCommand,
-};
+use infinibay_protocol::message::{Cancel, CommandResponse};
 use infinibay_protocol::{HostMessage, encode_line};
 use infinibay_store::{CommandLogEntry, VmStatus};
 
-use crate::bus::CommandHandler;
+use crate::command::{Command, CommandError};
 use crate::registry::{PendingSlot, Registry, VmCounters, VmEntry};
 use crate::store_writer::StoreQueue;
 
 const TARGET: &str = "infinibay::commands";
-
-/// A command for a guest. The id inside is replaced by a host-generated one when sent.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    /// A structured action.
-    Safe(SafeCommand),
-    /// A raw command line or argv.
-    Unsafe(UnsafeCommand),
-}
-
-impl Command {
-    /// A safe action with the agent's default timeout.
-    pub fn safe(action: SafeAction) -> Self {
-        Self::Safe(SafeCommand {
-            id: String::new(),
-            command_type: action,
-            timeout: None,
-        })
-    }
-
-    /// A shell command line (`sh -c`).
-    pub fn shell(command_line: impl Into<String>) -> Self {
-        Self::Unsafe(UnsafeCommand {
-            raw_command: Some(command_line.into()),
-            ..UnsafeCommand::default()
-        })
-    }
-
-    /// `safe` or `unsafe`, as the command log records it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Safe(_) => "safe",
-            Self::Unsafe(_) => "unsafe",
-        }
-    }
-
-    fn into_message(self, id: String) -> HostMessage {
-        match self {
-            Self::Safe(mut c) => {
-                c.id = id;
-                HostMessage::SafeCommand(c)
-            }
-            Self::Unsafe(mut c) => {
-                c.id = id;
-                HostMessage::UnsafeCommand(c)
-            }
-        }
-    }
-}
-
-impl From<SafeCommand> for Command {
-    fn from(c: SafeCommand) -> Self {
-        Self::Safe(c)
-    }
-}
-
-impl From<UnsafeCommand> for Command {
-    fn from(c: UnsafeCommand) -> Self {
-        Self::Unsafe(c)
-    }
-}
-
-impl From<SafeAction> for Command {
-    fn from(a: SafeAction) -> Self {
-        Self::safe(a)
-    }
-}
-
-/// Why a command produced no response.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum CommandError {
-    /// No VM with this id was ever seen.
-    #[error("unknown VM {0}")]
-    UnknownVm(String),
-    /// The host has no open connection to the VM's socket.
-    #[error("VM {0} is not connected (no open connection to its socket)")]
-    NotConnected(String),
-    /// The socket is connected but no agent has answered yet (or it stopped answering).
-    #[error("VM {0} is connected but its agent is offline (no valid message recently)")]
-    AgentOffline(String),
-    /// The connection closed while the command waited.
-    #[error("VM {0} disconnected before answering command {1}")]
-    Disconnected(String, String),
-    /// No response in time; a `cancel` was sent to the guest.
-    #[error("command {id} to VM {vm} timed out after {after:?} (cancel sent)")]
-    Timeout {
-        /// VM.
-        vm: String,
-        /// Command id.
-        id: String,
-        /// How long we waited.
-        after: Duration,
-    },
-    /// The VM's outgoing queue is full: the guest is not reading.
-    #[error("VM {0} is not reading its socket (outgoing queue full)")]
-    QueueFull(String),
-    /// Too many commands already wait for this VM.
-    #[error("VM {vm} already has {pending} commands waiting")]
-    TooManyPending {
-        /// VM.
-        vm: String,
-        /// Commands waiting.
-        pending: usize,
-    },
-    /// `cancel` named a command that is not waiting.
-    #[error("no command {1} is waiting on VM {0}")]
-    NoSuchCommand(String, String),
-    /// The bus has no command responder.
-    #[error("no command responder is installed on the bus")]
-    NoResponder,
-    /// The command cannot be expressed on the wire.
-    #[error("invalid command: {0}")]
-    Invalid(String),
-}
 
 /// Sends commands and routes their responses. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -260,18 +142,6 @@ fn send_cancel(vm: &VmEntry, id: &str) -> Result<(), CommandError> {
         TrySendError::Full(_) => CommandError::QueueFull(vm.id().to_owned()),
         TrySendError::Closed(_) => CommandError::NotConnected(vm.id().to_owned()),
     })
-}
-
-#[async_trait]
-impl CommandHandler for CommandCenter {
-    async fn handle(
-        &self,
-        vm_id: &str,
-        command: Command,
-        timeout: Option<Duration>,
-    ) -> Result<CommandResponse, CommandError> {
-        self.send(vm_id, command, timeout).await
-    }
 }
 
 /// A command on its way. Dropping it forgets the command (a late response is then counted as

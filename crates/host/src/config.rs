@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::Args;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -484,6 +485,43 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
                 }
             }
         }
+    }
+}
+
+/// Where the configuration comes from; flags win over `INFINIBAY_*` variables, which win over
+/// the file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "INFINIBAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address (default 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (default ./data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of the per-VM sockets (default /opt/infinibay/sockets).
+    #[arg(long)]
+    pub socket_dir: Option<PathBuf>,
+    /// Database URL (default: SQLite in the data directory).
+    #[arg(long)]
+    pub database: Option<String>,
+}
+
+impl ConfigArgs {
+    /// Build the configuration from the file, the process environment and these flags.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(
+            self.config.as_deref(),
+            std::env::vars(),
+            &Overrides {
+                listen: self.listen,
+                data_dir: self.data_dir.clone(),
+                socket_dir: self.socket_dir.clone(),
+                database: self.database.clone(),
+            },
+        )
     }
 }
 

@@ -31,15 +31,12 @@ use infinibay_store::VmStatus;
 use crate::backoff::Backoff;
 use crate::commands::fail_all_pending;
 use crate::config::secs;
-use crate::diag::{Deduper, Occurrence, Ownership, permission_denied_message};
-use crate::host::Shared;
-use crate::ingest::{Ingest, TokenBucket, set_status};
+use crate::diag::{DEDUP_PERIOD, Deduper, Occurrence, Ownership, permission_denied_message};
+use crate::ingest::{Ingest, TokenBucket, ingest_read};
 use crate::registry::{VmCounters, VmEntry};
+use crate::shared::Shared;
 
 const TARGET: &str = "infinibay::connection";
-
-/// Repeated errors of one kind are summarised at most this often.
-pub(crate) const DEDUP_PERIOD: Duration = Duration::from_secs(60);
 
 static PING_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -98,8 +95,7 @@ pub(crate) async fn run(shared: Arc<Shared>, vm: Arc<VmEntry>, stop: Cancellatio
     } else {
         "socket removed"
     };
-    set_status(
-        &vm,
+    vm.set_status(
         VmStatus::Offline,
         reason,
         &shared.queue,
@@ -213,7 +209,7 @@ async fn session(
             _ = ping.tick() => {
                 let silent = vm.live().status == VmStatus::Online && last_valid.elapsed() >= silence_limit;
                 if silent {
-                    set_status(vm, VmStatus::Offline, "missed pings", &shared.queue, shared.bus.as_ref());
+                    vm.set_status(VmStatus::Offline, "missed pings", &shared.queue, shared.bus.as_ref());
                 }
                 let ping = HostMessage::Ping(Ping {
                     id: Some(PING_IDS.fetch_add(1, Ordering::Relaxed).to_string()),
@@ -257,8 +253,7 @@ async fn session(
     fail_all_pending(vm);
     session_token.cancel();
     drop(tx);
-    set_status(
-        vm,
+    vm.set_status(
         VmStatus::Offline,
         reason,
         &shared.queue,
@@ -269,26 +264,6 @@ async fn session(
         useful: ingest.proved_useful,
         stopped,
     }
-}
-
-/// Everything a connection does with the bytes of one read: decode them, ingest each message
-/// or bad line, charge the token bucket. Returns whether a valid message arrived. The ingest
-/// benchmark (`infinibay bench-ingest`) runs exactly this per read.
-pub(crate) fn ingest_read(
-    decoder: &mut GuestStreamDecoder,
-    ingest: &mut Ingest,
-    bucket: &mut TokenBucket,
-    vm: &VmEntry,
-    bytes: &[u8],
-) -> bool {
-    let before = ingest.items;
-    let useful_before = vm.counters.messages.load(Ordering::Relaxed);
-    decoder.decode(bytes, |item| ingest.on_item(item));
-    bucket.spend(ingest.items - before);
-    vm.counters
-        .buffered_bytes
-        .store(decoder.buffered() as u64, Ordering::Relaxed);
-    vm.counters.messages.load(Ordering::Relaxed) != useful_before
 }
 
 async fn write_loop(

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// Repeated errors of one kind (per VM connection) are summarised at most this often.
+pub const DEDUP_PERIOD: Duration = Duration::from_secs(60);
+
 /// The fix seed 000 names for a socket the host may not open.
 pub const KVM_GROUP_HINT: &str = "add the service user to group kvm and restart";
 

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::secs;
 use crate::diag::{Deduper, Occurrence};
-use crate::host::Shared;
+use crate::shared::Shared;
 
 const TARGET: &str = "infinibay::watcher";
 

@@ -1,8 +1,8 @@
 //! The running host and the handle the API uses: list VMs with live status, subscribe to the
 //! bus, send commands, read the store.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -11,25 +11,16 @@ use tokio_util::task::TaskTracker;
 use infinibay_protocol::message::CommandResponse;
 use infinibay_store::Store;
 
-use crate::bus::{Bus, Filter, InProcessBus, Subscription};
-use crate::commands::{Command, CommandCenter, CommandError, PendingCommand};
+use crate::bus::{Bus, InProcessBus};
+use crate::command::{Command, CommandError};
+use crate::commands::{CommandCenter, PendingCommand};
 use crate::config::{Config, secs};
 use crate::diag::ProcessIdentity;
+use crate::event::{Filter, Subscription};
+use crate::health::{StoreHealth, StoreProbe, probe_store};
 use crate::registry::{Registry, VmSnapshot, VmTotals};
+use crate::shared::Shared;
 use crate::store_writer::{QueueStats, StoreQueue};
-
-/// What every task of the host shares.
-pub(crate) struct Shared {
-    pub config: Config,
-    pub registry: Arc<Registry>,
-    pub queue: Arc<StoreQueue>,
-    pub bus: Arc<dyn Bus>,
-    pub identity: ProcessIdentity,
-    /// Discovery and connection tasks (and their writers).
-    pub tasks: TaskTracker,
-    /// Cancelled to stop discovery and every connection.
-    pub shutdown: CancellationToken,
-}
 
 /// Counters of the whole host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,103 +33,6 @@ pub struct HostStats {
     pub totals: VmTotals,
     /// The storage queue.
     pub queue: QueueStats,
-}
-
-/// How often the background probe pings the store, how long one ping may take, and how old
-/// its last answer may be before `/healthz` calls the probe itself stuck.
-const STORE_PROBE_EVERY: Duration = Duration::from_secs(2);
-const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-const STORE_PROBE_STALE: Duration = Duration::from_secs(15);
-
-#[derive(Debug, Clone)]
-struct ProbeResult {
-    finished: Instant,
-    latency: Duration,
-    error: Option<String>,
-}
-
-/// The store's health as the background probe last saw it. `/healthz` answers from here and
-/// never waits for the database (a stalled writer or an exhausted pool must not make the
-/// health check hang with it).
-#[derive(Debug, Default)]
-pub struct StoreHealth {
-    last: Mutex<Option<ProbeResult>>,
-}
-
-/// What [`StoreHealth::snapshot`] says.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StoreProbe {
-    /// The last probe answered in time and no probe is overdue.
-    pub ok: bool,
-    /// Why not, when not.
-    pub error: Option<String>,
-    /// Milliseconds since the last probe finished (`None`: none finished yet).
-    pub age_ms: Option<u64>,
-    /// How long the last probe's round trip took, milliseconds.
-    pub latency_ms: Option<f64>,
-}
-
-impl StoreHealth {
-    fn record(&self, latency: Duration, error: Option<String>) {
-        let result = ProbeResult {
-            finished: Instant::now(),
-            latency,
-            error,
-        };
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
-    }
-
-    /// The latest probe result. Before the first probe finishes the store counts as healthy:
-    /// `serve` pinged it before starting the host.
-    pub fn snapshot(&self) -> StoreProbe {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(last) = last else {
-            return StoreProbe {
-                ok: true,
-                error: None,
-                age_ms: None,
-                latency_ms: None,
-            };
-        };
-        let age = last.finished.elapsed();
-        let error = match last.error {
-            Some(e) => Some(e),
-            None if age > STORE_PROBE_STALE => {
-                Some(format!("no store probe finished for {} s", age.as_secs()))
-            }
-            None => None,
-        };
-        StoreProbe {
-            ok: error.is_none(),
-            error,
-            age_ms: Some(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
-            latency_ms: Some(last.latency.as_secs_f64() * 1000.0),
-        }
-    }
-}
-
-/// Pings the store every [`STORE_PROBE_EVERY`], each ping bounded by [`STORE_PROBE_TIMEOUT`].
-async fn probe_store(store: Arc<dyn Store>, health: Arc<StoreHealth>, stop: CancellationToken) {
-    loop {
-        let started = Instant::now();
-        let result = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = tokio::time::timeout(STORE_PROBE_TIMEOUT, store.ping()) => r,
-        };
-        let error = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!(
-                "the store did not answer a ping within {} s",
-                STORE_PROBE_TIMEOUT.as_secs()
-            )),
-        };
-        health.record(started.elapsed(), error);
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(STORE_PROBE_EVERY) => {}
-        }
-    }
 }
 
 /// The host: cheap to clone, shared by the HTTP/API layer.
@@ -185,7 +79,6 @@ impl Host {
             secs(config.commands.default_timeout_secs),
             config.commands.max_pending_per_vm,
         );
-        bus.serve_commands(Arc::new(commands.clone()));
         let shared = Arc::new(Shared {
             config,
             registry,
@@ -286,11 +179,6 @@ impl Host {
         self.store_health.snapshot()
     }
 
-    /// The bus.
-    pub fn bus(&self) -> Arc<dyn Bus> {
-        self.shared.bus.clone()
-    }
-
     /// Subscribe to bus events.
     pub fn subscribe(&self, filter: Filter) -> Subscription {
         self.shared.bus.subscribe(filter)
@@ -316,11 +204,6 @@ impl Host {
     /// Host-wide counters.
     pub fn stats(&self) -> HostStats {
         stats_of(&self.shared)
-    }
-
-    /// The command sender.
-    pub fn commands(&self) -> &CommandCenter {
-        &self.commands
     }
 
     /// Send a command and wait for its response (`None`: the configured default timeout, 30 s).

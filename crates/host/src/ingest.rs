@@ -7,6 +7,7 @@
 //! stops reading, so a flood backs up into the guest instead of into the host's memory.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,13 +17,15 @@ use tokio::time::Instant;
 use infinibay_protocol::message::{GuestError, SystemMetrics, VmIdentification, Welcome};
 use infinibay_protocol::sanitize::{Limits, sanitize};
 use infinibay_protocol::{
-    DecodeError, GuestMessage, HostMessage, PROTOCOL_VERSION, Timestamp, encode_line,
+    DecodeError, GuestMessage, GuestStreamDecoder, HostMessage, PROTOCOL_VERSION, Timestamp,
+    encode_line,
 };
 use infinibay_store::{Inventory, InventoryKind, MetricSample, VmErrorRecord, VmStatus};
 
-use crate::bus::{AgentEvent, Bus, BusEvent, StatusEvent, Topic};
+use crate::bus::Bus;
 use crate::commands::deliver_response;
 use crate::diag::{Deduper, Occurrence};
+use crate::event::{AgentEvent, BusEvent, Topic};
 use crate::registry::{VmCounters, VmEntry};
 use crate::store_writer::StoreQueue;
 
@@ -111,44 +114,24 @@ pub fn sample_from(vm_id: &str, received_at: DateTime<Utc>, m: SystemMetrics) ->
     }
 }
 
-/// Set a VM's status; on a change, queue it for storage and publish `vm:online`/`vm:offline`.
-/// Returns whether it changed.
-pub(crate) fn set_status(
+/// Everything a connection does with the bytes of one read: decode them, ingest each message
+/// or bad line, charge the token bucket. Returns whether a valid message arrived. The ingest
+/// benchmark (`infinibay bench-ingest`) runs exactly this per read.
+pub(crate) fn ingest_read(
+    decoder: &mut GuestStreamDecoder,
+    ingest: &mut Ingest,
+    bucket: &mut TokenBucket,
     vm: &VmEntry,
-    status: VmStatus,
-    reason: &'static str,
-    queue: &StoreQueue,
-    bus: &dyn Bus,
+    bytes: &[u8],
 ) -> bool {
-    let now = Utc::now();
-    let last_seen = {
-        let mut live = vm.live();
-        if live.status == status {
-            return false;
-        }
-        live.status = status;
-        if status == VmStatus::Online {
-            live.last_seen = Some(now);
-        }
-        live.last_seen
-    };
-    queue.set_status(vm.id(), status, last_seen);
-    let event = StatusEvent::event_name(status);
-    // Per-VM status lines are debug: 10,000 VMs coming online must not flood the log. An
-    // agent that stopped talking on an open connection is worth a line.
-    if reason == "missed pings" {
-        tracing::info!(target: "infinibay::connection", vm = vm.id(), reason, "{event}");
-    } else {
-        tracing::debug!(target: "infinibay::connection", vm = vm.id(), reason, "{event}");
-    }
-    bus.publish(BusEvent::Status(StatusEvent {
-        vm_id: vm.id().to_owned(),
-        status,
-        event,
-        at: now,
-        reason,
-    }));
-    true
+    let before = ingest.items;
+    let useful_before = vm.counters.messages.load(Ordering::Relaxed);
+    decoder.decode(bytes, |item| ingest.on_item(item));
+    bucket.spend(ingest.items - before);
+    vm.counters
+        .buffered_bytes
+        .store(decoder.buffered() as u64, Ordering::Relaxed);
+    vm.counters.messages.load(Ordering::Relaxed) != useful_before
 }
 
 /// Per-connection ingest state of one VM.
@@ -212,10 +195,10 @@ impl Ingest {
         let now = Utc::now();
         let vm_id = self.vm.id();
         if !report.is_clean() {
-            self.vm.counters.sanitized_fixes.fetch_add(
-                u64::from(report.fixes),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            self.vm
+                .counters
+                .sanitized_fixes
+                .fetch_add(u64::from(report.fixes), Ordering::Relaxed);
             if self.dedup.record("sanitized") == Occurrence::First {
                 tracing::debug!(target: TARGET, vm = %vm_id, kind = message.kind(), fixes = report.fixes,
                     "guest data out of range or oversized; clamped");
@@ -231,8 +214,7 @@ impl Ingest {
             live.status == VmStatus::Online
         };
         if !was_online {
-            set_status(
-                &self.vm,
+            self.vm.set_status(
                 VmStatus::Online,
                 "valid message",
                 &self.queue,
@@ -371,91 +353,6 @@ impl Ingest {
     }
 }
 
-/// The host's own ingest, measured on one socket with storage stubbed, for
-/// `bench/host/run.sh` (`infinibay bench-ingest --socket PATH`).
-///
-/// Connects to `socket` (a server that writes `system_metrics` lines and closes, like
-/// `infinibay-sim feed`) and runs, per read, exactly what a connection task of `infinibay serve`
-/// runs ([`crate::connection`]'s `ingest_read`): framing and decoding, the per-VM token bucket,
-/// sanitising, the VM's status and counters, the sample handed to a [`StoreQueue`], and a
-/// publication on an [`crate::InProcessBus`] with one metrics subscriber. Only the store writer
-/// is absent: the queue keeps each VM's newest samples, as it does while the writer is busy.
-/// The token bucket's rate is set out of reach so that the measurement is of CPU, not of the
-/// limit. CPU time is this process's (all threads), from the first byte to the end of stream.
-pub async fn bench_socket(
-    socket: &std::path::Path,
-    config: &crate::Config,
-) -> std::io::Result<infinibay_sim::feed::IngestReport> {
-    use infinibay_sim::feed::{IngestReport, process_usage};
-    use tokio::io::AsyncReadExt;
-
-    let mut stream = tokio::net::UnixStream::connect(socket).await?;
-    let vm = Arc::new(VmEntry::new(
-        "00000000-0000-4000-8000-000000000001".to_owned(),
-        socket.to_owned(),
-    ));
-    let queue = Arc::new(StoreQueue::new(config.store.clone()));
-    let bus = Arc::new(crate::InProcessBus::default());
-    let mut subscription = bus.subscribe(crate::Filter::topic(Topic::Metrics));
-    let subscriber = tokio::spawn(async move {
-        let (mut delivered, mut lagged) = (0u64, 0u64);
-        while let Some(received) = subscription.recv().await {
-            match received {
-                crate::bus::Received::Event(_) => delivered += 1,
-                crate::bus::Received::Lagged(n) => lagged += n,
-            }
-        }
-        (delivered, lagged)
-    });
-    // The write loop's queue: welcomes and pings land here and are discarded.
-    let (outbound, mut written) = mpsc::channel(config.connection.outbound_queue.max(1));
-    let sink = tokio::spawn(async move { while written.recv().await.is_some() {} });
-    let mut decoder = infinibay_protocol::GuestStreamDecoder::new(config.ingest.max_line_bytes);
-    let bus_dyn: Arc<dyn Bus> = bus.clone();
-    let mut ingest = Ingest::new(
-        vm.clone(),
-        queue.clone(),
-        bus_dyn,
-        outbound,
-        crate::connection::DEDUP_PERIOD,
-    );
-    let mut bucket = TokenBucket::new(config.ingest.burst, 1e12);
-    let mut buffer = vec![0u8; config.ingest.read_buffer_bytes.max(2048)];
-    let mut report = IngestReport::default();
-    let mut start: Option<(std::time::Instant, f64)> = None;
-    loop {
-        let n = stream.read(&mut buffer).await?;
-        if n == 0 {
-            break;
-        }
-        if start.is_none() {
-            start = Some((std::time::Instant::now(), process_usage().0));
-        }
-        report.bytes += n as u64;
-        crate::connection::ingest_read(&mut decoder, &mut ingest, &mut bucket, &vm, &buffer[..n]);
-        // Let the subscriber run between reads, as the host's runtime does.
-        tokio::task::yield_now().await;
-    }
-    let stats = vm.counters.snapshot();
-    drop(ingest);
-    drop(bus);
-    let (started, cpu_before) = start.unwrap_or((std::time::Instant::now(), process_usage().0));
-    let (cpu_after, max_rss_kb) = process_usage();
-    let (delivered, lagged) = subscriber.await.unwrap_or((0, 0));
-    let _ = sink.await;
-    report.messages = stats.messages;
-    report.bad_lines = stats.decode_errors;
-    report.fixes = stats.sanitized_fixes;
-    report.delivered = delivered;
-    report.lagged = lagged;
-    report.wall_secs = started.elapsed().as_secs_f64();
-    report.cpu_secs = cpu_after - cpu_before;
-    report.max_rss_kb = max_rss_kb;
-    let queued = queue.stats();
-    tracing::debug!(target: TARGET, queued = queued.samples_queued, "bench-ingest done");
-    Ok(report)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,33 +370,6 @@ mod tests {
             wait >= Duration::from_millis(2_900) && wait <= Duration::from_millis(3_000),
             "{wait:?}"
         );
-    }
-
-    #[tokio::test]
-    async fn the_bench_driver_ingests_and_publishes_every_line_it_is_fed() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("feed.sock");
-        let corpus = infinibay_sim::feed::corpus(infinibay_sim::Profile::Small, 50, 3)
-            .expect("corpus encodes");
-        let mut corrupt = corpus.clone();
-        corrupt.extend_from_slice(b"{\"type\":\"system_metrics\",\"metrics\":{\"cpu\":\n");
-        let feeder = tokio::spawn({
-            let socket = socket.clone();
-            async move { infinibay_sim::feed::serve_corpus(&socket, Arc::new(corrupt), 4).await }
-        });
-        for _ in 0..200 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let report = bench_socket(&socket, &crate::Config::default())
-            .await
-            .expect("bench ran");
-        feeder.await.expect("feeder joined").expect("feeder ran");
-        assert_eq!(report.messages, 200);
-        assert_eq!(report.bad_lines, 4);
-        assert_eq!(report.delivered + report.lagged, 200);
     }
 
     #[test]

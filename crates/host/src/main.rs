@@ -4,7 +4,8 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use infinibay::cli::{Cli, CliCommand, ConfigArgs};
+use infinibay::cli::{Cli, CliCommand};
+use infinibay::config::ConfigArgs;
 
 // Ingest allocates a few small strings and vectors per message on every connection task's
 // thread; mimalloc's thread-local free lists make that markedly cheaper than glibc's malloc
@@ -13,11 +14,14 @@ use infinibay::cli::{Cli, CliCommand, ConfigArgs};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // Hidden benchmark entry (not in `--help`): bench/host/run.sh measures the host's own
-    // ingest code with it. Kept out of the public CLI on purpose.
-    let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|a| a == "bench-ingest") {
-        return bench_ingest(args.collect());
+    // Hidden benchmark entry (not in `--help`, and only in builds with the `bench` feature):
+    // bench/host/run.sh measures the host's own ingest code with it.
+    #[cfg(feature = "bench")]
+    {
+        let mut args = std::env::args_os().skip(1);
+        if args.next().is_some_and(|a| a == "bench-ingest") {
+            return bench_ingest(args.collect());
+        }
     }
     let cli = Cli::parse();
     // RUST_LOG filters per component target: infinibay::watcher, infinibay::connection,
@@ -35,17 +39,13 @@ fn main() -> ExitCode {
         match cli.command {
             CliCommand::Serve(args) => serve(args).await,
             CliCommand::Doctor(args) => doctor(args).await,
-            CliCommand::Sim(args) => infinibay_sim::run(args)
-                .await
-                .map(|()| ExitCode::SUCCESS)
-                .context("simulator"),
-            CliCommand::User(args) => infinibay::api::commands::user(args)
+            CliCommand::User(args) => infinibay::cli::user::run(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
-            CliCommand::Login(args) => infinibay::api::commands::login(args)
+            CliCommand::Login(args) => infinibay::cli::remote::login(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
-            CliCommand::Vm(args) => infinibay::api::commands::vm(args)
+            CliCommand::Vm(args) => infinibay::cli::remote::vm(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
             CliCommand::Demo(args) => infinibay::demo::run(args).await.map(|()| ExitCode::SUCCESS),
@@ -116,7 +116,8 @@ async fn shutdown_signal() {
 }
 
 /// `infinibay bench-ingest --socket PATH`: one JSON line on stdout (same fields as
-/// `infinibay-sim ingest`), see `infinibay::ingest::bench_socket`.
+/// `infinibay-sim ingest`), see `infinibay::bench::bench_socket`.
+#[cfg(feature = "bench")]
 fn bench_ingest(args: Vec<std::ffi::OsString>) -> ExitCode {
     let socket = match args.as_slice() {
         [flag, path] if flag == "--socket" => std::path::PathBuf::from(path),
@@ -131,7 +132,7 @@ fn bench_ingest(args: Vec<std::ffi::OsString>) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let config = infinibay::Config::default();
-    match runtime.block_on(infinibay::ingest::bench_socket(&socket, &config)) {
+    match runtime.block_on(infinibay::bench::bench_socket(&socket, &config)) {
         Ok(report) => {
             println!("{}", report.to_json("infinibay-host-ingest"));
             ExitCode::SUCCESS

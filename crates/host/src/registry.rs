@@ -17,7 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 use infinibay_protocol::message::{CommandResponse, VmIdentification};
 use infinibay_store::VmStatus;
 
-use crate::commands::CommandError;
+use crate::bus::Bus;
+use crate::command::CommandError;
+use crate::event::{BusEvent, StatusEvent};
+use crate::store_writer::StoreQueue;
 
 /// Counters of one VM since the host started.
 #[derive(Debug, Default)]
@@ -159,6 +162,46 @@ impl VmEntry {
 
     pub(crate) fn live(&self) -> MutexGuard<'_, Live> {
         lock(&self.live)
+    }
+
+    /// Set the VM's status; on a change, queue it for storage and publish `vm:online` /
+    /// `vm:offline`. Returns whether it changed.
+    pub(crate) fn set_status(
+        &self,
+        status: VmStatus,
+        reason: &'static str,
+        queue: &StoreQueue,
+        bus: &dyn Bus,
+    ) -> bool {
+        let now = Utc::now();
+        let last_seen = {
+            let mut live = self.live();
+            if live.status == status {
+                return false;
+            }
+            live.status = status;
+            if status == VmStatus::Online {
+                live.last_seen = Some(now);
+            }
+            live.last_seen
+        };
+        queue.set_status(self.id(), status, last_seen);
+        let event = StatusEvent::event_name(status);
+        // Per-VM status lines are debug: 10,000 VMs coming online must not flood the log. An
+        // agent that stopped talking on an open connection is worth a line.
+        if reason == "missed pings" {
+            tracing::info!(target: "infinibay::connection", vm = self.id(), reason, "{event}");
+        } else {
+            tracing::debug!(target: "infinibay::connection", vm = self.id(), reason, "{event}");
+        }
+        bus.publish(BusEvent::Status(StatusEvent {
+            vm_id: self.id().to_owned(),
+            status,
+            event,
+            at: now,
+            reason,
+        }));
+        true
     }
 
     /// A copy of the current state.

@@ -5,9 +5,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use infinibay::commands::{Command, CommandError};
 use infinibay::protocol::GuestMessage;
 use infinibay::protocol::message::{CommandResponse, ErrorCode, SafeAction};
+use infinibay::{Command, CommandError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_round_trip_returns_the_guests_response_and_is_logged() {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use infinibay::bus::{BusEvent, Filter, Topic};
+use infinibay::event::{BusEvent, Filter, Topic};
 use infinibay::store::{InventoryKind, VmStatus};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

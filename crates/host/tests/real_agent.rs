@@ -9,7 +9,7 @@ use std::process::{Child, Command as Process, Stdio};
 use std::time::Duration;
 
 use common::*;
-use infinibay::commands::Command;
+use infinibay::Command;
 use infinibay::protocol::message::{ErrorCode, SafeAction};
 use infinibay::store::{InventoryKind, VmStatus};
 

@@ -1,4 +1,4 @@
-//! The host against the simulator (`infinibay sim`): many v1 and legacy VMs plus a flooding
+//! The host against the simulator (`infinibay-sim`): many v1 and legacy VMs plus a flooding
 //! one, every VM's data under its own id, nothing lost for the well-behaved ones.
 
 mod common;

@@ -2,6 +2,7 @@
 //! subscriptions over graphql-ws at `/graphql` (and `/graphql/ws`). Every resolver asks [`super::authz`];
 //! errors carry `extensions.code`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_graphql::futures_util::Stream;
@@ -31,10 +32,11 @@ use infinibay_store::{
 
 use super::auth::{AuthError, bearer};
 use super::authz;
+use super::realtime::Realtime;
 use super::sessions::{Bearer, REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON};
 use super::state::{Api, ApiError};
-use crate::bus::{BusEvent, Filter, Topic};
-use crate::commands::Command;
+use crate::command::Command;
+use crate::event::{BusEvent, Filter, Topic};
 use crate::users::{self, CreateUser};
 
 /// The schema type.
@@ -56,6 +58,11 @@ type GqlResult<T> = Result<T, async_graphql::Error>;
 fn api<'a>(ctx: &Context<'a>) -> GqlResult<&'a Api> {
     ctx.data::<Api>()
         .map_err(|_| ApiError::internal("API state missing").into())
+}
+
+fn realtime<'a>(ctx: &Context<'a>) -> GqlResult<&'a Arc<Realtime>> {
+    ctx.data::<Arc<Realtime>>()
+        .map_err(|_| ApiError::internal("real-time state missing").into())
 }
 
 fn caller_raw(ctx: &Context<'_>) -> Result<UserRecord, ApiError> {
@@ -979,7 +986,6 @@ impl MutationRoot {
         )
         .await
         .map_err(ApiError::from)?;
-        api.realtime().users_changed();
         Ok(User::from(&created))
     }
 
@@ -997,7 +1003,7 @@ impl MutationRoot {
             .delete_user(id)
             .await
             .map_err(ApiError::from)?;
-        api.realtime().revoke_user(api, id).await;
+        realtime(ctx)?.revoke_user(id).await;
         Ok(true)
     }
 
@@ -1015,7 +1021,7 @@ impl MutationRoot {
         users::set_password(api.store().as_ref(), id, &password)
             .await
             .map_err(ApiError::from)?;
-        api.realtime().revoke_user(api, id).await;
+        realtime(ctx)?.revoke_user(id).await;
         Ok(true)
     }
 
@@ -1096,8 +1102,8 @@ impl MutationRoot {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::not_found(format!("VM {} not found", vm_id.as_str())))?;
-        api.realtime()
-            .owner_changed(api, &vm_id, before.owner_id, &after)
+        realtime(ctx)?
+            .owner_changed(&vm_id, before.owner_id, &after)
             .await;
         Ok(vm_object(api, after))
     }
@@ -1127,7 +1133,7 @@ impl MutationRoot {
             let _ = later.delete_vm(&id).await;
         });
         api.forget_cached(&vm_id);
-        api.realtime().vm_deleted(api, &vm).await;
+        realtime(ctx)?.vm_deleted(&vm).await;
         Ok(true)
     }
 }
@@ -1151,7 +1157,7 @@ where
 {
     enum Phase<C> {
         Check(std::pin::Pin<Box<C>>),
-        Live(crate::bus::Subscription),
+        Live(crate::event::Subscription),
         Done,
     }
     futures_util::stream::unfold(
@@ -1267,9 +1273,10 @@ impl SubscriptionRoot {
 }
 
 /// The schema with the API state attached.
-pub fn schema(api: Api) -> ApiSchema {
+pub fn schema(api: Api, realtime: Arc<Realtime>) -> ApiSchema {
     Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(api)
+        .data(realtime)
         .limit_depth(12)
         .limit_complexity(5_000)
         .finish()
@@ -1277,8 +1284,8 @@ pub fn schema(api: Api) -> ApiSchema {
 
 /// `/graphql` (GraphiQL on a plain GET, graphql-ws on a WebSocket upgrade, POST) and
 /// `/graphql/ws` (graphql-ws only).
-pub fn routes(api: Api) -> Router {
-    let schema = schema(api.clone());
+pub fn routes(api: Api, realtime: Arc<Realtime>) -> Router {
+    let schema = schema(api.clone(), realtime);
     Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(graphql_ws))

@@ -8,8 +8,8 @@
 pub mod auth;
 pub mod authz;
 pub mod client;
-pub mod commands;
 pub mod graphql;
+pub mod histogram;
 pub mod realtime;
 pub mod rest;
 pub mod sessions;
@@ -23,14 +23,16 @@ use axum::Router;
 pub use state::{Api, ApiSettings, Prepared, SetupError, prepare, prepare_with_admin_password};
 
 use crate::host::Host;
+use realtime::Realtime;
 
 /// Every API route, ready to be merged into the host's router (`serve::run`'s `extra`).
 /// Spawns the real-time fan-out; it stops with the host.
 pub fn router(host: Host, settings: ApiSettings) -> Router {
-    let (api, io_layer) = Api::start(host, settings);
+    let api = Api::new(host, settings);
+    let (realtime, io_layer) = Realtime::start(api.clone());
     Router::new()
-        .merge(graphql::routes(api.clone()))
-        .merge(rest::routes(api.clone()))
+        .merge(graphql::routes(api.clone(), realtime.clone()))
+        .merge(rest::routes(api, realtime))
         .layer(io_layer)
 }
 

@@ -7,7 +7,7 @@
 //! `vm:<id>`, which a socket joins after the check and leaves when the owner changes.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -22,8 +22,9 @@ use infinibay_store::{UserRecord, VmRecord, VmStatus};
 
 use super::auth::{AuthError, bearer};
 use super::authz;
+use super::histogram::{Histogram, PUBLISH_BUCKETS};
 use super::state::Api;
-use crate::bus::{BusEvent, Filter, Received};
+use crate::event::{BusEvent, Filter, Received};
 
 const TARGET: &str = "infinibay::realtime";
 /// Client events the server handles (the authorization matrix test enumerates this list).
@@ -52,15 +53,6 @@ struct SocketUser {
     expires: i64,
 }
 
-/// Bucket bounds (seconds) of the publication delay histograms: fine, because the goal is
-/// tens of milliseconds end to end and the host's own part should be well under one.
-pub const PUBLISH_BUCKETS: [f64; 12] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-];
-
-/// A histogram over [`PUBLISH_BUCKETS`].
-pub type PublishHistogram = super::state::Histogram;
-
 /// How long `metricsUpdate` took to leave: from the host reading the sample (`from_receipt`)
 /// and from the guest's own timestamp (`from_guest`, meaningful only when the guest's clock is
 /// the host's, as with the simulator), to the broadcast being queued on every subscriber's
@@ -68,13 +60,15 @@ pub type PublishHistogram = super::state::Histogram;
 #[derive(Debug, Default, Clone)]
 pub struct PublishDelays {
     /// Host receipt → queued on every socket.
-    pub from_receipt: PublishHistogram,
+    pub from_receipt: Histogram,
     /// Guest timestamp → queued on every socket.
-    pub from_guest: PublishHistogram,
+    pub from_guest: Histogram,
 }
 
 /// The Socket.IO side of the API.
 pub struct Realtime {
+    /// The state every surface shares.
+    api: Api,
     /// `metricsUpdate` publication delays.
     delays: Mutex<PublishDelays>,
     io: SocketIo,
@@ -115,22 +109,24 @@ impl Ack {
 }
 
 impl Realtime {
-    pub(crate) fn new() -> (Self, SocketIoLayer) {
+    /// Register the namespace handlers and start the fan-out and the revocation sweep; both
+    /// stop with the host. The layer serves `/socket.io/`.
+    pub fn start(api: Api) -> (Arc<Self>, SocketIoLayer) {
         let (layer, io) = SocketIo::builder()
             .ping_interval(Duration::from_secs(25))
             .ping_timeout(Duration::from_secs(20))
             .max_buffer_size(1024)
             .build_layer();
-        (
-            Self {
-                io,
-                delays: Mutex::new(PublishDelays::default()),
-                limits: Mutex::new(HashMap::new()),
-                seen: Mutex::new(HashSet::new()),
-                users: RwLock::new(HashMap::new()),
-            },
-            layer,
-        )
+        let realtime = Arc::new(Self {
+            api,
+            io,
+            delays: Mutex::new(PublishDelays::default()),
+            limits: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashSet::new()),
+            users: RwLock::new(HashMap::new()),
+        });
+        install(&realtime);
+        (realtime, layer)
     }
 
     /// The Socket.IO handle.
@@ -166,15 +162,9 @@ impl Realtime {
         slot.1 <= per_minute
     }
 
-    /// The user table changed (created, granted): refresh the cache in the background.
-    pub fn users_changed(&self) {
-        // The next sweep reloads; lifecycle events until then use the previous list, which
-        // only matters for an admin created in the last few seconds.
-    }
-
     /// Disconnect every socket and close every graphql-ws connection of a user (deleted,
     /// password changed).
-    pub async fn revoke_user(&self, api: &Api, user_id: i64) {
+    pub async fn revoke_user(&self, user_id: i64) {
         let sockets = self.io.to(uid_room(user_id)).sockets();
         let count = sockets.len();
         for s in sockets {
@@ -183,15 +173,15 @@ impl Realtime {
         if count > 0 {
             tracing::info!(target: TARGET, user = user_id, count, "sockets of a revoked user disconnected");
         }
-        let closed = api.sessions().revoke_user(user_id);
+        let closed = self.api.sessions().revoke_user(user_id);
         if closed > 0 {
             tracing::info!(target: TARGET, user = user_id, count = closed, "graphql-ws connections of a revoked user closed");
         }
-        self.reload_users(api).await;
+        self.reload_users().await;
     }
 
-    async fn reload_users(&self, api: &Api) {
-        match api.store().users().list_users().await {
+    async fn reload_users(&self) {
+        match self.api.store().users().list_users().await {
             Ok(list) => {
                 let map = list.into_iter().map(|u| (u.id, u)).collect();
                 *self.users.write().unwrap_or_else(|p| p.into_inner()) = map;
@@ -242,13 +232,7 @@ impl Realtime {
 
     /// A VM changed owner: sockets that may no longer see it leave its room; old and new
     /// owner and the admins are told.
-    pub async fn owner_changed(
-        &self,
-        _api: &Api,
-        vm_id: &str,
-        old_owner: Option<i64>,
-        vm: &VmRecord,
-    ) {
+    pub async fn owner_changed(&self, vm_id: &str, old_owner: Option<i64>, vm: &VmRecord) {
         let room = vm_room(vm_id);
         for s in self.io.to(room.clone()).sockets() {
             let allowed = s
@@ -267,7 +251,7 @@ impl Realtime {
     }
 
     /// A VM was deleted: its room is emptied and `vms:delete` announced.
-    pub async fn vm_deleted(&self, _api: &Api, vm: &VmRecord) {
+    pub async fn vm_deleted(&self, vm: &VmRecord) {
         let room = vm_room(&vm.id);
         for s in self.io.to(room.clone()).sockets() {
             s.leave(room.clone());
@@ -288,24 +272,21 @@ fn vm_json(vm: &VmRecord) -> Value {
     })
 }
 
-/// Register the namespace handlers and start the fan-out and the revocation sweep; both stop
-/// with the host.
-pub(crate) fn install(api: &Api) {
-    let io = api.realtime().io().clone();
-    let for_auth = api.clone();
-    let for_connect = api.clone();
+fn install(rt: &Arc<Realtime>) {
+    let for_auth = rt.clone();
+    let for_connect = rt.clone();
     let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
-        let api = for_auth.clone();
-        async move { authenticate_socket(&api, &s, auth.ok()).await }
+        let rt = for_auth.clone();
+        async move { authenticate_socket(&rt.api, &s, auth.ok()).await }
     };
     let handler = move |s: SocketRef| {
-        let api = for_connect.clone();
-        async move { on_connect(api, s).await }
+        let rt = for_connect.clone();
+        async move { on_connect(rt, s).await }
     };
-    io.ns("/", handler.with(middleware));
+    rt.io.ns("/", handler.with(middleware));
 
-    let stop = api.host().shutdown_token();
-    let fan = api.clone();
+    let stop = rt.api.host().shutdown_token();
+    let fan = rt.clone();
     let stop_fan = stop.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -313,7 +294,7 @@ pub(crate) fn install(api: &Api) {
             _ = stop_fan.cancelled() => {}
         }
     });
-    let sweeper = api.clone();
+    let sweeper = rt.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = sweep(sweeper) => {}
@@ -352,7 +333,7 @@ async fn authenticate_socket(
     Ok(())
 }
 
-async fn on_connect(api: Api, s: SocketRef) {
+async fn on_connect(rt: Arc<Realtime>, s: SocketRef) {
     let Some(su) = s.extensions.get::<SocketUser>() else {
         let _ = s.disconnect();
         return;
@@ -376,26 +357,26 @@ async fn on_connect(api: Api, s: SocketRef) {
             "timestamp": Utc::now().to_rfc3339(),
         }),
     );
-    let limit = api.settings().event_limit_per_minute;
-    let for_sub = api.clone();
+    let limit = rt.api.settings().event_limit_per_minute;
+    let for_sub = rt.clone();
     s.on(
         CLIENT_EVENTS[0],
         move |s: SocketRef, Data(arg): Data<Value>, ack: AckSender| {
-            let api = for_sub.clone();
+            let rt = for_sub.clone();
             async move {
-                let reply = subscribe_vm(&api, &s, &arg, limit).await;
+                let reply = subscribe_vm(&rt, &s, &arg, limit).await;
                 let _ = ack.send(&reply);
             }
         },
     );
-    let for_unsub = api.clone();
+    let for_unsub = rt.clone();
     s.on(
         CLIENT_EVENTS[1],
         move |s: SocketRef, Data(arg): Data<Value>, ack: AckSender| {
-            let api = for_unsub.clone();
+            let rt = for_unsub.clone();
             async move {
                 let reply = match (s.extensions.get::<SocketUser>(), vm_id_arg(&arg)) {
-                    (Some(su), _) if !api.realtime().allow(su.user.id, "unsubscribe:vm", limit) => {
+                    (Some(su), _) if !rt.allow(su.user.id, "unsubscribe:vm", limit) => {
                         Ack::err("rate limited")
                     }
                     (_, Some(vm_id)) => {
@@ -408,17 +389,15 @@ async fn on_connect(api: Api, s: SocketRef) {
             }
         },
     );
-    let for_other = api.clone();
+    let for_other = rt.clone();
     s.on_fallback(
         move |s: SocketRef,
               ack: AckSender,
               socketioxide::extract::Event(event): socketioxide::extract::Event| {
-            let api = for_other.clone();
+            let rt = for_other.clone();
             async move {
                 let reply = match s.extensions.get::<SocketUser>() {
-                    Some(su) if !api.realtime().allow(su.user.id, &event, limit) => {
-                        Ack::err("rate limited")
-                    }
+                    Some(su) if !rt.allow(su.user.id, &event, limit) => Ack::err("rate limited"),
                     _ => Ack::err(format!("unknown event `{event}`")),
                 };
                 let _ = ack.send(&reply);
@@ -441,11 +420,12 @@ fn vm_id_arg(arg: &Value) -> Option<String> {
     .filter(|s| !s.is_empty() && s.len() <= 128)
 }
 
-async fn subscribe_vm(api: &Api, s: &SocketRef, arg: &Value, limit: u32) -> Ack {
+async fn subscribe_vm(rt: &Realtime, s: &SocketRef, arg: &Value, limit: u32) -> Ack {
+    let api = &rt.api;
     let Some(su) = s.extensions.get::<SocketUser>() else {
         return Ack::err("not authenticated");
     };
-    if !api.realtime().allow(su.user.id, "subscribe:vm", limit) {
+    if !rt.allow(su.user.id, "subscribe:vm", limit) {
         return Ack::err("rate limited");
     }
     let Some(vm_id) = vm_id_arg(arg) else {
@@ -470,8 +450,8 @@ async fn subscribe_vm(api: &Api, s: &SocketRef, arg: &Value, limit: u32) -> Ack 
 }
 
 /// Bus → rooms.
-async fn fan_out(api: Api) {
-    let rt = api.realtime();
+async fn fan_out(rt: Arc<Realtime>) {
+    let api = &rt.api;
     if let Ok(vms) = api.store().list_vms().await {
         let mut seen = rt.seen.lock().unwrap_or_else(|p| p.into_inner());
         for vm in &vms {
@@ -482,7 +462,7 @@ async fn fan_out(api: Api) {
             api.set_owner_cached(&vm.id, vm.owner_id);
         }
     }
-    rt.reload_users(&api).await;
+    rt.reload_users().await;
     let mut sub = api.host().subscribe(Filter::all());
     while let Some(received) = sub.recv().await {
         let event = match received {
@@ -575,15 +555,15 @@ async fn fan_out(api: Api) {
 /// Close sockets and graphql-ws connections whose user was deleted, changed password or whose
 /// token expired — also when that happened outside this process (`infinibay user
 /// delete|passwd`).
-async fn sweep(api: Api) {
+async fn sweep(rt: Arc<Realtime>) {
+    let api = &rt.api;
     let every = api
         .settings()
         .revocation_sweep
         .max(Duration::from_millis(200));
     loop {
         tokio::time::sleep(every).await;
-        let rt = api.realtime();
-        rt.reload_users(&api).await;
+        rt.reload_users().await;
         let users = rt.users.read().unwrap_or_else(|p| p.into_inner()).clone();
         let now = Utc::now().timestamp();
         for s in rt.io.sockets() {

@@ -2,6 +2,7 @@
 //! behind a bearer token or a per-VM install token.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -14,8 +15,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::auth::bearer;
-use super::realtime::PUBLISH_BUCKETS;
-use super::state::{Api, ApiError, Histogram, LATENCY_BUCKETS};
+use super::histogram::{Histogram, LATENCY_BUCKETS, PUBLISH_BUCKETS};
+use super::realtime::Realtime;
+use super::state::{Api, ApiError};
 
 /// Who may use a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +36,19 @@ pub const ROUTES: &[(&str, RouteAuth)] = &[
 ];
 
 /// The routes.
-pub fn routes(api: Api) -> Router {
+pub fn routes(api: Api, realtime: Arc<Realtime>) -> Router {
     Router::new()
         .route(ROUTES[0].0, get(metrics))
         .route(ROUTES[1].0, get(binary))
         .route(ROUTES[2].0, get(script))
-        .with_state(api)
+        .with_state(RestState { api, realtime })
+}
+
+/// What the REST handlers need.
+#[derive(Clone)]
+struct RestState {
+    api: Api,
+    realtime: Arc<Realtime>,
 }
 
 impl IntoResponse for ApiError {
@@ -76,7 +85,7 @@ type Gauge = (
 );
 
 /// Prometheus text exposition of the VMs' latest samples and the host's counters.
-pub fn render_metrics(api: &Api) -> String {
+pub fn render_metrics(api: &Api, realtime: &Realtime) -> String {
     let mut out = String::with_capacity(4096);
     let mut samples = api.latest_samples();
     samples.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
@@ -185,7 +194,7 @@ pub fn render_metrics(api: &Api) -> String {
             "infinibay_realtime_connections",
             "gauge",
             "Connected Socket.IO clients",
-            Some(api.realtime().connections() as f64),
+            Some(realtime.connections() as f64),
         ),
     ];
     for (name, kind, help, value) in counters {
@@ -209,7 +218,7 @@ pub fn render_metrics(api: &Api) -> String {
         out,
         "# HELP {name} metricsUpdate: from the sample's receipt by the host (from=\"receipt\") or the guest's timestamp (from=\"guest\"; same clock only with the simulator) until the real-time fan-out handles it (queued on every subscribed socket, if any)\n# TYPE {name} histogram"
     );
-    let delays = api.realtime().publish_delays();
+    let delays = realtime.publish_delays();
     for (from, h) in [
         ("receipt", &delays.from_receipt),
         ("guest", &delays.from_guest),
@@ -242,13 +251,13 @@ fn write_histogram(
     let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", h.count);
 }
 
-async fn metrics(State(api): State<Api>) -> Response {
+async fn metrics(State(state): State<RestState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render_metrics(&api),
+        render_metrics(&state.api, &state.realtime),
     )
         .into_response()
 }
@@ -355,7 +364,7 @@ async fn stream_file(
 }
 
 async fn binary(
-    State(api): State<Api>,
+    State(RestState { api, .. }): State<RestState>,
     Path(platform): Path<String>,
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
@@ -377,7 +386,7 @@ async fn binary(
 }
 
 async fn script(
-    State(api): State<Api>,
+    State(RestState { api, .. }): State<RestState>,
     Path(platform): Path<String>,
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,

@@ -1,5 +1,5 @@
 //! What every API surface shares: the host, the authenticator, the VM owner cache, the latest
-//! sample of each VM, and the command latency histogram.
+//! sample of each VM, the command latency histogram and the open graphql-ws sessions.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use infinibay_store::{CommandLogEntry, MetricSample, Store, StoreError, UserReco
 
 use super::auth::{self, AuthError, Authenticator};
 use super::authz;
-use super::realtime::Realtime;
+use super::histogram::{Histogram, LATENCY_BUCKETS};
 use super::sessions::Sessions;
 use crate::config::Config;
 use crate::host::Host;
@@ -93,40 +93,6 @@ pub struct Prepared {
     pub store: Arc<dyn Store>,
 }
 
-/// Buckets (seconds) of `infinibay_command_duration_seconds`.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
-/// A Prometheus histogram of durations (command latency; the real-time publication delay).
-#[derive(Debug, Default, Clone)]
-pub struct Histogram {
-    /// Cumulative count per bucket of [`LATENCY_BUCKETS`].
-    pub buckets: [u64; 12],
-    /// Observations.
-    pub count: u64,
-    /// Sum of observations, seconds.
-    pub sum: f64,
-}
-
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        self.observe_in(&LATENCY_BUCKETS, seconds);
-    }
-
-    /// Count `seconds` (negative counts as 0) against `bounds`, one per bucket.
-    pub(crate) fn observe_in(&mut self, bounds: &[f64; 12], seconds: f64) {
-        let seconds = seconds.max(0.0);
-        for (bucket, bound) in self.buckets.iter_mut().zip(bounds) {
-            if seconds <= *bound {
-                *bucket += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += seconds;
-    }
-}
-
 pub(crate) struct Inner {
     pub host: Host,
     pub auth: Authenticator,
@@ -138,7 +104,6 @@ pub(crate) struct Inner {
     pub latest: RwLock<HashMap<String, Arc<MetricSample>>>,
     /// Command durations by outcome (`ok`, `error`).
     pub latency: Mutex<HashMap<&'static str, Histogram>>,
-    pub realtime: Realtime,
     /// Open graphql-ws connections (revocation closes them).
     pub sessions: Sessions,
 }
@@ -225,16 +190,16 @@ impl From<UserError> for ApiError {
     }
 }
 
-impl From<crate::commands::CommandError> for ApiError {
-    fn from(e: crate::commands::CommandError) -> Self {
-        use crate::commands::CommandError as C;
+impl From<crate::command::CommandError> for ApiError {
+    fn from(e: crate::command::CommandError) -> Self {
+        use crate::command::CommandError as C;
         let code = match &e {
             C::UnknownVm(_) => "NOT_FOUND",
             C::NotConnected(_) | C::AgentOffline(_) | C::Disconnected(..) | C::QueueFull(_) => {
                 "VM_OFFLINE"
             }
             C::Timeout { .. } => "TIMEOUT",
-            C::TooManyPending { .. } | C::NoSuchCommand(..) | C::NoResponder => "INTERNAL",
+            C::TooManyPending { .. } | C::NoSuchCommand(..) => "INTERNAL",
             // Variants added later (e.g. a command refused as invalid before sending).
             #[allow(unreachable_patterns)]
             _ => "INVALID",
@@ -244,11 +209,10 @@ impl From<crate::commands::CommandError> for ApiError {
 }
 
 impl Api {
-    /// Build the state and start the real-time side (fan-out and revocation sweep).
-    pub fn start(host: Host, settings: ApiSettings) -> (Self, socketioxide::layer::SocketIoLayer) {
+    /// The state every surface shares.
+    pub fn new(host: Host, settings: ApiSettings) -> Self {
         let auth = Authenticator::new(&settings.secret, settings.token_ttl, host.store());
-        let (realtime, layer) = Realtime::new();
-        let api = Self {
+        Self {
             inner: Arc::new(Inner {
                 host,
                 auth,
@@ -256,12 +220,9 @@ impl Api {
                 owners: RwLock::new(HashMap::new()),
                 latest: RwLock::new(HashMap::new()),
                 latency: Mutex::new(HashMap::new()),
-                realtime,
                 sessions: Sessions::default(),
             }),
-        };
-        super::realtime::install(&api);
-        (api, layer)
+        }
     }
 
     /// The host.
@@ -356,7 +317,7 @@ impl Api {
         let mut map = self.inner.latency.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(if ok { "ok" } else { "error" })
             .or_default()
-            .observe(elapsed.as_secs_f64());
+            .observe_in(&LATENCY_BUCKETS, elapsed.as_secs_f64());
     }
 
     /// Command latency histograms by outcome.
@@ -390,11 +351,6 @@ impl Api {
         if let Err(e) = self.store().log_command(&entry).await {
             tracing::debug!(target: "infinibay::api", vm = vm_id, "refused command not logged: {e}");
         }
-    }
-
-    /// The real-time side.
-    pub fn realtime(&self) -> &Realtime {
-        &self.inner.realtime
     }
 
     /// Open graphql-ws connections.
