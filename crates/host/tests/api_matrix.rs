@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use api_common::{Server, error_code};
 use infinibay::api;
-use infinibay::store::{NewUser, Role};
+use infinibay::store::{Inventory, InventoryKind, NewUser, Role};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Caller {
@@ -807,6 +807,46 @@ async fn metrics_exposition_has_vm_gauges_and_host_counters() {
         published > 0,
         "no sample timed through the fan-out:\n{text}"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_inventory_row_that_does_not_read_is_reported_beside_the_rows_that_do() {
+    let server = Server::start(1, Duration::from_millis(500)).await;
+    let admin = server.login(&server.admin).await;
+    // A VM of its own, so that the simulated one's inventories cannot replace this one.
+    let vm = "0f0e0d0c-0b0a-4908-8706-050403020100";
+    let now = chrono::Utc::now();
+    server.store.upsert_vm(vm, now).await.expect("register VM");
+    server
+        .store
+        .replace_inventories(&[Inventory {
+            vm_id: vm.to_owned(),
+            kind: InventoryKind::Processes,
+            received_at: now,
+            items: json!([
+                {"pid": 42, "name": "good"},
+                {"pid": "not a pid", "name": "bad"},
+                {"pid": 43, "name": "also good"},
+            ]),
+        }])
+        .await
+        .expect("store an inventory");
+    let r = server
+        .gql(
+            Some(&admin),
+            "query($id: ID!) { vmProcesses(vmId: $id) { pid name } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(
+        r["data"]["vmProcesses"],
+        json!([{"pid": 42, "name": "good"}, {"pid": 43, "name": "also good"}]),
+        "{r}"
+    );
+    assert_eq!(error_code(&r).as_deref(), Some("INTERNAL"), "{r}");
+    let message = r["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("1 of 3 rows"), "{r}");
     server.stop().await;
 }
 

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod authz;
 pub mod client;
+pub mod error;
 pub mod graphql;
 pub mod histogram;
 pub mod realtime;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use axum::Router;
 
+pub use error::{ApiError, ApiResult};
 pub use state::{Api, ApiSettings, Prepared, SetupError, prepare, prepare_with_admin_password};
 
 use crate::host::Host;

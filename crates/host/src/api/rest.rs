@@ -15,9 +15,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::auth::bearer;
+use super::error::ApiError;
 use super::histogram::{Histogram, LATENCY_BUCKETS, PUBLISH_BUCKETS};
 use super::realtime::Realtime;
-use super::state::{Api, ApiError};
+use super::state::Api;
 
 /// Who may use a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
