@@ -9,10 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use infinibay_protocol::message::CommandResponse;
-use infinibay_store::Store;
+use infinibay_store::{MetricSample, Store};
 
 use crate::bus::{Bus, InProcessBus};
-use crate::command::{Command, CommandError};
+use crate::command::{Command, CommandError, CommandSpec};
 use crate::commands::{CommandCenter, PendingCommand};
 use crate::config::{Config, secs};
 use crate::diag::ProcessIdentity;
@@ -224,6 +224,31 @@ impl Host {
         issued_by: Option<i64>,
     ) -> Result<PendingCommand, CommandError> {
         self.commands.start(vm_id, command.into(), issued_by)
+    }
+
+    /// Check a command as a user asked for it, send it on behalf of `issued_by` and wait for
+    /// its response (see [`CommandCenter::execute`]); logged whatever happens.
+    pub async fn execute(
+        &self,
+        vm_id: &str,
+        spec: CommandSpec,
+        issued_by: Option<i64>,
+    ) -> Result<CommandResponse, CommandError> {
+        self.commands.execute(vm_id, spec, issued_by).await
+    }
+
+    /// The newest sample of a VM since the host started (none after a restart until the VM
+    /// sends one; the store keeps the last one that was persisted).
+    pub fn latest_sample(&self, vm_id: &str) -> Option<Arc<MetricSample>> {
+        self.shared
+            .registry
+            .get(vm_id)
+            .and_then(|v| v.latest_sample())
+    }
+
+    /// The newest sample of every VM that sent one since the host started, by VM id.
+    pub fn latest_samples(&self) -> Vec<Arc<MetricSample>> {
+        self.shared.registry.latest_samples()
     }
 
     /// Cancel a waiting command.

@@ -206,13 +206,28 @@ impl Ingest {
         }
         VmCounters::bump(&self.vm.counters.messages);
         self.proved_useful = true;
-        // One lock per message in the steady state: the status check rides along with the
-        // `last_seen` update, and only a VM that is not yet online takes `set_status`'s path.
-        let was_online = {
+        // A sample is built before the VM's lock is taken, so that it becomes the VM's newest
+        // under the same lock as `last_seen`.
+        let sample = match &mut message {
+            GuestMessage::SystemMetrics(m) => {
+                Some(Arc::new(sample_from(vm_id, now, std::mem::take(m))))
+            }
+            _ => None,
+        };
+        // One lock per message in the steady state: the status check and the newest sample
+        // ride along with the `last_seen` update, and only a VM that is not yet online takes
+        // `set_status`'s path.
+        let (was_online, replaced) = {
             let mut live = self.vm.live();
             live.last_seen = Some(now);
-            live.status == VmStatus::Online
+            let replaced = match &sample {
+                Some(s) => live.latest.replace(s.clone()),
+                None => None,
+            };
+            (live.status == VmStatus::Online, replaced)
         };
+        // Freed (when storage already has it) outside the VM's lock.
+        drop(replaced);
         if !was_online {
             self.vm.set_status(
                 VmStatus::Online,
@@ -224,15 +239,18 @@ impl Ingest {
 
         match message {
             GuestMessage::VmIdentification(id) => self.on_identification(id, now),
-            GuestMessage::SystemMetrics(m) => {
-                let sample = sample_from(vm_id, now, m);
-                // The queue takes the sample by value; the bus gets a shared copy only when
-                // someone listens (with 10,000 VMs and no dashboard open, nobody does).
-                if self.bus.has_subscribers(Topic::Metrics, vm_id) {
-                    self.queue.push_sample(sample.clone());
-                    self.bus.publish(BusEvent::Metrics(Arc::new(sample)));
-                } else {
-                    self.queue.push_sample(sample);
+            // Its body was taken into `sample` above.
+            GuestMessage::SystemMetrics(_) => {
+                if let Some(sample) = sample {
+                    // The queue, the VM's newest and the bus share one sample; the bus gets it
+                    // only when someone listens (with 10,000 VMs and no dashboard open, nobody
+                    // does).
+                    if self.bus.has_subscribers(Topic::Metrics, vm_id) {
+                        self.queue.push_sample(sample.clone());
+                        self.bus.publish(BusEvent::Metrics(sample));
+                    } else {
+                        self.queue.push_sample(sample);
+                    }
                 }
             }
             GuestMessage::ProcessSnapshot(s) => self.inventory(

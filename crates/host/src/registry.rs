@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use infinibay_protocol::message::{CommandResponse, VmIdentification};
-use infinibay_store::VmStatus;
+use infinibay_store::{MetricSample, VmStatus};
 
 use crate::bus::Bus;
 use crate::command::CommandError;
@@ -105,6 +105,9 @@ pub(crate) struct PendingSlot {
 pub(crate) struct Live {
     pub status: VmStatus,
     pub last_seen: Option<DateTime<Utc>>,
+    /// The newest sample since the host started: the one home of this fact (`/metrics`, the
+    /// API's `latestMetrics`); the store persists it only to outlive a restart.
+    pub latest: Option<Arc<MetricSample>>,
     pub agent: Option<VmIdentification>,
     /// Present while a socket connection is open; commands go through it. Encoded lines:
     /// a queue slot is then 24 bytes, not the size of the largest message type, which adds up
@@ -137,6 +140,7 @@ impl VmEntry {
             live: Mutex::new(Live {
                 status: VmStatus::Offline,
                 last_seen: None,
+                latest: None,
                 agent: None,
                 outbound: None,
                 pending: HashMap::new(),
@@ -202,6 +206,11 @@ impl VmEntry {
             reason,
         }));
         true
+    }
+
+    /// The newest sample since the host started.
+    pub fn latest_sample(&self) -> Option<Arc<MetricSample>> {
+        self.live().latest.clone()
     }
 
     /// A copy of the current state.
@@ -294,6 +303,13 @@ impl Registry {
         let mut out: Vec<VmSnapshot> = entries.iter().map(|e| e.snapshot()).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// The newest sample of every VM that sent one, ordered by VM id.
+    pub fn latest_samples(&self) -> Vec<Arc<MetricSample>> {
+        let mut entries: Vec<Arc<VmEntry>> = lock(&self.vms).values().cloned().collect();
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        entries.iter().filter_map(|e| e.latest_sample()).collect()
     }
 
     /// Totals over all VMs.

@@ -48,7 +48,7 @@ struct Pending {
     new_vm_ids: HashSet<String>,
     agents: HashMap<String, VmIdentification>,
     statuses: HashMap<String, StatusUpdate>,
-    samples: HashMap<String, VecDeque<MetricSample>>,
+    samples: HashMap<String, VecDeque<Arc<MetricSample>>>,
     total_samples: usize,
     inventories: HashMap<(String, InventoryKind), (Inventory, usize)>,
     inventory_items: usize,
@@ -163,8 +163,9 @@ impl StoreQueue {
             .insert(vm_id.to_owned(), (status, last_seen));
     }
 
-    /// Queue a sample; may coalesce (drop this VM's oldest waiting samples).
-    pub fn push_sample(&self, sample: MetricSample) {
+    /// Queue a sample; may coalesce (drop this VM's oldest waiting samples). Shared, because
+    /// the VM's newest sample (the registry) and the bus hold the same one.
+    pub fn push_sample(&self, sample: Arc<MetricSample>) {
         let mut p = self.lock();
         let over_total = p.total_samples >= self.limits.pending_samples_max;
         let per_vm_cap = if over_total {
@@ -370,7 +371,9 @@ pub async fn flush(queue: &StoreQueue, store: &dyn Store, dedup: &mut Deduper) {
 
     let mut samples: Vec<MetricSample> = Vec::with_capacity(pending.total_samples);
     for (_, q) in pending.samples {
-        samples.extend(q);
+        // Only a VM's newest is still shared (the registry holds it): one copy per VM and
+        // flush, on this thread, not on the ingest path.
+        samples.extend(q.into_iter().map(Arc::unwrap_or_clone));
     }
     // Rows of one VM in receive order, VMs interleaved by time: what a time-ordered index likes.
     samples.sort_by_key(|s| s.received_at);
@@ -449,8 +452,8 @@ pub async fn flush(queue: &StoreQueue, store: &dyn Store, dedup: &mut Deduper) {
 mod tests {
     use super::*;
 
-    fn sample(vm: &str, n: u64) -> MetricSample {
-        MetricSample {
+    fn sample(vm: &str, n: u64) -> Arc<MetricSample> {
+        Arc::new(MetricSample {
             vm_id: vm.into(),
             received_at: Utc::now(),
             guest_time: None,
@@ -465,7 +468,7 @@ mod tests {
             net_tx_bps: 0.0,
             load1: 0.0,
             detail: Default::default(),
-        }
+        })
     }
 
     fn limits(total: usize, per_vm: usize) -> StoreConfig {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use infinibay::protocol::GuestMessage;
 use infinibay::protocol::message::{CommandResponse, ErrorCode, SafeAction};
+use infinibay::command::{CommandKind, CommandSpec};
 use infinibay::{Command, CommandError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,6 +143,83 @@ async fn a_disconnect_while_waiting_fails_the_command_at_once() {
         "{:?}",
         started.elapsed()
     );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_invalid_and_refused_commands_are_all_logged_once_in_one_shape() {
+    let env = TestEnv::new();
+    let vm = FakeVm::spawn(&env.sockets, None, agent(AgentOpts::default()));
+    let mute = FakeVm::spawn(&env.sockets, None, silent());
+    let host = env.start(env.config()).await;
+    wait_online(&host, &vm.id).await;
+    let h = host.clone();
+    let m = mute.id.clone();
+    wait_for("the mute VM connected", Duration::from_secs(5), || {
+        let ok = h.vm(&m).is_some_and(|v| v.connected);
+        async move { ok }
+    })
+    .await;
+    let user = Some(7);
+    let safe = CommandSpec {
+        kind: CommandKind::Safe,
+        action: Some("SystemInfo".into()),
+        ..CommandSpec::default()
+    };
+    let answered = host
+        .execute(&vm.id, safe.clone(), user)
+        .await
+        .expect("answered");
+    assert!(answered.success);
+    let invalid = CommandSpec {
+        kind: CommandKind::Unsafe,
+        ..CommandSpec::default()
+    };
+    let e = host
+        .execute(&vm.id, invalid.clone(), user)
+        .await
+        .expect_err("invalid");
+    assert!(matches!(e, CommandError::Invalid(_)), "{e}");
+    let e = host
+        .execute(&mute.id, safe.clone(), user)
+        .await
+        .expect_err("agent offline");
+    assert!(matches!(e, CommandError::AgentOffline(_)), "{e}");
+
+    let store = host.store();
+    let logs_of = |id: String| {
+        let store = store.clone();
+        async move { store.command_logs(&id, 10).await.unwrap_or_default() }
+    };
+    wait_for("three log entries", Duration::from_secs(5), || {
+        let (a, b) = (logs_of(vm.id.clone()), logs_of(mute.id.clone()));
+        async move { a.await.len() == 2 && b.await.len() == 1 }
+    })
+    .await;
+    let mut logs = logs_of(vm.id.clone()).await;
+    logs.extend(logs_of(mute.id.clone()).await);
+    for entry in &logs {
+        // The request as the user gave it, whatever happened to it.
+        let spec: CommandSpec =
+            serde_json::from_value(entry.command.clone()).expect("the command is a CommandSpec");
+        assert_eq!(entry.user_id, user);
+        assert_eq!(entry.kind, spec.kind.as_str());
+        assert!(uuid::Uuid::parse_str(&entry.id).is_ok(), "{}", entry.id);
+        let response = entry.response.clone().expect("a response or a host error");
+        match response.get("code").and_then(|c| c.as_str()) {
+            Some(code) => {
+                assert!(!entry.success);
+                assert!(response["host_error"].is_string(), "{response}");
+                assert!(["invalid", "agent_offline"].contains(&code), "{code}");
+            }
+            None => assert!(entry.success && spec == safe, "{response}"),
+        }
+    }
+    let codes: Vec<_> = logs
+        .iter()
+        .filter_map(|l| l.response.as_ref()?.get("code")?.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(codes.len(), 2, "{logs:?}");
     host.shutdown().await;
 }
 

@@ -44,6 +44,30 @@ async fn sockets_present_before_start_and_created_after_are_both_ingested() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_keeps_each_vms_newest_sample_with_nobody_subscribed() {
+    let env = TestEnv::new();
+    let vm = FakeVm::spawn(&env.sockets, None, agent(AgentOpts::default()));
+    let host = env.start(env.config()).await;
+    wait_online(&host, &vm.id).await;
+    let store = host.store();
+    wait_samples(&store, &vm.id, 3).await;
+    // No API and no Socket.IO: nothing subscribes to the bus, and the newest sample is still
+    // there (what `/metrics` and `latestMetrics` read).
+    let newest = host.latest_sample(&vm.id).expect("a newest sample");
+    let all = host.latest_samples();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].vm_id, vm.id);
+    let stored = stored_cpus(&store, &vm.id).await;
+    let newest_stored = stored.iter().copied().fold(f64::MIN, f64::max);
+    assert!(
+        newest.cpu_percent >= newest_stored,
+        "the newest in memory ({}) is older than a stored one ({newest_stored})",
+        newest.cpu_percent
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_socket_takes_its_vm_offline_and_others_continue() {
     let env = TestEnv::new();
     let host = env.start(env.config()).await;

@@ -91,9 +91,7 @@ impl From<crate::command::CommandError> for ApiError {
             }
             C::Timeout { .. } => "TIMEOUT",
             C::TooManyPending { .. } | C::NoSuchCommand(..) => "INTERNAL",
-            // Variants added later (e.g. a command refused as invalid before sending).
-            #[allow(unreachable_patterns)]
-            _ => "INVALID",
+            C::Invalid(_) => "INVALID",
         };
         Self::new(code, e.to_string())
     }

@@ -489,7 +489,6 @@ async fn fan_out(rt: Arc<Realtime>) {
         }
         match event {
             BusEvent::Metrics(sample) => {
-                api.remember_sample(&sample);
                 // Timed for every sample, watched or not: the fan-out's lag behind ingest.
                 let now = Utc::now();
                 let seconds = |from: chrono::DateTime<Utc>| {

@@ -88,8 +88,9 @@ type Gauge = (
 /// Prometheus text exposition of the VMs' latest samples and the host's counters.
 pub fn render_metrics(api: &Api, realtime: &Realtime) -> String {
     let mut out = String::with_capacity(4096);
-    let mut samples = api.latest_samples();
-    samples.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
+    // The host's newest sample of each VM, ordered by VM: whether or not anyone listens on
+    // Socket.IO.
+    let samples = api.host().latest_samples();
     let gauges: [Gauge; 8] = [
         (
             "infinibay_vm_cpu_percent",

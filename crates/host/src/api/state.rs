@@ -1,15 +1,14 @@
-//! What every API surface shares: the host, the authenticator, the VM owner cache, the latest
-//! sample of each VM, the command latency histogram and the open graphql-ws sessions.
+//! What every API surface shares: the host, the authenticator, the VM owner cache, the command
+//! latency histogram and the open graphql-ws sessions.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
 use thiserror::Error;
 
-use infinibay_store::{CommandLogEntry, MetricSample, Store, UserRecord, VmRecord};
+use infinibay_store::{MetricSample, Store, UserRecord, VmRecord};
 
 use super::auth::{self, AuthError, Authenticator};
 use super::authz;
@@ -100,9 +99,6 @@ pub(crate) struct Inner {
     pub settings: ApiSettings,
     /// vm id → owner id, as stored; filled at start, kept current by this process's writes.
     pub owners: RwLock<HashMap<String, Option<i64>>>,
-    /// Newest sample per VM as it passed on the bus (the `/metrics` gauges and `vms` lists
-    /// without a query per VM).
-    pub latest: RwLock<HashMap<String, Arc<MetricSample>>>,
     /// Command durations by outcome (`ok`, `error`).
     pub latency: Mutex<HashMap<&'static str, Histogram>>,
     /// Open graphql-ws connections (revocation closes them).
@@ -131,7 +127,6 @@ impl Api {
                 auth,
                 settings,
                 owners: RwLock::new(HashMap::new()),
-                latest: RwLock::new(HashMap::new()),
                 latency: Mutex::new(HashMap::new()),
                 sessions: Sessions::default(),
             }),
@@ -199,30 +194,15 @@ impl Api {
     /// Forget a deleted VM.
     pub fn forget_cached(&self, vm_id: &str) {
         write(&self.inner.owners).remove(vm_id);
-        write(&self.inner.latest).remove(vm_id);
     }
 
-    /// The newest sample seen on the bus, else the stored one.
+    /// The newest sample of a VM: the host's (since it started), else the newest the store
+    /// persisted (a VM that has not sent one since a restart).
     pub async fn latest_sample(&self, vm_id: &str) -> Result<Option<Arc<MetricSample>>, ApiError> {
-        if let Some(s) = read(&self.inner.latest).get(vm_id) {
-            return Ok(Some(s.clone()));
+        if let Some(sample) = self.inner.host.latest_sample(vm_id) {
+            return Ok(Some(sample));
         }
         Ok(self.store().latest_sample(vm_id).await?.map(Arc::new))
-    }
-
-    pub(crate) fn remember_sample(&self, sample: &Arc<MetricSample>) {
-        let mut latest = write(&self.inner.latest);
-        match latest.get_mut(&sample.vm_id) {
-            Some(slot) => *slot = sample.clone(),
-            None => {
-                latest.insert(sample.vm_id.clone(), sample.clone());
-            }
-        }
-    }
-
-    /// Snapshot of the cached latest samples.
-    pub fn latest_samples(&self) -> Vec<Arc<MetricSample>> {
-        read(&self.inner.latest).values().cloned().collect()
     }
 
     /// Record how long a command took.
@@ -239,31 +219,6 @@ impl Api {
         let mut out: Vec<_> = map.iter().map(|(k, v)| (*k, v.clone())).collect();
         out.sort_by_key(|(k, _)| *k);
         out
-    }
-
-    /// Log a command that never reached the guest (refused by the host), with its user.
-    pub async fn log_refused_command(
-        &self,
-        vm_id: &str,
-        user: &UserRecord,
-        kind: &str,
-        command: serde_json::Value,
-        error: &ApiError,
-    ) {
-        let entry = CommandLogEntry {
-            id: uuid::Uuid::new_v4().to_string(),
-            vm_id: vm_id.to_owned(),
-            user_id: Some(user.id),
-            kind: kind.to_owned(),
-            command,
-            response: Some(serde_json::json!({"host_error": error.message, "code": error.code})),
-            success: false,
-            duration_ms: 0,
-            created_at: Utc::now(),
-        };
-        if let Err(e) = self.store().log_command(&entry).await {
-            tracing::debug!(target: "infinibay::api", vm = vm_id, "refused command not logged: {e}");
-        }
     }
 
     /// Open graphql-ws connections.

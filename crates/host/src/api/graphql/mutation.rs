@@ -5,16 +5,13 @@ use std::time::{Duration, Instant};
 use async_graphql::{Context, ID, Object};
 use chrono::Utc;
 
-use infinibay_protocol::message::command::KNOWN_SAFE_ACTIONS;
-use infinibay_protocol::message::{SafeAction, SafeCommand, UnsafeCommand};
-
 use super::context::{api, caller, parse_user_id, realtime};
 use super::types::{
     AuthPayload, CommandInput, CommandResponse, CommandType, CreateUserInput, User, Vm, vm_object,
 };
 use crate::api::authz;
 use crate::api::error::{ApiError, ApiResult};
-use crate::command::Command;
+use crate::command::CommandError;
 use crate::users::{self, CreateUser};
 
 /// Mutations.
@@ -39,7 +36,8 @@ impl MutationRoot {
         }
     }
 
-    /// Run a command on a VM (seed 001), waiting for its response.
+    /// Run a command on a VM (seed 001), waiting for its response. The host checks it, sends
+    /// it and logs it (refused or not) with the caller.
     async fn execute_vm_command(
         &self,
         ctx: &Context<'_>,
@@ -54,39 +52,16 @@ impl MutationRoot {
             .await?
             .ok_or_else(|| ApiError::not_found(format!("VM {} not found", vm_id.as_str())))?;
         authz::require_command(&user, &vm, command.kind == CommandType::Unsafe)?;
-        let kind = match command.kind {
-            CommandType::Safe => "safe",
-            CommandType::Unsafe => "unsafe",
-        };
-        let requested = serde_json::json!({
-            "type": kind, "action": command.action, "params": command.params.as_ref().map(|p| &p.0),
-            "rawCommand": command.raw_command, "argv": command.argv,
-        });
-        let (cmd, wait) = match build_command(&command) {
-            Ok(c) => c,
-            Err(e) => {
-                api.log_refused_command(&vm_id, &user, kind, requested, &e)
-                    .await;
-                return Err(e);
-            }
-        };
         let started = Instant::now();
-        let pending = match api.host().start_command(&vm_id, cmd, Some(user.id)) {
-            Ok(p) => p,
-            Err(e) => {
-                let e = ApiError::from(e);
-                api.log_refused_command(&vm_id, &user, kind, requested, &e)
-                    .await;
-                api.observe_command(false, started.elapsed());
-                return Err(e);
-            }
-        };
-        let outcome = pending.wait(Some(wait)).await;
-        api.observe_command(outcome.as_ref().is_ok_and(|r| r.success), started.elapsed());
-        match outcome {
-            Ok(response) => Ok(response.into()),
-            Err(e) => Err(ApiError::from(e)),
+        let outcome = api
+            .host()
+            .execute(&vm_id, command.into(), Some(user.id))
+            .await;
+        // Sent commands only: a request the host found invalid never left.
+        if !matches!(outcome, Err(CommandError::Invalid(_))) {
+            api.observe_command(outcome.as_ref().is_ok_and(|r| r.success), started.elapsed());
         }
+        Ok(outcome?.into())
     }
 
     /// Create a user (ADMIN).
@@ -234,91 +209,5 @@ impl MutationRoot {
         api.forget_cached(&vm_id);
         realtime(ctx)?.vm_deleted(&vm).await;
         Ok(true)
-    }
-}
-
-/// Default host wait for a command.
-const DEFAULT_WAIT: Duration = Duration::from_secs(30);
-/// The host waits this much longer than the agent's own timeout, so the agent's `timeout`
-/// answer arrives first.
-const WAIT_MARGIN: Duration = Duration::from_secs(3);
-
-fn build_command(input: &CommandInput) -> Result<(Command, Duration), ApiError> {
-    let timeout = match input.timeout {
-        None => None,
-        Some(t) if (1..=86_400).contains(&t) => Some(t as u64),
-        Some(t) => {
-            return Err(ApiError::invalid(format!(
-                "timeout {t} out of range (1–86400 seconds)"
-            )));
-        }
-    };
-    let wait = timeout
-        .map(|t| Duration::from_secs(t) + WAIT_MARGIN)
-        .unwrap_or(DEFAULT_WAIT);
-    match input.kind {
-        CommandType::Safe => {
-            let action = input
-                .action
-                .as_deref()
-                .ok_or_else(|| ApiError::invalid("SAFE commands need `action`"))?;
-            let mut object = match input.params.as_ref().map(|p| &p.0) {
-                None | Some(serde_json::Value::Null) => serde_json::Map::new(),
-                Some(serde_json::Value::Object(map)) => map.clone(),
-                Some(_) => return Err(ApiError::invalid("`params` must be an object")),
-            };
-            object.insert(
-                "action".into(),
-                serde_json::Value::String(action.to_owned()),
-            );
-            let parsed = SafeAction::from_json(serde_json::Value::Object(object))
-                .map_err(ApiError::invalid)?;
-            if let SafeAction::Unknown { action } = &parsed {
-                return Err(ApiError::invalid(format!(
-                    "unknown action `{action}` (known: {})",
-                    KNOWN_SAFE_ACTIONS.join(", ")
-                )));
-            }
-            parsed.validate().map_err(ApiError::invalid)?;
-            Ok((
-                Command::Safe(SafeCommand {
-                    id: String::new(),
-                    command_type: parsed,
-                    timeout,
-                }),
-                wait,
-            ))
-        }
-        CommandType::Unsafe => {
-            let raw = input.raw_command.clone().filter(|c| !c.trim().is_empty());
-            let argv = input.argv.clone().filter(|a| !a.is_empty());
-            if raw.is_none() && argv.is_none() {
-                return Err(ApiError::invalid(
-                    "UNSAFE commands need `rawCommand` or `argv`",
-                ));
-            }
-            if raw.is_some() && argv.is_some() {
-                return Err(ApiError::invalid("give `rawCommand` or `argv`, not both"));
-            }
-            let env_vars = match input.env_vars.as_ref().map(|e| &e.0) {
-                None | Some(serde_json::Value::Null) => None,
-                Some(value) => Some(
-                    serde_json::from_value(value.clone())
-                        .map_err(|_| ApiError::invalid("`envVars` must map names to strings"))?,
-                ),
-            };
-            Ok((
-                Command::Unsafe(UnsafeCommand {
-                    id: String::new(),
-                    raw_command: raw,
-                    argv,
-                    shell: input.shell.clone(),
-                    timeout,
-                    working_dir: input.working_dir.clone(),
-                    env_vars,
-                }),
-                wait,
-            ))
-        }
     }
 }

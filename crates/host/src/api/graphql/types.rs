@@ -16,6 +16,7 @@ use infinibay_store::{
 use super::context::api;
 use crate::api::error::ApiResult;
 use crate::api::state::Api;
+use crate::command::{CommandKind, CommandSpec};
 
 /// Role.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -550,6 +551,25 @@ pub struct CommandInput {
     pub(crate) env_vars: Option<Json<serde_json::Value>>,
     /// Seconds; default 30 (host wait), the agent's own default applies to the run.
     pub(crate) timeout: Option<i32>,
+}
+
+impl From<CommandInput> for CommandSpec {
+    fn from(input: CommandInput) -> Self {
+        Self {
+            kind: match input.kind {
+                CommandType::Safe => CommandKind::Safe,
+                CommandType::Unsafe => CommandKind::Unsafe,
+            },
+            action: input.action,
+            params: input.params.map(|p| p.0),
+            raw_command: input.raw_command,
+            argv: input.argv,
+            shell: input.shell,
+            working_dir: input.working_dir,
+            env_vars: input.env_vars.map(|e| e.0),
+            timeout: input.timeout.map(i64::from),
+        }
+    }
 }
 
 /// A user to create.
