@@ -62,12 +62,12 @@ fn main() -> ExitCode {
 
 async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = args.load().context("configuration")?;
-    let listener = infinibay::serve::bind(config.listen).await?;
-    let prepared = infinibay::api::prepare(&config).await?;
+    let listener = infinibay::serve::bind(config.process.listen).await?;
+    let prepared = infinibay::serve::prepare(&config).await?;
     if let Some(banner) = prepared
         .first_admin
         .as_ref()
-        .and_then(infinibay::users::first_admin_banner)
+        .and_then(infinibay::api::users::first_admin_banner)
     {
         // Printed once, on stdout, the only time the password exists in clear.
         println!("{banner}");
@@ -78,9 +78,9 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         prepared.store,
         listener,
         shutdown_signal(),
-        move |host| {
+        move |core| {
             // `mount` keeps the API router's fallback (Socket.IO answers there), see the crate.
-            infinibay_dashboard::mount(infinibay::api::router(host, api))
+            infinibay_dashboard::mount(infinibay::serve::api_router(core, api))
         },
     )
     .await?;
@@ -116,7 +116,7 @@ async fn shutdown_signal() {
 }
 
 /// `infinibay bench-ingest --socket PATH`: one JSON line on stdout (same fields as
-/// `infinibay-sim ingest`), see `infinibay::bench::bench_socket`.
+/// `infinibay-sim ingest`), see `infinibay_core::bench::bench_socket`.
 #[cfg(feature = "bench")]
 fn bench_ingest(args: Vec<std::ffi::OsString>) -> ExitCode {
     let socket = match args.as_slice() {
@@ -131,8 +131,8 @@ fn bench_ingest(args: Vec<std::ffi::OsString>) -> ExitCode {
     let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
         return ExitCode::FAILURE;
     };
-    let config = infinibay::Config::default();
-    match runtime.block_on(infinibay::bench::bench_socket(&socket, &config)) {
+    let config = infinibay::core::CoreConfig::default();
+    match runtime.block_on(infinibay::core::bench::bench_socket(&socket, &config)) {
         Ok(report) => {
             println!("{}", report.to_json("infinibay-host-ingest"));
             ExitCode::SUCCESS

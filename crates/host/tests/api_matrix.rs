@@ -797,12 +797,31 @@ async fn metrics_exposition_has_vm_gauges_and_host_counters() {
     ] {
         assert!(text.contains(&needle), "missing `{needle}` in:\n{text}");
     }
-    // Every sample that passed the fan-out was timed from its receipt by the host.
-    let published = text
-        .lines()
-        .find_map(|l| l.strip_prefix("infinibay_realtime_publish_seconds_count{from=\"receipt\"} "))
-        .and_then(|n| n.trim().parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no publication delay count in:\n{text}"));
+    // Every sample that passed the fan-out was timed from its receipt by the host. The gauges
+    // above come from the core, not from the fan-out, so they may show before the fan-out has
+    // handled its first sample: wait for that.
+    let publish_count = |text: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("infinibay_realtime_publish_seconds_count{from=\"receipt\"} ")
+            })
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no publication delay count in:\n{text}"))
+    };
+    let mut published = publish_count(&text);
+    for _ in 0..50 {
+        if published > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = reqwest::get(format!("{}/metrics", server.url))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("text");
+        published = publish_count(&text);
+    }
     assert!(
         published > 0,
         "no sample timed through the fan-out:\n{text}"

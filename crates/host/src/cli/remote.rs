@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::password::read_password;
-use crate::api::client::{self, Client};
+use infinibay_api::client::{self, Client};
 
 /// `infinibay login`.
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use infinibay_store::{Role, Store};
 
 use super::password::read_password;
 use crate::config::ConfigArgs;
-use crate::users::{self, CreateUser};
+use infinibay_api::users::{self, CreateUser};
 
 /// `infinibay user …`.
 #[derive(Debug, Args)]
