@@ -13,6 +13,9 @@
 //! a guest sends can make data land under another VM. No connection task ever waits for
 //! storage or for a bus consumer. Nothing here decides who may see or do what.
 #![deny(missing_docs)]
+// `unsafe` is allowed only where the core calls libc (who this process is, the open-files
+// limit): `diag` and `system`.
+#![deny(unsafe_code)]
 
 pub use infinibay_control as control;
 pub use infinibay_protocol as protocol;
@@ -25,6 +28,7 @@ pub mod bus;
 pub mod commands;
 pub mod config;
 mod connection;
+#[allow(unsafe_code)]
 pub mod diag;
 pub mod discover;
 mod handle;
@@ -34,6 +38,7 @@ pub mod maintenance;
 pub mod registry;
 mod shared;
 pub mod store_writer;
+#[allow(unsafe_code)]
 pub mod system;
 
 pub use bus::{Bus, InProcessBus};

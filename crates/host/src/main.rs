@@ -1,3 +1,6 @@
+//! `infinibay`: the host process (see the library's documentation).
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use anyhow::Context;
