@@ -117,9 +117,10 @@ else
     # The kernel opens /dev/console for init's stdio before /init mounts devtmpfs.
     mknod -m 600 "$root/dev/console" c 5 1
 
-    # Virtio modules in dependency order, as modprobe would load them.
+    # Virtio modules in dependency order, as modprobe would load them; then the ACPI power
+    # button and evdev, so that busybox acpid sees a host's ACPI shutdown (libvirt's default).
     : >"$root/lib/modules/load-order"
-    for m in virtio_pci virtio_console virtio_net; do
+    for m in virtio_pci virtio_console virtio_net button evdev; do
         modprobe -d "$kdir/root" -S "$kver" --show-depends "$m" | awk '$1 == "insmod" {print $2}'
     done | awk '!seen[$0]++' | while read -r ko; do
         cp "$ko" "$root/lib/modules/"
@@ -145,6 +146,7 @@ else
     cp "$guest_src/infiniservice.args" "$root/etc/infiniservice/args"
     cp "$guest_src/os-release" "$root/etc/os-release"
     install -m 755 "$guest_src/shutdown" "$root/sbin/shutdown"
+    install -D -m 755 "$guest_src/acpi-power-button" "$root/etc/acpi/PWRF/00000080"
     printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
     printf 'root:x:0:\n' >"$root/etc/group"
     echo "$kver" >"$root/etc/kernel-release"

@@ -234,7 +234,11 @@ async fn graphql_case(
         ),
         ("MutationRoot", "deleteVm") => {
             let id = format!("00000000-0000-4000-8000-{:012}", caller as u8);
-            server.store.upsert_vm(&id, now).await.expect("scratch VM");
+            server
+                .store
+                .upsert_vms(&[(id.clone(), now)])
+                .await
+                .expect("scratch VM");
             server
                 .store
                 .set_vm_owner(&id, Some(server.owner.record.id), None)
@@ -836,7 +840,11 @@ async fn a_stored_inventory_row_that_does_not_read_is_reported_beside_the_rows_t
     // A VM of its own, so that the simulated one's inventories cannot replace this one.
     let vm = "0f0e0d0c-0b0a-4908-8706-050403020100";
     let now = chrono::Utc::now();
-    server.store.upsert_vm(vm, now).await.expect("register VM");
+    server
+        .store
+        .upsert_vms(&[(vm.to_owned(), now)])
+        .await
+        .expect("register VM");
     server
         .store
         .replace_inventories(&[Inventory {

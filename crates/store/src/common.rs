@@ -1,4 +1,5 @@
-//! What both backends share: the resolution rule, service-state diffing, error mapping.
+//! Pure helpers of the shared store code (`engine`): the resolution rule, the maintenance pass,
+//! service-state diffing, error mapping.
 
 use std::collections::BTreeMap;
 
@@ -43,8 +44,9 @@ pub(crate) const VM_ID_TABLES: [&str; 5] = [
 /// Tables holding rows of one VM by its integer key, deleted with the VM.
 pub(crate) const VM_KEY_TABLES: [&str; 3] = ["metric_samples", "metric_minute", "metric_hour"];
 
-/// The statements of a maintenance pass, per backend; the pass itself (what is rolled up and
-/// pruned, in which order and slices) is [`maintain`]. Times are ms since the epoch.
+/// The statements of a maintenance pass (`engine::rollups`, for every backend); the pass
+/// itself (what is rolled up and pruned, in which order and slices) is [`maintain`]. Times are
+/// ms since the epoch.
 pub(crate) trait MaintenanceOps: Sync {
     /// Where the tier's roll-up stands (`None` before the first).
     fn watermark(

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use infinibay_protocol as protocol;
 
 mod common;
+mod engine;
 mod hot;
 mod open;
 pub mod postgres;
@@ -301,7 +302,8 @@ pub struct MaintenanceReport {
     pub pruned: u64,
 }
 
-/// The storage contract both backends implement.
+/// The storage contract both backends implement: one method per operation, each taking a
+/// batch where a caller may have many (one VM is a batch of one).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Which backend (`sqlite`, `postgres`), for logs and `doctor`.
@@ -313,68 +315,28 @@ pub trait Store: Send + Sync + 'static {
     /// How many [`Store::insert_samples`] batches a writer should run at once: 1 where the
     /// backend serialises writes anyway (SQLite), more where a batch is bound by round trips
     /// rather than by the database (PostgreSQL).
-    fn concurrent_batches(&self) -> usize {
-        1
-    }
+    fn concurrent_batches(&self) -> usize;
 
     /// Users, departments and permissions of the same database.
     fn users(&self) -> &dyn UserStore;
 
     // ----- VMs ---------------------------------------------------------------------------
 
-    /// Register a VM on first sight (no-op when it exists). Returns the record.
-    async fn upsert_vm(&self, id: &str, now: DateTime<Utc>) -> Result<VmRecord>;
-    /// Register many VMs on first sight (`(id, first seen)`), in one transaction per few
-    /// thousand; existing ones are left as they are.
-    async fn upsert_vms(&self, vms: &[(String, DateTime<Utc>)]) -> Result<()> {
-        for (id, now) in vms {
-            self.upsert_vm(id, *now).await?;
-        }
-        Ok(())
-    }
-    /// Set the status (and `last_seen`) of many VMs at once, one update per VM. Ids that are
-    /// not registered are skipped. Returns how many VMs were updated.
-    async fn set_vm_statuses(&self, updates: &[VmStatusUpdate]) -> Result<u64> {
-        let mut updated = 0;
-        for u in updates {
-            match self.set_vm_status(&u.vm_id, u.status, u.last_seen).await {
-                Ok(()) => updated += 1,
-                Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(updated)
-    }
-    /// [`Store::set_vm_agent`] for many VMs at once, one entry per VM. Ids that are not
+    /// Register VMs on first sight (`(id, first seen)`), a few thousand per transaction;
+    /// existing ones are left as they are (an id given twice counts its first entry).
+    async fn upsert_vms(&self, vms: &[(String, DateTime<Utc>)]) -> Result<()>;
+    /// Set the status (and `last_seen` when given; it never moves back) of many VMs at once,
+    /// one update per VM. Ids that are not registered are skipped. Returns how many VMs were
+    /// updated.
+    async fn set_vm_statuses(&self, updates: &[VmStatusUpdate]) -> Result<u64>;
+    /// Record what each agent said of itself (`(id, vm_identification)`, one entry per VM);
+    /// its host name also becomes the VM's name unless a person chose one. Ids that are not
     /// registered are skipped. Returns how many VMs were updated.
     async fn set_vm_agents(
         &self,
         agents: &[(String, protocol::message::VmIdentification)],
-    ) -> Result<u64> {
-        let mut updated = 0;
-        for (id, agent) in agents {
-            match self.set_vm_agent(id, agent).await {
-                Ok(()) => updated += 1,
-                Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(updated)
-    }
-    /// Set status (and `last_seen` when given).
-    async fn set_vm_status(
-        &self,
-        id: &str,
-        status: VmStatus,
-        last_seen: Option<DateTime<Utc>>,
-    ) -> Result<()>;
-    /// Record what the agent said of itself; also sets the name when none was chosen.
-    async fn set_vm_agent(
-        &self,
-        id: &str,
-        agent: &protocol::message::VmIdentification,
-    ) -> Result<()>;
-    /// Set owner and department.
+    ) -> Result<u64>;
+    /// Set owner and department (`NotFound` when the VM does not exist).
     async fn set_vm_owner(
         &self,
         id: &str,
@@ -414,35 +376,15 @@ pub trait Store: Send + Sync + 'static {
     /// The newest sample of a VM.
     async fn latest_sample(&self, vm_id: &str) -> Result<Option<MetricSample>>;
     /// A series between `from` and `to`, at the coarsest resolution that still gives about
-    /// `max_points` points (raw inside raw retention, else minute, else hour).
-    async fn metrics(
-        &self,
-        vm_id: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        max_points: u32,
-    ) -> Result<(Resolution, Vec<MetricPoint>)>;
-    /// Like [`Store::metrics`], and also says how wide the buckets are. The resolution rule
-    /// is documented in `docs/storage.md`.
+    /// `max_points` points (raw inside raw retention, else minute, else hour), and how wide
+    /// its buckets are. The resolution rule is documented in `docs/storage.md`.
     async fn metrics_series(
         &self,
         vm_id: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         max_points: u32,
-    ) -> Result<MetricSeries> {
-        let (resolution, points) = self.metrics(vm_id, from, to, max_points).await?;
-        let bucket_seconds = match resolution {
-            Resolution::Raw => None,
-            Resolution::Minute => Some(60),
-            Resolution::Hour => Some(3600),
-        };
-        Ok(MetricSeries {
-            resolution,
-            bucket_seconds,
-            points,
-        })
-    }
+    ) -> Result<MetricSeries>;
     /// The latest inventory of a kind.
     async fn inventory(&self, vm_id: &str, kind: InventoryKind) -> Result<Option<Inventory>>;
     /// Service state changes, newest first.
@@ -463,7 +405,5 @@ pub trait Store: Send + Sync + 'static {
 
     /// Write out what is held in memory (each VM's newest sample is persisted at most every
     /// few seconds, see `docs/storage.md`). Call before shutdown; `maintain` also does it.
-    async fn flush(&self) -> Result<()> {
-        Ok(())
-    }
+    async fn flush(&self) -> Result<()>;
 }

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use infinibay_store::{StoreError, VmStatus};
+use infinibay_store::{MetricSeries, StoreError, VmStatus, VmStatusUpdate};
 
 fn unavailable_message(
     result: Result<std::sync::Arc<dyn infinibay_store::Store>, StoreError>,
@@ -41,11 +41,16 @@ async fn sqlite_reopen_keeps_data_and_reruns_migrations_harmlessly() {
     let url = format!("sqlite:{}/store.db", dir.path().display());
     let store = infinibay_store::open(&url).await.expect("first open");
     assert_eq!(store.backend(), "sqlite");
-    store.upsert_vm("vm-a", Utc::now()).await.expect("register");
     store
-        .set_vm_status("vm-a", VmStatus::Online, None)
+        .upsert_vms(&[("vm-a".into(), Utc::now())])
         .await
-        .expect("status");
+        .expect("register");
+    let online = VmStatusUpdate {
+        vm_id: "vm-a".into(),
+        status: VmStatus::Online,
+        last_seen: None,
+    };
+    assert_eq!(store.set_vm_statuses(&[online]).await.expect("status"), 1);
     drop(store);
     let store = infinibay_store::open(&url).await.expect("second open");
     let vm = store.get_vm("vm-a").await.expect("get").expect("kept");
@@ -58,7 +63,10 @@ async fn sqlite_in_memory_database_works_for_one_process() {
     let store = infinibay_store::open("sqlite::memory:")
         .await
         .expect("open in memory");
-    store.upsert_vm("vm-a", Utc::now()).await.expect("register");
+    store
+        .upsert_vms(&[("vm-a".into(), Utc::now())])
+        .await
+        .expect("register");
     assert_eq!(store.list_vms().await.expect("list").len(), 1);
 }
 
@@ -92,7 +100,10 @@ async fn postgres_open_migrates_a_fresh_database_and_reopens_it() {
     let url = support::fresh_pg_database().await;
     let store = infinibay_store::open(&url).await.expect("first open");
     assert_eq!(store.backend(), "postgres");
-    store.upsert_vm("vm-a", Utc::now()).await.expect("register");
+    store
+        .upsert_vms(&[("vm-a".into(), Utc::now())])
+        .await
+        .expect("register");
     drop(store);
     let store = infinibay_store::open(&url.replacen("postgres://", "postgresql://", 1))
         .await
@@ -130,8 +141,12 @@ async fn migrator_before_vm_keys(backend: &str) -> (sqlx::migrate::Migrator, tem
 async fn check_carried_over(url: &str) {
     let store = infinibay_store::open(url).await.expect("open migrates");
     let now = Utc::now();
-    let (resolution, raw) = store
-        .metrics("vm-old", now - chrono::Duration::hours(1), now, 100)
+    let MetricSeries {
+        resolution,
+        points: raw,
+        ..
+    } = store
+        .metrics_series("vm-old", now - chrono::Duration::hours(1), now, 100)
         .await
         .expect("raw");
     assert_eq!(
@@ -140,8 +155,12 @@ async fn check_carried_over(url: &str) {
     );
     assert_eq!(raw[0].cpu_avg, 42.0);
     let three_days = now - chrono::Duration::days(3);
-    let (resolution, minutes) = store
-        .metrics(
+    let MetricSeries {
+        resolution,
+        points: minutes,
+        ..
+    } = store
+        .metrics_series(
             "vm-old",
             three_days - chrono::Duration::hours(1),
             three_days + chrono::Duration::hours(1),

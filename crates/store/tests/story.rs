@@ -11,8 +11,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use infinibay_store::protocol::samples::{Jitter, identification, small_metrics};
 use infinibay_store::{
-    CommandLogEntry, Inventory, InventoryKind, MetricSample, Resolution, Retention, Store,
-    StoreError, VmErrorRecord, VmStatus, VmStatusUpdate,
+    CommandLogEntry, Inventory, InventoryKind, MetricSample, MetricSeries, Resolution, Retention,
+    Store, StoreError, VmErrorRecord, VmStatus, VmStatusUpdate,
 };
 use serde_json::json;
 
@@ -63,35 +63,67 @@ fn floor_to(t: DateTime<Utc>, step: Duration) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms.div_euclid(step) * step).expect("valid time")
 }
 
+/// Registers one VM (a batch of one).
+async fn register(store: &Arc<dyn Store>, vm: &str, first_seen: DateTime<Utc>) {
+    store
+        .upsert_vms(&[(vm.to_owned(), first_seen)])
+        .await
+        .expect("register");
+}
+
+fn status(vm: &str, status: VmStatus, last_seen: Option<DateTime<Utc>>) -> VmStatusUpdate {
+    VmStatusUpdate {
+        vm_id: vm.to_owned(),
+        status,
+        last_seen,
+    }
+}
+
 mod story {
     use super::*;
 
     pub async fn vms_register_once_and_keep_status_agent_and_owner(store: Arc<dyn Store>) {
         let t0 = now_ms() - Duration::minutes(5);
-        let vm = store.upsert_vm("vm-b", t0).await.expect("register");
+        register(&store, "vm-b", t0).await;
+        let vm = store
+            .get_vm("vm-b")
+            .await
+            .expect("get")
+            .expect("registered");
         assert_eq!(vm.name, "vm-b", "the name defaults to the id");
         assert_eq!(vm.status, VmStatus::Offline);
         assert_eq!(vm.created_at, t0);
         assert_eq!(vm.last_seen, None);
 
+        register(&store, "vm-b", t0 + Duration::minutes(1)).await;
         let again = store
-            .upsert_vm("vm-b", t0 + Duration::minutes(1))
+            .get_vm("vm-b")
             .await
-            .expect("register again");
+            .expect("get")
+            .expect("registered");
         assert_eq!(
             again.created_at, t0,
             "registering twice keeps the first sighting"
         );
-        store.upsert_vm("vm-a", t0).await.expect("register a");
+        register(&store, "vm-a", t0).await;
 
         let seen = t0 + Duration::minutes(2);
-        store
-            .set_vm_status("vm-b", VmStatus::Online, Some(seen))
-            .await
-            .expect("online");
+        assert_eq!(
+            store
+                .set_vm_statuses(&[status("vm-b", VmStatus::Online, Some(seen))])
+                .await
+                .expect("online"),
+            1
+        );
         let mut agent = identification("web-01");
         agent.timestamp = None;
-        store.set_vm_agent("vm-b", &agent).await.expect("agent");
+        assert_eq!(
+            store
+                .set_vm_agents(&[("vm-b".into(), agent.clone())])
+                .await
+                .expect("agent"),
+            1
+        );
         store
             .set_vm_owner("vm-b", Some(7), Some("engineering"))
             .await
@@ -104,12 +136,12 @@ mod story {
             vm.name, "web-01",
             "the agent's host name replaces the default name"
         );
-        assert_eq!(vm.agent, Some(agent));
+        assert_eq!(vm.agent, Some(agent.clone()));
         assert_eq!(vm.owner_id, Some(7));
         assert_eq!(vm.department.as_deref(), Some("engineering"));
 
         store
-            .set_vm_status("vm-b", VmStatus::Offline, None)
+            .set_vm_statuses(&[status("vm-b", VmStatus::Offline, None)])
             .await
             .expect("offline");
         let vm = store.get_vm("vm-b").await.expect("get").expect("exists");
@@ -125,8 +157,28 @@ mod story {
             .collect();
         assert_eq!(ids, ["vm-a", "vm-b"]);
         assert!(store.get_vm("nope").await.expect("get").is_none());
+        assert_eq!(
+            store
+                .set_vm_statuses(&[status("nope", VmStatus::Online, None)])
+                .await
+                .expect("status of an unknown VM"),
+            0,
+            "an unknown VM is not updated"
+        );
+        assert_eq!(
+            store
+                .set_vm_agents(&[("nope".into(), agent)])
+                .await
+                .expect("agent of an unknown VM"),
+            0,
+            "an unknown VM is not updated"
+        );
+        assert!(
+            store.get_vm("nope").await.expect("get").is_none(),
+            "nor registered"
+        );
         assert!(matches!(
-            store.set_vm_status("nope", VmStatus::Online, None).await,
+            store.set_vm_owner("nope", Some(7), None).await,
             Err(StoreError::NotFound(_))
         ));
     }
@@ -190,8 +242,10 @@ mod story {
             .await
             .expect("insert other");
 
-        let (resolution, points) = store
-            .metrics("vm-a", start, end, 1000)
+        let MetricSeries {
+            resolution, points, ..
+        } = store
+            .metrics_series("vm-a", start, end, 1000)
             .await
             .expect("raw query");
         assert_eq!(resolution, Resolution::Raw);
@@ -229,8 +283,8 @@ mod story {
         }
         assert_eq!(series.points.iter().map(|p| p.samples).sum::<i64>(), 120);
 
-        let (_, empty) = store
-            .metrics("vm-a", end, start, 100)
+        let MetricSeries { points: empty, .. } = store
+            .metrics_series("vm-a", end, start, 100)
             .await
             .expect("inverted");
         assert!(empty.is_empty());
@@ -268,8 +322,10 @@ mod story {
             .await
             .expect("prune raw");
         for (vm, values) in &expected {
-            let (resolution, points) = store
-                .metrics(vm, minute, minute + Duration::minutes(1), 1000)
+            let MetricSeries {
+                resolution, points, ..
+            } = store
+                .metrics_series(vm, minute, minute + Duration::minutes(1), 1000)
                 .await
                 .expect("minute query");
             assert_eq!(resolution, Resolution::Minute, "{vm}");
@@ -345,8 +401,10 @@ mod story {
             .await
             .expect("prune raw");
         assert_eq!(pruned.pruned, samples.len() as u64, "{pruned:?}");
-        let (resolution, points) = store
-            .metrics("vm-a", base, base + Duration::hours(2), 1000)
+        let MetricSeries {
+            resolution, points, ..
+        } = store
+            .metrics_series("vm-a", base, base + Duration::hours(2), 1000)
             .await
             .expect("minute query");
         assert_eq!(resolution, Resolution::Minute);
@@ -385,8 +443,12 @@ mod story {
             .maintain(now, short_minute, 100)
             .await
             .expect("prune minutes");
-        let (resolution, hours) = store
-            .metrics("vm-a", base, base + Duration::hours(2), 1000)
+        let MetricSeries {
+            resolution,
+            points: hours,
+            ..
+        } = store
+            .metrics_series("vm-a", base, base + Duration::hours(2), 1000)
             .await
             .expect("hour query");
         assert_eq!(resolution, Resolution::Hour);
@@ -454,13 +516,19 @@ mod story {
             .await
             .expect("maintain today");
         assert_eq!(today.pruned, 30 + 10, "{today:?}");
-        let (resolution, points) = store
-            .metrics("vm-a", now - Duration::hours(1), now, 1000)
+        let MetricSeries {
+            resolution, points, ..
+        } = store
+            .metrics_series("vm-a", now - Duration::hours(1), now, 1000)
             .await
             .expect("recent raw");
         assert_eq!((resolution, points.len()), (Resolution::Raw, 10));
-        let (resolution, hours) = store
-            .metrics("vm-a", old, old + Duration::hours(1), 1000)
+        let MetricSeries {
+            resolution,
+            points: hours,
+            ..
+        } = store
+            .metrics_series("vm-a", old, old + Duration::hours(1), 1000)
             .await
             .expect("old hours");
         assert_eq!(resolution, Resolution::Hour);
@@ -473,8 +541,8 @@ mod story {
             .await
             .expect("maintain a year later");
         assert!(later.pruned >= 1, "{later:?}");
-        let (_, hours) = store
-            .metrics("vm-a", old, old + Duration::hours(1), 1000)
+        let MetricSeries { points: hours, .. } = store
+            .metrics_series("vm-a", old, old + Duration::hours(1), 1000)
             .await
             .expect("old hours");
         assert!(hours.is_empty());
@@ -594,8 +662,8 @@ mod story {
 
     pub async fn command_log_records_then_completes_by_id(store: Arc<dyn Store>) {
         let t = now_ms();
-        store.upsert_vm("vm-a", t).await.expect("register");
-        store.upsert_vm("vm-b", t).await.expect("register");
+        register(&store, "vm-a", t).await;
+        register(&store, "vm-b", t).await;
         let pending = CommandLogEntry {
             id: "cmd-1".into(),
             vm_id: "vm-a".into(),
@@ -765,7 +833,10 @@ mod story {
         );
         assert!(store.command_logs("vm-a", 10).await.expect("c").is_empty());
         assert!(store.vm_errors("vm-a", 10).await.expect("e").is_empty());
-        let (_, raw) = store.metrics("vm-a", base, now, 10_000).await.expect("raw");
+        let MetricSeries { points: raw, .. } = store
+            .metrics_series("vm-a", base, now, 10_000)
+            .await
+            .expect("raw");
         assert!(raw.is_empty());
         // Rollups: look through them by pruning raw rows away first.
         let short_raw = Retention {
@@ -773,15 +844,21 @@ mod story {
             ..Retention::default()
         };
         store.maintain(now, short_raw, 1000).await.expect("prune");
-        let (resolution, rolled_a) = store
-            .metrics("vm-a", base, base + Duration::hours(1), 1000)
+        let MetricSeries {
+            resolution,
+            points: rolled_a,
+            ..
+        } = store
+            .metrics_series("vm-a", base, base + Duration::hours(1), 1000)
             .await
             .expect("rollups a");
         assert_eq!(resolution, Resolution::Minute);
         assert!(rolled_a.is_empty());
 
-        let (_, rolled_b) = store
-            .metrics("vm-b", base, base + Duration::hours(1), 1000)
+        let MetricSeries {
+            points: rolled_b, ..
+        } = store
+            .metrics_series("vm-b", base, base + Duration::hours(1), 1000)
             .await
             .expect("rollups b");
         assert_eq!(rolled_b.len(), 60, "the other VM keeps its data");
@@ -864,8 +941,10 @@ mod story {
         let mut seen = 0;
         for v in 0..vms {
             let vm = format!("vm-{v:02}");
-            let (resolution, points) = store
-                .metrics(&vm, start, start + Duration::hours(1), 100_000)
+            let MetricSeries {
+                resolution, points, ..
+            } = store
+                .metrics_series(&vm, start, start + Duration::hours(1), 100_000)
                 .await
                 .expect("query");
             assert_eq!(resolution, Resolution::Raw);
@@ -885,10 +964,7 @@ mod story {
     pub async fn thousands_of_vms_register_and_change_status_in_batches(store: Arc<dyn Store>) {
         let t0 = now_ms() - Duration::minutes(5);
         let ids: Vec<String> = (0..3_000).map(|i| format!("vm-{i:05}")).collect();
-        store
-            .upsert_vm("vm-00001", t0)
-            .await
-            .expect("one registered before");
+        register(&store, "vm-00001", t0).await;
         store
             .set_vm_owner("vm-00001", Some(3), None)
             .await
@@ -987,7 +1063,7 @@ mod story {
         let now = now_ms();
         let old = now - Duration::days(100);
         let recent = now - Duration::days(1);
-        store.upsert_vm("vm-a", old).await.expect("register");
+        register(&store, "vm-a", old).await;
         let services = |state: &str| {
             json!([{"name": "cron.service", "active_state": state},
                    {"name": "ssh.service", "active_state": state}])
@@ -1110,10 +1186,10 @@ mod story {
         .await;
         assert_eq!(orphans, 0, "sample rows under the key of a deleted VM");
         let stays = store
-            .metrics("vm-stays", start, start + Duration::minutes(5), 1000)
+            .metrics_series("vm-stays", start, start + Duration::minutes(5), 1000)
             .await
             .expect("metrics")
-            .1;
+            .points;
         assert_eq!(stays.len(), 150, "the other VM lost nothing");
     }
 }

@@ -143,7 +143,7 @@ mod story {
             )
             .await
             .expect("create");
-        store.upsert_vm("vm-c", now).await.expect("vm");
+        store.upsert_vms(&[("vm-c".into(), now)]).await.expect("vm");
         store
             .set_vm_owner("vm-c", Some(carol.id), Some("ops"))
             .await

@@ -74,8 +74,8 @@ impl QueryRoot {
         }
         let to = Utc::now();
         let from = to - chrono::Duration::hours(hours.into());
-        let (_, points) = api.store().metrics(&vm_id, from, to, 500).await?;
-        Ok(points.iter().map(MetricPoint::from).collect())
+        let series = api.store().metrics_series(&vm_id, from, to, 500).await?;
+        Ok(series.points.iter().map(MetricPoint::from).collect())
     }
 
     /// A series between two instants, at most about `maxPoints` points.

@@ -350,8 +350,8 @@ pub async fn wait_online(host: &Core, vm: &str) {
 /// Raw samples stored for a VM in the last hour.
 pub async fn stored_cpus(store: &Arc<dyn Store>, vm: &str) -> Vec<f64> {
     let now = Utc::now();
-    let (_, points) = store
-        .metrics(
+    let series = store
+        .metrics_series(
             vm,
             now - chrono::Duration::hours(1),
             now + chrono::Duration::minutes(1),
@@ -359,7 +359,7 @@ pub async fn stored_cpus(store: &Arc<dyn Store>, vm: &str) -> Vec<f64> {
         )
         .await
         .expect("metrics query");
-    points.iter().map(|p| p.cpu_avg).collect()
+    series.points.iter().map(|p| p.cpu_avg).collect()
 }
 
 pub async fn wait_samples(store: &Arc<dyn Store>, vm: &str, at_least: usize) {

@@ -94,7 +94,7 @@ impl Server {
         .await;
         let victim = user(store.as_ref(), "victim", Role::User, &[]).await;
         store
-            .upsert_vm(&vm_id, chrono::Utc::now())
+            .upsert_vms(&[(vm_id.clone(), chrono::Utc::now())])
             .await
             .expect("register VM");
         store
