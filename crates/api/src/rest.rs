@@ -40,8 +40,8 @@ pub const ROUTES: &[(&str, RouteAuth)] = &[
 pub fn routes(api: Api, realtime: Arc<Realtime>) -> Router {
     Router::new()
         .route(ROUTES[0].0, get(metrics))
-        .route(ROUTES[1].0, get(binary))
-        .route(ROUTES[2].0, get(script))
+        .route(ROUTES[1].0, get(download::<false>))
+        .route(ROUTES[2].0, get(download::<true>))
         .with_state(RestState { api, realtime })
 }
 
@@ -366,7 +366,10 @@ async fn stream_file(
     Ok(response)
 }
 
-async fn binary(
+/// `/infiniservice/{platform}/binary` (`SCRIPT = false`: the agent, from
+/// `<data>/infiniservice/binaries/<platform>/`) and `…/script` (`SCRIPT = true`: its installer,
+/// from `<data>/infiniservice/scripts/`), for a user token or a per-VM install token.
+async fn download<const SCRIPT: bool>(
     State(RestState { api, .. }): State<RestState>,
     Path(platform): Path<String>,
     Query(query): Query<TokenQuery>,
@@ -374,37 +377,28 @@ async fn binary(
 ) -> Result<Response, ApiError> {
     download_allowed(&api, &headers, &query).await?;
     check_platform(&platform)?;
-    let name = if platform.starts_with("windows") {
-        "infiniservice.exe"
-    } else {
-        "infiniservice"
+    let windows = platform.starts_with("windows");
+    let files = api.settings().data_dir.join("infiniservice");
+    let (path, name, content_type) = match (SCRIPT, windows) {
+        (false, _) => {
+            let name = if windows {
+                "infiniservice.exe"
+            } else {
+                "infiniservice"
+            };
+            let path = files.join("binaries").join(&platform).join(name);
+            (path, name, "application/octet-stream")
+        }
+        (true, true) => (
+            files.join("scripts/install-windows.ps1"),
+            "install-windows.ps1",
+            "text/plain; charset=utf-8",
+        ),
+        (true, false) => (
+            files.join("scripts/install-linux.sh"),
+            "install-linux.sh",
+            "text/plain; charset=utf-8",
+        ),
     };
-    let path = api
-        .settings()
-        .data_dir
-        .join("infiniservice/binaries")
-        .join(&platform)
-        .join(name);
-    stream_file(path, "application/octet-stream", name).await
-}
-
-async fn script(
-    State(RestState { api, .. }): State<RestState>,
-    Path(platform): Path<String>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    download_allowed(&api, &headers, &query).await?;
-    check_platform(&platform)?;
-    let name = if platform.starts_with("windows") {
-        "install-windows.ps1"
-    } else {
-        "install-linux.sh"
-    };
-    let path = api
-        .settings()
-        .data_dir
-        .join("infiniservice/scripts")
-        .join(name);
-    stream_file(path, "text/plain; charset=utf-8", name).await
+    stream_file(path, content_type, name).await
 }

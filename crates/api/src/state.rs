@@ -138,6 +138,12 @@ impl Api {
         owner
     }
 
+    /// Whether `user` may see the VM now, by its cached owner (a live event's check; the
+    /// owner may have changed since a subscription began).
+    pub async fn may_see(&self, user: &UserRecord, vm_id: &str) -> bool {
+        authz::can_see_vm_owned_by(user, self.owner_of(vm_id).await)
+    }
+
     /// Remember an owner change made through the API.
     pub fn set_owner_cached(&self, vm_id: &str, owner: Option<i64>) {
         write(&self.inner.owners).insert(vm_id.to_owned(), owner);

@@ -172,36 +172,28 @@ pub const WAIT_MARGIN: Duration = Duration::from_secs(3);
 /// the original agent's shape (`action: "ServiceControl", params: {service, operation}`),
 /// UNSAFE a command line (`rawCommand`, with `shell`) or an `argv`. It is what crosses from the
 /// API to the core, and the one shape the command log records as `command`, whether the command
-/// ran, failed or was refused.
+/// ran, failed or was refused: every key is always there (`null` when unused).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct CommandSpec {
     /// Safe or unsafe.
     #[serde(rename = "type")]
     pub kind: CommandKind,
     /// SAFE: the action's name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
     /// SAFE: the action's parameters (an object).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Value>,
     /// UNSAFE: a command line for the shell.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_command: Option<String>,
     /// UNSAFE: program and arguments, run without a shell.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argv: Option<Vec<String>>,
     /// UNSAFE: the shell for `rawCommand`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shell: Option<String>,
     /// UNSAFE: working directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     /// UNSAFE: extra environment (names to strings).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_vars: Option<Value>,
     /// Seconds the guest may take (1–86,400); the host waits [`WAIT_MARGIN`] longer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<i64>,
 }
 

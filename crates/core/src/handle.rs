@@ -236,17 +236,6 @@ impl Core {
         self.commands.start(vm_id, command.into(), issued_by)
     }
 
-    /// Check a command as a user asked for it, send it on behalf of `issued_by` and wait for
-    /// its response (see [`CommandCenter::execute`]); logged whatever happens.
-    pub async fn execute(
-        &self,
-        vm_id: &str,
-        spec: CommandSpec,
-        issued_by: Option<i64>,
-    ) -> Result<CommandResponse, CommandError> {
-        self.commands.execute(vm_id, spec, issued_by).await
-    }
-
     /// The newest sample of a VM since the host started (none after a restart until the VM
     /// sends one; the store keeps the last one that was persisted).
     pub fn latest_sample(&self, vm_id: &str) -> Option<Arc<MetricSample>> {
@@ -321,13 +310,14 @@ impl VmControl for Core {
         Core::subscribe(self, filter)
     }
 
+    /// See [`CommandCenter::execute`].
     async fn execute(
         &self,
         vm_id: &str,
         command: CommandSpec,
         issued_by: Option<i64>,
     ) -> Result<CommandResponse, CommandError> {
-        Core::execute(self, vm_id, command, issued_by).await
+        self.commands.execute(vm_id, command, issued_by).await
     }
 
     async fn cancel_command(&self, vm_id: &str, command_id: &str) -> Result<(), CommandError> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use infinibay_core::protocol::GuestMessage;
 use infinibay_core::protocol::message::{CommandResponse, ErrorCode, SafeAction};
-use infinibay_core::{Command, CommandError};
+use infinibay_core::{Command, CommandError, VmControl};
 use infinibay_core::{CommandKind, CommandSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,9 +95,7 @@ async fn a_command_without_answer_times_out_and_sends_cancel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_running_command_which_answers_cancelled() {
     let env = TestEnv::new();
-    let vm = FakeVm::spawn(&env.sockets, None, agent(AgentOpts::default()));
-    let host = env.start(env.config()).await;
-    wait_online(&host, &vm.id).await;
+    let (vm, host) = env.start_with_one_agent().await;
     let pending = host
         .start_command(&vm.id, Command::shell("sleep 600"), Some(7))
         .expect("sent");
@@ -122,9 +120,7 @@ async fn cancel_stops_a_running_command_which_answers_cancelled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnect_while_waiting_fails_the_command_at_once() {
     let env = TestEnv::new();
-    let vm = FakeVm::spawn(&env.sockets, None, agent(AgentOpts::default()));
-    let host = env.start(env.config()).await;
-    wait_online(&host, &vm.id).await;
+    let (vm, host) = env.start_with_one_agent().await;
     let pending = host
         .start_command(&vm.id, Command::shell("sleep 600"), None)
         .expect("sent");
@@ -153,13 +149,7 @@ async fn answered_invalid_and_refused_commands_are_all_logged_once_in_one_shape(
     let mute = FakeVm::spawn(&env.sockets, None, silent());
     let host = env.start(env.config()).await;
     wait_online(&host, &vm.id).await;
-    let h = host.clone();
-    let m = mute.id.clone();
-    wait_for("the mute VM connected", Duration::from_secs(5), || {
-        let ok = h.vm(&m).is_some_and(|v| v.connected);
-        async move { ok }
-    })
-    .await;
+    wait_connected(&host, &mute.id).await;
     let user = Some(7);
     let safe = CommandSpec {
         kind: CommandKind::Safe,

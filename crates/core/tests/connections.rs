@@ -13,9 +13,7 @@ use infinibay_core::store::{InventoryKind, VmStatus};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_present_before_start_and_created_after_are_both_ingested() {
     let env = TestEnv::new();
-    let before = FakeVm::spawn(&env.sockets, None, agent(AgentOpts::default()));
-    let host = env.start(env.config()).await;
-    wait_online(&host, &before.id).await;
+    let (before, host) = env.start_with_one_agent().await;
 
     // The `<uuid>.socket` form, created while the host runs.
     let id = uuid::Uuid::new_v4().to_string();
@@ -46,9 +44,7 @@ async fn sockets_present_before_start_and_created_after_are_both_ingested() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_keeps_each_vms_newest_sample_with_nobody_subscribed() {
     let env = TestEnv::new();
-    let vm = FakeVm::spawn(&env.sockets, None, agent(AgentOpts::default()));
-    let host = env.start(env.config()).await;
-    wait_online(&host, &vm.id).await;
+    let (vm, host) = env.start_with_one_agent().await;
     let store = host.store();
     wait_samples(&store, &vm.id, 3).await;
     // No API and no Socket.IO: nothing subscribes to the bus, and the newest sample is still
@@ -184,13 +180,7 @@ async fn a_socket_that_accepts_and_never_speaks_stays_offline() {
     let mut config = env.config();
     config.connection.ping_interval_secs = 0.1;
     let host = env.start(config).await;
-    let h = host.clone();
-    let id = mute.id.clone();
-    wait_for("connected", Duration::from_secs(5), || {
-        let c = h.vm(&id).is_some_and(|v| v.connected);
-        async move { c }
-    })
-    .await;
+    wait_connected(&host, &mute.id).await;
     let rss_before = rss_kb();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let v = host.vm(&mute.id).expect("vm");

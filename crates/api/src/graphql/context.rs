@@ -8,6 +8,7 @@ use async_graphql::{Context, ErrorExtensions, ID};
 use infinibay_store::UserRecord;
 
 use crate::auth::AuthError;
+use crate::authz;
 use crate::error::{ApiError, ApiResult};
 use crate::realtime::Realtime;
 use crate::state::Api;
@@ -46,6 +47,22 @@ pub(crate) fn caller(ctx: &Context<'_>) -> ApiResult<UserRecord> {
         Some(Caller(Err(e))) => Err(e.clone()),
         None => Err(ApiError::from(AuthError::Missing)),
     }
+}
+
+/// The API state for a resolver about one VM, after checking that the caller may see it
+/// (`NOT_FOUND` when it does not exist, `FORBIDDEN` when it is not theirs).
+pub(crate) async fn vm_scope<'a>(ctx: &Context<'a>, vm_id: &str) -> ApiResult<&'a Api> {
+    let user = caller(ctx)?;
+    let api = api(ctx)?;
+    api.visible_vm(&user, vm_id).await?;
+    Ok(api)
+}
+
+/// The caller and the API state, for what only an administrator may do.
+pub(crate) fn admin<'a>(ctx: &Context<'a>) -> ApiResult<(UserRecord, &'a Api)> {
+    let user = caller(ctx)?;
+    authz::require_admin(&user)?;
+    Ok((user, api(ctx)?))
 }
 
 /// A user id argument.

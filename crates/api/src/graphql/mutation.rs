@@ -5,7 +5,7 @@ use std::time::Instant;
 use async_graphql::{Context, ID, Object};
 use chrono::Utc;
 
-use super::context::{api, caller, parse_user_id, realtime};
+use super::context::{admin, api, caller, parse_user_id, realtime};
 use super::types::{
     AuthPayload, CommandInput, CommandResponse, CommandType, CreateUserInput, User, Vm, vm_object,
 };
@@ -66,9 +66,7 @@ impl MutationRoot {
 
     /// Create a user (ADMIN).
     async fn create_user(&self, ctx: &Context<'_>, input: CreateUserInput) -> ApiResult<User> {
-        let user = caller(ctx)?;
-        authz::require_admin(&user)?;
-        let api = api(ctx)?;
+        let (_, api) = admin(ctx)?;
         let created = users::create_user(
             api.store().as_ref(),
             CreateUser {
@@ -85,13 +83,11 @@ impl MutationRoot {
 
     /// Delete a user (ADMIN); their tokens stop working and their sockets are closed.
     async fn delete_user(&self, ctx: &Context<'_>, id: ID) -> ApiResult<bool> {
-        let user = caller(ctx)?;
-        authz::require_admin(&user)?;
+        let (user, api) = admin(ctx)?;
         let id = parse_user_id(&id)?;
         if id == user.id {
             return Err(ApiError::invalid("you cannot delete yourself"));
         }
-        let api = api(ctx)?;
         api.store().users().delete_user(id).await?;
         realtime(ctx)?.revoke_user(id).await;
         Ok(true)
@@ -120,11 +116,9 @@ impl MutationRoot {
         id: ID,
         permission: String,
     ) -> ApiResult<User> {
-        let user = caller(ctx)?;
-        authz::require_admin(&user)?;
+        let (_, api) = admin(ctx)?;
         let id = parse_user_id(&id)?;
         users::check_permission(&permission)?;
-        let api = api(ctx)?;
         let store = api.store();
         store.users().grant_permission(id, &permission).await?;
         let updated = store
@@ -143,9 +137,7 @@ impl MutationRoot {
         user_id: Option<ID>,
         department: Option<String>,
     ) -> ApiResult<Vm> {
-        let user = caller(ctx)?;
-        authz::require_admin(&user)?;
-        let api = api(ctx)?;
+        let (_, api) = admin(ctx)?;
         let store = api.store();
         let before = store
             .get_vm(&vm_id)
@@ -185,9 +177,7 @@ impl MutationRoot {
 
     /// Delete a VM (ADMIN): close its connection, remove its record and data.
     async fn delete_vm(&self, ctx: &Context<'_>, vm_id: ID) -> ApiResult<bool> {
-        let user = caller(ctx)?;
-        authz::require_admin(&user)?;
-        let api = api(ctx)?;
+        let (_, api) = admin(ctx)?;
         let store = api.store();
         let vm = store
             .get_vm(&vm_id)

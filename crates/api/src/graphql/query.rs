@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use infinibay_protocol::message::{Application as AppItem, PortInfo, ProcessInfo, ServiceInfo};
 use infinibay_store::{InventoryKind, VmStatus};
 
-use super::context::{api, caller};
+use super::context::{admin, api, caller, vm_scope};
 use super::types::{
     Application, CommandLog, MetricPoint, MetricSeries, Port, Process, Service, User, Vm, vm_object,
 };
@@ -66,9 +66,7 @@ impl QueryRoot {
         vm_id: ID,
         #[graphql(default = 24)] hours: i32,
     ) -> ApiResult<Vec<MetricPoint>> {
-        let user = caller(ctx)?;
-        let api = api(ctx)?;
-        api.visible_vm(&user, &vm_id).await?;
+        let api = vm_scope(ctx, &vm_id).await?;
         if !(1..=24 * 366).contains(&hours) {
             return Err(ApiError::invalid("hours must be 1–8784"));
         }
@@ -87,9 +85,7 @@ impl QueryRoot {
         to: DateTime<Utc>,
         #[graphql(default = 500)] max_points: i32,
     ) -> ApiResult<MetricSeries> {
-        let user = caller(ctx)?;
-        let api = api(ctx)?;
-        api.visible_vm(&user, &vm_id).await?;
+        let api = vm_scope(ctx, &vm_id).await?;
         if max_points < 1 {
             return Err(ApiError::invalid("maxPoints must be at least 1"));
         }
@@ -131,9 +127,7 @@ impl QueryRoot {
         vm_id: ID,
         #[graphql(default = 50)] limit: i32,
     ) -> ApiResult<Vec<CommandLog>> {
-        let user = caller(ctx)?;
-        let api = api(ctx)?;
-        api.visible_vm(&user, &vm_id).await?;
+        let api = vm_scope(ctx, &vm_id).await?;
         let limit = limit.clamp(1, 1000) as u32;
         let logs = api.store().command_logs(&vm_id, limit).await?;
         Ok(logs.into_iter().map(CommandLog).collect())
@@ -141,18 +135,15 @@ impl QueryRoot {
 
     /// Every user (ADMIN).
     async fn users(&self, ctx: &Context<'_>) -> ApiResult<Vec<User>> {
-        let user = caller(ctx)?;
-        authz::require_admin(&user)?;
-        let users = api(ctx)?.store().users().list_users().await?;
+        let (_, api) = admin(ctx)?;
+        let users = api.store().users().list_users().await?;
         Ok(users.iter().map(User::from).collect())
     }
 
     /// A token that lets the VM's install script download the agent (`?token=` on
     /// `/infiniservice/…`), valid 24 h. Owner or ADMIN.
     async fn vm_install_token(&self, ctx: &Context<'_>, vm_id: ID) -> ApiResult<String> {
-        let user = caller(ctx)?;
-        let api = api(ctx)?;
-        api.visible_vm(&user, &vm_id).await?;
+        let api = vm_scope(ctx, &vm_id).await?;
         issue_install_token(api, &vm_id)
     }
 }
@@ -171,9 +162,7 @@ where
     Row: serde::de::DeserializeOwned,
     Item: From<Row>,
 {
-    let user = caller(ctx)?;
-    let api = api(ctx)?;
-    api.visible_vm(&user, vm_id).await?;
+    let api = vm_scope(ctx, vm_id).await?;
     let Some(inventory) = api.store().inventory(vm_id, kind).await? else {
         return Ok(Vec::new());
     };

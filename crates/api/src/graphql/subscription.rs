@@ -6,7 +6,6 @@ use async_graphql::{Context, ID, Subscription};
 
 use super::context::{GqlResult, caller};
 use super::types::{MetricsSnapshot, VmStatusEvent};
-use crate::authz;
 use crate::error::ApiError;
 use crate::state::Api;
 use infinibay_control::event::{BusEvent, Filter, Subscription, Topic};
@@ -99,8 +98,7 @@ impl SubscriptionRoot {
                     return Ok(None);
                 };
                 // Ownership may change while subscribed.
-                let owner = api.owner_of(&sample.vm_id).await;
-                if !authz::can_see_vm_owned_by(&user, owner) {
+                if !api.may_see(&user, &sample.vm_id).await {
                     return Err(());
                 }
                 Ok(Some(MetricsSnapshot::from(sample.as_ref())))
@@ -130,8 +128,7 @@ impl SubscriptionRoot {
                     let (Some(user), BusEvent::Status(status)) = (user, event) else {
                         return Ok(None);
                     };
-                    let owner = api.owner_of(&status.vm_id).await;
-                    if !authz::can_see_vm_owned_by(&user, owner) {
+                    if !api.may_see(&user, &status.vm_id).await {
                         return Ok(None);
                     }
                     Ok(Some(VmStatusEvent {

@@ -309,6 +309,14 @@ impl TestEnv {
             .expect("open the SQLite store")
     }
 
+    /// A core with the test settings and one VM whose scripted agent is online.
+    pub async fn start_with_one_agent(&self) -> (FakeVm, Core) {
+        let vm = FakeVm::spawn(&self.sockets, None, agent(AgentOpts::default()));
+        let host = self.start(self.config()).await;
+        wait_online(&host, &vm.id).await;
+        (vm, host)
+    }
+
     pub async fn start(&self, config: CoreConfig) -> Core {
         let store = infinibay_core::store::open(&self.db_url)
             .await
@@ -344,6 +352,21 @@ pub async fn wait_online(host: &Core, vm: &str) {
             .is_some_and(|v| v.status == infinibay_core::store::VmStatus::Online);
         async move { online }
     })
+    .await;
+}
+
+/// Wait until the host holds an open connection to the VM's socket (agent or not).
+pub async fn wait_connected(host: &Core, vm: &str) {
+    let host = host.clone();
+    let vm = vm.to_owned();
+    wait_for(
+        &format!("VM {vm} connected"),
+        Duration::from_secs(5),
+        || {
+            let connected = host.vm(&vm).is_some_and(|v| v.connected);
+            async move { connected }
+        },
+    )
     .await;
 }
 

@@ -177,6 +177,18 @@ impl Server {
         }
     }
 
+    /// A VM the store knows (registered now, with this owner) that no simulated guest backs.
+    pub async fn scratch_vm(&self, id: &str, owner: Option<i64>) {
+        self.store
+            .upsert_vms(&[(id.to_owned(), chrono::Utc::now())])
+            .await
+            .expect("scratch VM");
+        self.store
+            .set_vm_owner(id, owner, None)
+            .await
+            .expect("scratch VM owner");
+    }
+
     pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
         let mut req = reqwest::Client::new()
             .post(format!("{}/graphql", self.url))
