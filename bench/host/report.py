@@ -32,7 +32,7 @@ w(f"The same corpus ({int(corpus_bytes)//2000} bytes/message, 2,000 distinct mes
   "own CPU seconds (user+system) from its first byte to end of stream.")
 w("")
 w("- **ours, host**: `infinibay bench-ingest --socket` — the code a connection task of `infinibay serve` runs "
-  "per read (`connection::ingest_read` → `Ingest::on_item`): `GuestStreamDecoder` (fast path), per-VM token bucket "
+  "per read (`ingest::ingest_read` → `Ingest::on_item`): `GuestStreamDecoder` (fast path), per-VM token bucket "
   "(rate out of reach), `sanitize`, VM status/`last_seen`/counters, the sample built and handed to the host's "
   "`StoreQueue` (no store writer: storage stubbed, the queue keeps the newest samples per VM), publish on the "
   "`InProcessBus` to one metrics subscriber; current-thread runtime (one core, like the peer's event loop) and mimalloc, as `serve`. This is the budget's figure.")

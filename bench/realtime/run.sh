@@ -33,9 +33,12 @@ OUT_MD="${OUT_MD:-$ROOT/bench/results/realtime.md}"
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 if [ -n "${BIN:-}" ]; then :   # a given binary (e.g. a copy, so parallel builds cannot replace it mid-run)
-elif [ "$PROFILE" = release ]; then [ -n "${SKIP_BUILD:-}" ] || cargo build --release -p infinibay >&2; BIN="$TARGET_DIR/release/infinibay";
-else [ -n "${SKIP_BUILD:-}" ] || cargo build -p infinibay >&2; BIN="$TARGET_DIR/debug/infinibay"; fi
+elif [ "$PROFILE" = release ]; then [ -n "${SKIP_BUILD:-}" ] || cargo build --release -p infinibay -p infinibay-sim >&2; BIN="$TARGET_DIR/release/infinibay";
+else [ -n "${SKIP_BUILD:-}" ] || cargo build -p infinibay -p infinibay-sim >&2; BIN="$TARGET_DIR/debug/infinibay"; fi
 [ -x "$BIN" ] || { echo "no infinibay binary at $BIN" >&2; exit 1; }
+# The simulator is its own binary (it is not part of the production `infinibay`), beside BIN.
+SIM_BIN="${SIM_BIN:-$(dirname "$BIN")/infinibay-sim}"
+[ -x "$SIM_BIN" ] || { echo "no infinibay-sim binary at $SIM_BIN" >&2; exit 1; }
 RUST_CLIENT_DIR="$ROOT/bench/realtime/rust-client"
 RUST_CLIENT="$RUST_CLIENT_DIR/target/release/realtime-bench-client"
 RAW_CLIENT="$RUST_CLIENT_DIR/target/release/raw"
@@ -60,7 +63,7 @@ run_phase() { # name vms subs kind clients
   local dir="$WORK/$name-$kind-$clients"
   rm -rf "$dir"; mkdir -p "$dir/s" "$dir/d"
   export INFINIBAY_ADMIN_PASSWORD="bench-admin-password"
-  "$BIN" sim --vms "$vms" --interval 1 --socket-dir "$dir/s" --stats-every 0 >"$dir/sim.log" 2>&1 &
+  "$SIM_BIN" --threads "$(nproc)" --vms "$vms" --interval 1 --socket-dir "$dir/s" --stats-every 0 >"$dir/sim.log" 2>&1 &
   PIDS+=($!)
   RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$dir/d" --socket-dir "$dir/s" >"$dir/serve.log" 2>&1 &
   local serve_pid=$!; PIDS+=($serve_pid)

@@ -9,6 +9,7 @@
 //! year; `index.html` is revalidated on every load (`no-cache` + ETag), so a new binary's
 //! dashboard is picked up at once.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use axum::Router;
 use axum::extract::Path;

@@ -8,10 +8,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use clap::Args;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use infinibay_core::config::CoreConfig;
 
 /// Prefix of the environment variables read as configuration.
 pub const ENV_PREFIX: &str = "INFINIBAY_";
@@ -55,220 +57,42 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// The whole configuration of the host.
+/// The whole configuration of the host: where it listens and keeps its state, which database,
+/// and the core's sections (`socket_dir`, `[discovery]`, `[connection]`, `[ingest]`, `[store]`,
+/// `[maintenance]`, `[commands]`) at the same places in the file.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    /// HTTP listen address, data directory and database.
+    pub process: ProcessConfig,
+    /// The core's settings.
+    pub core: CoreConfig,
+}
+
+/// The host process's own settings (the file's top-level `listen`, `data_dir`, `database`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
+pub struct ProcessConfig {
     /// HTTP listen address (default `127.0.0.1:8080`).
     pub listen: SocketAddr,
     /// Directory for the embedded database and other state (default `./data`).
     pub data_dir: PathBuf,
-    /// Where QEMU creates the per-VM sockets (default `/opt/infinibay/sockets`, seed 000).
-    pub socket_dir: PathBuf,
     /// Database URL (`sqlite://…` or `postgres://…`); default: SQLite file in `data_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
-    /// Socket discovery.
-    pub discovery: DiscoveryConfig,
-    /// Per-VM connections and liveness.
-    pub connection: ConnectionConfig,
-    /// Ingest limits.
-    pub ingest: IngestConfig,
-    /// The queue to storage and the writer.
-    pub store: StoreConfig,
-    /// Roll-ups and retention.
-    pub maintenance: MaintenanceConfig,
-    /// Commands to guests.
-    pub commands: CommandConfig,
 }
 
-impl Default for Config {
+impl Default for ProcessConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
-            socket_dir: PathBuf::from("/opt/infinibay/sockets"),
             database: None,
-            discovery: DiscoveryConfig::default(),
-            connection: ConnectionConfig::default(),
-            ingest: IngestConfig::default(),
-            store: StoreConfig::default(),
-            maintenance: MaintenanceConfig::default(),
-            commands: CommandConfig::default(),
         }
     }
 }
 
-/// Socket discovery.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DiscoveryConfig {
-    /// Full rescan of the socket directory, in seconds, besides inotify (which can overflow or
-    /// be unavailable on some file systems). Default 5.
-    pub rescan_interval_secs: f64,
-}
-
-impl Default for DiscoveryConfig {
-    fn default() -> Self {
-        Self {
-            rescan_interval_secs: 5.0,
-        }
-    }
-}
-
-/// Per-VM connections, reconnect backoff and liveness.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ConnectionConfig {
-    /// First reconnect delay in seconds (default 0.5).
-    pub backoff_initial_secs: f64,
-    /// Largest reconnect delay in seconds (default 60).
-    pub backoff_max_secs: f64,
-    /// Seconds between pings on a connected socket (default 10).
-    pub ping_interval_secs: f64,
-    /// The VM goes offline after this many ping intervals without a valid message (default 3).
-    pub missed_pings: u32,
-    /// Host→guest messages queued per connection before commands are refused (default 64).
-    pub outbound_queue: usize,
-}
-
-impl Default for ConnectionConfig {
-    fn default() -> Self {
-        Self {
-            backoff_initial_secs: 0.5,
-            backoff_max_secs: 60.0,
-            ping_interval_secs: 10.0,
-            missed_pings: 3,
-            outbound_queue: 64,
-        }
-    }
-}
-
-/// Ingest limits per VM.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IngestConfig {
-    /// Longest accepted line in bytes (default 1 MiB, the protocol's).
-    pub max_line_bytes: usize,
-    /// Sustained messages per second per VM (default 10).
-    pub rate_per_sec: f64,
-    /// Messages a VM may send in a burst above the rate (default 50).
-    pub burst: u32,
-    /// Bytes read from a socket at once (default 16 KiB: a dozen small samples per read,
-    /// while 10,000 connections × 64 KiB would be 640 MB once touched).
-    pub read_buffer_bytes: usize,
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        Self {
-            max_line_bytes: infinibay_protocol::DEFAULT_MAX_LINE,
-            rate_per_sec: 10.0,
-            burst: 50,
-            read_buffer_bytes: 16 * 1024,
-        }
-    }
-}
-
-/// The queue between ingest and storage, and the writer draining it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// The writer flushes at least this often, in milliseconds (default 200).
-    pub flush_interval_ms: u64,
-    /// Samples per storage transaction at most (default 5,000).
-    pub max_batch: usize,
-    /// Samples waiting for storage, all VMs together, before coalescing starts (default 20,000).
-    pub pending_samples_max: usize,
-    /// Samples waiting per VM before its oldest is dropped (default 16).
-    pub pending_samples_per_vm: usize,
-    /// VM errors waiting for storage before new ones are dropped (default 1,000).
-    pub pending_errors_max: usize,
-    /// VM errors waiting per VM (default 10).
-    pub pending_errors_per_vm: usize,
-    /// Command log entries waiting (default 1,000).
-    pub pending_command_logs_max: usize,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            flush_interval_ms: 200,
-            max_batch: 5_000,
-            pending_samples_max: 20_000,
-            pending_samples_per_vm: 16,
-            pending_errors_max: 1_000,
-            pending_errors_per_vm: 10,
-            pending_command_logs_max: 1_000,
-        }
-    }
-}
-
-/// Roll-ups and retention.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MaintenanceConfig {
-    /// Seconds between maintenance passes (default 60).
-    pub interval_secs: f64,
-    /// Rows per statement (default 5,000).
-    pub batch: u32,
-    /// Raw samples kept, hours (default 48).
-    pub raw_retention_hours: u32,
-    /// Minute roll-ups kept, days (default 30).
-    pub minute_retention_days: u32,
-    /// Hour roll-ups kept, days (default 365).
-    pub hour_retention_days: u32,
-    /// Service state changes, VM errors and command log entries kept, days (default 90).
-    pub event_retention_days: u32,
-}
-
-impl Default for MaintenanceConfig {
-    fn default() -> Self {
-        Self {
-            interval_secs: 60.0,
-            batch: 5_000,
-            raw_retention_hours: 48,
-            minute_retention_days: 30,
-            hour_retention_days: 365,
-            event_retention_days: 90,
-        }
-    }
-}
-
-impl MaintenanceConfig {
-    /// The retention as the store takes it.
-    pub fn retention(&self) -> infinibay_store::Retention {
-        infinibay_store::Retention {
-            raw: chrono::Duration::hours(i64::from(self.raw_retention_hours)),
-            minute: chrono::Duration::days(i64::from(self.minute_retention_days)),
-            hour: chrono::Duration::days(i64::from(self.hour_retention_days)),
-            events: chrono::Duration::days(i64::from(self.event_retention_days)),
-        }
-    }
-}
-
-/// Commands to guests.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CommandConfig {
-    /// Default time to wait for a response, seconds (default 30).
-    pub default_timeout_secs: f64,
-    /// Commands waiting for a response per VM at most (default 32).
-    pub max_pending_per_vm: usize,
-}
-
-impl Default for CommandConfig {
-    fn default() -> Self {
-        Self {
-            default_timeout_secs: 30.0,
-            max_pending_per_vm: 32,
-        }
-    }
-}
-
-/// Seconds as a [`Duration`], refusing what is not a finite positive number.
-pub(crate) fn secs(value: f64) -> Duration {
-    Duration::try_from_secs_f64(value).unwrap_or(Duration::ZERO)
-}
+/// Top-level keys of the file that belong to [`ProcessConfig`]; the rest are the core's.
+const PROCESS_KEYS: [&str; 3] = ["listen", "data_dir", "database"];
 
 /// Values given on the command line; `None` keeps the lower layers' value.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -291,11 +115,9 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
-        let mut table = match toml::Value::try_from(Config::default()) {
-            Ok(toml::Value::Table(t)) => t,
-            Ok(_) => return Err(ConfigError::Invalid("defaults are not a table".into())),
-            Err(e) => return Err(ConfigError::Invalid(e.to_string())),
-        };
+        let mut table = Self::default()
+            .to_table()
+            .map_err(|e| ConfigError::Invalid(format!("defaults: {e}")))?;
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_owned(),
@@ -306,12 +128,10 @@ impl Config {
                 message: e.to_string(),
             })?;
             // Parse the file on its own first so that its errors name the file.
-            toml::Value::Table(from_file.clone())
-                .try_into::<Config>()
-                .map_err(|e| ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                })?;
+            Self::from_table(from_file.clone()).map_err(|message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?;
             merge(&mut table, from_file);
         }
         for (key, value) in env {
@@ -324,107 +144,63 @@ impl Config {
             let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
             set_path(&mut table, &path, env_value(&value));
         }
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        let mut config = Self::from_table(table).map_err(ConfigError::Invalid)?;
         if let Some(listen) = overrides.listen {
-            config.listen = listen;
+            config.process.listen = listen;
         }
         if let Some(dir) = &overrides.data_dir {
-            config.data_dir = dir.clone();
+            config.process.data_dir = dir.clone();
         }
         if let Some(dir) = &overrides.socket_dir {
-            config.socket_dir = dir.clone();
+            config.core.socket_dir = dir.clone();
         }
         if let Some(url) = &overrides.database {
-            config.database = Some(url.clone());
+            config.process.database = Some(url.clone());
         }
-        config.validate()?;
+        config
+            .core
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(config)
+    }
+
+    /// The file's layout: the process's keys and the core's side by side at the top level.
+    fn to_table(&self) -> Result<toml::Table, toml::ser::Error> {
+        let mut table = toml::Table::try_from(&self.core)?;
+        table.extend(toml::Table::try_from(&self.process)?);
+        Ok(table)
+    }
+
+    /// Read the file's layout; an unknown key anywhere is an error naming it.
+    fn from_table(mut table: toml::Table) -> Result<Self, String> {
+        let mut process = toml::Table::new();
+        for key in PROCESS_KEYS {
+            if let Some(value) = table.remove(key) {
+                process.insert(key.to_owned(), value);
+            }
+        }
+        let process: ProcessConfig = toml::Value::Table(process)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
+        let core: CoreConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    // The core's message lists only its own keys; name the process's too.
+                    format!("{e} (or one of the top-level {})", PROCESS_KEYS.join(", "))
+                })?;
+        Ok(Self { process, core })
     }
 
     /// The database URL: the configured one, else an SQLite file in the data directory.
     pub fn database_url(&self) -> String {
-        match &self.database {
+        match &self.process.database {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}", self.data_dir.join("infinibay.db").display()),
+            None => format!(
+                "sqlite://{}",
+                self.process.data_dir.join("infinibay.db").display()
+            ),
         }
-    }
-
-    /// Reject values that would make the host misbehave rather than fail.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            (
-                "discovery.rescan_interval_secs",
-                self.discovery.rescan_interval_secs,
-            ),
-            (
-                "connection.backoff_initial_secs",
-                self.connection.backoff_initial_secs,
-            ),
-            (
-                "connection.backoff_max_secs",
-                self.connection.backoff_max_secs,
-            ),
-            (
-                "connection.ping_interval_secs",
-                self.connection.ping_interval_secs,
-            ),
-            ("ingest.rate_per_sec", self.ingest.rate_per_sec),
-            ("maintenance.interval_secs", self.maintenance.interval_secs),
-            (
-                "commands.default_timeout_secs",
-                self.commands.default_timeout_secs,
-            ),
-        ];
-        for (name, value) in positive {
-            if !(value.is_finite() && value > 0.0 && value < 1e9) {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} must be a positive number of seconds (or per second), got {value}"
-                )));
-            }
-        }
-        if self.connection.backoff_max_secs < self.connection.backoff_initial_secs {
-            return Err(ConfigError::Invalid(
-                "connection.backoff_max_secs is smaller than connection.backoff_initial_secs"
-                    .into(),
-            ));
-        }
-        let counts = [
-            (
-                "connection.missed_pings",
-                self.connection.missed_pings as usize,
-            ),
-            ("connection.outbound_queue", self.connection.outbound_queue),
-            ("ingest.burst", self.ingest.burst as usize),
-            ("ingest.max_line_bytes", self.ingest.max_line_bytes),
-            ("ingest.read_buffer_bytes", self.ingest.read_buffer_bytes),
-            ("store.max_batch", self.store.max_batch),
-            ("store.pending_samples_max", self.store.pending_samples_max),
-            (
-                "store.pending_samples_per_vm",
-                self.store.pending_samples_per_vm,
-            ),
-            ("store.pending_errors_max", self.store.pending_errors_max),
-            (
-                "store.pending_errors_per_vm",
-                self.store.pending_errors_per_vm,
-            ),
-            (
-                "store.pending_command_logs_max",
-                self.store.pending_command_logs_max,
-            ),
-            (
-                "commands.max_pending_per_vm",
-                self.commands.max_pending_per_vm,
-            ),
-        ];
-        for (name, value) in counts {
-            if value == 0 {
-                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -487,6 +263,43 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
     }
 }
 
+/// Where the configuration comes from; flags win over `INFINIBAY_*` variables, which win over
+/// the file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "INFINIBAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address (default 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (default ./data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of the per-VM sockets (default /opt/infinibay/sockets).
+    #[arg(long)]
+    pub socket_dir: Option<PathBuf>,
+    /// Database URL (default: SQLite in the data directory).
+    #[arg(long)]
+    pub database: Option<String>,
+}
+
+impl ConfigArgs {
+    /// Build the configuration from the file, the process environment and these flags.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(
+            self.config.as_deref(),
+            std::env::vars(),
+            &Overrides {
+                listen: self.listen,
+                data_dir: self.data_dir.clone(),
+                socket_dir: self.socket_dir.clone(),
+                database: self.database.clone(),
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,12 +314,12 @@ mod tests {
     #[test]
     fn defaults_match_the_specification() {
         let c = Config::load(None, env(&[]), &Overrides::default()).expect("defaults load");
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.socket_dir, PathBuf::from("/opt/infinibay/sockets"));
+        assert_eq!(c.process.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.core.socket_dir, PathBuf::from("/opt/infinibay/sockets"));
         assert_eq!(c.database_url(), "sqlite://./data/infinibay.db");
-        assert_eq!(c.ingest.burst, 50);
-        assert_eq!(c.ingest.rate_per_sec, 10.0);
-        assert_eq!(c.connection.missed_pings, 3);
+        assert_eq!(c.core.ingest.burst, 50);
+        assert_eq!(c.core.ingest.rate_per_sec, 10.0);
+        assert_eq!(c.core.connection.missed_pings, 3);
     }
 
     #[test]
@@ -532,11 +345,11 @@ mod tests {
             },
         )
         .expect("config loads");
-        assert_eq!(c.listen.to_string(), "127.0.0.1:1");
-        assert_eq!(c.socket_dir, PathBuf::from("/env"));
-        assert_eq!(c.ingest.burst, 7);
-        assert_eq!(c.ingest.rate_per_sec, 4.0);
-        assert_eq!(c.connection.ping_interval_secs, 2.0);
+        assert_eq!(c.process.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(c.core.socket_dir, PathBuf::from("/env"));
+        assert_eq!(c.core.ingest.burst, 7);
+        assert_eq!(c.core.ingest.rate_per_sec, 4.0);
+        assert_eq!(c.core.connection.ping_interval_secs, 2.0);
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     )
     .context("demo configuration")?;
     let admin_password = random_password();
-    let prepared = crate::api::prepare_with_admin_password(&config, Some(admin_password.clone()))
+    let prepared = crate::serve::prepare_with_admin_password(&config, Some(admin_password.clone()))
         .await
         .context("preparing the API")?;
     let api_settings = prepared.settings;
@@ -118,8 +118,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let result =
-        crate::serve::run_with_store(config, prepared.store, listener, shutdown, move |host| {
-            infinibay_dashboard::mount(crate::api::router(host, api_settings))
+        crate::serve::run_with_store(config, prepared.store, listener, shutdown, move |core| {
+            infinibay_dashboard::mount(crate::serve::api_router(core, api_settings))
         })
         .await;
     stop_agents(agents).await;

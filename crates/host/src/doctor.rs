@@ -3,9 +3,10 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 
+use infinibay_core::diag::{KVM_GROUP_HINT, Ownership, ProcessIdentity};
+use infinibay_core::discover::scan;
+
 use crate::config::Config;
-use crate::diag::{KVM_GROUP_HINT, Ownership, ProcessIdentity};
-use crate::discover::scan;
 
 /// One finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +42,7 @@ pub async fn check(config: &Config) -> Vec<Finding> {
     findings.push(ok(format!("running as {}", who.describe())));
     check_socket_dir(config, &who, &mut findings);
     check_database(config, &mut findings).await;
-    match crate::system::raise_nofile_limit() {
+    match infinibay_core::system::raise_nofile_limit() {
         Ok((_, after)) if after < 4096 => findings.push(problem(
             format!("open-files hard limit is {after}: fewer VMs than that can be connected"),
             "raise it (systemd: LimitNOFILE=65536 in the unit; shell: ulimit -Hn)",
@@ -56,7 +57,7 @@ pub async fn check(config: &Config) -> Vec<Finding> {
 }
 
 fn check_socket_dir(config: &Config, who: &ProcessIdentity, findings: &mut Vec<Finding>) {
-    let dir = &config.socket_dir;
+    let dir = &config.core.socket_dir;
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
         Err(e) => {

@@ -1,5 +1,5 @@
-//! The HTTP side at this stage: `GET /healthz`. The API (REST, GraphQL, Socket.IO) merges its
-//! routes into [`router`]'s result.
+//! The process's own route, `GET /healthz`, answered from the running core's memory. The API
+//! (REST, GraphQL, Socket.IO) merges its routes beside it.
 
 use axum::Json;
 use axum::Router;
@@ -8,10 +8,10 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::json;
 
-use crate::host::Host;
+use infinibay_core::Core;
 
-/// Routes served by the host itself.
-pub fn router(host: Host) -> Router {
+/// Routes served by the process itself.
+pub fn router(host: Core) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .with_state(host)
@@ -19,7 +19,7 @@ pub fn router(host: Host) -> Router {
 
 /// 200 with VM counts when the store's last background probe answered, 503 otherwise. Answers
 /// from memory only: it never waits for the database or the writer.
-async fn healthz(State(host): State<Host>) -> (StatusCode, Json<serde_json::Value>) {
+async fn healthz(State(host): State<Core>) -> (StatusCode, Json<serde_json::Value>) {
     let stats = host.stats();
     let probe = host.store_health();
     let code = if probe.ok {

@@ -1,43 +1,20 @@
-//! infinibay host: discovers the per-VM sockets QEMU creates, connects to each as a client,
-//! ingests what the guest agents send (every guest is hostile), stores it, publishes it on a
-//! bus and sends commands to the guests.
-//!
-//! Modules follow the data's path: [`discover`] finds sockets → [`connection`] (one task per
-//! VM, private) reads them → [`ingest`] validates and turns messages into records →
-//! [`store_writer`] (bounded queue, single writer) and [`bus`] (publication) → consumers.
-//! [`commands`] goes the other way. [`host::Host`] is the handle the API uses.
-//!
-//! **Architecture invariant:** a VM's identity is the uuid in its socket's file name; nothing
-//! a guest sends can make data land under another VM. No connection task ever waits for
-//! storage or for a bus consumer.
+//! The `infinibay` binary's library: it composes the guest-facing core (`infinibay-core`) and
+//! the user-facing API (`infinibay-api`) into one process — configuration, the command line,
+//! `serve` (with `/healthz`), `demo` and `doctor`.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
+pub use infinibay_api as api;
+pub use infinibay_control as control;
+pub use infinibay_core as core;
 pub use infinibay_protocol as protocol;
 pub use infinibay_store as store;
 
-pub mod api;
-pub mod backoff;
-pub mod bus;
 pub mod cli;
-pub mod commands;
 pub mod config;
-mod connection;
 pub mod demo;
-pub mod diag;
-pub mod discover;
 pub mod doctor;
-pub mod host;
 pub mod http;
-pub mod ingest;
-pub mod maintenance;
-pub mod registry;
 pub mod serve;
-pub mod store_writer;
-pub mod system;
-pub mod users;
 
-pub use bus::{Bus, BusEvent, Filter, InProcessBus, Subscription, Topic};
-pub use commands::{Command, CommandError, PendingCommand};
 pub use config::Config;
-pub use host::{Host, HostStats};
-pub use registry::{VmSnapshot, VmStats, VmTotals};

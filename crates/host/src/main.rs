@@ -1,10 +1,14 @@
+//! `infinibay`: the host process (see the library's documentation).
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use infinibay::cli::{Cli, CliCommand, ConfigArgs};
+use infinibay::cli::{Cli, CliCommand};
+use infinibay::config::ConfigArgs;
 
 // Ingest allocates a few small strings and vectors per message on every connection task's
 // thread; mimalloc's thread-local free lists make that markedly cheaper than glibc's malloc
@@ -13,11 +17,14 @@ use infinibay::cli::{Cli, CliCommand, ConfigArgs};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // Hidden benchmark entry (not in `--help`): bench/host/run.sh measures the host's own
-    // ingest code with it. Kept out of the public CLI on purpose.
-    let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|a| a == "bench-ingest") {
-        return bench_ingest(args.collect());
+    // Hidden benchmark entry (not in `--help`, and only in builds with the `bench` feature):
+    // bench/host/run.sh measures the host's own ingest code with it.
+    #[cfg(feature = "bench")]
+    {
+        let mut args = std::env::args_os().skip(1);
+        if args.next().is_some_and(|a| a == "bench-ingest") {
+            return bench_ingest(args.collect());
+        }
     }
     let cli = Cli::parse();
     // RUST_LOG filters per component target: infinibay::watcher, infinibay::connection,
@@ -35,17 +42,13 @@ fn main() -> ExitCode {
         match cli.command {
             CliCommand::Serve(args) => serve(args).await,
             CliCommand::Doctor(args) => doctor(args).await,
-            CliCommand::Sim(args) => infinibay_sim::run(args)
-                .await
-                .map(|()| ExitCode::SUCCESS)
-                .context("simulator"),
-            CliCommand::User(args) => infinibay::api::commands::user(args)
+            CliCommand::User(args) => infinibay::cli::user::run(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
-            CliCommand::Login(args) => infinibay::api::commands::login(args)
+            CliCommand::Login(args) => infinibay::cli::remote::login(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
-            CliCommand::Vm(args) => infinibay::api::commands::vm(args)
+            CliCommand::Vm(args) => infinibay::cli::remote::vm(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
             CliCommand::Demo(args) => infinibay::demo::run(args).await.map(|()| ExitCode::SUCCESS),
@@ -62,12 +65,12 @@ fn main() -> ExitCode {
 
 async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = args.load().context("configuration")?;
-    let listener = infinibay::serve::bind(config.listen).await?;
-    let prepared = infinibay::api::prepare(&config).await?;
+    let listener = infinibay::serve::bind(config.process.listen).await?;
+    let prepared = infinibay::serve::prepare(&config).await?;
     if let Some(banner) = prepared
         .first_admin
         .as_ref()
-        .and_then(infinibay::users::first_admin_banner)
+        .and_then(infinibay::api::users::first_admin_banner)
     {
         // Printed once, on stdout, the only time the password exists in clear.
         println!("{banner}");
@@ -78,9 +81,9 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         prepared.store,
         listener,
         shutdown_signal(),
-        move |host| {
+        move |core| {
             // `mount` keeps the API router's fallback (Socket.IO answers there), see the crate.
-            infinibay_dashboard::mount(infinibay::api::router(host, api))
+            infinibay_dashboard::mount(infinibay::serve::api_router(core, api))
         },
     )
     .await?;
@@ -116,7 +119,8 @@ async fn shutdown_signal() {
 }
 
 /// `infinibay bench-ingest --socket PATH`: one JSON line on stdout (same fields as
-/// `infinibay-sim ingest`), see `infinibay::ingest::bench_socket`.
+/// `infinibay-sim ingest`), see `infinibay_core::bench::bench_socket`.
+#[cfg(feature = "bench")]
 fn bench_ingest(args: Vec<std::ffi::OsString>) -> ExitCode {
     let socket = match args.as_slice() {
         [flag, path] if flag == "--socket" => std::path::PathBuf::from(path),
@@ -130,8 +134,8 @@ fn bench_ingest(args: Vec<std::ffi::OsString>) -> ExitCode {
     let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
         return ExitCode::FAILURE;
     };
-    let config = infinibay::Config::default();
-    match runtime.block_on(infinibay::ingest::bench_socket(&socket, &config)) {
+    let config = infinibay::core::CoreConfig::default();
+    match runtime.block_on(infinibay::core::bench::bench_socket(&socket, &config)) {
         Ok(report) => {
             println!("{}", report.to_json("infinibay-host-ingest"));
             ExitCode::SUCCESS

@@ -1,5 +1,5 @@
-//! `infinibay serve`: the start-up checks with clear errors, then the host and its HTTP side
-//! until a shutdown signal.
+//! `infinibay serve`: the start-up checks with clear errors, then the core, the API and the
+//! process's HTTP side (`/healthz`) until a shutdown signal.
 
 use std::future::Future;
 use std::io::ErrorKind;
@@ -13,10 +13,13 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use infinibay_api::auth::{self, SecretError};
+use infinibay_api::users::{self, FirstAdmin, UserError};
+use infinibay_api::{ApiSettings, settings_for};
+use infinibay_core::Core;
 use infinibay_store::Store;
 
 use crate::config::Config;
-use crate::host::Host;
 
 /// Why the host could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -94,11 +97,11 @@ pub fn mask_password(url: &str) -> String {
 
 /// Open the configured database (migrations included).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
-    if config.database.is_none() {
-        prepare_data_dir(&config.data_dir)?;
+    if config.process.database.is_none() {
+        prepare_data_dir(&config.process.data_dir)?;
     }
     let url = config.database_url();
-    let store = infinibay_store::open_with_retention(&url, config.maintenance.retention())
+    let store = infinibay_store::open_with_retention(&url, config.core.maintenance.retention())
         .await
         .map_err(|source| StartError::Database {
             url: mask_password(&url),
@@ -112,7 +115,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
 }
 
 /// Serve `app` on `listener` until `host` is shut down, then wait for the host to stop.
-pub async fn serve(host: Host, listener: TcpListener, app: Router) -> Result<(), StartError> {
+pub async fn serve(host: Core, listener: TcpListener, app: Router) -> Result<(), StartError> {
     let token = host_shutdown(&host);
     // Real-time frames are small writes on long-lived sockets: with Nagle's algorithm one
     // could wait for the client's delayed ACK (40–200 ms), which is what a live chart shows.
@@ -130,32 +133,33 @@ pub async fn serve(host: Host, listener: TcpListener, app: Router) -> Result<(),
     served.map_err(StartError::Http)
 }
 
-fn host_shutdown(host: &Host) -> CancellationToken {
+fn host_shutdown(host: &Core) -> CancellationToken {
     host.shutdown_token()
 }
 
-/// The whole `serve` command for an already bound listener: open the store, start the host,
-/// serve `/healthz` (plus the API routes `extra` adds) until `shutdown` completes.
+/// The whole `serve` command for an already bound listener: open the store, start the core,
+/// serve `/healthz` (plus the routes `extra` adds, e.g. [`api_router`]) until `shutdown`
+/// completes.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    extra: impl FnOnce(Host) -> Router,
+    extra: impl FnOnce(&Core) -> Router,
 ) -> Result<(), StartError> {
     let store = open_store(&config).await?;
     run_with_store(config, store, listener, shutdown, extra).await
 }
 
-/// [`run`] on a store the caller already opened (`api::prepare` opens it to create the first
+/// [`run`] on a store the caller already opened ([`prepare`] opens it to create the first
 /// admin).
 pub async fn run_with_store(
     config: Config,
     store: Arc<dyn Store>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    extra: impl FnOnce(Host) -> Router,
+    extra: impl FnOnce(&Core) -> Router,
 ) -> Result<(), StartError> {
-    match crate::system::raise_nofile_limit() {
+    match infinibay_core::system::raise_nofile_limit() {
         Ok((before, after)) if before != after => {
             tracing::info!(target: "infinibay::host", "open-files limit raised from {before} to {after}")
         }
@@ -165,16 +169,78 @@ pub async fn run_with_store(
         }
     }
     let token = CancellationToken::new();
-    let host = Host::start(config, store, token.clone());
+    let host = Core::start(config.core, store, token.clone());
     tokio::spawn(async move {
         shutdown.await;
         token.cancel();
     });
-    let app = crate::http::router(host.clone()).merge(extra(host.clone()));
+    let app = crate::http::router(host.clone()).merge(extra(&host));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(target: "infinibay::http", "listening on http://{addr}");
     }
     serve(host, listener, app).await
+}
+
+/// The API's routes on a running core: it reaches the core only through the
+/// [`infinibay_control::VmControl`] interface, reads the same store, and its background tasks
+/// stop with the core.
+pub fn api_router(core: &Core, settings: ApiSettings) -> Router {
+    infinibay_api::router(
+        Arc::new(core.clone()),
+        core.store(),
+        settings,
+        core.shutdown_token(),
+    )
+}
+
+/// Why the API could not be prepared.
+#[derive(Debug, Error)]
+pub enum SetupError {
+    /// The secret file.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The database.
+    #[error("cannot prepare users: {0}")]
+    Users(#[from] UserError),
+    /// Opening the store.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Before serving: the JWT secret (created on first start) and the first admin (created when
+/// there is no user; its generated password is returned for printing once).
+/// The first admin's password comes from `INFINIBAY_ADMIN_PASSWORD` when set.
+pub async fn prepare(config: &Config) -> Result<Prepared, SetupError> {
+    prepare_with_admin_password(config, std::env::var(users::ADMIN_PASSWORD_ENV).ok()).await
+}
+
+/// [`prepare`] with the first admin's password given by the caller (`infinibay demo` chooses
+/// one and prints it); `None` generates one.
+pub async fn prepare_with_admin_password(
+    config: &Config,
+    admin_password: Option<String>,
+) -> Result<Prepared, SetupError> {
+    let data_dir = &config.process.data_dir;
+    prepare_data_dir(data_dir)?;
+    let secret = auth::load_or_create_secret(data_dir)?;
+    let store = open_store(config).await?;
+    let first_admin = users::ensure_first_admin(store.as_ref(), admin_password).await?;
+    Ok(Prepared {
+        settings: settings_for(data_dir.clone(), secret),
+        first_admin,
+        store,
+    })
+}
+
+/// What [`prepare`] made ready for serving.
+pub struct Prepared {
+    /// The API's settings.
+    pub settings: ApiSettings,
+    /// The first admin, when this start created it.
+    pub first_admin: Option<FirstAdmin>,
+    /// The open store, to hand to [`run_with_store`]: one store per process, because a second
+    /// pool on the same SQLite file only adds a window in which the two disagree.
+    pub store: Arc<dyn Store>,
 }
 
 #[cfg(test)]

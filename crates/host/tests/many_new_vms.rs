@@ -1,6 +1,7 @@
 //! Thousands of VMs appearing at once (simulator, real sockets, SQLite): every one is stored
 //! and comes online, and `/healthz` keeps answering quickly while the writer registers them.
 
+#[path = "../../core/tests/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ const VMS: usize = 3_000;
 async fn thousands_of_new_vms_at_once_are_all_stored_while_healthz_keeps_answering() {
     // Three descriptors per VM in this one process: simulator listener, its accepted end,
     // the host's end.
-    infinibay::system::raise_nofile_limit().expect("raise the open-files limit");
+    infinibay::core::system::raise_nofile_limit().expect("raise the open-files limit");
     let env = TestEnv::new();
     let host = env.start(env.config()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

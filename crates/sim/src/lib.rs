@@ -60,7 +60,7 @@ impl Profile {
     }
 }
 
-/// `infinibay sim` / `infinibay-sim`: options of the simulator.
+/// `infinibay-sim`: options of the simulator.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimArgs {
     /// Number of simulated VMs.

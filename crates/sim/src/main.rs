@@ -1,5 +1,5 @@
-//! `infinibay-sim`: the VM simulator standalone (the host mounts the same options as
-//! `infinibay sim`), plus the load drivers of `bench/host/run.sh`.
+//! `infinibay-sim`: the VM simulator (kept out of the production `infinibay` binary), plus the
+//! load drivers of `bench/host/run.sh`.
 
 use std::path::PathBuf;
 use std::sync::Arc;

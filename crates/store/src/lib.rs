@@ -8,6 +8,7 @@
 //! every value stored under a VM id was attributed by the host (from the socket path), never
 //! taken from what a guest claimed.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

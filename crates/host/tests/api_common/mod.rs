@@ -2,6 +2,10 @@
 //! real socket, `serve::run` with the API router on a free port, and four users.
 #![allow(dead_code)]
 
+// The core's test helpers (its settings for tests), shared rather than copied.
+#[path = "../../../core/tests/common/mod.rs"]
+mod core_common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,9 +15,9 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use infinibay::api;
-use infinibay::config::Config;
+use infinibay::api::users::{self, CreateUser};
+use infinibay::config::{Config, ProcessConfig};
 use infinibay::store::{Role, Store, UserRecord};
-use infinibay::users::{self, CreateUser};
 use infinibay_sim::{SimArgs, Simulator};
 
 pub const PASSWORD: &str = "correct-horse-battery";
@@ -102,16 +106,14 @@ impl Server {
         let mut settings = api::settings_for(data_dir.clone(), secret.clone());
         settings.revocation_sweep = Duration::from_millis(500);
 
-        let mut config = Config {
-            socket_dir: sockets.clone(),
-            database: Some(db_url.clone()),
-            data_dir: data_dir.clone(),
-            ..Config::default()
+        let config = Config {
+            process: ProcessConfig {
+                database: Some(db_url.clone()),
+                data_dir: data_dir.clone(),
+                ..ProcessConfig::default()
+            },
+            core: core_common::test_config(&sockets),
         };
-        config.discovery.rescan_interval_secs = 1.0;
-        config.connection.backoff_initial_secs = 0.05;
-        config.connection.backoff_max_secs = 0.5;
-        config.store.flush_interval_ms = 50;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -122,8 +124,8 @@ impl Server {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            if let Err(e) = infinibay::serve::run(config, listener, shutdown, move |host| {
-                api::router(host, settings)
+            if let Err(e) = infinibay::serve::run(config, listener, shutdown, move |core| {
+                infinibay::serve::api_router(core, settings)
             })
             .await
             {
@@ -173,6 +175,18 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// A VM the store knows (registered now, with this owner) that no simulated guest backs.
+    pub async fn scratch_vm(&self, id: &str, owner: Option<i64>) {
+        self.store
+            .upsert_vms(&[(id.to_owned(), chrono::Utc::now())])
+            .await
+            .expect("scratch VM");
+        self.store
+            .set_vm_owner(id, owner, None)
+            .await
+            .expect("scratch VM owner");
     }
 
     pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {

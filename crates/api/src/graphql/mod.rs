@@ -1,0 +1,19 @@
+//! GraphQL at `/graphql` (async-graphql): GraphiQL on GET, queries and mutations by POST,
+//! subscriptions over graphql-ws at `/graphql` (and `/graphql/ws`). Every resolver asks
+//! [`crate::authz`]; errors carry `extensions.code`.
+//!
+//! By concern: [`types`] (objects, enums, inputs and their conversions), [`query`],
+//! [`mutation`], [`subscription`] (the roots), [`schema`] (the roots assembled), [`transport`]
+//! (HTTP and graphql-ws), and [`context`] (what resolvers take from a request).
+
+pub mod context;
+pub mod mutation;
+pub mod query;
+pub mod schema;
+pub mod subscription;
+pub mod transport;
+pub mod types;
+
+pub use context::Caller;
+pub use schema::{ApiSchema, schema, sdl};
+pub use transport::routes;

@@ -1,0 +1,404 @@
+//! REST: `/metrics` (Prometheus text) and the agent downloads `/infiniservice/{platform}/…`
+//! behind a bearer token or a per-VM install token.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::Utc;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::auth::bearer;
+use super::error::ApiError;
+use super::histogram::{Histogram, LATENCY_BUCKETS, PUBLISH_BUCKETS};
+use super::realtime::Realtime;
+use super::state::Api;
+
+/// Who may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAuth {
+    /// Anyone (bind the listener privately).
+    Public,
+    /// A valid user token (or a per-VM install token).
+    Authenticated,
+}
+
+/// Every route [`routes`] serves (the authorization matrix test enumerates this list).
+pub const ROUTES: &[(&str, RouteAuth)] = &[
+    ("/metrics", RouteAuth::Public),
+    ("/infiniservice/{platform}/binary", RouteAuth::Authenticated),
+    ("/infiniservice/{platform}/script", RouteAuth::Authenticated),
+];
+
+/// The routes.
+pub fn routes(api: Api, realtime: Arc<Realtime>) -> Router {
+    Router::new()
+        .route(ROUTES[0].0, get(metrics))
+        .route(ROUTES[1].0, get(download::<false>))
+        .route(ROUTES[2].0, get(download::<true>))
+        .with_state(RestState { api, realtime })
+}
+
+/// What the REST handlers need.
+#[derive(Clone)]
+struct RestState {
+    api: Api,
+    realtime: Arc<Realtime>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self.code {
+            "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
+            "FORBIDDEN" => StatusCode::FORBIDDEN,
+            "NOT_FOUND" => StatusCode::NOT_FOUND,
+            "INVALID" => StatusCode::BAD_REQUEST,
+            "VM_OFFLINE" | "INTERNAL" => StatusCode::SERVICE_UNAVAILABLE,
+            "TIMEOUT" => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (
+            status,
+            axum::Json(serde_json::json!({"error": self.message, "code": self.code})),
+        )
+            .into_response()
+    }
+}
+
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Name, help, value of a per-VM gauge.
+type Gauge = (
+    &'static str,
+    &'static str,
+    fn(&infinibay_store::MetricSample) -> f64,
+);
+
+/// Prometheus text exposition of the VMs' latest samples and the host's counters.
+pub async fn render_metrics(api: &Api, realtime: &Realtime) -> String {
+    let mut out = String::with_capacity(4096);
+    // The core's newest sample of each VM, ordered by VM: whether or not anyone listens on
+    // Socket.IO.
+    let control = api.control();
+    let samples = control.latest_samples().await;
+    let vms = control.vms().await;
+    let gauges: [Gauge; 8] = [
+        (
+            "infinibay_vm_cpu_percent",
+            "CPU use of the VM, percent",
+            |s| s.cpu_percent,
+        ),
+        (
+            "infinibay_vm_memory_used_bytes",
+            "Memory used in the VM",
+            |s| s.mem_used_kb as f64 * 1024.0,
+        ),
+        ("infinibay_vm_memory_total_bytes", "Memory of the VM", |s| {
+            s.mem_total_kb as f64 * 1024.0
+        }),
+        (
+            "infinibay_vm_disk_used_ratio",
+            "Fullest file system of the VM, 0-1",
+            |s| s.disk_used_percent.unwrap_or(0.0) / 100.0,
+        ),
+        (
+            "infinibay_vm_disk_read_bytes_per_second",
+            "Block reads",
+            |s| s.disk_read_bps,
+        ),
+        (
+            "infinibay_vm_disk_write_bytes_per_second",
+            "Block writes",
+            |s| s.disk_write_bps,
+        ),
+        (
+            "infinibay_vm_network_receive_bytes_per_second",
+            "Network receive",
+            |s| s.net_rx_bps,
+        ),
+        (
+            "infinibay_vm_network_transmit_bytes_per_second",
+            "Network transmit",
+            |s| s.net_tx_bps,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for s in &samples {
+            let _ = writeln!(out, "{name}{{vm=\"{}\"}} {}", label(&s.vm_id), get(s));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP infinibay_vm_up 1 when the VM's agent is online\n# TYPE infinibay_vm_up gauge"
+    );
+    for vm in &vms {
+        let up = u8::from(vm.status == infinibay_store::VmStatus::Online);
+        let _ = writeln!(out, "infinibay_vm_up{{vm=\"{}\"}} {up}", label(&vm.id));
+    }
+    // Host counters, read from the stats structure by name so that new counters do not break
+    // this page.
+    let stats = serde_json::to_value(control.stats().await).unwrap_or_default();
+    let number = |path: &[&str]| {
+        let mut v = &stats;
+        for p in path {
+            v = v.get(*p)?;
+        }
+        v.as_f64()
+    };
+    let connections = vms.iter().filter(|v| v.connected).count() as f64;
+    let messages: f64 = vms.iter().map(|v| v.stats.messages as f64).sum();
+    let decode_errors: f64 = vms.iter().map(|v| v.stats.decode_errors as f64).sum();
+    let counters: [(&str, &str, &str, Option<f64>); 7] = [
+        (
+            "infinibay_connections",
+            "gauge",
+            "Open VM socket connections",
+            Some(connections),
+        ),
+        ("infinibay_vms", "gauge", "VMs known", number(&["vms"])),
+        (
+            "infinibay_vms_online",
+            "gauge",
+            "VMs online",
+            number(&["online"]),
+        ),
+        (
+            "infinibay_messages_total",
+            "counter",
+            "Valid guest messages",
+            Some(messages),
+        ),
+        (
+            "infinibay_decode_errors_total",
+            "counter",
+            "Guest lines that did not decode",
+            Some(decode_errors),
+        ),
+        (
+            "infinibay_dropped_samples_total",
+            "counter",
+            "Samples dropped or coalesced by the storage queue",
+            number(&["queue", "samples_coalesced"])
+                .map(|c| c + number(&["queue", "samples_failed"]).unwrap_or(0.0)),
+        ),
+        (
+            "infinibay_realtime_connections",
+            "gauge",
+            "Connected Socket.IO clients",
+            Some(realtime.connections() as f64),
+        ),
+    ];
+    for (name, kind, help, value) in counters {
+        if let Some(value) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    }
+    let name = "infinibay_command_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Commands sent through the API, send to response\n# TYPE {name} histogram"
+    );
+    for (outcome, h) in api.command_latency() {
+        write_histogram(&mut out, name, ("outcome", outcome), &LATENCY_BUCKETS, &h);
+    }
+    let name = "infinibay_realtime_publish_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} metricsUpdate: from the sample's receipt by the host (from=\"receipt\") or the guest's timestamp (from=\"guest\"; same clock only with the simulator) until the real-time fan-out handles it (queued on every subscribed socket, if any)\n# TYPE {name} histogram"
+    );
+    let delays = realtime.publish_delays();
+    for (from, h) in [
+        ("receipt", &delays.from_receipt),
+        ("guest", &delays.from_guest),
+    ] {
+        write_histogram(&mut out, name, ("from", from), &PUBLISH_BUCKETS, h);
+    }
+    out
+}
+
+/// The `_bucket`, `_sum` and `_count` lines of one labelled Prometheus histogram.
+fn write_histogram(
+    out: &mut String,
+    name: &str,
+    (label, value): (&str, &str),
+    bounds: &[f64; 12],
+    h: &Histogram,
+) {
+    for (bound, count) in bounds.iter().zip(h.buckets.iter()) {
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{label}=\"{value}\",le=\"{bound}\"}} {count}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{{label}=\"{value}\",le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(out, "{name}_sum{{{label}=\"{value}\"}} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", h.count);
+}
+
+async fn metrics(State(state): State<RestState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render_metrics(&state.api, &state.realtime).await,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct InstallClaims {
+    #[serde(rename = "installVm")]
+    install_vm: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// A 24-hour token that only downloads the agent (never an API token: no `userId`).
+pub fn issue_install_token(api: &Api, vm_id: &str) -> Result<String, ApiError> {
+    let now = Utc::now().timestamp();
+    let claims = InstallClaims {
+        install_vm: vm_id.to_owned(),
+        iat: now,
+        exp: now + 24 * 3600,
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&api.settings().secret),
+    )
+    .map_err(ApiError::internal)
+}
+
+fn install_token_valid(api: &Api, token: &str) -> bool {
+    let validation = Validation::new(Algorithm::HS256);
+    jsonwebtoken::decode::<InstallClaims>(
+        token,
+        &DecodingKey::from_secret(&api.settings().secret),
+        &validation,
+    )
+    .is_ok()
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn download_allowed(
+    api: &Api,
+    headers: &HeaderMap,
+    query: &TokenQuery,
+) -> Result<(), ApiError> {
+    if let Some(t) = query.token.as_deref()
+        && install_token_valid(api, t)
+    {
+        return Ok(());
+    }
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| bearer(v).to_owned());
+    api.authenticate(header.as_deref()).await.map(|_| ())
+}
+
+fn check_platform(platform: &str) -> Result<(), ApiError> {
+    let ok = !platform.is_empty()
+        && platform.len() <= 32
+        && platform
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!("invalid platform `{platform}`")))
+    }
+}
+
+async fn stream_file(
+    path: std::path::PathBuf,
+    content_type: &str,
+    name: &str,
+) -> Result<Response, ApiError> {
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::not_found(format!(
+                "{name} is not installed on this host"
+            )));
+        }
+        Err(e) => return Err(ApiError::internal(format!("cannot open {name}: {e}"))),
+    };
+    let len = file.metadata().await.map(|m| m.len()).ok();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    if let Ok(v) = content_type.parse() {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = format!("attachment; filename=\"{name}\"").parse() {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Some(len) = len
+        && let Ok(v) = len.to_string().parse()
+    {
+        headers.insert(header::CONTENT_LENGTH, v);
+    }
+    Ok(response)
+}
+
+/// `/infiniservice/{platform}/binary` (`SCRIPT = false`: the agent, from
+/// `<data>/infiniservice/binaries/<platform>/`) and `…/script` (`SCRIPT = true`: its installer,
+/// from `<data>/infiniservice/scripts/`), for a user token or a per-VM install token.
+async fn download<const SCRIPT: bool>(
+    State(RestState { api, .. }): State<RestState>,
+    Path(platform): Path<String>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    download_allowed(&api, &headers, &query).await?;
+    check_platform(&platform)?;
+    let windows = platform.starts_with("windows");
+    let files = api.settings().data_dir.join("infiniservice");
+    let (path, name, content_type) = match (SCRIPT, windows) {
+        (false, _) => {
+            let name = if windows {
+                "infiniservice.exe"
+            } else {
+                "infiniservice"
+            };
+            let path = files.join("binaries").join(&platform).join(name);
+            (path, name, "application/octet-stream")
+        }
+        (true, true) => (
+            files.join("scripts/install-windows.ps1"),
+            "install-windows.ps1",
+            "text/plain; charset=utf-8",
+        ),
+        (true, false) => (
+            files.join("scripts/install-linux.sh"),
+            "install-linux.sh",
+            "text/plain; charset=utf-8",
+        ),
+    };
+    stream_file(path, content_type, name).await
+}

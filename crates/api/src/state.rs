@@ -1,0 +1,194 @@
+//! What every API surface shares: the core's interface, the store, the authenticator, the VM owner cache, the command
+//! latency histogram and the open graphql-ws sessions.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use infinibay_control::VmControl;
+use infinibay_store::{MetricSample, Store, UserRecord, VmRecord};
+
+use super::auth::{self, AuthError, Authenticator};
+use super::authz;
+use super::error::ApiError;
+use super::histogram::{Histogram, LATENCY_BUCKETS};
+use super::sessions::Sessions;
+
+/// Start-up settings of the API.
+#[derive(Clone)]
+pub struct ApiSettings {
+    /// The host's data directory (secret, agent binaries).
+    pub data_dir: PathBuf,
+    /// JWT signing secret.
+    pub secret: Vec<u8>,
+    /// Token lifetime.
+    pub token_ttl: Duration,
+    /// How often open real-time connections are checked against the user table (catches
+    /// `infinibay user delete|passwd` run beside a running server).
+    pub revocation_sweep: Duration,
+    /// Client events per user, per event type, per minute.
+    pub event_limit_per_minute: u32,
+}
+
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("data_dir", &self.data_dir)
+            .field("token_ttl", &self.token_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner {
+    /// The core, reached only through its interface.
+    pub control: Arc<dyn VmControl>,
+    /// History, VM records and users (the API writes only accounts and ownership).
+    pub store: Arc<dyn Store>,
+    pub auth: Authenticator,
+    pub settings: ApiSettings,
+    /// vm id → owner id, as stored; filled at start, kept current by this process's writes.
+    pub owners: RwLock<HashMap<String, Option<i64>>>,
+    /// Command durations by outcome (`ok`, `error`).
+    pub latency: Mutex<HashMap<&'static str, Histogram>>,
+    /// Open graphql-ws connections (revocation closes them).
+    pub sessions: Sessions,
+}
+
+/// The shared API state. Cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    /// The state every surface shares: the core behind `control`, the store for history,
+    /// VM records and users.
+    pub fn new(control: Arc<dyn VmControl>, store: Arc<dyn Store>, settings: ApiSettings) -> Self {
+        let auth = Authenticator::new(&settings.secret, settings.token_ttl, store.clone());
+        Self {
+            inner: Arc::new(Inner {
+                control,
+                store,
+                auth,
+                settings,
+                owners: RwLock::new(HashMap::new()),
+                latency: Mutex::new(HashMap::new()),
+                sessions: Sessions::default(),
+            }),
+        }
+    }
+
+    /// The core.
+    pub fn control(&self) -> &dyn VmControl {
+        self.inner.control.as_ref()
+    }
+
+    /// The store.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.inner.store.clone()
+    }
+
+    /// The authenticator.
+    pub fn auth(&self) -> &Authenticator {
+        &self.inner.auth
+    }
+
+    /// Settings.
+    pub fn settings(&self) -> &ApiSettings {
+        &self.inner.settings
+    }
+
+    /// The user behind a bearer token.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<UserRecord, ApiError> {
+        match token {
+            None => Err(AuthError::Missing.into()),
+            Some(t) => Ok(self.inner.auth.authenticate(auth::bearer(t)).await?),
+        }
+    }
+
+    /// A VM `user` may see: `NOT_FOUND` when it does not exist, `FORBIDDEN` when it is not
+    /// theirs.
+    pub async fn visible_vm(&self, user: &UserRecord, vm_id: &str) -> Result<VmRecord, ApiError> {
+        let vm = self
+            .store()
+            .get_vm(vm_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("VM {vm_id} not found")))?;
+        authz::require_vm(user, &vm)?;
+        Ok(vm)
+    }
+
+    /// The owner of a VM (cached; the store is asked on a miss).
+    pub async fn owner_of(&self, vm_id: &str) -> Option<i64> {
+        if let Some(owner) = read(&self.inner.owners).get(vm_id) {
+            return *owner;
+        }
+        let owner = match self.store().get_vm(vm_id).await {
+            Ok(Some(vm)) => vm.owner_id,
+            _ => None,
+        };
+        write(&self.inner.owners).insert(vm_id.to_owned(), owner);
+        owner
+    }
+
+    /// Whether `user` may see the VM now, by its cached owner (a live event's check; the
+    /// owner may have changed since a subscription began).
+    pub async fn may_see(&self, user: &UserRecord, vm_id: &str) -> bool {
+        authz::can_see_vm_owned_by(user, self.owner_of(vm_id).await)
+    }
+
+    /// Remember an owner change made through the API.
+    pub fn set_owner_cached(&self, vm_id: &str, owner: Option<i64>) {
+        write(&self.inner.owners).insert(vm_id.to_owned(), owner);
+    }
+
+    /// Forget a deleted VM.
+    pub fn forget_cached(&self, vm_id: &str) {
+        write(&self.inner.owners).remove(vm_id);
+    }
+
+    /// The newest sample of a VM: the host's (since it started), else the newest the store
+    /// persisted (a VM that has not sent one since a restart).
+    pub async fn latest_sample(&self, vm_id: &str) -> Result<Option<Arc<MetricSample>>, ApiError> {
+        if let Some(sample) = self.inner.control.latest_sample(vm_id).await {
+            return Ok(Some(sample));
+        }
+        Ok(self.store().latest_sample(vm_id).await?.map(Arc::new))
+    }
+
+    /// Record how long a command took.
+    pub fn observe_command(&self, ok: bool, elapsed: Duration) {
+        let mut map = self.inner.latency.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(if ok { "ok" } else { "error" })
+            .or_default()
+            .observe_in(&LATENCY_BUCKETS, elapsed.as_secs_f64());
+    }
+
+    /// Command latency histograms by outcome.
+    pub fn command_latency(&self) -> Vec<(&'static str, Histogram)> {
+        let map = self.inner.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = map.iter().map(|(k, v)| (*k, v.clone())).collect();
+        out.sort_by_key(|(k, _)| *k);
+        out
+    }
+
+    /// Open graphql-ws connections.
+    pub fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,374 @@
+//! What the core publishes and how to receive it: events with NATS-shaped subjects
+//! (`infinibay.vm.<id>.metrics`, `.status`, `.inventory`, `.error`, `.agent`), filters that read
+//! NATS-style patterns (`*` for one token, `>` for the rest), and the subscription a consumer
+//! holds. Every event serialises and deserialises (it is what a NATS bus carries); the
+//! in-process transport is the core's bus.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+use infinibay_protocol::message::VmIdentification;
+use infinibay_store::{Inventory, MetricSample, VmErrorRecord, VmStatus};
+
+/// First tokens of every VM subject.
+pub const SUBJECT_PREFIX: &str = "infinibay.vm";
+
+/// The kind of an event: the last token of its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Topic {
+    /// A stored `system_metrics` sample.
+    Metrics,
+    /// `vm:online` / `vm:offline`.
+    Status,
+    /// A new process, port, application or service inventory.
+    Inventory,
+    /// An error the agent reported.
+    Error,
+    /// The agent identified itself.
+    Agent,
+}
+
+impl Topic {
+    /// All topics.
+    pub const ALL: [Topic; 5] = [
+        Topic::Metrics,
+        Topic::Status,
+        Topic::Inventory,
+        Topic::Error,
+        Topic::Agent,
+    ];
+
+    /// Subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Metrics => "metrics",
+            Self::Status => "status",
+            Self::Inventory => "inventory",
+            Self::Error => "error",
+            Self::Agent => "agent",
+        }
+    }
+
+    fn parse(token: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == token)
+    }
+}
+
+/// Why a VM's status changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StatusReason {
+    /// A valid message arrived (online).
+    #[serde(rename = "valid message")]
+    ValidMessage,
+    /// `missed_pings` ping intervals passed without a valid message.
+    #[serde(rename = "missed pings")]
+    MissedPings,
+    /// The guest side closed the connection.
+    #[serde(rename = "socket closed")]
+    SocketClosed,
+    /// Reading the socket failed.
+    #[serde(rename = "read error")]
+    ReadError,
+    /// Writing to the socket failed.
+    #[serde(rename = "write failed")]
+    WriteFailed,
+    /// The socket file went away.
+    #[serde(rename = "socket removed")]
+    SocketRemoved,
+    /// The host is stopping.
+    #[serde(rename = "shutdown")]
+    Shutdown,
+}
+
+impl StatusReason {
+    /// As logged and published: `valid message`, `missed pings`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ValidMessage => "valid message",
+            Self::MissedPings => "missed pings",
+            Self::SocketClosed => "socket closed",
+            Self::ReadError => "read error",
+            Self::WriteFailed => "write failed",
+            Self::SocketRemoved => "socket removed",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl std::fmt::Display for StatusReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A VM came online or went offline (seed 001 names the events `vm:online`, `vm:offline`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    /// VM.
+    pub vm_id: String,
+    /// New status.
+    pub status: VmStatus,
+    /// Host time of the change.
+    pub at: DateTime<Utc>,
+    /// Why.
+    pub reason: StatusReason,
+}
+
+impl StatusEvent {
+    /// The event name for a status.
+    pub fn event_name(status: VmStatus) -> &'static str {
+        match status {
+            VmStatus::Online => "vm:online",
+            VmStatus::Offline => "vm:offline",
+        }
+    }
+
+    /// `vm:online` or `vm:offline`.
+    pub fn event(&self) -> &'static str {
+        Self::event_name(self.status)
+    }
+}
+
+/// What the agent said of itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentEvent {
+    /// VM (from the socket path, never from the message).
+    pub vm_id: String,
+    /// Host time.
+    pub at: DateTime<Utc>,
+    /// The sanitised identification.
+    pub agent: VmIdentification,
+}
+
+/// One event on the bus. Payloads are shared (`Arc`) so that fan-out never copies a sample.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "topic", content = "data", rename_all = "snake_case")]
+pub enum BusEvent {
+    /// A sample, as stored.
+    Metrics(Arc<MetricSample>),
+    /// Status change.
+    Status(StatusEvent),
+    /// Inventory, as stored.
+    Inventory(Arc<Inventory>),
+    /// Agent-reported error, as stored.
+    Error(Arc<VmErrorRecord>),
+    /// Agent identification.
+    Agent(Arc<AgentEvent>),
+}
+
+impl BusEvent {
+    /// The VM the event is about.
+    pub fn vm_id(&self) -> &str {
+        match self {
+            Self::Metrics(s) => &s.vm_id,
+            Self::Status(s) => &s.vm_id,
+            Self::Inventory(i) => &i.vm_id,
+            Self::Error(e) => &e.vm_id,
+            Self::Agent(a) => &a.vm_id,
+        }
+    }
+
+    /// The event's topic.
+    pub fn topic(&self) -> Topic {
+        match self {
+            Self::Metrics(_) => Topic::Metrics,
+            Self::Status(_) => Topic::Status,
+            Self::Inventory(_) => Topic::Inventory,
+            Self::Error(_) => Topic::Error,
+            Self::Agent(_) => Topic::Agent,
+        }
+    }
+
+    /// `infinibay.vm.<id>.<topic>`.
+    pub fn subject(&self) -> String {
+        subject(self.vm_id(), self.topic())
+    }
+}
+
+/// `infinibay.vm.<id>.<topic>`.
+pub fn subject(vm_id: &str, topic: Topic) -> String {
+    format!("{SUBJECT_PREFIX}.{vm_id}.{}", topic.as_str())
+}
+
+/// The request/reply subject for commands to a VM.
+pub fn command_subject(vm_id: &str) -> String {
+    format!("{SUBJECT_PREFIX}.{vm_id}.command")
+}
+
+/// Which events a subscription receives: one VM or all, one topic or all.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Filter {
+    /// `None`: every VM.
+    pub vm_id: Option<String>,
+    /// `None`: every topic.
+    pub topic: Option<Topic>,
+}
+
+/// A subject pattern that is not one this bus publishes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unsupported subject pattern `{0}` (expected infinibay.vm.<id|*>.<topic|*> or infinibay.vm.>)"
+)]
+pub struct BadPattern(pub String);
+
+impl Filter {
+    /// Everything.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// One topic of every VM.
+    pub fn topic(topic: Topic) -> Self {
+        Self {
+            vm_id: None,
+            topic: Some(topic),
+        }
+    }
+
+    /// Every topic of one VM.
+    pub fn vm(vm_id: impl Into<String>) -> Self {
+        Self {
+            vm_id: Some(vm_id.into()),
+            topic: None,
+        }
+    }
+
+    /// From a NATS-style pattern: `infinibay.vm.*.status`, `infinibay.vm.<id>.>`, `infinibay.vm.>`.
+    pub fn from_pattern(pattern: &str) -> Result<Self, BadPattern> {
+        let bad = || BadPattern(pattern.to_owned());
+        let rest = pattern
+            .strip_prefix(SUBJECT_PREFIX)
+            .and_then(|r| r.strip_prefix('.'))
+            .ok_or_else(bad)?;
+        if rest == ">" {
+            return Ok(Self::all());
+        }
+        let (vm, topic) = rest.split_once('.').ok_or_else(bad)?;
+        if vm.is_empty() || vm == ">" {
+            return Err(bad());
+        }
+        let vm_id = (vm != "*").then(|| vm.to_owned());
+        let topic = match topic {
+            "*" | ">" => None,
+            t => Some(Topic::parse(t).ok_or_else(bad)?),
+        };
+        Ok(Self { vm_id, topic })
+    }
+
+    /// Whether `event` passes.
+    pub fn matches(&self, event: &BusEvent) -> bool {
+        self.topic.is_none_or(|t| t == event.topic())
+            && self.vm_id.as_deref().is_none_or(|v| v == event.vm_id())
+    }
+}
+
+/// What [`Subscription::recv`] yields.
+#[derive(Debug, Clone)]
+pub enum Received {
+    /// An event.
+    Event(BusEvent),
+    /// The subscriber fell behind and this many events were dropped for it.
+    Lagged(u64),
+}
+
+enum SubscriptionInner {
+    Broadcast {
+        rx: broadcast::Receiver<BusEvent>,
+        filter: Filter,
+    },
+    Channel(mpsc::Receiver<Received>),
+}
+
+/// A stream of events. Dropping it unsubscribes.
+pub struct Subscription {
+    inner: SubscriptionInner,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// A subscription to a broadcast channel that carries more than `filter` passes (the
+    /// in-process bus's channels are per topic or per VM).
+    pub fn from_broadcast(rx: broadcast::Receiver<BusEvent>, filter: Filter) -> Self {
+        Self {
+            inner: SubscriptionInner::Broadcast { rx, filter },
+        }
+    }
+
+    /// For other bus implementations (NATS): a subscription fed by a channel.
+    pub fn from_channel(rx: mpsc::Receiver<Received>) -> Self {
+        Self {
+            inner: SubscriptionInner::Channel(rx),
+        }
+    }
+
+    /// The next event, or how many were lost; `None` when the bus is gone.
+    pub async fn recv(&mut self) -> Option<Received> {
+        match &mut self.inner {
+            SubscriptionInner::Channel(rx) => rx.recv().await,
+            SubscriptionInner::Broadcast { rx, filter } => loop {
+                match rx.recv().await {
+                    Ok(event) if filter.matches(&event) => return Some(Received::Event(event)),
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        return Some(Received::Lagged(n));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            },
+        }
+    }
+
+    /// The next event, skipping lag notices.
+    pub async fn next_event(&mut self) -> Option<BusEvent> {
+        loop {
+            match self.recv().await? {
+                Received::Event(e) => return Some(e),
+                Received::Lagged(_) => continue,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_parse_like_nats_subjects() {
+        assert_eq!(
+            Filter::from_pattern("infinibay.vm.*.status").expect("valid"),
+            Filter::topic(Topic::Status)
+        );
+        assert_eq!(
+            Filter::from_pattern("infinibay.vm.abc.>").expect("valid"),
+            Filter::vm("abc")
+        );
+        assert_eq!(
+            Filter::from_pattern("infinibay.vm.>").expect("valid"),
+            Filter::all()
+        );
+        assert!(Filter::from_pattern("infinibay.vm.abc.bogus").is_err());
+        assert!(Filter::from_pattern("other.vm.abc.status").is_err());
+        let online = BusEvent::Status(StatusEvent {
+            vm_id: "a".into(),
+            status: VmStatus::Online,
+            at: Utc::now(),
+            reason: StatusReason::ValidMessage,
+        });
+        assert_eq!(online.subject(), "infinibay.vm.a.status");
+        // What a NATS bus would carry comes back the same.
+        let wire = serde_json::to_string(&online).expect("serialises");
+        let back: BusEvent = serde_json::from_str(&wire).expect("deserialises");
+        assert_eq!(back.subject(), online.subject());
+        assert!(wire.contains("\"valid message\""), "{wire}");
+    }
+}

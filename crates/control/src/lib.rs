@@ -1,0 +1,87 @@
+//! The one interface between infinibay's two halves: the guest-facing **core** (discovery,
+//! connections, ingest, guest commands, the store writer) and the user-facing **API**
+//! (GraphQL, Socket.IO, REST, authentication). The API reaches the core only through
+//! [`VmControl`]; the core implements it. The same trait is what a NATS transport carries when
+//! the two run in separate processes (`infinibay node` / `infinibay api`): every method is
+//! async, the trait is object-safe, and everything that crosses it serialises.
+//!
+//! - [`event`]: what the core publishes (samples, status, inventories, errors, agent) and the
+//!   subscriptions that receive it, with NATS-shaped subjects and patterns;
+//! - [`command`]: a command as a user asks for it ([`CommandSpec`]), the checked [`Command`] and
+//!   why one produced no response ([`CommandError`]);
+//! - [`vm`]: the live state and counters of VMs.
+//!
+//! **What each side must never do.** The API never opens a guest socket, never writes what the
+//! core writes (samples, statuses, inventories, VM errors, the command log) and never reaches
+//! the core but through this trait; it reads history, VM records and users from the store
+//! directly, and writes only accounts and VM ownership. The core never decides who may see or
+//! do what (that is the API's `authz`), never trusts a guest's claim about which VM it is, and
+//! never waits for a consumer of its events.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod command;
+pub mod event;
+pub mod vm;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use infinibay_protocol::message::CommandResponse;
+use infinibay_store::MetricSample;
+
+pub use command::{Command, CommandError, CommandKind, CommandSpec};
+pub use event::{BusEvent, Filter, Received, StatusEvent, StatusReason, Subscription, Topic};
+pub use vm::{CoreStats, QueueStats, VmSnapshot, VmStats, VmTotals};
+
+/// Why a call on [`VmControl`] failed, for the calls that are not commands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ControlError {
+    /// The core's storage refused or failed.
+    #[error("storage failed: {0}")]
+    Storage(String),
+}
+
+/// What the API may ask of the core: list and watch VMs, subscribe to samples and events, send
+/// and cancel commands, delete a VM, read the core's counters.
+#[async_trait]
+pub trait VmControl: Send + Sync + 'static {
+    /// Every VM the core knows, with its live state, ordered by id.
+    async fn vms(&self) -> Vec<VmSnapshot>;
+
+    /// One VM's live state.
+    async fn vm(&self, vm_id: &str) -> Option<VmSnapshot>;
+
+    /// The newest sample of every VM that sent one since the core started, by VM id.
+    async fn latest_samples(&self) -> Vec<Arc<MetricSample>>;
+
+    /// The newest sample of one VM since the core started (`None` before its first; the store
+    /// keeps the last persisted one).
+    async fn latest_sample(&self, vm_id: &str) -> Option<Arc<MetricSample>>;
+
+    /// The events that pass `filter`, from now on: status changes (watching VMs), samples,
+    /// inventories, errors, agent identifications.
+    async fn subscribe(&self, filter: Filter) -> Subscription;
+
+    /// Check `command`, send it to the VM on behalf of `issued_by` and wait for its response.
+    /// The core logs it, with the user, whatever happens (answered, failed or refused).
+    async fn execute(
+        &self,
+        vm_id: &str,
+        command: CommandSpec,
+        issued_by: Option<i64>,
+    ) -> Result<CommandResponse, CommandError>;
+
+    /// Ask the guest to stop a running command (its id is the response's and the log's).
+    async fn cancel_command(&self, vm_id: &str, command_id: &str) -> Result<(), CommandError>;
+
+    /// Forget a VM and delete everything stored about it: its connection closes at the next
+    /// directory scan and its socket is ignored until the file goes away. `true` when the core
+    /// knew it.
+    async fn delete_vm(&self, vm_id: &str) -> Result<bool, ControlError>;
+
+    /// The core's counters.
+    async fn stats(&self) -> CoreStats;
+}

@@ -1,0 +1,126 @@
+//! What the core tells about its VMs: live state, counters, totals.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use infinibay_protocol::message::VmIdentification;
+use infinibay_store::VmStatus;
+
+/// A VM as the API sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmSnapshot {
+    /// The uuid from the socket file name.
+    pub id: String,
+    /// The socket file.
+    pub socket_path: PathBuf,
+    /// `online` only after a valid message from its agent.
+    pub status: VmStatus,
+    /// A socket connection is open (QEMU accepted; says nothing about the agent).
+    pub connected: bool,
+    /// The socket file exists.
+    pub socket_present: bool,
+    /// Host time of the last valid message.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// The agent's identification (sanitised).
+    pub agent: Option<VmIdentification>,
+    /// Commands waiting for a response.
+    pub pending_commands: usize,
+    /// Counters.
+    pub stats: VmStats,
+}
+
+/// A VM's counters since the core started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStats {
+    /// Connection attempts.
+    pub connect_attempts: u64,
+    /// Connections that succeeded.
+    pub connections: u64,
+    /// Valid messages received.
+    pub messages: u64,
+    /// Lines that could not be decoded.
+    pub decode_errors: u64,
+    /// Values sanitising had to change.
+    pub sanitized_fixes: u64,
+    /// Responses whose id matched no pending command of this VM.
+    pub unmatched_responses: u64,
+    /// Times reads were paused by the rate limit.
+    pub read_pauses: u64,
+    /// `vm_identification` messages naming another VM.
+    pub identity_mismatches: u64,
+    /// Pings not sent because the guest's queue was full.
+    pub pings_dropped: u64,
+    /// Bytes of an incomplete line held now.
+    pub buffered_bytes: u64,
+}
+
+/// Totals over all VMs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmTotals {
+    /// VMs known.
+    pub vms: usize,
+    /// VMs online.
+    pub online: usize,
+    /// VMs with an open socket connection.
+    pub connected: usize,
+    /// Valid messages received.
+    pub messages: u64,
+    /// Lines that could not be decoded.
+    pub decode_errors: u64,
+    /// Values sanitising changed.
+    pub sanitized_fixes: u64,
+    /// Responses with unknown ids.
+    pub unmatched_responses: u64,
+    /// Rate-limit pauses.
+    pub read_pauses: u64,
+    /// Connection attempts.
+    pub connect_attempts: u64,
+}
+
+/// Counters of the whole core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreStats {
+    /// VMs known.
+    pub vms: usize,
+    /// VMs online.
+    pub online: usize,
+    /// Totals over all VMs.
+    pub totals: VmTotals,
+    /// The storage queue.
+    pub queue: QueueStats,
+}
+
+/// A copy of the queue's counters and current sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Samples accepted into the queue.
+    pub samples_queued: u64,
+    /// Samples dropped because a newer one of the same VM replaced them (storage too slow).
+    pub samples_coalesced: u64,
+    /// Samples the store accepted.
+    pub samples_written: u64,
+    /// Samples lost to storage errors.
+    pub samples_failed: u64,
+    /// Waiting inventories replaced by a newer one of the same VM and kind.
+    pub inventories_replaced: u64,
+    /// Inventories dropped because the queue was full.
+    pub inventories_dropped: u64,
+    /// Inventories written.
+    pub inventories_written: u64,
+    /// VM errors dropped (queue full or VM over its share).
+    pub errors_dropped: u64,
+    /// Command log entries dropped.
+    pub command_logs_dropped: u64,
+    /// Store calls that failed.
+    pub write_failures: u64,
+    /// Flushes done.
+    pub flushes: u64,
+    /// Samples waiting now.
+    pub pending_samples: usize,
+    /// Inventory items waiting now.
+    pub pending_inventory_items: usize,
+    /// VM errors waiting now.
+    pub pending_errors: usize,
+}

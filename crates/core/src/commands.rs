@@ -1,0 +1,348 @@
+//! Commands to guests: correlated by id, with a timeout, cancel, and prompt failure when the
+//! VM is not connected or disconnects while a command waits.
+//!
+//! The id on the wire is always a uuid generated here, never the caller's, so that a guest can
+//! only answer commands the host actually sent. A response is matched only against the
+//! commands pending on the *same* VM's connection; anything else is dropped and counted.
+//!
+//! This is the command log's one writer: every command to a known VM is logged once, through
+//! the store queue, in one shape (see `LogContext`), whether it was answered, failed or refused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use infinibay_protocol::message::{Cancel, CommandResponse};
+use infinibay_protocol::{HostMessage, encode_line};
+use infinibay_store::{CommandLogEntry, VmStatus};
+
+use crate::registry::{PendingSlot, Registry, VmCounters, VmEntry};
+use crate::store_writer::StoreQueue;
+use infinibay_control::command::{Command, CommandError, CommandSpec};
+
+const TARGET: &str = "infinibay::commands";
+
+/// Sends commands and routes their responses. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CommandCenter {
+    registry: Arc<Registry>,
+    queue: Arc<StoreQueue>,
+    default_timeout: Duration,
+    max_pending_per_vm: usize,
+}
+
+impl CommandCenter {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        queue: Arc<StoreQueue>,
+        default_timeout: Duration,
+        max_pending_per_vm: usize,
+    ) -> Self {
+        Self {
+            registry,
+            queue,
+            default_timeout,
+            max_pending_per_vm,
+        }
+    }
+
+    /// Send `command` and wait for its response (default timeout when `None`).
+    pub async fn send(
+        &self,
+        vm_id: &str,
+        command: Command,
+        timeout: Option<Duration>,
+    ) -> Result<CommandResponse, CommandError> {
+        self.start(vm_id, command, None)?.wait(timeout).await
+    }
+
+    /// Send `command` on behalf of `issued_by` (a user id, for the command log) and return a
+    /// handle to wait for or cancel it. A command refused here (VM not connected, agent
+    /// offline, …) is logged as such.
+    pub fn start(
+        &self,
+        vm_id: &str,
+        command: Command,
+        issued_by: Option<i64>,
+    ) -> Result<PendingCommand, CommandError> {
+        let log = LogContext::new(vm_id, issued_by, CommandSpec::from(&command));
+        self.start_logged(command, log)
+    }
+
+    /// Check `spec`, send it on behalf of `issued_by` and wait for the response, as long as
+    /// its timeout asks (plus [`crate::command::WAIT_MARGIN`]) or the default. Refused,
+    /// failed and answered commands are all logged, in the request's shape.
+    pub async fn execute(
+        &self,
+        vm_id: &str,
+        spec: CommandSpec,
+        issued_by: Option<i64>,
+    ) -> Result<CommandResponse, CommandError> {
+        let wait = spec.wait().unwrap_or(self.default_timeout);
+        let command = spec.to_command();
+        let log = LogContext::new(vm_id, issued_by, spec);
+        let command = match command {
+            Ok(c) => c,
+            Err(e) => return Err(self.refuse(&log, e)),
+        };
+        self.start_logged(command, log)?.wait(Some(wait)).await
+    }
+
+    fn start_logged(
+        &self,
+        command: Command,
+        log: LogContext,
+    ) -> Result<PendingCommand, CommandError> {
+        match self.send_now(&log.id, &log.vm_id, command) {
+            Ok((vm, rx)) => Ok(PendingCommand {
+                vm,
+                log,
+                rx: Some(rx),
+                queue: self.queue.clone(),
+                default_timeout: self.default_timeout,
+            }),
+            Err(e) => Err(self.refuse(&log, e)),
+        }
+    }
+
+    /// Log a command that never reached the guest. A VM the host does not know has nothing to
+    /// log it under.
+    fn refuse(&self, log: &LogContext, error: CommandError) -> CommandError {
+        tracing::debug!(target: TARGET, vm = %log.vm_id, id = %log.id, "command refused: {error}");
+        if self.registry.get(&log.vm_id).is_some() {
+            self.queue.push_command_log(log.entry(&Err(error.clone())));
+        }
+        error
+    }
+
+    /// Queue the command on the VM's connection and register it as waiting.
+    fn send_now(
+        &self,
+        id: &str,
+        vm_id: &str,
+        command: Command,
+    ) -> Result<(Arc<VmEntry>, Reply), CommandError> {
+        let vm = self
+            .registry
+            .get(vm_id)
+            .ok_or_else(|| CommandError::UnknownVm(vm_id.to_owned()))?;
+        let kind = command.kind().as_str();
+        let message = command.into_message(id.to_owned());
+        let line = encode_line(&message).map_err(|e| CommandError::Invalid(e.to_string()))?;
+        let (reply, rx) = oneshot::channel();
+        {
+            let mut live = vm.live();
+            let Some(outbound) = live.outbound.clone() else {
+                return Err(CommandError::NotConnected(vm_id.to_owned()));
+            };
+            if live.status != VmStatus::Online {
+                return Err(CommandError::AgentOffline(vm_id.to_owned()));
+            }
+            if live.pending.len() >= self.max_pending_per_vm {
+                return Err(CommandError::TooManyPending {
+                    vm: vm_id.to_owned(),
+                    pending: live.pending.len(),
+                });
+            }
+            match outbound.try_send(line) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    return Err(CommandError::QueueFull(vm_id.to_owned()));
+                }
+                Err(TrySendError::Closed(_)) => {
+                    return Err(CommandError::NotConnected(vm_id.to_owned()));
+                }
+            }
+            live.pending.insert(id.to_owned(), PendingSlot { reply });
+        }
+        tracing::debug!(target: TARGET, vm = vm_id, id, kind, "command sent");
+        Ok((vm, rx))
+    }
+
+    /// Ask the guest to stop command `id`; its response (error `cancelled`) completes the wait.
+    pub fn cancel(&self, vm_id: &str, id: &str) -> Result<(), CommandError> {
+        let vm = self
+            .registry
+            .get(vm_id)
+            .ok_or_else(|| CommandError::UnknownVm(vm_id.to_owned()))?;
+        send_cancel(&vm, id)
+    }
+}
+
+fn send_cancel(vm: &VmEntry, id: &str) -> Result<(), CommandError> {
+    let live = vm.live();
+    if !live.pending.contains_key(id) {
+        return Err(CommandError::NoSuchCommand(
+            vm.id().to_owned(),
+            id.to_owned(),
+        ));
+    }
+    let Some(outbound) = live.outbound.as_ref() else {
+        return Err(CommandError::NotConnected(vm.id().to_owned()));
+    };
+    let line = encode_line(&HostMessage::Cancel(Cancel { id: id.to_owned() }))
+        .map_err(|e| CommandError::Invalid(e.to_string()))?;
+    outbound.try_send(line).map_err(|e| match e {
+        TrySendError::Full(_) => CommandError::QueueFull(vm.id().to_owned()),
+        TrySendError::Closed(_) => CommandError::NotConnected(vm.id().to_owned()),
+    })
+}
+
+/// The receiving end of a waiting command's slot.
+type Reply = oneshot::Receiver<Result<CommandResponse, CommandError>>;
+
+/// What the command log records about one command, whatever becomes of it: the one shape of
+/// its entries (`command`: the [`CommandSpec`]; `response`: the guest's response, or
+/// `{"host_error": message, "code": CommandError::code}`).
+#[derive(Debug)]
+struct LogContext {
+    /// The id sent on the wire (a uuid made here), and the log entry's id.
+    id: String,
+    vm_id: String,
+    issued_by: Option<i64>,
+    spec: CommandSpec,
+    started: Instant,
+    created_at: chrono::DateTime<Utc>,
+}
+
+impl LogContext {
+    fn new(vm_id: &str, issued_by: Option<i64>, spec: CommandSpec) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            vm_id: vm_id.to_owned(),
+            issued_by,
+            spec,
+            started: Instant::now(),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn entry(&self, outcome: &Result<CommandResponse, CommandError>) -> CommandLogEntry {
+        let duration_ms = self.started.elapsed().as_millis().min(i64::MAX as u128) as i64;
+        let (response, success) = match outcome {
+            Ok(r) => (serde_json::to_value(r).ok(), r.success),
+            Err(e) => (
+                Some(serde_json::json!({ "host_error": e.to_string(), "code": e.code() })),
+                false,
+            ),
+        };
+        CommandLogEntry {
+            id: self.id.clone(),
+            vm_id: self.vm_id.clone(),
+            user_id: self.issued_by,
+            kind: self.spec.kind.as_str().to_owned(),
+            command: serde_json::to_value(&self.spec).unwrap_or(serde_json::Value::Null),
+            response,
+            success,
+            duration_ms,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// A command on its way. Dropping it forgets the command (a late response is then counted as
+/// unmatched).
+#[derive(Debug)]
+pub struct PendingCommand {
+    vm: Arc<VmEntry>,
+    log: LogContext,
+    rx: Option<Reply>,
+    queue: Arc<StoreQueue>,
+    default_timeout: Duration,
+}
+
+impl PendingCommand {
+    /// The id sent on the wire.
+    pub fn id(&self) -> &str {
+        &self.log.id
+    }
+
+    /// The VM.
+    pub fn vm_id(&self) -> &str {
+        self.vm.id()
+    }
+
+    /// Send `cancel` for this command.
+    pub fn cancel(&self) -> Result<(), CommandError> {
+        send_cancel(&self.vm, self.id())
+    }
+
+    /// Wait for the response, at most `timeout` (the configured default when `None`). On
+    /// timeout a `cancel` is sent so that the guest stops working for nobody.
+    pub async fn wait(
+        mut self,
+        timeout: Option<Duration>,
+    ) -> Result<CommandResponse, CommandError> {
+        let timeout = timeout.unwrap_or(self.default_timeout);
+        let id = self.log.id.clone();
+        let Some(rx) = self.rx.take() else {
+            return Err(CommandError::NoSuchCommand(self.vm.id().to_owned(), id));
+        };
+        let outcome = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            // The slot was dropped without an answer: the connection went away.
+            Ok(Err(_)) => Err(CommandError::Disconnected(self.vm.id().to_owned(), id)),
+            Err(_) => {
+                let _ = send_cancel(&self.vm, &id);
+                self.vm.live().pending.remove(&id);
+                Err(CommandError::Timeout {
+                    vm: self.vm.id().to_owned(),
+                    id,
+                    after: timeout,
+                })
+            }
+        };
+        self.record(&outcome);
+        outcome
+    }
+
+    fn record(&self, outcome: &Result<CommandResponse, CommandError>) {
+        let entry = self.log.entry(outcome);
+        match outcome {
+            Ok(r) => tracing::debug!(target: TARGET, vm = self.vm.id(), id = %entry.id,
+                success = r.success, duration_ms = entry.duration_ms, "command answered"),
+            Err(e) => tracing::info!(target: TARGET, vm = self.vm.id(), id = %entry.id,
+                duration_ms = entry.duration_ms, "command failed: {e}"),
+        }
+        self.queue.push_command_log(entry);
+    }
+}
+
+impl Drop for PendingCommand {
+    fn drop(&mut self) {
+        if self.rx.is_some() {
+            self.vm.live().pending.remove(&self.log.id);
+        }
+    }
+}
+
+/// Route a guest's response to the command waiting for it on this VM. Returns `false` (and
+/// counts it) when no such command waits.
+pub(crate) fn deliver_response(vm: &VmEntry, response: CommandResponse) -> bool {
+    let slot = vm.live().pending.remove(&response.id);
+    match slot {
+        Some(slot) => {
+            // The waiter may have given up in the same instant; nothing to do then.
+            let _ = slot.reply.send(Ok(response));
+            true
+        }
+        None => {
+            VmCounters::bump(&vm.counters.unmatched_responses);
+            false
+        }
+    }
+}
+
+/// The connection closed: every waiting command fails now rather than at its timeout.
+pub(crate) fn fail_all_pending(vm: &VmEntry) {
+    let drained: Vec<(String, PendingSlot)> = vm.live().pending.drain().collect();
+    for (id, slot) in drained {
+        let _ = slot
+            .reply
+            .send(Err(CommandError::Disconnected(vm.id().to_owned(), id)));
+    }
+}

@@ -1,0 +1,336 @@
+//! The running core ([`Core`]): start and stop it, and what it offers — live VM state, the
+//! bus, commands, the newest samples, counters. It implements [`VmControl`], the one interface
+//! the API reaches it through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use infinibay_control::command::{Command, CommandError, CommandSpec};
+use infinibay_control::event::{Filter, Subscription};
+use infinibay_control::{ControlError, CoreStats, VmControl, VmSnapshot};
+use infinibay_protocol::message::CommandResponse;
+use infinibay_store::{MetricSample, Store, StoreError};
+
+use crate::bus::{Bus, InProcessBus};
+use crate::commands::{CommandCenter, PendingCommand};
+use crate::config::{CoreConfig, secs};
+use crate::diag::ProcessIdentity;
+use crate::health::{StoreHealth, StoreProbe, probe_store};
+use crate::registry::Registry;
+use crate::shared::Shared;
+use crate::store_writer::StoreQueue;
+
+/// The running core: cheap to clone.
+#[derive(Clone)]
+pub struct Core {
+    shared: Arc<Shared>,
+    store: Arc<dyn Store>,
+    store_health: Arc<StoreHealth>,
+    commands: CommandCenter,
+    /// Writer and maintenance: stopped after the connection tasks so their last words are
+    /// stored.
+    background: TaskTracker,
+    background_stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("socket_dir", &self.shared.config.socket_dir)
+            .field("store", &self.store.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// Start discovery, connections, the store writer and maintenance, with the in-process bus.
+    /// Everything stops when `shutdown` is cancelled; then await [`Core::stopped`].
+    pub fn start(config: CoreConfig, store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+        Self::start_with_bus(config, store, Arc::new(InProcessBus::default()), shutdown)
+    }
+
+    /// [`Core::start`] with another bus implementation.
+    pub fn start_with_bus(
+        config: CoreConfig,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let registry = Arc::new(Registry::default());
+        let queue = Arc::new(StoreQueue::new(config.store.clone()));
+        let commands = CommandCenter::new(
+            registry.clone(),
+            queue.clone(),
+            secs(config.commands.default_timeout_secs),
+            config.commands.max_pending_per_vm,
+        );
+        let shared = Arc::new(Shared {
+            config,
+            registry,
+            queue,
+            bus,
+            identity: ProcessIdentity::current(),
+            tasks: TaskTracker::new(),
+            shutdown,
+        });
+        let background = TaskTracker::new();
+        let background_stop = CancellationToken::new();
+        let flush_interval = Duration::from_millis(shared.config.store.flush_interval_ms.max(1));
+        match crate::store_writer::spawn_writer(
+            shared.queue.clone(),
+            store.clone(),
+            flush_interval,
+            background_stop.clone(),
+        ) {
+            Ok(stopped) => {
+                background.spawn(stopped);
+            }
+            Err(e) => {
+                // Out of threads is rare and not fatal: the writer then shares this runtime.
+                tracing::warn!(target: "infinibay::store",
+                    "cannot start the store writer thread ({e}); writing from the host's runtime");
+                background.spawn(crate::store_writer::run_writer(
+                    shared.queue.clone(),
+                    store.clone(),
+                    flush_interval,
+                    background_stop.clone(),
+                ));
+            }
+        }
+        background.spawn(crate::maintenance::run(
+            store.clone(),
+            shared.config.maintenance.clone(),
+            background_stop.clone(),
+        ));
+        background.spawn(report_stats(shared.clone(), background_stop.clone()));
+        let store_health = Arc::new(StoreHealth::default());
+        background.spawn(probe_store(
+            store.clone(),
+            store_health.clone(),
+            background_stop.clone(),
+        ));
+        shared.tasks.spawn(crate::discover::run(shared.clone()));
+        tracing::info!(target: "infinibay::host", socket_dir = %shared.config.socket_dir.display(),
+            store = store.backend(), "host started");
+        Self {
+            shared,
+            store,
+            store_health,
+            commands,
+            background,
+            background_stop,
+        }
+    }
+
+    /// Wait until every task has ended after shutdown, the last data written included.
+    pub async fn stopped(&self) {
+        self.shared.shutdown.cancelled().await;
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        self.background_stop.cancel();
+        self.background.close();
+        self.background.wait().await;
+        let s = self.stats();
+        tracing::info!(target: "infinibay::stats", vms = s.vms, messages = s.totals.messages,
+            decode_errors = s.totals.decode_errors, samples_written = s.queue.samples_written,
+            samples_coalesced = s.queue.samples_coalesced, samples_failed = s.queue.samples_failed,
+            "totals at stop");
+        tracing::info!(target: "infinibay::host", "core stopped");
+    }
+
+    /// The token whose cancellation stops the core.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shared.shutdown.clone()
+    }
+
+    /// Stop and wait.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.stopped().await;
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &CoreConfig {
+        &self.shared.config
+    }
+
+    /// The store (for queries).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    /// The store's health as the background probe last saw it (never waits for the store).
+    pub fn store_health(&self) -> StoreProbe {
+        self.store_health.snapshot()
+    }
+
+    /// Subscribe to bus events.
+    pub fn subscribe(&self, filter: Filter) -> Subscription {
+        self.shared.bus.subscribe(filter)
+    }
+
+    /// All VMs with live status, by id.
+    pub fn vms(&self) -> Vec<VmSnapshot> {
+        self.shared.registry.snapshots()
+    }
+
+    /// One VM with live status.
+    pub fn vm(&self, id: &str) -> Option<VmSnapshot> {
+        self.shared.registry.get(id).map(|v| v.snapshot())
+    }
+
+    /// Delete a VM (`deleteVm`): it leaves [`Core::vms`] now, its connection closes at the next
+    /// directory scan (≤ `discovery.rescan_interval_secs`) and its socket is ignored until the
+    /// file goes away; its record and data are deleted from the store now, and once more after
+    /// that scan, because samples read or queued before the connection closed would register
+    /// it again. `true` when the core knew it.
+    pub async fn delete_vm(&self, id: &str) -> Result<bool, StoreError> {
+        let known = self.shared.registry.forget(id);
+        self.store.delete_vm(id).await?;
+        let after = secs(self.shared.config.discovery.rescan_interval_secs.max(0.1))
+            + Duration::from_secs(2);
+        let (store, id, stop) = (
+            self.store.clone(),
+            id.to_owned(),
+            self.background_stop.clone(),
+        );
+        self.background.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(after) => {
+                    if let Err(e) = store.delete_vm(&id).await {
+                        tracing::warn!(target: "infinibay::store", vm = %id, "second delete of a deleted VM failed: {e}");
+                    }
+                }
+                _ = stop.cancelled() => {}
+            }
+        });
+        Ok(known)
+    }
+
+    /// The core's counters.
+    pub fn stats(&self) -> CoreStats {
+        stats_of(&self.shared)
+    }
+
+    /// Send a command and wait for its response (`None`: the configured default timeout, 30 s).
+    pub async fn send_command(
+        &self,
+        vm_id: &str,
+        command: impl Into<Command>,
+        timeout: Option<Duration>,
+    ) -> Result<CommandResponse, CommandError> {
+        self.commands.send(vm_id, command.into(), timeout).await
+    }
+
+    /// Send a command on behalf of a user and get a handle to wait for or cancel it.
+    pub fn start_command(
+        &self,
+        vm_id: &str,
+        command: impl Into<Command>,
+        issued_by: Option<i64>,
+    ) -> Result<PendingCommand, CommandError> {
+        self.commands.start(vm_id, command.into(), issued_by)
+    }
+
+    /// The newest sample of a VM since the host started (none after a restart until the VM
+    /// sends one; the store keeps the last one that was persisted).
+    pub fn latest_sample(&self, vm_id: &str) -> Option<Arc<MetricSample>> {
+        self.shared
+            .registry
+            .get(vm_id)
+            .and_then(|v| v.latest_sample())
+    }
+
+    /// The newest sample of every VM that sent one since the host started, by VM id.
+    pub fn latest_samples(&self) -> Vec<Arc<MetricSample>> {
+        self.shared.registry.latest_samples()
+    }
+
+    /// Cancel a waiting command.
+    pub fn cancel_command(&self, vm_id: &str, id: &str) -> Result<(), CommandError> {
+        self.commands.cancel(vm_id, id)
+    }
+}
+
+fn stats_of(shared: &Shared) -> CoreStats {
+    let totals = shared.registry.totals();
+    CoreStats {
+        vms: totals.vms,
+        online: totals.online,
+        totals,
+        queue: shared.queue.stats(),
+    }
+}
+
+/// One line a minute with the host's rates and queue counters (target `infinibay::stats`).
+async fn report_stats(shared: Arc<Shared>, stop: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(60);
+    let mut previous = stats_of(&shared);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+        let now = stats_of(&shared);
+        let per_sec = |a: u64, b: u64| a.saturating_sub(b) as f64 / EVERY.as_secs_f64();
+        tracing::info!(target: "infinibay::stats",
+            vms = now.vms, online = now.online, connected = now.totals.connected,
+            msg_per_sec = per_sec(now.totals.messages, previous.totals.messages),
+            samples_written_per_sec = per_sec(now.queue.samples_written, previous.queue.samples_written),
+            samples_coalesced = now.queue.samples_coalesced, samples_failed = now.queue.samples_failed,
+            decode_errors = now.totals.decode_errors, pending_samples = now.queue.pending_samples,
+            "ingest");
+        previous = now;
+    }
+}
+
+#[async_trait]
+impl VmControl for Core {
+    async fn vms(&self) -> Vec<VmSnapshot> {
+        Core::vms(self)
+    }
+
+    async fn vm(&self, vm_id: &str) -> Option<VmSnapshot> {
+        Core::vm(self, vm_id)
+    }
+
+    async fn latest_samples(&self) -> Vec<Arc<MetricSample>> {
+        Core::latest_samples(self)
+    }
+
+    async fn latest_sample(&self, vm_id: &str) -> Option<Arc<MetricSample>> {
+        Core::latest_sample(self, vm_id)
+    }
+
+    async fn subscribe(&self, filter: Filter) -> Subscription {
+        Core::subscribe(self, filter)
+    }
+
+    /// See [`CommandCenter::execute`].
+    async fn execute(
+        &self,
+        vm_id: &str,
+        command: CommandSpec,
+        issued_by: Option<i64>,
+    ) -> Result<CommandResponse, CommandError> {
+        self.commands.execute(vm_id, command, issued_by).await
+    }
+
+    async fn cancel_command(&self, vm_id: &str, command_id: &str) -> Result<(), CommandError> {
+        Core::cancel_command(self, vm_id, command_id)
+    }
+
+    async fn delete_vm(&self, vm_id: &str) -> Result<bool, ControlError> {
+        Core::delete_vm(self, vm_id)
+            .await
+            .map_err(|e| ControlError::Storage(e.to_string()))
+    }
+
+    async fn stats(&self) -> CoreStats {
+        Core::stats(self)
+    }
+}

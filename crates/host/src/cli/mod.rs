@@ -1,0 +1,62 @@
+//! Command line: `infinibay serve`, `doctor`, `demo`, and the subcommands of [`user`]
+//! (accounts on the database) and [`remote`] (`login`, `vm …` over the API).
+
+mod password;
+pub mod remote;
+pub mod user;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::ConfigArgs;
+
+/// infinibay host: discovers the VM agent sockets, ingests, stores and serves their data.
+#[derive(Debug, Parser)]
+#[command(name = "infinibay", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run the host: watch the socket directory, ingest, store, serve HTTP.
+    Serve(ConfigArgs),
+    /// Check the socket directory, permissions, group membership and the database.
+    Doctor(ConfigArgs),
+    /// Manage users in the database (configured like `serve`): add, list, passwd, grant, delete.
+    User(user::UserArgs),
+    /// Log in to an infinibay server; the token is kept in ~/.config/infinibay/token.
+    Login(remote::LoginArgs),
+    /// VMs over the API: list, show, exec, metrics (`--json` for JSON).
+    Vm(remote::VmArgs),
+    /// Everything on this machine: the server in a fresh data dir and N real agents.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "infinibay",
+            "serve",
+            "--listen",
+            "127.0.0.1:9",
+            "--socket-dir",
+            "/tmp/s",
+        ])
+        .expect("parses");
+        let CliCommand::Serve(args) = cli.command else {
+            panic!("serve expected")
+        };
+        assert_eq!(args.socket_dir, Some(PathBuf::from("/tmp/s")));
+    }
+}
