@@ -28,6 +28,7 @@
 //!
 //! See `docs/console.md` for the codes table, the SQL of the ticket table and the benchmark.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod audit;
 mod close;
