@@ -1,6 +1,6 @@
 //! infinibay's user-facing API, on the host's one HTTP listener: GraphQL at `/graphql`,
 //! Socket.IO at `/socket.io/`, REST (`/metrics`, `/infiniservice/…`). The contract is
-//! `docs/api.md`. The console joins it later.
+//! `docs/api.md`; the web console's `/console/{vm_id}` (`docs/console.md`) beside them.
 //!
 //! [`auth`] says who a request is, [`authz`] what they may do (the one rule set every
 //! surface asks), [`users`] keeps the accounts, and [`graphql`], [`realtime`], [`rest`] are the
@@ -17,6 +17,7 @@ pub use infinibay_control as control;
 pub mod auth;
 pub mod authz;
 pub mod client;
+pub mod console;
 pub mod error;
 pub mod graphql;
 pub mod histogram;
@@ -41,20 +42,50 @@ pub use state::{Api, ApiSettings};
 
 use realtime::Realtime;
 
-/// Every API route, ready to be merged into the host's router. Spawns the real-time fan-out
-/// and revocation sweep; they stop when `stop` is cancelled.
+/// Every API route, ready to be merged into the host's router, and the console service (the
+/// host ends its sessions before it stops: upgraded connections outlive axum's graceful
+/// shutdown). Spawns the real-time fan-out and revocation sweep; they stop when `stop` is
+/// cancelled. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so that
+/// console refusals log the remote address.
+pub fn routes(
+    control: Arc<dyn VmControl>,
+    store: Arc<dyn Store>,
+    settings: ApiSettings,
+    stop: CancellationToken,
+) -> Routes {
+    let api = Api::new(control, store, settings);
+    let console = api.console().console().clone();
+    let (realtime, io_layer) = Realtime::start(api.clone(), stop);
+    let router = Router::new()
+        .merge(graphql::routes(api.clone(), realtime.clone()))
+        .merge(rest::routes(api, realtime))
+        .merge(console.router())
+        .layer(io_layer);
+    Routes { router, console }
+}
+
+/// [`routes`] without the console handle.
 pub fn router(
     control: Arc<dyn VmControl>,
     store: Arc<dyn Store>,
     settings: ApiSettings,
     stop: CancellationToken,
 ) -> Router {
-    let api = Api::new(control, store, settings);
-    let (realtime, io_layer) = Realtime::start(api.clone(), stop);
-    Router::new()
-        .merge(graphql::routes(api.clone(), realtime.clone()))
-        .merge(rest::routes(api, realtime))
-        .layer(io_layer)
+    routes(control, store, settings, stop).router
+}
+
+/// What [`routes`] gives the host.
+pub struct Routes {
+    /// Every API route.
+    pub router: Router,
+    /// The console service: `shutdown()` then `closed().await` on the way out.
+    pub console: Arc<infinibay_console::Console>,
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes").finish_non_exhaustive()
+    }
 }
 
 /// Defaults for [`ApiSettings`], with the data directory and the JWT secret.
@@ -65,5 +96,7 @@ pub fn settings_for(data_dir: PathBuf, secret: Vec<u8>) -> ApiSettings {
         token_ttl: auth::DEFAULT_TOKEN_TTL,
         revocation_sweep: Duration::from_secs(5),
         event_limit_per_minute: 100,
+        vnc: Arc::new(console::NoVnc),
+        console: infinibay_console::ConsoleConfig::default(),
     }
 }

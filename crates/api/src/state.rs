@@ -9,8 +9,11 @@ use std::time::Duration;
 use infinibay_control::VmControl;
 use infinibay_store::{MetricSample, Store, UserRecord, VmRecord};
 
+use infinibay_console::ConsoleConfig;
+
 use super::auth::{self, AuthError, Authenticator};
 use super::authz;
+use super::console::{ConsoleService, VncLocator};
 use super::error::ApiError;
 use super::histogram::{Histogram, LATENCY_BUCKETS};
 use super::sessions::Sessions;
@@ -29,6 +32,10 @@ pub struct ApiSettings {
     pub revocation_sweep: Duration,
     /// Client events per user, per event type, per minute.
     pub event_limit_per_minute: u32,
+    /// Where VMs' VNC servers are (the console's gate asks it).
+    pub vnc: Arc<dyn VncLocator>,
+    /// The console's bounds and clocks.
+    pub console: ConsoleConfig,
 }
 
 impl std::fmt::Debug for ApiSettings {
@@ -36,6 +43,7 @@ impl std::fmt::Debug for ApiSettings {
         f.debug_struct("ApiSettings")
             .field("data_dir", &self.data_dir)
             .field("token_ttl", &self.token_ttl)
+            .field("console", &self.console)
             .finish_non_exhaustive()
     }
 }
@@ -53,6 +61,8 @@ pub(crate) struct Inner {
     pub latency: Mutex<HashMap<&'static str, Histogram>>,
     /// Open graphql-ws connections (revocation closes them).
     pub sessions: Sessions,
+    /// The web console (tickets, the `/console/{vm_id}` route, its sessions).
+    pub console: ConsoleService,
 }
 
 /// The shared API state. Cheap to clone.
@@ -72,6 +82,12 @@ impl Api {
     /// VM records and users.
     pub fn new(control: Arc<dyn VmControl>, store: Arc<dyn Store>, settings: ApiSettings) -> Self {
         let auth = Authenticator::new(&settings.secret, settings.token_ttl, store.clone());
+        let console = ConsoleService::new(
+            control.clone(),
+            store.clone(),
+            settings.vnc.clone(),
+            settings.console.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 control,
@@ -81,6 +97,7 @@ impl Api {
                 owners: RwLock::new(HashMap::new()),
                 latency: Mutex::new(HashMap::new()),
                 sessions: Sessions::default(),
+                console,
             }),
         }
     }
@@ -182,6 +199,11 @@ impl Api {
     /// Open graphql-ws connections.
     pub fn sessions(&self) -> &Sessions {
         &self.inner.sessions
+    }
+
+    /// The web console.
+    pub fn console(&self) -> &ConsoleService {
+        &self.inner.console
     }
 }
 

@@ -9,7 +9,8 @@
 //!   subscriptions that receive it, with NATS-shaped subjects and patterns;
 //! - [`command`]: a command as a user asks for it ([`CommandSpec`]), the checked [`Command`] and
 //!   why one produced no response ([`CommandError`]);
-//! - [`vm`]: the live state and counters of VMs.
+//! - [`vm`]: the live state and counters of VMs;
+//! - [`console`]: a web console session, for the command log.
 //!
 //! **What each side must never do.** The API never opens a guest socket, never writes what the
 //! core writes (samples, statuses, inventories, VM errors, the command log) and never reaches
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod command;
+pub mod console;
 pub mod event;
 pub mod vm;
 
@@ -33,6 +35,7 @@ use infinibay_protocol::message::CommandResponse;
 use infinibay_store::MetricSample;
 
 pub use command::{Command, CommandError, CommandKind, CommandSpec};
+pub use console::{CONSOLE_KIND, ConsoleSession};
 pub use event::{BusEvent, Filter, Received, StatusEvent, StatusReason, Subscription, Topic};
 pub use vm::{CoreStats, QueueStats, VmSnapshot, VmStats, VmTotals};
 
@@ -73,6 +76,10 @@ pub trait VmControl: Send + Sync + 'static {
         command: CommandSpec,
         issued_by: Option<i64>,
     ) -> Result<CommandResponse, CommandError>;
+
+    /// Write a web console session (or a refused attempt) to the command log, as kind
+    /// `console`: the core is the log's one writer. Queued, never waited for.
+    async fn record_console_session(&self, session: ConsoleSession);
 
     /// Ask the guest to stop a running command (its id is the response's and the log's).
     async fn cancel_command(&self, vm_id: &str, command_id: &str) -> Result<(), CommandError>;

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use infinibay_control::command::{Command, CommandError, CommandSpec};
 use infinibay_control::event::{Filter, Subscription};
-use infinibay_control::{ControlError, CoreStats, VmControl, VmSnapshot};
+use infinibay_control::{ConsoleSession, ControlError, CoreStats, VmControl, VmSnapshot};
 use infinibay_protocol::message::CommandResponse;
 use infinibay_store::{MetricSample, Store, StoreError};
 
@@ -318,6 +318,10 @@ impl VmControl for Core {
         issued_by: Option<i64>,
     ) -> Result<CommandResponse, CommandError> {
         self.commands.execute(vm_id, command, issued_by).await
+    }
+
+    async fn record_console_session(&self, session: ConsoleSession) {
+        self.commands.record_console(session);
     }
 
     async fn cancel_command(&self, vm_id: &str, command_id: &str) -> Result<(), CommandError> {

@@ -6,6 +6,7 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::serve::ListenerExt;
@@ -15,11 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use infinibay_api::auth::{self, SecretError};
 use infinibay_api::users::{self, FirstAdmin, UserError};
-use infinibay_api::{ApiSettings, settings_for};
+use infinibay_api::{ApiSettings, Routes, settings_for};
+use infinibay_console::Console;
 use infinibay_core::Core;
 use infinibay_store::Store;
 
 use crate::config::Config;
+use crate::console::SocketDirVnc;
 
 /// Why the host could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -114,8 +117,69 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     Ok(store)
 }
 
+/// What the host serves beside `/healthz`: the API's routes (and the dashboard), and the
+/// console service when the API has one (its sessions are ended before the core stops, so that
+/// their audit records still reach the command log).
+pub struct Mounted {
+    /// Routes merged beside `/healthz`.
+    pub router: Router,
+    /// The console service of those routes.
+    pub console: Option<Arc<Console>>,
+}
+
+impl From<Router> for Mounted {
+    fn from(router: Router) -> Self {
+        Self {
+            router,
+            console: None,
+        }
+    }
+}
+
+impl From<Routes> for Mounted {
+    fn from(routes: Routes) -> Self {
+        Self {
+            router: routes.router,
+            console: Some(routes.console),
+        }
+    }
+}
+
+impl Mounted {
+    /// The same, with the router changed (e.g. the dashboard mounted around it).
+    pub fn map_router(self, f: impl FnOnce(Router) -> Router) -> Self {
+        Self {
+            router: f(self.router),
+            console: self.console,
+        }
+    }
+}
+
+/// How long open consoles get to close (1001, their viewers' close replies, their audit
+/// records) before the core stops: the console's own close timeout, and a little more.
+const CONSOLE_CLOSE_GRACE: Duration = Duration::from_secs(6);
+
+/// End every console session and wait (bounded) until they are closed and recorded.
+async fn end_consoles(console: &Console) {
+    let open = console.shutdown();
+    if open > 0 {
+        tracing::info!(target: "infinibay::host", "closing {open} console sessions");
+    }
+    if tokio::time::timeout(CONSOLE_CLOSE_GRACE, console.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(target: "infinibay::host", "console sessions still closing after {CONSOLE_CLOSE_GRACE:?}");
+    }
+}
+
 /// Serve `app` on `listener` until `host` is shut down, then wait for the host to stop.
-pub async fn serve(host: Core, listener: TcpListener, app: Router) -> Result<(), StartError> {
+pub async fn serve(
+    host: Core,
+    listener: TcpListener,
+    app: Router,
+    console: Option<Arc<Console>>,
+) -> Result<(), StartError> {
     let token = host_shutdown(&host);
     // Real-time frames are small writes on long-lived sockets: with Nagle's algorithm one
     // could wait for the client's delayed ACK (40–200 ms), which is what a live chart shows.
@@ -124,10 +188,19 @@ pub async fn serve(host: Core, listener: TcpListener, app: Router) -> Result<(),
             tracing::debug!(target: "infinibay::http", "TCP_NODELAY not set: {e}");
         }
     });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(token.clone().cancelled_owned())
-        .await;
-    // Whatever ended the HTTP side ends the host.
+    // With the peer's address, so that console refusals log where they came from.
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(token.clone().cancelled_owned())
+    .await;
+    // Whatever ended the HTTP side ends the host. Upgraded connections (consoles) are not
+    // tracked by the graceful shutdown: they are ended here, if the shutdown signal has not
+    // already ended them.
+    if let Some(console) = &console {
+        end_consoles(console).await;
+    }
     token.cancel();
     host.stopped().await;
     served.map_err(StartError::Http)
@@ -140,25 +213,31 @@ fn host_shutdown(host: &Core) -> CancellationToken {
 /// The whole `serve` command for an already bound listener: open the store, start the core,
 /// serve `/healthz` (plus the routes `extra` adds, e.g. [`api_router`]) until `shutdown`
 /// completes.
-pub async fn run(
+pub async fn run<R>(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    extra: impl FnOnce(&Core) -> Router,
-) -> Result<(), StartError> {
+    extra: impl FnOnce(&Core) -> R,
+) -> Result<(), StartError>
+where
+    R: Into<Mounted>,
+{
     let store = open_store(&config).await?;
     run_with_store(config, store, listener, shutdown, extra).await
 }
 
 /// [`run`] on a store the caller already opened ([`prepare`] opens it to create the first
 /// admin).
-pub async fn run_with_store(
+pub async fn run_with_store<R>(
     config: Config,
     store: Arc<dyn Store>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    extra: impl FnOnce(&Core) -> Router,
-) -> Result<(), StartError> {
+    extra: impl FnOnce(&Core) -> R,
+) -> Result<(), StartError>
+where
+    R: Into<Mounted>,
+{
     match infinibay_core::system::raise_nofile_limit() {
         Ok((before, after)) if before != after => {
             tracing::info!(target: "infinibay::host", "open-files limit raised from {before} to {after}")
@@ -170,22 +249,29 @@ pub async fn run_with_store(
     }
     let token = CancellationToken::new();
     let host = Core::start(config.core, store, token.clone());
+    let mounted: Mounted = extra(&host).into();
+    let console = mounted.console.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Consoles first: their audit records go through the core's writer.
+        if let Some(console) = &console {
+            end_consoles(console).await;
+        }
         token.cancel();
     });
-    let app = crate::http::router(host.clone()).merge(extra(&host));
+    let app = crate::http::router(host.clone()).merge(mounted.router);
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(target: "infinibay::http", "listening on http://{addr}");
     }
-    serve(host, listener, app).await
+    serve(host, listener, app, mounted.console).await
 }
 
 /// The API's routes on a running core: it reaches the core only through the
 /// [`infinibay_control::VmControl`] interface, reads the same store, and its background tasks
-/// stop with the core.
-pub fn api_router(core: &Core, settings: ApiSettings) -> Router {
-    infinibay_api::router(
+/// stop with the core. The console finds VNC sockets in the core's socket directory.
+pub fn api_router(core: &Core, mut settings: ApiSettings) -> Routes {
+    settings.vnc = Arc::new(SocketDirVnc::new(core.config().socket_dir.clone()));
+    infinibay_api::routes(
         Arc::new(core.clone()),
         core.store(),
         settings,

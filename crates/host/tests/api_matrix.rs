@@ -237,6 +237,11 @@ async fn graphql_case(
             server.scratch_vm(&id, Some(server.owner.record.id)).await;
             ("mutation($id: ID!) { deleteVm(vmId: $id) }".into(), json!({"id": id}), Rule::AdminOnly)
         }
+        ("MutationRoot", "vmConsoleTicket") => (
+            "mutation($id: ID!) { vmConsoleTicket(vmId: $id) { ticket expiresAt path } }".into(),
+            json!({"id": vm}),
+            Rule::VmScoped,
+        ),
         ("SubscriptionRoot", "vmMetrics") => ("subscription($id: ID!) { vmMetrics(vmId: $id) { at cpuPercent } }".into(), json!({"id": vm}), Rule::VmScoped),
         ("SubscriptionRoot", "vmStatus") => ("subscription { vmStatus { vmId status } }".into(), json!({}), Rule::Authenticated),
         _ => return None,

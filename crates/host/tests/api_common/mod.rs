@@ -31,6 +31,8 @@ pub struct Server {
     pub url: String,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// The core's socket directory (the console looks for `vnc-<vm>.sock` there).
+    pub socket_dir: PathBuf,
     pub vm_id: String,
     pub store: Arc<dyn Store>,
     pub secret: Vec<u8>,
@@ -136,6 +138,7 @@ impl Server {
             url: format!("http://{addr}"),
             addr,
             data_dir,
+            socket_dir: sockets,
             vm_id,
             store,
             secret,
