@@ -8,7 +8,7 @@
 //!
 //! It reaches the core only through [`infinibay_control::VmControl`] (it does not depend on
 //! the core crate at all), and reads history, VM records and users from the store; the only
-//! things it writes there are accounts and VM ownership.
+//! things it writes there are accounts, VM ownership and console tickets.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -51,7 +51,8 @@ impl std::fmt::Debug for ApiSettings {
 pub(crate) struct Inner {
     /// The core, reached only through its interface.
     pub control: Arc<dyn VmControl>,
-    /// History, VM records and users (the API writes only accounts and ownership).
+    /// History, VM records and users (the API writes only accounts, ownership and console
+    /// tickets).
     pub store: Arc<dyn Store>,
     pub auth: Authenticator,
     pub settings: ApiSettings,

@@ -15,7 +15,7 @@
 //! **What each side must never do.** The API never opens a guest socket, never writes what the
 //! core writes (samples, statuses, inventories, VM errors, the command log) and never reaches
 //! the core but through this trait; it reads history, VM records and users from the store
-//! directly, and writes only accounts and VM ownership. The core never decides who may see or
+//! directly, and writes only accounts, VM ownership and console tickets. The core never decides who may see or
 //! do what (that is the API's `authz`), never trusts a guest's claim about which VM it is, and
 //! never waits for a consumer of its events.
 #![deny(missing_docs)]
