@@ -1,5 +1,5 @@
 //! [`TicketStore`] (the web console's single-use tickets, `docs/console.md`) for every
-//! [`Backend`]. The table is `console_tickets` (migration 0005); the statements are the console
+//! [`Backend`]. The table is `console_tickets` (migration 0006); the statements are the console
 //! crate's own ([`infinibay_console::sql`]), which its tests run against both databases. Both
 //! backends run the `$n` form: SQLite binds `$1` to the first argument as PostgreSQL does, and
 //! times are the backend's (`B::Time`).
