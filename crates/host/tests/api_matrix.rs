@@ -584,7 +584,8 @@ async fn every_query_mutation_subscription_event_and_route_obeys_the_rule_set() 
             let status = req.send().await.expect("GET").status().as_u16();
             let authenticated = matches!(caller, Caller::Admin | Caller::Owner | Caller::Other);
             let want = match auth {
-                api::rest::RouteAuth::Public => 200,
+                // Not on the main listener, whoever asks (its own listener is checked below).
+                api::rest::RouteAuth::MetricsListener => 404,
                 api::rest::RouteAuth::Authenticated if authenticated => 200,
                 api::rest::RouteAuth::Authenticated => 401,
             };
@@ -595,6 +596,18 @@ async fn every_query_mutation_subscription_event_and_route_obeys_the_rule_set() 
                 ));
             }
         }
+    }
+
+    // The metrics listener serves `/metrics` and nothing else.
+    let status =
+        |url: String| async move { reqwest::get(url).await.expect("GET").status().as_u16() };
+    checked += 2;
+    if status(server.metrics_url.clone()).await != 200 {
+        failures.push("GET /metrics on the metrics listener: not 200".into());
+    }
+    let graphql_there = server.metrics_url.replace("/metrics", "/graphql");
+    if status(graphql_there).await != 404 {
+        failures.push("the metrics listener serves more than /metrics".into());
     }
 
     assert!(
@@ -650,6 +663,27 @@ async fn an_install_token_downloads_the_agent_without_a_user_token() {
         .gql(Some(&install), "query { me { id } }", json!({}))
         .await;
     assert_eq!(error_code(&r).as_deref(), Some("UNAUTHENTICATED"), "{r}");
+    // It lives as long as its issuer's access: a password change revokes it.
+    let admin = server.login(&server.admin).await;
+    let r = server
+        .gql(
+            Some(&admin),
+            "mutation($id: ID!) { setUserPassword(id: $id, password: \"a-brand-new-pw\") }",
+            json!({"id": server.owner.record.id.to_string()}),
+        )
+        .await;
+    assert_eq!(r["data"]["setUserPassword"], json!(true), "{r}");
+    let revoked = reqwest::get(format!(
+        "{}/infiniservice/linux/binary?token={install}",
+        server.url
+    ))
+    .await
+    .expect("GET");
+    assert_eq!(
+        revoked.status().as_u16(),
+        401,
+        "the issuer changed password: the install token is revoked"
+    );
     server.stop().await;
 }
 
@@ -677,36 +711,72 @@ async fn tokens_issued_before_a_password_change_are_refused_and_commands_are_log
         )
         .await;
     assert_eq!(error_code(&r).as_deref(), Some("INVALID"), "{r}");
+    // An UNSAFE command the owner may not send is refused, and logged with the reason.
+    let r = server
+        .gql(
+            Some(&owner),
+            "mutation($id: ID!) { executeVmCommand(vmId: $id, command: {type: UNSAFE, argv: [\"id\"]}) { success } }",
+            json!({"id": server.vm_id}),
+        )
+        .await;
+    assert_eq!(error_code(&r).as_deref(), Some("FORBIDDEN"), "{r}");
     let mut logged = Value::Null;
     for _ in 0..50 {
         logged = server
             .gql(
                 Some(&admin),
-                "query($id: ID!) { commandLogs(vmId: $id) { kind success user { username } } }",
+                "query($id: ID!) { commandLogs(vmId: $id) { kind success response user { username } } }",
                 json!({"id": server.vm_id}),
             )
             .await;
         if logged["data"]["commandLogs"]
             .as_array()
-            .is_some_and(|l| l.len() >= 2)
+            .is_some_and(|l| l.len() >= 3)
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let logs = logged["data"]["commandLogs"].as_array().expect("logs");
-    assert!(logs.len() >= 2, "{logged}");
+    assert!(logs.len() >= 3, "{logged}");
     assert!(
         logs.iter().all(|l| l["user"]["username"] == json!("owner")),
         "{logged}"
     );
+    let forbidden = logs
+        .iter()
+        .find(|l| l["response"]["code"] == json!("forbidden"))
+        .unwrap_or_else(|| panic!("no refused command in the log: {logged}"));
+    assert_eq!(forbidden["kind"], json!("unsafe"), "{logged}");
+    assert_eq!(forbidden["success"], json!(false), "{logged}");
+    assert!(
+        forbidden["response"]["host_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unsafe_commands")),
+        "the reason is logged: {logged}"
+    );
 
-    // The owner changes their own password: the old token stops working at once.
+    // The owner changes their own password: without the current one, or with a wrong one,
+    // it is refused; with it, the old token stops working at once.
+    let change = "mutation($id: ID!, $current: String) { setUserPassword(id: $id, password: \"a-brand-new-pw\", currentPassword: $current) }";
+    let own_id = server.owner.record.id.to_string();
+    let r = server
+        .gql(Some(&owner), change, json!({"id": own_id}))
+        .await;
+    assert_eq!(error_code(&r).as_deref(), Some("INVALID"), "{r}");
     let r = server
         .gql(
             Some(&owner),
-            "mutation($id: ID!) { setUserPassword(id: $id, password: \"a-brand-new-pw\") }",
-            json!({"id": server.owner.record.id.to_string()}),
+            change,
+            json!({"id": own_id, "current": "not-the-password"}),
+        )
+        .await;
+    assert_eq!(error_code(&r).as_deref(), Some("FORBIDDEN"), "{r}");
+    let r = server
+        .gql(
+            Some(&owner),
+            change,
+            json!({"id": own_id, "current": api_common::PASSWORD}),
         )
         .await;
     assert_eq!(r["data"]["setUserPassword"], json!(true), "{r}");
@@ -766,7 +836,7 @@ async fn socket_events_beyond_100_a_minute_are_refused_without_a_disconnect() {
 async fn metrics_exposition_has_vm_gauges_and_host_counters() {
     let server = Server::start(1, Duration::from_millis(250)).await;
     let scrape = || async {
-        let response = reqwest::get(format!("{}/metrics", server.url)).await;
+        let response = reqwest::get(server.metrics_url.clone()).await;
         let text = response.expect("GET /metrics").text().await;
         text.expect("text")
     };
@@ -877,7 +947,7 @@ async fn deleting_a_vm_closes_its_connection_and_it_stays_gone() {
         .await;
     assert_eq!(r["data"]["vm"], Value::Null, "{r}");
     assert_eq!(r["data"]["vms"], json!([]), "{r}");
-    let metrics = reqwest::get(format!("{}/metrics", server.url))
+    let metrics = reqwest::get(server.metrics_url.clone())
         .await
         .expect("GET /metrics")
         .text()
