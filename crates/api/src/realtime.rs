@@ -124,8 +124,8 @@ impl Ack {
 
 impl Realtime {
     /// Register the namespace handlers and start the fan-out and the revocation sweep; both
-    /// stop with the host. The layer serves `/socket.io/`. A polling request's payload is
-    /// capped at `api.max_message_bytes`, and a socket must `CONNECT` (authenticate) within
+    /// stop with the host. The layer serves `/socket.io/`. A polling request's payload and a
+    /// WebSocket message or frame are capped at `api.max_message_bytes`, and a socket must `CONNECT` (authenticate) within
     /// `api.handshake_timeout_secs`.
     pub fn start(api: Api, stop: CancellationToken) -> (Arc<Self>, SocketIoLayer) {
         let limits = api.limits();
@@ -134,6 +134,10 @@ impl Realtime {
             .ping_timeout(Duration::from_secs(20))
             .max_buffer_size(1024)
             .max_payload(limits.max_message_bytes as u64)
+            // The WebSocket transport's own caps (tungstenite's defaults are 64 MiB messages,
+            // 16 MiB frames), read before the socket has authenticated.
+            .ws_max_message_size(limits.max_message_bytes)
+            .ws_max_frame_size(limits.max_message_bytes)
             .connect_timeout(limits.handshake_timeout())
             .build_layer();
         let realtime = Arc::new(Self {
