@@ -42,6 +42,12 @@ const css = names.find((f) => /^app-[A-Z0-9]+\.css$/.test(f));
 if (!js || !css) throw new Error(`unexpected build outputs: ${names.join(', ')}`);
 const template = await readFile(join(here, 'src/index.html'), 'utf8');
 files.set('index.html', Buffer.from(template.replace('%APP_JS%', js).replace('%APP_CSS%', css)));
+// GraphiQL (web/graphiql, built first by scripts/build-web) beside the dashboard's assets:
+// the server's GET /graphql page loads /assets/graphiql/graphiql.{js,css} when api.graphiql
+// is on.
+for (const name of await readdir(join(here, 'graphiql/dist')).catch(() => [])) {
+  files.set(join('assets/graphiql', name), await readFile(join(here, 'graphiql/dist', name)));
+}
 
 async function existing(dir) {
   const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::http::{GraphiQLSource, WebSocketProtocols};
+use async_graphql::http::WebSocketProtocols;
 use async_graphql_axum::GraphQLResponse;
 use axum::Router;
 use axum::extract::{FromRequestParts, State, WebSocketUpgrade};
@@ -36,12 +36,21 @@ pub fn routes(api: Api, realtime: Arc<Realtime>) -> Router {
         .with_state((api, schema))
 }
 
-/// The dashboard's Content-Security-Policy (`crates/dashboard`), on GraphiQL's page too:
-/// scripts only from this origin.
+/// The dashboard's Content-Security-Policy (`crates/dashboard`, `CSP`), on GraphiQL's page
+/// too: scripts only from this origin, none inline. (The hostile-user tests compare the two
+/// headers.)
 const GRAPHIQL_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-                            img-src 'self' data:; font-src 'self' data:; connect-src 'self'; \
-                            object-src 'none'; base-uri 'none'; frame-ancestors 'none'; \
-                            form-action 'self'";
+                            img-src 'self' data:; connect-src 'self'; object-src 'none'; \
+                            base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+/// GraphiQL's page: its bundle (web/graphiql, embedded with the dashboard's assets) from this
+/// server, no inline script.
+const GRAPHIQL_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<title>infinibay GraphiQL</title>\
+<link rel=\"stylesheet\" href=\"/assets/graphiql/graphiql.css\">\
+<style>html,body,#graphiql{height:100%;margin:0}</style></head>\n\
+<body><div id=\"graphiql\">Loading GraphiQL… (it needs the dashboard's web build: scripts/build-web)</div>\
+<script type=\"module\" src=\"/assets/graphiql/graphiql.js\"></script></body></html>\n";
 
 /// GraphiQL, when `api.graphiql` is on; otherwise `404` (and introspection is off too, see
 /// [`super::schema`]). The page loads GraphiQL from this server's `/assets/graphiql/` (built
@@ -55,11 +64,7 @@ fn graphiql(api: &Api) -> Response {
         )
             .into_response();
     }
-    let page = GraphiQLSource::build()
-        .endpoint("/graphql")
-        .subscription_endpoint("/graphql")
-        .finish();
-    let mut response = Html(page).into_response();
+    let mut response = Html(GRAPHIQL_PAGE).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -74,6 +79,7 @@ fn graphiql(api: &Api) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
 
