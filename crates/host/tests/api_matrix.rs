@@ -4,6 +4,7 @@
 //! server with a simulated VM. A new root field, event or route without a rule here fails.
 
 mod api_common;
+mod sio_client;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use api_common::{Server, error_code};
 use infinibay::api;
 use infinibay::store::{Inventory, InventoryKind, NewUser, Role};
+use sio_client::{SioClient, SioConnect};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Caller {
@@ -313,111 +315,6 @@ fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
-/// A minimal Engine.IO v4 / Socket.IO v5 client over WebSocket, enough for connect, events
-/// with acknowledgements and pings.
-struct SioClient {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    next_ack: u32,
-}
-
-enum SioConnect {
-    Connected(Box<SioClient>, Value),
-    Refused(String),
-}
-
-impl SioClient {
-    async fn connect(server: &Server, token: Option<&str>) -> SioConnect {
-        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(url.into_client_request().expect("request"))
-                .await
-                .expect("socket.io websocket");
-        let open = Self::read(&mut ws).await;
-        assert!(open.starts_with('0'), "engine.io open packet, got {open}");
-        let auth = match token {
-            Some(t) => format!("40{}", json!({"token": t})),
-            None => "40".to_owned(),
-        };
-        ws.send(Message::text(auth)).await.expect("connect packet");
-        let mut client = SioClient { ws, next_ack: 1 };
-        loop {
-            let packet = client.recv().await;
-            // `recv` strips the engine.io `4`: `4{…}` is CONNECT_ERROR, `2[…]` an EVENT.
-            if let Some(rest) = packet.strip_prefix('4') {
-                let v: Value = serde_json::from_str(rest).unwrap_or(Value::Null);
-                return SioConnect::Refused(
-                    v.get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned(),
-                );
-            }
-            if let Some(rest) = packet.strip_prefix('2') {
-                let v: Value = serde_json::from_str(rest).unwrap_or(Value::Null);
-                if v.get(0) == Some(&json!("connected")) {
-                    return SioConnect::Connected(
-                        Box::new(client),
-                        v.get(1).cloned().unwrap_or(Value::Null),
-                    );
-                }
-            }
-        }
-    }
-
-    async fn read(
-        ws: &mut tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-    ) -> String {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-                .await
-                .expect("socket.io answer within 10 s")
-                .expect("socket.io stream open")
-                .expect("socket.io frame");
-            if let Ok(t) = msg.to_text()
-                && !t.is_empty()
-            {
-                return t.to_owned();
-            }
-        }
-    }
-
-    /// The next Socket.IO packet, answering engine.io pings.
-    async fn recv(&mut self) -> String {
-        loop {
-            let text = Self::read(&mut self.ws).await;
-            if text == "2" {
-                self.ws.send(Message::text("3")).await.expect("pong");
-                continue;
-            }
-            if let Some(packet) = text.strip_prefix('4') {
-                return packet.to_owned();
-            }
-        }
-    }
-
-    /// Emit `event` with `arg` and wait for its acknowledgement.
-    async fn emit_ack(&mut self, event: &str, arg: Value) -> Value {
-        let id = self.next_ack;
-        self.next_ack += 1;
-        self.ws
-            .send(Message::text(format!("42{id}{}", json!([event, arg]))))
-            .await
-            .expect("emit");
-        let prefix = format!("3{id}");
-        loop {
-            let packet = self.recv().await;
-            if let Some(rest) = packet.strip_prefix(&prefix) {
-                let v: Value = serde_json::from_str(rest).expect("ack JSON");
-                return v.get(0).cloned().unwrap_or(Value::Null);
-            }
-        }
-    }
-}
-
 fn socket_rule(event: &str) -> Option<Rule> {
     match event {
         "subscribe:vm" => Some(Rule::VmScoped),
@@ -507,7 +404,7 @@ async fn every_query_mutation_subscription_event_and_route_obeys_the_rule_set() 
     // ----- Socket.IO: connecting, then every client event.
     for caller in CALLERS {
         let token = tokens.of(caller);
-        let connected = SioClient::connect(&server, token).await;
+        let connected = SioClient::connect(server.addr, token).await;
         let authenticated = matches!(caller, Caller::Admin | Caller::Owner | Caller::Other);
         match (connected, authenticated) {
             (SioConnect::Connected(mut client, info), true) => {
@@ -816,7 +713,7 @@ async fn tokens_issued_before_a_password_change_are_refused_and_commands_are_log
 async fn socket_events_beyond_100_a_minute_are_refused_without_a_disconnect() {
     let server = Server::start(1, Duration::from_millis(500)).await;
     let owner = server.login(&server.owner).await;
-    let SioConnect::Connected(mut client, _) = SioClient::connect(&server, Some(&owner)).await
+    let SioConnect::Connected(mut client, _) = SioClient::connect(server.addr, Some(&owner)).await
     else {
         panic!("owner connects");
     };
