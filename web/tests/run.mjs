@@ -163,7 +163,8 @@ async function startWorld() {
 
   // The first start with an empty database creates the ADMIN `admin` with this password.
   const host = start('infinibay', BINS.host, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--socket-dir', socketDir], {
-    env: { ...process.env, INFINIBAY_ADMIN_PASSWORD: ADMIN.password, RUST_LOG: process.env.RUST_LOG ?? 'info' },
+    // /metrics on a free port of its own (not the default 127.0.0.1:9464, which another host may hold).
+    env: { ...process.env, INFINIBAY_ADMIN_PASSWORD: ADMIN.password, INFINIBAY_API__METRICS_LISTEN: '127.0.0.1:0', RUST_LOG: process.env.RUST_LOG ?? 'info' },
   });
   await until('infinibay serve to answer /healthz', async () => {
     if (host.exitCode !== null) {

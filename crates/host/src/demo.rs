@@ -84,7 +84,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     // The metrics listener's default port, or any free one: the demo must not fail because
     // another host runs on this machine.
-    let metrics = match crate::serve::bind(config.api.metrics_listen).await {
+    let metrics = match crate::serve::bind_metrics(config.api.metrics_listen).await {
         Ok(l) => l,
         Err(_) => crate::serve::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await

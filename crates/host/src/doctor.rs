@@ -186,7 +186,7 @@ fn check_data_dir(config: &Config, findings: &mut Vec<Finding>) {
                 loose.join(", ")
             ),
             format!(
-                "chmod 700 {0} && chmod 600 {0}/* (infinibay serve also does it at start)",
+                "chmod 700 {0} && find {0} -maxdepth 1 -type f -exec chmod 600 {{}} + (infinibay serve also does it at start)",
                 dir.display()
             ),
         ));

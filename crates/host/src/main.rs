@@ -70,7 +70,7 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = args.load().context("configuration")?;
     let listeners = infinibay::serve::Listeners {
         http: infinibay::serve::bind(config.process.listen).await?,
-        metrics: Some(infinibay::serve::bind(config.api.metrics_listen).await?),
+        metrics: Some(infinibay::serve::bind_metrics(config.api.metrics_listen).await?),
     };
     let prepared = infinibay::serve::prepare(&config).await?;
     if let Some(banner) = prepared

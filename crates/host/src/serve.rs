@@ -79,11 +79,20 @@ pub enum StartError {
 
 /// Bind the listen address, explaining the usual failures.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    bind_named(addr, "--listen / INFINIBAY_LISTEN").await
+}
+
+/// Bind the metrics listener (`api.metrics_listen`), explaining the usual failures.
+pub async fn bind_metrics(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    bind_named(addr, "api.metrics_listen / INFINIBAY_API__METRICS_LISTEN").await
+}
+
+async fn bind_named(addr: SocketAddr, setting: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|e| {
         let reason = match e.kind() {
-            ErrorKind::AddrInUse => "address already in use (another infinibay or another service runs there; stop it or choose another --listen / INFINIBAY_LISTEN)".to_owned(),
-            ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges; choose another --listen)".to_owned(),
-            ErrorKind::AddrNotAvailable => "address not available on this machine (check --listen)".to_owned(),
+            ErrorKind::AddrInUse => format!("address already in use (another infinibay or another service runs there; stop it or choose another {setting})"),
+            ErrorKind::PermissionDenied => format!("permission denied (ports below 1024 need privileges; choose another {setting})"),
+            ErrorKind::AddrNotAvailable => format!("address not available on this machine (check {setting})"),
             _ => e.to_string(),
         };
         StartError::Listen { addr, reason }
@@ -108,7 +117,7 @@ pub fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
 }
 
 /// `dir` `0700` and its files `0600`, where they were looser. A file that vanishes meanwhile
-/// (SQLite's `-shm` at a close) is no error.
+/// (SQLite's `-shm` at a close) is no error, nor one this user may not chmod.
 pub fn make_private(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let tighten = |path: &Path, meta: &std::fs::Metadata, mode: u32| -> std::io::Result<()> {
@@ -127,7 +136,10 @@ pub fn make_private(dir: &Path) -> std::io::Result<()> {
         };
         if meta.is_file() {
             match tighten(&entry.path(), &meta, 0o600) {
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                // A file of another user (one only they may chmod) is out of others' reach
+                // anyway once the directory is 0700; `doctor` still names it.
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) => {
+                }
                 other => other?,
             }
         }
@@ -268,7 +280,7 @@ pub async fn run_with_store(
     let Listeners { http, metrics } = listeners.into();
     let metrics = match metrics {
         Some(l) => l,
-        None => bind(config.api.metrics_listen).await?,
+        None => bind_metrics(config.api.metrics_listen).await?,
     };
     match infinibay_core::system::raise_nofile_limit() {
         Ok((before, after)) if before != after => {
