@@ -75,5 +75,6 @@ pub fn settings_for(data_dir: PathBuf, secret: Vec<u8>) -> ApiSettings {
         token_ttl: auth::DEFAULT_TOKEN_TTL,
         revocation_sweep: Duration::from_secs(5),
         limits: limits::ApiConfig::default(),
+        graphiql_page: None,
     }
 }

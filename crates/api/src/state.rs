@@ -33,6 +33,9 @@ pub struct ApiSettings {
     pub revocation_sweep: Duration,
     /// The `[api]` section: limits, GraphiQL, the metrics listener.
     pub limits: ApiConfig,
+    /// GraphiQL's page from the dashboard's web build (`infinibay_dashboard::graphiql_page`),
+    /// answered on `GET /graphql` when `api.graphiql` is on; `None`: the build is missing.
+    pub graphiql_page: Option<&'static [u8]>,
 }
 
 impl std::fmt::Debug for ApiSettings {

@@ -353,6 +353,7 @@ pub async fn prepare_with_admin_password(
     let first_admin = users::ensure_first_admin(store.as_ref(), admin_password).await?;
     let mut settings = settings_for(data_dir.clone(), secret);
     settings.limits = config.api.clone();
+    settings.graphiql_page = infinibay_dashboard::graphiql_page();
     Ok(Prepared {
         settings,
         first_admin,

@@ -976,9 +976,10 @@ async fn graphiql_and_introspection_are_off_unless_switched_on_and_then_under_th
         finding.check(
             status == 200
                 && csp.contains("script-src 'self'")
+                && body.contains("/assets/graphiql/graphiql-")
                 && !body.contains("https://")
                 && dashboard_csp.as_deref().is_none_or(|d| d == csp),
-            format!("GET /graphql with api.graphiql = true: {status}, CSP `{csp}`, no script from elsewhere"),
+            format!("GET /graphql with api.graphiql = true: {status}, CSP `{csp}`, the bundle from /assets/graphiql/, no script from elsewhere"),
         );
         let (_, r) = host
             .gql(

@@ -43,18 +43,12 @@ const GRAPHIQL_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'se
                             img-src 'self' data:; connect-src 'self'; object-src 'none'; \
                             base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
-/// GraphiQL's page: its bundle (web/graphiql, embedded with the dashboard's assets) from this
-/// server, no inline script.
-const GRAPHIQL_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-<title>infinibay GraphiQL</title>\
-<link rel=\"stylesheet\" href=\"/assets/graphiql/graphiql.css\">\
-<style>html,body,#graphiql{height:100%;margin:0}</style></head>\n\
-<body><div id=\"graphiql\">Loading GraphiQL… (it needs the dashboard's web build: scripts/build-web)</div>\
-<script type=\"module\" src=\"/assets/graphiql/graphiql.js\"></script></body></html>\n";
-
 /// GraphiQL, when `api.graphiql` is on; otherwise `404` (and introspection is off too, see
-/// [`super::schema`]). The page loads GraphiQL from this server's `/assets/graphiql/` (built
-/// into the dashboard by `scripts/build-web`), never from a CDN, under the dashboard's CSP.
+/// [`super::schema`]). The page (the web build's `graphiql.html`, [`ApiSettings`]) loads
+/// GraphiQL from this server's `/assets/graphiql/` (built into the dashboard by
+/// `scripts/build-web`), never from a CDN, under the dashboard's CSP.
+///
+/// [`ApiSettings`]: crate::ApiSettings
 fn graphiql(api: &Api) -> Response {
     if !api.limits().graphiql {
         return (
@@ -64,7 +58,16 @@ fn graphiql(api: &Api) -> Response {
         )
             .into_response();
     }
-    let mut response = Html(GRAPHIQL_PAGE).into_response();
+    let Some(page) = api.settings().graphiql_page else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "GraphiQL is on (api.graphiql = true) but this binary was built without the web \
+             build: run scripts/build-web, then cargo build -p infinibay\n",
+        )
+            .into_response();
+    };
+    let mut response = Html(page).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
