@@ -65,7 +65,7 @@ touch "$WORK/before.jsonl" "$WORK/after.jsonl"
 
 python3 - "$WORK/before.jsonl" "$WORK/after.jsonl" "$OUT_MD" "$BEFORE_REV" \
   "$(git rev-parse --short HEAD)" "$load_before" <<'PY'
-import json, os, platform, sys, datetime
+import json, os, platform, re, sys, datetime
 
 before_path, after_path, out, before_rev, head, load = sys.argv[1:7]
 
@@ -79,7 +79,11 @@ def read(path):
     return rows
 
 before, after = read(before_path), read(after_path)
-attacks = sorted(set(before) | set(after), key=lambda a: (a.split(".")[0].zfill(3), a))
+def order(attack):  # "2a. …" after "1. …", before "3. …"
+    number = re.match(r"(\d+)(\w*)\.", attack)
+    return (int(number.group(1)), number.group(2), attack) if number else (1 << 30, "", attack)
+
+attacks = sorted(set(before) | set(after), key=order)
 
 def mib(kb):
     return f"{kb / 1024:.0f} MiB" if kb else "–"
@@ -131,7 +135,8 @@ for a in attacks:
     w.append(f"### {a}\n")
     for name, rows in (("before", before), ("after", after)):
         r = rows.get(a)
-        w.append(f"- {name}: " + (r["detail"] if r else "not run"))
+        detail = " ".join(r["detail"].split()) if r else "not run"  # one line per build
+        w.append(f"- {name}: " + detail)
     w.append("")
 open(out, "w").write("\n".join(w) + "\n")
 print(f"wrote {out}", file=sys.stderr)
