@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use hostile_common::{
     ATTACKER_IP, BYSTANDER_IP, Finding, Generation, Host, HostOptions, ONE_AT_A_TIME, PASSWORD,
-    Watch, client_from, error_code, idle_latency,
+    Watch, client_from, error_code,
 };
 use sio_client::{SioClient, SioConnect};
 
@@ -152,9 +152,7 @@ async fn a_400_mb_body_without_a_token_is_refused_before_it_is_read() {
         "1. unbounded bodies: 400 MB POST /graphql without a token, 5 MB WebSocket messages",
         &host,
     );
-    let idle = idle_latency(&host, IDLE_SAMPLES).await;
-    let watch = Watch::start(&host);
-    let rss_before = watch.rss_before_kb;
+    let watch = Watch::after_idle(&host, IDLE_SAMPLES).await;
 
     // A declared length over the cap: refused on the headers alone.
     let started = Instant::now();
@@ -250,8 +248,7 @@ async fn a_400_mb_body_without_a_token_is_refused_before_it_is_read() {
         ),
     );
 
-    let (during, peak) = watch.finish().await;
-    finding.measured(idle, during, rss_before, peak);
+    finding.measured(watch.finish().await);
     finding.conclude();
     host.stop().await;
 }
@@ -299,9 +296,7 @@ async fn six_hundred_wrong_passwords_are_throttled_logged_once_and_others_still_
         "2a. 600 wrong passwords in a row against one account",
         &host,
     );
-    let idle = idle_latency(&host, IDLE_SAMPLES).await;
-    let watch = Watch::start(&host);
-    let rss_before = watch.rss_before_kb;
+    let watch = Watch::after_idle(&host, IDLE_SAMPLES).await;
     let log_before = host.log_text().len();
 
     let attacker = client_from(ATTACKER_IP);
@@ -364,8 +359,7 @@ async fn six_hundred_wrong_passwords_are_throttled_logged_once_and_others_still_
         format!("{failed_lines} `failed login` log lines for {guesses} guesses (deduplicated)"),
     );
 
-    let (during, peak) = watch.finish().await;
-    finding.measured(idle, during, rss_before, peak);
+    finding.measured(watch.finish().await);
     finding.conclude();
     host.stop().await;
 }
@@ -375,9 +369,7 @@ async fn a_request_with_1000_aliased_logins_is_refused_before_any_password_check
     let _one = ONE_AT_A_TIME.lock().await;
     let host = Host::start(HostOptions::default()).await;
     let mut finding = Finding::new("2b. one request with 1,000 aliased login mutations", &host);
-    let idle = idle_latency(&host, IDLE_SAMPLES).await;
-    let watch = Watch::start(&host);
-    let rss_before = watch.rss_before_kb;
+    let watch = Watch::after_idle(&host, IDLE_SAMPLES).await;
 
     let fields: String = (0..1000)
         .map(|i| format!("l{i}: login(username: \"victor\", password: \"guess-{i}\") {{ token }} "))
@@ -403,8 +395,7 @@ async fn a_request_with_1000_aliased_logins_is_refused_before_any_password_check
         ),
     );
 
-    let (during, peak) = watch.finish().await;
-    finding.measured(idle, during, rss_before, peak);
+    finding.measured(watch.finish().await);
     finding.conclude();
     host.stop().await;
 }
@@ -417,9 +408,7 @@ async fn a_hundred_concurrent_wrong_logins_do_not_grow_memory_with_argon2() {
         "2c. 100 concurrent wrong logins from 100 addresses (argon2 memory)",
         &host,
     );
-    let idle = idle_latency(&host, IDLE_SAMPLES).await;
-    let watch = Watch::start(&host);
-    let rss_before = watch.rss_before_kb;
+    let watch = Watch::after_idle(&host, IDLE_SAMPLES).await;
 
     // From 100 addresses and for made-up names, so that no throttle stops them: only the
     // argon2 gate stands between them and 100 hashes of 19 MiB at once.
@@ -474,15 +463,15 @@ async fn a_hundred_concurrent_wrong_logins_do_not_grow_memory_with_argon2() {
         r["data"]["login"]["token"].is_string(),
         "another user logs in right after",
     );
-    let (during, peak) = watch.finish().await;
+    let measured = watch.finish().await;
     finding.check(
-        peak.saturating_sub(rss_before) < 80 * 1024,
+        measured.growth_kb() < 80 * 1024,
         format!(
             "memory grew by {:.0} MiB (100 hashes at once would be ~1.9 GB)",
-            peak.saturating_sub(rss_before) as f64 / 1024.0
+            measured.growth_kb() as f64 / 1024.0
         ),
     );
-    finding.measured(idle, during, rss_before, peak);
+    finding.measured(measured);
     finding.conclude();
     host.stop().await;
 }
@@ -498,9 +487,7 @@ async fn twenty_thousand_subscribes_on_one_connection_do_not_stall_other_users()
         "3. 20,000 graphql-ws subscribes on one connection; 17 connections of one user",
         &host,
     );
-    let idle = idle_latency(&host, IDLE_SAMPLES).await;
-    let watch = Watch::start(&host);
-    let rss_before = watch.rss_before_kb;
+    let watch = Watch::after_idle(&host, IDLE_SAMPLES).await;
 
     let Some(ws) = graphql_ws_init(&host, &host.attacker.token).await else {
         panic!("the attacker's graphql-ws connection was not acknowledged");
@@ -582,7 +569,7 @@ async fn twenty_thousand_subscribes_on_one_connection_do_not_stall_other_users()
         ),
     );
     drop(open);
-    let (during, peak) = watch.finish().await;
+    let measured = watch.finish().await;
     // The pool's state is visible.
     let metrics = reqwest::get(&host.metrics_url)
         .await
@@ -596,7 +583,7 @@ async fn twenty_thousand_subscribes_on_one_connection_do_not_stall_other_users()
         shown.contains("infinibay_db_pool_connections") && shown.contains("infinibay_api_db_turns"),
         "/metrics shows the database pool and the requests waiting for it",
     );
-    finding.measured(idle, during, rss_before, peak);
+    finding.measured(measured);
     finding.conclude();
     host.stop().await;
 }
@@ -612,9 +599,7 @@ async fn made_up_socket_io_event_names_are_limited_together_and_do_not_grow_memo
         "4. Socket.IO: 1,000 made-up event names, 2,000 names of 50 KB",
         &host,
     );
-    let idle = idle_latency(&host, IDLE_SAMPLES).await;
-    let watch = Watch::start(&host);
-    let rss_before = watch.rss_before_kb;
+    let watch = Watch::after_idle(&host, IDLE_SAMPLES).await;
 
     let SioConnect::Connected(mut client, _) =
         SioClient::connect(host.addr, Some(&host.attacker.token)).await
@@ -677,8 +662,7 @@ async fn made_up_socket_io_event_names_are_limited_together_and_do_not_grow_memo
         ack["ok"] == json!(true),
         format!("the known event still has its own budget: {ack}"),
     );
-    let (during, peak) = watch.finish().await;
-    finding.measured(idle, during, rss_before, peak);
+    finding.measured(watch.finish().await);
     finding.conclude();
     host.stop().await;
 }
@@ -798,9 +782,7 @@ async fn half_sent_requests_and_silent_websockets_are_disconnected_and_bounded()
         "6. 300 half-sent requests and silent WebSockets from 5 addresses, 100 more from one",
         &host,
     );
-    let idle = idle_latency(&host, IDLE_SAMPLES).await;
-    let watch = Watch::start(&host);
-    let rss_before = watch.rss_before_kb;
+    let watch = Watch::after_idle(&host, IDLE_SAMPLES).await;
 
     // 5 addresses × 60: 20 half-sent requests, 20 graphql-ws without connection_init, 20
     // graphql-ws whose init carries no valid token.
@@ -890,8 +872,7 @@ async fn half_sent_requests_and_silent_websockets_are_disconnected_and_bounded()
             opened.0, opened.1
         ),
     );
-    let (during, peak) = watch.finish().await;
-    finding.measured(idle, during, rss_before, peak);
+    finding.measured(watch.finish().await);
     finding.conclude();
     host.stop().await;
 }

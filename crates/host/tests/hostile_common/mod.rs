@@ -513,18 +513,42 @@ pub async fn idle_latency(host: &Host, n: usize) -> Latency {
     Latency::of(durations, failed)
 }
 
+/// What a [`Watch`] saw: the bystander at rest and during the attack, the host's RSS before
+/// it and at its peak.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    pub idle: Latency,
+    pub during: Latency,
+    pub rss_before_kb: u64,
+    pub peak_kb: u64,
+}
+
+impl Measured {
+    /// How much the host grew during the attack.
+    pub fn growth_kb(&self) -> u64 {
+        self.peak_kb.saturating_sub(self.rss_before_kb)
+    }
+}
+
 /// The bystander querying in a loop, and the host's memory sampled, while an attack runs.
 pub struct Watch {
     stop: Arc<AtomicBool>,
     bystander: tokio::task::JoinHandle<(Vec<Duration>, usize)>,
     memory: tokio::task::JoinHandle<()>,
     peak_kb: Arc<AtomicU64>,
-    pub rss_before_kb: u64,
+    idle: Latency,
+    rss_before_kb: u64,
 }
 
 impl Watch {
-    /// Start watching `host`.
-    pub fn start(host: &Host) -> Self {
+    /// Measure the bystander at rest (`idle_samples` requests, [`idle_latency`]), then start
+    /// watching `host` for the attack.
+    pub async fn after_idle(host: &Host, idle_samples: usize) -> Self {
+        let idle = idle_latency(host, idle_samples).await;
+        Self::start(host, idle)
+    }
+
+    fn start(host: &Host, idle: Latency) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let peak_kb = Arc::new(AtomicU64::new(0));
         let rss_before_kb = host.rss_kb();
@@ -566,19 +590,22 @@ impl Watch {
             bystander,
             memory,
             peak_kb,
+            idle,
             rss_before_kb,
         }
     }
 
     /// Stop watching: the bystander's latency during the attack and the host's peak RSS.
-    pub async fn finish(self) -> (Latency, u64) {
+    pub async fn finish(self) -> Measured {
         self.stop.store(true, Ordering::Relaxed);
         let (durations, failed) = self.bystander.await.unwrap_or_default();
         let _ = self.memory.await;
-        (
-            Latency::of(durations, failed),
-            self.peak_kb.load(Ordering::Relaxed),
-        )
+        Measured {
+            idle: self.idle,
+            during: Latency::of(durations, failed),
+            rss_before_kb: self.rss_before_kb,
+            peak_kb: self.peak_kb.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -639,11 +666,11 @@ impl Finding {
     }
 
     /// Record the watch's figures.
-    pub fn measured(&mut self, idle: Latency, during: Latency, rss_before_kb: u64, peak_kb: u64) {
-        self.idle = Some(idle);
-        self.during = Some(during);
-        self.rss_before_kb = rss_before_kb;
-        self.rss_peak_kb = peak_kb.max(rss_before_kb);
+    pub fn measured(&mut self, m: Measured) {
+        self.idle = Some(m.idle);
+        self.during = Some(m.during);
+        self.rss_before_kb = m.rss_before_kb;
+        self.rss_peak_kb = m.peak_kb.max(m.rss_before_kb);
     }
 
     /// Report it (report mode) or assert it: refused, the bystander's median within
