@@ -16,6 +16,8 @@ pub mod console;
 pub mod demo;
 pub mod doctor;
 pub mod http;
+pub mod listener;
+pub mod logging;
 pub mod serve;
 
 pub use config::Config;
