@@ -50,8 +50,9 @@ use realtime::Realtime;
 /// Every API route, ready to be merged into the host's router, and the console service (the
 /// host ends its sessions before it stops: upgraded connections outlive axum's graceful
 /// shutdown). Spawns the real-time fan-out and revocation sweep; they stop when `stop` is
-/// cancelled. Serve it with `into_make_service_with_connect_info::<SocketAddr>()` so that
-/// console refusals log the remote address.
+/// cancelled. Serve it so that requests carry `ConnectInfo<SocketAddr>` (the host's listener
+/// does; with `axum::serve`, `into_make_service_with_connect_info`), so that console refusals
+/// log the remote address.
 pub fn routes(
     control: Arc<dyn VmControl>,
     store: Arc<dyn Store>,
