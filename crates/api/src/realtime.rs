@@ -546,7 +546,11 @@ async fn fan_out(rt: Arc<Realtime>) {
                     tracing::debug!(target: TARGET, "status emit failed: {e}");
                 }
             }
-            BusEvent::Agent(_) | BusEvent::Inventory(_) | BusEvent::Error(_) => {}
+            BusEvent::Agent(_)
+            | BusEvent::Inventory(_)
+            | BusEvent::Error(_)
+            | BusEvent::CommandEnded(_)
+            | BusEvent::Alert(_) => {}
         }
     }
 }
