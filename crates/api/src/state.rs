@@ -29,6 +29,9 @@ pub struct ApiSettings {
     pub revocation_sweep: Duration,
     /// Client events per user, per event type, per minute.
     pub event_limit_per_minute: u32,
+    /// Origins (`https://host[:port]`) whose pages may call the API from a browser, with
+    /// credentials (seed 003 serves its frontend from `FRONTEND_URL`). Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl std::fmt::Debug for ApiSettings {

@@ -225,8 +225,10 @@ pub async fn prepare_with_admin_password(
     let secret = auth::load_or_create_secret(data_dir)?;
     let store = open_store(config).await?;
     let first_admin = users::ensure_first_admin(store.as_ref(), admin_password).await?;
+    let mut settings = settings_for(data_dir.clone(), secret);
+    settings.cors_origins = config.process.cors_origins.clone();
     Ok(Prepared {
-        settings: settings_for(data_dir.clone(), secret),
+        settings,
         first_admin,
         store,
     })
