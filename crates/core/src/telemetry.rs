@@ -70,7 +70,7 @@ impl TelemetryBook {
 
     /// Read every VM's settings (at start) and send them to the agents already connected.
     pub(crate) async fn load(&self, store: &dyn Store, registry: &Registry) {
-        match store.vm_telemetry().await {
+        match store.vm_telemetry(None).await {
             Ok(all) => {
                 let count = all.len();
                 for settings in all {

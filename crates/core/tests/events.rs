@@ -205,7 +205,7 @@ async fn collection_settings_are_sent_when_set_and_again_after_every_reconnect()
         assert_eq!(switches.port_usage, Some(true));
         assert_eq!(switches.process_snapshot, Some(false));
     }
-    let stored = host.store().vm_telemetry().await.expect("stored");
+    let stored = host.store().vm_telemetry(None).await.expect("stored");
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].updated_by, Some(3));
     assert!(stored[0].applied_at.is_some());
@@ -257,7 +257,7 @@ async fn collection_settings_are_sent_when_set_and_again_after_every_reconnect()
         Err(ControlError::NotFound(_)) => {}
         other => panic!("expected NOT_FOUND, got {other:?}"),
     }
-    let stored = host.store().vm_telemetry().await.expect("stored");
+    let stored = host.store().vm_telemetry(None).await.expect("stored");
     assert_eq!(
         stored[0].interval_secs, 7,
         "refused settings changed nothing"

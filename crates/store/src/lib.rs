@@ -398,8 +398,8 @@ pub trait Store: Send + Sync + 'static {
     async fn set_vm_telemetry(&self, telemetry: &VmTelemetry) -> Result<()>;
     /// Note that the agent confirmed the VM's settings at `at` (nothing when none are stored).
     async fn mark_vm_telemetry_applied(&self, vm_id: &str, at: DateTime<Utc>) -> Result<()>;
-    /// Every VM's collection settings, by VM id.
-    async fn vm_telemetry(&self) -> Result<Vec<VmTelemetry>>;
+    /// The collection settings of one VM (`Some`), or of every VM (`None`), by VM id.
+    async fn vm_telemetry(&self, vm_id: Option<&str>) -> Result<Vec<VmTelemetry>>;
 
     // ----- Commands ------------------------------------------------------------------------
 

@@ -1375,7 +1375,7 @@ mod story {
         };
         store.set_vm_telemetry(&settings).await.expect("set");
         assert_eq!(
-            store.vm_telemetry().await.expect("get"),
+            store.vm_telemetry(None).await.expect("get"),
             vec![settings.clone()]
         );
         let applied = t + Duration::seconds(2);
@@ -1390,7 +1390,21 @@ mod story {
             ..settings
         };
         store.set_vm_telemetry(&changed).await.expect("replace");
-        assert_eq!(store.vm_telemetry().await.expect("get"), vec![changed]);
+        assert_eq!(
+            store.vm_telemetry(None).await.expect("get"),
+            vec![changed.clone()]
+        );
+        assert_eq!(
+            store.vm_telemetry(Some("vm-a")).await.expect("one"),
+            vec![changed]
+        );
+        assert!(
+            store
+                .vm_telemetry(Some("vm-b"))
+                .await
+                .expect("none")
+                .is_empty()
+        );
 
         // A name a person chose survives the agent's host name.
         store
@@ -1408,7 +1422,7 @@ mod story {
             Err(StoreError::NotFound(_))
         ));
         store.delete_vm("vm-a").await.expect("delete");
-        assert!(store.vm_telemetry().await.expect("get").is_empty());
+        assert!(store.vm_telemetry(None).await.expect("get").is_empty());
     }
 }
 

@@ -3,9 +3,12 @@
 //! [`crate::authz`]; errors carry `extensions.code`.
 //!
 //! By concern: [`types`] (objects, enums, inputs and their conversions), [`query`],
-//! [`mutation`], [`subscription`] (the roots), [`schema`] (the roots assembled), [`transport`]
-//! (HTTP and graphql-ws), and [`context`] (what resolvers take from a request).
+//! [`mutation`], [`subscription`] (the roots), [`vms`] (one VM's seed-shaped metrics, errors,
+//! collection settings and name), [`alerts`] (rules and alerts), [`schema`] (the roots
+//! assembled: each concern's queries and mutations merged), [`transport`] (HTTP and
+//! graphql-ws), and [`context`] (what resolvers take from a request).
 
+pub mod alerts;
 pub mod context;
 pub mod mutation;
 pub mod query;
@@ -13,6 +16,7 @@ pub mod schema;
 pub mod subscription;
 pub mod transport;
 pub mod types;
+pub mod vms;
 
 pub use context::Caller;
 pub use schema::{ApiSchema, schema, sdl};

@@ -443,12 +443,13 @@ where
         Ok(())
     }
 
-    async fn vm_telemetry(&self) -> Result<Vec<VmTelemetry>> {
+    async fn vm_telemetry(&self, vm_id: Option<&str>) -> Result<Vec<VmTelemetry>> {
         let rows: Vec<rows::TelemetryRow<B::Time>> = sqlx::query_as(&format!(
             "SELECT vm_id, interval_secs, collectors{}, updated_by, updated_at, applied_at \
-             FROM vm_telemetry ORDER BY vm_id",
+             FROM vm_telemetry WHERE ($1 IS NULL OR vm_id = $1) ORDER BY vm_id",
             B::JSON_TEXT
         ))
+        .bind(vm_id)
         .fetch_all(&self.core().reader)
         .await
         .map_err(ctx("vm_telemetry"))?;
