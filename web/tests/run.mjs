@@ -352,6 +352,24 @@ async function main() {
     await until('the 24 h history', async () => /of history/.test(await admin.page.textContent('[data-testid=history-status]')), 20000);
   });
 
+  await scenario('every chart on the VM page moves forward with each metricsUpdate', async () => {
+    if (!simVmId) throw new Error('no simulated VM');
+    // Back to the 15-minute range: its history load is what the live points extend.
+    await admin.page.click('button[data-range="15m"]');
+    await admin.page.waitForSelector('button[data-range="15m"].active');
+    await until('the 15 min history', async () => /of history/.test(await admin.page.textContent('[data-testid=history-status]')), 20000);
+    const charts = ['cpu', 'memory', 'disk', 'network', 'cores'];
+    const lastAt = (name) => admin.page.getAttribute(`[data-chart=${name}]`, 'data-last-at');
+    for (let round = 1; round <= 2; round += 1) {
+      const before = {};
+      for (const name of charts) before[name] = Date.parse((await lastAt(name)) || 0);
+      for (const name of charts) {
+        await until(`the ${name} chart's last point to move forward (round ${round})`,
+          async () => Date.parse((await lastAt(name)) || 0) > before[name], 20000);
+      }
+    }
+  });
+
   await scenario('a service restart runs from the services table', async () => {
     if (!simVmId) throw new Error('no simulated VM');
     const page = admin.page;
