@@ -4,7 +4,7 @@
 
 // The core's test helpers (its settings for tests), shared rather than copied.
 #[path = "../../../core/tests/common/mod.rs"]
-mod core_common;
+pub mod core_common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +31,8 @@ pub struct Server {
     pub url: String,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// Where the VMs' sockets are (the simulator's, and any fake guest a test adds).
+    pub socket_dir: PathBuf,
     pub vm_id: String,
     pub store: Arc<dyn Store>,
     pub secret: Vec<u8>,
@@ -136,6 +138,7 @@ impl Server {
             url: format!("http://{addr}"),
             addr,
             data_dir,
+            socket_dir: sockets,
             vm_id,
             store,
             secret,
