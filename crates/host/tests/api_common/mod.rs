@@ -68,6 +68,15 @@ async fn user(store: &dyn Store, name: &str, role: Role, permissions: &[&str]) -
 impl Server {
     /// Start everything with `vms` simulated VMs; the first is owned by `owner`.
     pub async fn start(vms: usize, interval: Duration) -> Self {
+        Self::start_with(vms, interval, |_| {}).await
+    }
+
+    /// [`Server::start`] with the API's settings changed by `tweak` first.
+    pub async fn start_with(
+        vms: usize,
+        interval: Duration,
+        tweak: impl FnOnce(&mut api::ApiSettings),
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ibapi")
             .tempdir_in("/tmp")
@@ -107,6 +116,7 @@ impl Server {
         let secret = api::auth::load_or_create_secret(&data_dir).expect("secret");
         let mut settings = api::settings_for(data_dir.clone(), secret.clone());
         settings.revocation_sweep = Duration::from_millis(500);
+        tweak(&mut settings);
 
         let config = Config {
             process: ProcessConfig {
