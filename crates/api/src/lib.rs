@@ -21,6 +21,7 @@ pub mod error;
 pub mod graphql;
 pub mod histogram;
 pub mod realtime;
+pub mod refusals;
 pub mod rest;
 pub mod sessions;
 mod state;
@@ -54,8 +55,12 @@ pub fn router(
     let (realtime, io_layer) = Realtime::start(api.clone(), stop);
     let router = Router::new()
         .merge(graphql::routes(api.clone(), realtime.clone()))
-        .merge(rest::routes(api, realtime))
-        .layer(io_layer);
+        .merge(rest::routes(api.clone(), realtime))
+        .layer(io_layer)
+        .layer(axum::middleware::from_fn_with_state(
+            api,
+            refusals::log_refused_upgrades,
+        ));
     match cors {
         // Outside the Socket.IO layer, so that its polling transport gets the headers too.
         Some(cors) => router.layer(cors),

@@ -324,7 +324,19 @@ fn install(rt: &Arc<Realtime>, stop: CancellationToken) {
     let for_connect = rt.clone();
     let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
         let rt = for_auth.clone();
-        async move { authenticate_socket(&rt.api, &s, auth.ok()).await }
+        async move {
+            let outcome = authenticate_socket(&rt.api, &s, auth.ok()).await;
+            if let Err(e) = &outcome {
+                let parts = s.req_parts();
+                rt.api.refusals().note(
+                    "socket.io",
+                    &e.to_string(),
+                    super::refusals::remote_of(&parts.extensions),
+                    parts.uri.path(),
+                );
+            }
+            outcome
+        }
     };
     let handler = move |s: SocketRef| {
         let rt = for_connect.clone();

@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     pub latency: Mutex<HashMap<&'static str, Histogram>>,
     /// Open graphql-ws connections (revocation closes them).
     pub sessions: Sessions,
+    /// Refused WebSocket upgrades and Socket.IO connections, deduplicated.
+    pub refusals: crate::refusals::RefusalLog,
 }
 
 /// The shared API state. Cheap to clone.
@@ -84,6 +86,7 @@ impl Api {
                 owners: RwLock::new(HashMap::new()),
                 latency: Mutex::new(HashMap::new()),
                 sessions: Sessions::default(),
+                refusals: crate::refusals::RefusalLog::default(),
             }),
         }
     }
@@ -91,6 +94,11 @@ impl Api {
     /// The core.
     pub fn control(&self) -> &dyn VmControl {
         self.inner.control.as_ref()
+    }
+
+    /// The log of refused connections.
+    pub fn refusals(&self) -> &crate::refusals::RefusalLog {
+        &self.inner.refusals
     }
 
     /// The store.

@@ -124,9 +124,13 @@ pub async fn serve(host: Core, listener: TcpListener, app: Router) -> Result<(),
             tracing::debug!(target: "infinibay::http", "TCP_NODELAY not set: {e}");
         }
     });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(token.clone().cancelled_owned())
-        .await;
+    // The peer's address reaches handlers as `ConnectInfo` (refusal logs, the console's audit).
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(token.clone().cancelled_owned())
+    .await;
     // Whatever ended the HTTP side ends the host.
     token.cancel();
     host.stopped().await;

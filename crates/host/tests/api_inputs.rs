@@ -214,3 +214,116 @@ async fn cors_answers_only_the_configured_origin_with_credentials() {
     );
     server.stop().await;
 }
+
+/// Everything the process logs from here on (one global subscriber per test binary).
+fn captured_logs() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let for_writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Capture(for_writer.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        buffer
+    })
+}
+
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn refusal_lines(needle: &str) -> Vec<String> {
+    let logs = captured_logs().lock().unwrap_or_else(|p| p.into_inner());
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter(|l| l.contains("connection refused") && l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A Socket.IO connect with `auth` over a raw WebSocket; the server's answer to the CONNECT.
+async fn socket_io_connect(server: &Server, auth: Value) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket");
+    let open = ws.next().await.expect("open packet").expect("frame");
+    assert!(open.to_text().unwrap_or("").starts_with('0'), "{open}");
+    ws.send(Message::Text(format!("40{auth}").into()))
+        .await
+        .expect("send CONNECT");
+    // Engine.IO pings may come first; the CONNECT's answer is a Socket.IO packet (`4…`).
+    loop {
+        let frame = ws.next().await.expect("answer").expect("frame");
+        let text = frame.to_text().unwrap_or("").to_owned();
+        if text.starts_with('4') {
+            return text;
+        }
+        if text == "2" {
+            let _ = ws.send(Message::Text("3".into())).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_websocket_upgrades_and_socket_io_connections_are_logged_once_with_reason_address_and_path()
+ {
+    captured_logs();
+    let server = Server::start(1, Duration::from_millis(500)).await;
+    // A graphql-ws upgrade without a subprotocol, three times: one line.
+    for _ in 0..3 {
+        let r = reqwest::Client::new()
+            .get(format!("{}/graphql/ws", server.url))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status().as_u16(), 400);
+    }
+    let lines = refusal_lines("/graphql/ws");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("HTTP 400") && lines[0].contains("127.0.0.1"),
+        "{}",
+        lines[0]
+    );
+
+    // Socket.IO with a bad token, twice, and with none: one line per reason.
+    for _ in 0..2 {
+        let answer = socket_io_connect(&server, json!({"token": "not-a-token"})).await;
+        assert!(answer.starts_with("44"), "{answer}");
+    }
+    let answer = socket_io_connect(&server, json!({})).await;
+    assert!(answer.starts_with("44"), "{answer}");
+    let bad_token = refusal_lines("Invalid or expired token");
+    assert_eq!(bad_token.len(), 1, "{bad_token:#?}");
+    assert!(
+        bad_token[0].contains("socket.io")
+            && bad_token[0].contains("127.0.0.1")
+            && bad_token[0].contains("/socket.io"),
+        "{}",
+        bad_token[0]
+    );
+    assert_eq!(refusal_lines("Authentication token required").len(), 1);
+    server.stop().await;
+}
