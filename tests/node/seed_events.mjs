@@ -8,12 +8,8 @@
 // env: SERVER, VM_ID (the simulated VM, owned by OWNER), GUEST_VM_ID, OWNER_USER/OWNER_PASS,
 //      ADMIN_USER/ADMIN_PASS
 import { io } from "socket.io-client";
+import { env, gql, login } from "./api.mjs";
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`missing env ${k}`);
-  return v;
-};
 const SERVER = env("SERVER");
 const VM_ID = env("VM_ID");
 const GUEST_VM_ID = env("GUEST_VM_ID");
@@ -23,25 +19,6 @@ function fail(what) {
   results.failed = what;
   console.log(JSON.stringify(results));
   process.exit(1);
-}
-
-async function gql(query, variables, token) {
-  const res = await fetch(`${SERVER}/graphql`, {
-    method: "POST",
-    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    body: JSON.stringify({ query, variables }),
-  });
-  const body = await res.json();
-  if (body.errors) fail(`GraphQL: ${JSON.stringify(body.errors)}`);
-  return body.data;
-}
-
-async function login(user, pass) {
-  const d = await gql(
-    "mutation($u:String!,$p:String!){login(username:$u,password:$p){token user{id username role}}}",
-    { u: user, p: pass },
-  );
-  return d.login;
 }
 
 /** A connected socket that records every event it receives. */
