@@ -124,6 +124,9 @@ export const Q = {
   setTelemetry: `mutation ST($vmId: ID!, $interval: Int!, $collectors: [String!]!) {
     setVmTelemetry(vmId: $vmId, interval: $interval, collectors: $collectors) {
       settings { interval collectors updatedAt appliedAt } applied pendingReason } }`,
+  alertRules: `query AR { alertRules { id vmId kind threshold mountPoint durationSeconds webhookUrls createdAt } }`,
+  createAlertRule: `mutation CAR($input: AlertRuleInput!) { createAlertRule(input: $input) { id } }`,
+  deleteAlertRule: `mutation DAR($id: ID!) { deleteAlertRule(id: $id) }`,
   renameVm: `mutation R($vmId: ID!, $name: String!) { renameVm(vmId: $vmId, name: $name) { id name } }`,
   setOwner: `mutation O($vmId: ID!, $userId: ID, $department: String) {
     setVmOwner(vmId: $vmId, userId: $userId, department: $department) { id owner { id username } department } }`,

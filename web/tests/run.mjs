@@ -408,6 +408,27 @@ async function main() {
     await shot(admin.page, 'vm-health');
   });
 
+  await scenario('an admin creates and deletes an alert rule on the alert rules page; a bad threshold is refused', async () => {
+    await admin.page.click('header nav a[href="#/admin/alerts"]');
+    await admin.page.waitForSelector('[data-testid=rule-form]');
+    const rows = async () => (await admin.page.$$('table[data-table=alert-rules] tbody tr[data-key]')).length;
+    const before = await rows();
+    await admin.page.selectOption('[data-testid=rule-form] select[name=kind]', 'CPU');
+    await admin.page.fill('[data-testid=rule-form] input[name=threshold]', '150');
+    await admin.page.click('[data-testid=rule-form] button[type=submit]');
+    await until('the refusal', async () => /INVALID/.test(await admin.page.textContent('[data-testid=rules-flash]')), 10000);
+    if ((await rows()) !== before) throw new Error('a refused rule appeared in the table');
+    await admin.page.selectOption('[data-testid=rule-form] select[name=kind]', 'MEMORY');
+    await admin.page.fill('[data-testid=rule-form] input[name=threshold]', '99.5');
+    await admin.page.click('[data-testid=rule-form] button[type=submit]');
+    await until('the new rule in the table', async () => (await rows()) === before + 1, 10000);
+    await shot(admin.page, 'alert-rules');
+    const del = 'table[data-table=alert-rules] tbody tr[data-key] button';
+    await admin.page.click(del);
+    await admin.page.click(del);
+    await until('the rule deleted', async () => (await rows()) === before, 10000);
+  });
+
   await scenario('a service restart runs from the services table', async () => {
     if (!simVmId) throw new Error('no simulated VM');
     const page = admin.page;
