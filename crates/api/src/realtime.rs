@@ -244,18 +244,14 @@ impl Realtime {
     }
 
     /// An account was created, changed or deleted (`create`, `update`, `delete`):
-    /// `<namespace>:users:<action>` to the admins and to the user themself (a deleted user's
-    /// sockets are already closed). Never carries the password hash.
+    /// `<namespace>:users:<action>` to the admins and to the user themself (a deleted user is
+    /// no longer known here and their sockets are already closed: admins only). Never carries
+    /// the password hash.
     pub async fn user_changed(&self, action: &str, user: &UserRecord) {
-        // A new account's namespace is not known yet; a deleted one's must still be.
-        if action != "delete" {
-            self.reload_users().await;
-        }
+        // The users map is what `announce` reads namespaces from: a new account must be in it.
+        self.reload_users().await;
         self.announce(Some(user.id), "users", action, &user_json(user))
             .await;
-        if action == "delete" {
-            self.reload_users().await;
-        }
     }
 
     /// A department came into being (`create`): `<namespace>:departments:<action>` to the
