@@ -327,3 +327,47 @@ async fn refused_websocket_upgrades_and_socket_io_connections_are_logged_once_wi
     assert_eq!(refusal_lines("Authentication token required").len(), 1);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_lists_only_the_alerts_of_the_vms_they_own() {
+    // Two simulated VMs: the first is the owner's, the second nobody's.
+    let server = Server::start(2, Duration::from_millis(250)).await;
+    let admin = server.login(&server.admin).await;
+    let owner = server.login(&server.owner).await;
+    let other = server.login(&server.other).await;
+    let rule = server
+        .gql(
+            Some(&admin),
+            "mutation { createAlertRule(input: {kind: CPU, threshold: 0.01, durationSeconds: 0}) { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(error_code(&rule), None, "{rule}");
+    let list = "query { alerts { vmId } }";
+    let vms_of = |r: &Value| -> std::collections::BTreeSet<String> {
+        r["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["vmId"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    loop {
+        if vms_of(&server.gql(Some(&admin), list, json!({})).await).len() == 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "both VMs raised no alert"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let owners = vms_of(&server.gql(Some(&owner), list, json!({})).await);
+    assert_eq!(
+        owners.into_iter().collect::<Vec<_>>(),
+        vec![server.vm_id.clone()]
+    );
+    assert!(vms_of(&server.gql(Some(&other), list, json!({})).await).is_empty());
+    server.stop().await;
+}
