@@ -92,7 +92,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let metrics_address = metrics.local_addr().context("listener has no address")?;
 
-    let agents = start_agents(&agent_binary, &args, &data_dir, &socket_dir).await?;
+    let (agents, vm_ids) = start_agents(&agent_binary, &args, &data_dir, &socket_dir).await?;
+    name_demo_vms(prepared.store.as_ref(), &vm_ids).await?;
 
     println!();
     println!("  Infinibay demo is running");
@@ -196,8 +197,9 @@ async fn start_agents(
     args: &DemoArgs,
     data_dir: &Path,
     socket_dir: &Path,
-) -> anyhow::Result<Vec<Child>> {
+) -> anyhow::Result<(Vec<Child>, Vec<String>)> {
     let mut agents = Vec::with_capacity(usize::from(args.vms));
+    let mut vm_ids = Vec::with_capacity(usize::from(args.vms));
     for index in 1..=args.vms {
         let vm_id = uuid::Uuid::new_v4();
         let config_path = data_dir.join(format!("agent-{index}.toml"));
@@ -228,6 +230,7 @@ async fn start_agents(
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         agents.push(child);
+        vm_ids.push(vm_id.to_string());
     }
     // An agent that dies at once (bad binary, bad config) is reported now, not discovered later.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -240,12 +243,70 @@ async fn start_agents(
             );
         }
     }
-    Ok(agents)
+    Ok((agents, vm_ids))
+}
+
+/// The demo's display name of its `index`-th VM (from 1): every agent runs on this machine and
+/// would otherwise be named after it.
+pub fn demo_vm_name(index: usize) -> String {
+    format!("demo-vm-{index}")
+}
+
+/// Register the demo's VMs with their own names before their agents are first seen (a chosen
+/// name, which the agents' host name does not replace; `renameVm` changes it).
+async fn name_demo_vms(
+    store: &dyn infinibay_store::Store,
+    vm_ids: &[String],
+) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let register: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        vm_ids.iter().map(|id| (id.clone(), now)).collect();
+    store
+        .upsert_vms(&register)
+        .await
+        .context("registering the demo VMs")?;
+    for (index, id) in vm_ids.iter().enumerate() {
+        store
+            .set_vm_name(id, &demo_vm_name(index + 1))
+            .await
+            .context("naming a demo VM")?;
+    }
+    Ok(())
 }
 
 async fn stop_agents(agents: Vec<Child>) {
     for mut agent in agents {
         let _ = agent.start_kill();
         let _ = agent.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_demo_vm_is_registered_under_its_own_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("demo.db").display());
+        let store = infinibay_store::open(&url).await.expect("open store");
+        let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        name_demo_vms(store.as_ref(), &ids).await.expect("named");
+        // Every agent then says it is this machine; the names stay.
+        let this_machine = infinibay_protocol::samples::identification("the-demo-machine");
+        let agents: Vec<_> = ids
+            .iter()
+            .map(|id| (id.clone(), this_machine.clone()))
+            .collect();
+        store
+            .set_vm_agents(&agents)
+            .await
+            .expect("agents identified");
+        let mut names: Vec<String> = Vec::new();
+        for id in &ids {
+            let vm = store.get_vm(id).await.expect("read").expect("registered");
+            names.push(vm.name);
+        }
+        assert_eq!(names, vec!["demo-vm-1", "demo-vm-2", "demo-vm-3"]);
     }
 }

@@ -189,7 +189,11 @@ async fn graphql_case(
         ("QueryRoot", "me") => ("query { me { id username role } }".into(), json!({}), Rule::Authenticated),
         ("QueryRoot", "vms") => ("query { vms { id name status owner { username } latestMetrics { cpuPercent } } }".into(), json!({}), Rule::Authenticated),
         ("QueryRoot", "vm") => ("query($id: ID!) { vm(id: $id) { id status agent { os } ipAddresses } }".into(), json!({"id": vm}), Rule::VmScoped),
-        ("QueryRoot", "getVmMetrics") => ("query($id: ID!) { getVmMetrics(vmId: $id) { at cpuAvg samples } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "getVmMetrics") => ("query($id: ID!) { getVmMetrics(vmId: $id) { id timestamp cpuUsage memoryUsed memoryTotal diskUsage networkStats } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "vmErrors") => ("query($id: ID!) { vmErrors(vmId: $id) { at code message } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "vmTelemetry") => ("query($id: ID!) { vmTelemetry(vmId: $id) { interval collectors } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "alerts") => ("query($id: ID) { alerts(vmId: $id) { id kind raisedAt resolvedAt } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "alertRules") => ("query { alertRules { id kind threshold } }".into(), json!({}), Rule::AdminOnly),
         ("QueryRoot", "vmMetrics") => (
             "query($id: ID!, $f: DateTime!, $t: DateTime!) { vmMetrics(vmId: $id, from: $f, to: $t) { resolution points { at cpuAvg } } }".into(),
             json!({"id": vm, "f": (now - chrono::Duration::hours(1)).to_rfc3339(), "t": now.to_rfc3339()}),
@@ -239,6 +243,26 @@ async fn graphql_case(
             server.scratch_vm(&id, Some(server.owner.record.id)).await;
             ("mutation($id: ID!) { deleteVm(vmId: $id) }".into(), json!({"id": id}), Rule::AdminOnly)
         }
+        ("MutationRoot", "renameVm") => (
+            "mutation($id: ID!, $n: String!) { renameVm(vmId: $id, name: $n) { id name } }".into(),
+            json!({"id": vm, "n": format!("renamed by {tag}")}),
+            Rule::VmScoped,
+        ),
+        ("MutationRoot", "setVmTelemetry") => (
+            "mutation($id: ID!) { setVmTelemetry(vmId: $id, interval: 1, collectors: [\"system_metrics\"]) { settings { interval } } }".into(),
+            json!({"id": vm}),
+            Rule::VmScoped,
+        ),
+        ("MutationRoot", "createAlertRule") => (
+            "mutation($id: ID) { createAlertRule(input: {vmId: $id, kind: CPU, threshold: 99.5, durationSeconds: 60}) { id } }".into(),
+            json!({"id": vm}),
+            Rule::AdminOnly,
+        ),
+        ("MutationRoot", "deleteAlertRule") => (
+            "mutation { deleteAlertRule(id: \"no-such-rule\") }".into(),
+            json!({}),
+            Rule::AdminOnly,
+        ),
         ("SubscriptionRoot", "vmMetrics") => ("subscription($id: ID!) { vmMetrics(vmId: $id) { at cpuPercent } }".into(), json!({"id": vm}), Rule::VmScoped),
         ("SubscriptionRoot", "vmStatus") => ("subscription { vmStatus { vmId status } }".into(), json!({}), Rule::Authenticated),
         _ => return None,

@@ -80,9 +80,8 @@ struct LegacyData {
 
 #[derive(Deserialize)]
 struct LegacySystem {
-    #[serde(default)]
+    // Required, as in v1 (`MetricsBody`): a sample without them is refused, never zeros.
     cpu: CpuMetrics,
-    #[serde(default)]
     memory: LegacyMemory,
     #[serde(default)]
     disk: DiskMetrics,
@@ -100,9 +99,7 @@ struct LegacySystem {
 
 #[derive(Deserialize, Default)]
 struct LegacyMemory {
-    #[serde(default)]
     total_kb: u64,
-    #[serde(default)]
     used_kb: u64,
     #[serde(default)]
     available_kb: u64,

@@ -630,6 +630,48 @@ fn invalid_lines_starting_like_v1_messages_keep_their_precise_errors() {
     }
 }
 
+/// Seed 001 refuses a sample without `cpu` or `memory`; reading it as zeros would put invented
+/// 0 % points into charts and roll-ups. Missing `usage_percent`, `total_kb` or `used_kb` is the
+/// same invention, and refused too; the v1 fast path, the full path and the original agent's
+/// dialect agree.
+#[test]
+fn a_system_metrics_without_cpu_or_memory_is_refused_not_read_as_zeros() {
+    use infinibay_protocol::DecodeError;
+    let cpu = r#""cpu":{"usage_percent":12.5}"#;
+    let memory = r#""memory":{"total_kb":1000,"used_kb":400}"#;
+    let refused = [
+        format!(r#"{{"type":"system_metrics","metrics":{{{memory}}}}}"#),
+        format!(r#"{{"type":"system_metrics","metrics":{{{cpu}}}}}"#),
+        format!(r#"{{"type":"system_metrics","metrics":{{"cpu":{{}},{memory}}}}}"#),
+        format!(r#"{{"type":"system_metrics","metrics":{{{cpu},"memory":{{"total_kb":1000}}}}}}"#),
+        format!(r#"{{"timestamp":1,"type":"system_metrics","metrics":{{{memory}}}}}"#),
+        r#"{"type":"metrics","data":{"system":{"memory":{"total_kb":1,"used_kb":1}}}}"#.to_owned(),
+    ];
+    for line in &refused {
+        match decode_guest_line(line.as_bytes()) {
+            Err(DecodeError::InvalidMessage { kind, message, .. }) => {
+                assert!(
+                    kind == "system_metrics" || kind == "metrics",
+                    "{line}: {kind}"
+                );
+                assert!(message.contains("missing field"), "{line}: {message}");
+            }
+            other => panic!("{line}: expected a refusal, got {other:?}"),
+        }
+    }
+    let whole = format!(r#"{{"type":"system_metrics","metrics":{{{cpu},{memory}}}}}"#);
+    match decode_guest_line(whole.as_bytes())
+        .expect("a complete sample decodes")
+        .as_slice()
+    {
+        [GuestMessage::SystemMetrics(m)] => {
+            assert_eq!(m.metrics.cpu.usage_percent, 12.5);
+            assert_eq!(m.metrics.memory.used_kb, 400);
+        }
+        other => panic!("decoded as {other:?}"),
+    }
+}
+
 /// The one documented difference of the fast path (docs/protocol.md): a repeated `type` after
 /// a leading one is ignored there; the message is validated as the first `type` names. With
 /// `type` elsewhere the envelope scan still refuses the duplicate.

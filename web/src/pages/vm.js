@@ -9,6 +9,7 @@ import { epochSeconds, summarize } from '../live.js';
 import { createTable, filterInput } from '../table.js';
 import { badge } from './vms.js';
 import { consoleTab } from './console.js';
+import { healthTab } from './health.js';
 
 const RANGES = [
   { key: '15m', label: '15 min', seconds: 15 * 60 },
@@ -31,6 +32,7 @@ const TABS = [
   { key: 'services', label: 'Services' },
   { key: 'command', label: 'Command' },
   { key: 'console', label: 'Console' },
+  { key: 'health', label: 'Alerts & settings' },
 ];
 
 /** Safe actions with a parameter template (the original agent's shapes). */
@@ -125,7 +127,8 @@ export function vmPage({ user, live }, vmId, initialTab) {
       services: servicesTab,
       command: commandTab,
       console: consoleTab,
-    }[key]({ vmId, vm, user, live });
+      health: healthTab,
+    }[key]({ vmId, vm, user, live, onRenamed: (name) => { vm.name = name; renderHead(); } });
     tabCleanup = view.destroy ?? null;
     replace(body, view.el);
   }
