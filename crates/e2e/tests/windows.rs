@@ -382,7 +382,7 @@ fn inventories_arrive_the_agent_itself_wines_services_and_both_registry_views() 
     );
     let services = world.wait_for(ONLINE_WITHIN, "wine's services in vmServices", || {
         let list = world.graphql(
-            "query($id: ID!) { vmServices(vmId: $id) { name description activeState subState loadState enabled } }",
+            "query($id: ID!) { vmServices(vmId: $id) { name description activeState subState loadState enabled startType } }",
             id.clone(),
         )["vmServices"]
             .clone();
@@ -394,7 +394,9 @@ fn inventories_arrive_the_agent_itself_wines_services_and_both_registry_views() 
         .unwrap_or_else(|| panic!("no PlugPlay service in {services}"));
     assert_eq!(plug_and_play["activeState"], "active", "{plug_and_play}");
     assert_eq!(plug_and_play["subState"], "running", "{plug_and_play}");
-    assert_eq!(plug_and_play["loadState"], "auto", "{plug_and_play}");
+    assert_eq!(plug_and_play["startType"], "auto", "{plug_and_play}");
+    assert_eq!(plug_and_play["enabled"], true, "{plug_and_play}");
+    assert_eq!(plug_and_play["loadState"], Value::Null, "{plug_and_play}");
     let programs = world.wait_for(
         ONLINE_WITHIN,
         "the registered programs in vmApplications",
@@ -449,6 +451,49 @@ fn service_list_process_list_and_system_info_answer_through_execute_vm_command()
     let os = world.execute(world.vm.id, json!({"type": "SAFE", "action": "OsInfo"}));
     assert_eq!(os["success"], true, "{os}");
     assert!(os["data"]["build"].as_str().is_some(), "{os}");
+}
+
+/// A named SQL Server instance's service is `MSSQL$<INSTANCE>`: such a name passes the host's
+/// check and the Windows agent's, and reaches the Service Control Manager.
+#[test]
+fn service_control_reaches_a_service_whose_name_has_a_dollar_sign() {
+    let _serial = serial();
+    let world = world();
+    world.wait_status(world.vm.id, "ONLINE", ONLINE_WITHIN);
+    let name = "MSSQL$INFINIBAYTEST";
+    let sc = |args: &[&str]| {
+        world
+            .prefix
+            .run("sc.exe", args, Duration::from_secs(60))
+            .expect("sc runs")
+    };
+    // As on Windows, each `option=` is its own argument, followed by its value.
+    let created = sc(&[
+        "create",
+        name,
+        "binpath=",
+        r"C:\windows\system32\notepad.exe",
+        "start=",
+        "demand",
+    ]);
+    assert!(created.status.success(), "sc create: {created:?}");
+    let control = |operation: &str| {
+        world.execute(
+            world.vm.id,
+            json!({"type": "SAFE", "action": "ServiceControl",
+                   "params": {"service": name, "operation": operation}}),
+        )
+    };
+    let status = control("status");
+    let disabled = control("disable");
+    let deleted = sc(&["delete", name]);
+    assert_eq!(status["success"], true, "{status}");
+    assert_eq!(status["data"]["service"], name, "{status}");
+    assert_eq!(status["data"]["state"], "stopped", "{status}");
+    assert_eq!(status["data"]["start_type"], "manual", "{status}");
+    assert_eq!(disabled["success"], true, "{disabled}");
+    assert_eq!(disabled["data"]["start_type"], "disabled", "{disabled}");
+    assert!(deleted.status.success(), "sc delete: {deleted:?}");
 }
 
 #[test]

@@ -855,6 +855,47 @@ async fn a_stored_inventory_row_that_does_not_read_is_reported_beside_the_rows_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_start_type_is_served_and_rows_stored_before_it_read_as_null() {
+    let server = Server::start(1, Duration::from_millis(500)).await;
+    let admin = server.login(&server.admin).await;
+    let vm = "1f0e0d0c-0b0a-4908-8706-050403020101";
+    server.scratch_vm(vm, None).await;
+    server
+        .store
+        .replace_inventories(&[Inventory {
+            vm_id: vm.to_owned(),
+            kind: InventoryKind::Services,
+            received_at: chrono::Utc::now(),
+            items: json!([
+                // A Windows agent's record: a start type, no load state.
+                {"name": "MSSQL$SQLEXPRESS", "active_state": "active", "sub_state": "running",
+                 "enabled": true, "start_type": "auto-delayed"},
+                // A record stored from an agent that predates `start_type`.
+                {"name": "ssh.service", "load_state": "loaded", "active_state": "active",
+                 "sub_state": "running", "enabled": true},
+            ]),
+        }])
+        .await
+        .expect("store an inventory");
+    let r = server
+        .gql(
+            Some(&admin),
+            "query($id: ID!) { vmServices(vmId: $id) { name loadState enabled startType } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(
+        r["data"]["vmServices"],
+        json!([
+            {"name": "MSSQL$SQLEXPRESS", "loadState": null, "enabled": true, "startType": "auto-delayed"},
+            {"name": "ssh.service", "loadState": "loaded", "enabled": true, "startType": null},
+        ]),
+        "{r}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_vm_closes_its_connection_and_it_stays_gone() {
     let server = Server::start(1, Duration::from_millis(250)).await;
     let admin = server.login(&server.admin).await;
