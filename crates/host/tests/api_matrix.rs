@@ -566,6 +566,9 @@ async fn every_query_mutation_subscription_event_and_route_obeys_the_rule_set() 
     let binaries = server.data_dir.join("infiniservice/binaries/linux");
     std::fs::create_dir_all(&binaries).expect("binaries dir");
     std::fs::write(binaries.join("infiniservice"), b"\x7fELF agent bytes").expect("binary");
+    let windows = server.data_dir.join("infiniservice/binaries/windows");
+    std::fs::create_dir_all(&windows).expect("windows binaries dir");
+    std::fs::write(windows.join("infiniservice.msi"), b"\xd0\xcf\x11\xe0 msi").expect("msi");
     let scripts = server.data_dir.join("infiniservice/scripts");
     std::fs::create_dir_all(&scripts).expect("scripts dir");
     std::fs::write(
@@ -640,6 +643,38 @@ async fn an_install_token_downloads_the_agent_without_a_user_token() {
     );
     let forged = reqwest::get(format!(
         "{}/infiniservice/linux/binary?token=forged",
+        server.url
+    ))
+    .await
+    .expect("GET");
+    assert_eq!(forged.status().as_u16(), 401);
+
+    // The MSI: the same tokens, from beside infiniservice.exe; 404 until it is published.
+    let msi_url = format!("{}/infiniservice/windows/msi?token={install}", server.url);
+    let missing = reqwest::get(&msi_url).await.expect("GET");
+    assert_eq!(missing.status().as_u16(), 404);
+    let windows = server.data_dir.join("infiniservice/binaries/windows");
+    std::fs::create_dir_all(&windows).expect("dir");
+    // An MSI is an OLE compound file: its signature, then bytes.
+    let mut msi = vec![0xd0, 0xcf, 0x11, 0xe0, 0xa1, 0xb1, 0x1a, 0xe1];
+    msi.extend((0..100_000u32).map(|i| (i % 253) as u8));
+    std::fs::write(windows.join("infiniservice.msi"), &msi).expect("msi");
+    let got = reqwest::get(&msi_url).await.expect("GET");
+    assert_eq!(got.status().as_u16(), 200);
+    let header = |name: &str| {
+        got.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(header("content-type").as_deref(), Some("application/x-msi"));
+    assert_eq!(
+        header("content-disposition").as_deref(),
+        Some("attachment; filename=\"infiniservice.msi\"")
+    );
+    assert_eq!(got.bytes().await.expect("body").as_ref(), msi.as_slice());
+    let forged = reqwest::get(format!(
+        "{}/infiniservice/windows/msi?token=forged",
         server.url
     ))
     .await
