@@ -117,13 +117,14 @@ impl WinePrefix {
             .stdout(log.try_clone().map_err(Error::io("log handle"))?)
             .stderr(log);
         prefix.server = Some(TiedChild::spawn(server)?);
-        // A cmd waiting for a line that never comes.
+        // A cmd waiting for a line that never comes. The service manager and the services it
+        // starts inherit its stderr: wine's messages about them land in `wine-services.log`.
         let mut keepalive = prefix.command("cmd.exe");
         keepalive
             .args(["/c", "set /p never="])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(prefix.log_file("wine-services.log")?);
         prefix.keepalive = Some(TiedChild::spawn(keepalive)?);
         Ok(prefix)
     }
@@ -141,7 +142,9 @@ impl WinePrefix {
     fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("WINEPREFIX", self.dir.display().to_string()),
-            ("WINEDEBUG", "-all".into()),
+            // Wine's own errors (not its fixme noise) go with each program's stderr, so that a
+            // failure's logs say what wine refused.
+            ("WINEDEBUG", "-all,err+all".into()),
             ("WINEDLLOVERRIDES", "mscoree,mshtml=".into()),
         ]
     }
@@ -194,8 +197,17 @@ impl WinePrefix {
                 break status;
             }
             if started.elapsed() > timeout {
+                // What it printed before it hung is the clue to why it hung.
+                let printed = |path: &Path| {
+                    String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned()
+                };
                 return Err(Error::Timeout {
-                    what: format!("wine64 {program} {}", args.join(" ")),
+                    what: format!(
+                        "wine64 {program} {}\n--- its stdout ---\n{}\n--- its stderr ---\n{}",
+                        args.join(" "),
+                        printed(&out_path),
+                        printed(&err_path)
+                    ),
                     after: started.elapsed(),
                 });
             }
