@@ -830,6 +830,28 @@ fn the_msi_installs_with_msiexec_runs_its_service_and_uninstalls() {
     let online = world.wait_online_identified(vm.id);
     assert_eq!(online["agent"]["os"], "windows", "{online}");
 
+    // Stopped, and its process gone, before `/x`. Wine's msiexec deletes the files right after
+    // the service reports STOPPED, while its process may still be exiting on a loaded machine;
+    // wine then leaves the in-use exe behind and still succeeds (Windows Installer would wait
+    // for it or replace it at reboot). Seen here: "exe still there after /x".
+    let stop = world
+        .prefix
+        .run("sc.exe", &["stop", SERVICE], Duration::from_secs(60))
+        .expect("sc stop runs");
+    assert!(stop.status.success(), "{}", shown(&stop));
+    world.wait_for(
+        Duration::from_secs(60),
+        "the service stopped and its process gone (only the console agent left)",
+        || {
+            let state = sc_state(world, SERVICE);
+            let agents = world
+                .processes()
+                .iter()
+                .filter(|(_, _, name)| name == "infiniservice.exe")
+                .count();
+            (state.contains("STOPPED") && agents == 1).then_some(Value::String(state))
+        },
+    );
     let log = windows_path(&world.scratch.path().join("msiexec-uninstall.log"));
     let remove = world
         .prefix
