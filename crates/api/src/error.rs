@@ -17,7 +17,8 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// without a code, and this type must only become one through its own conversion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `VM_OFFLINE`, `TIMEOUT`, `INVALID`, `INTERNAL`.
+    /// `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `VM_OFFLINE`, `TIMEOUT`, `INVALID`,
+    /// `RATE_LIMITED`, `INTERNAL`.
     pub code: &'static str,
     /// For people.
     pub message: String,
@@ -39,6 +40,10 @@ impl ApiError {
     pub fn invalid(what: impl Into<String>) -> Self {
         Self::new("INVALID", what)
     }
+    /// `RATE_LIMITED`: the caller asked too much too fast; retrying later works.
+    pub fn rate_limited(why: impl Into<String>) -> Self {
+        Self::new("RATE_LIMITED", why)
+    }
     /// `INTERNAL` (logged; the message says what failed, not the details).
     pub fn internal(what: impl std::fmt::Display) -> Self {
         tracing::warn!(target: "infinibay::api", "internal error: {what}");
@@ -50,6 +55,7 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Unavailable(m) => Self::internal(m),
+            AuthError::Busy => Self::rate_limited(AuthError::Busy.to_string()),
             other => Self::new("UNAUTHENTICATED", other.to_string()),
         }
     }
@@ -92,6 +98,7 @@ impl From<infinibay_control::CommandError> for ApiError {
             C::Timeout { .. } => "TIMEOUT",
             C::TooManyPending { .. } | C::NoSuchCommand(..) => "INTERNAL",
             C::Invalid(_) => "INVALID",
+            C::Forbidden(_) => "FORBIDDEN",
         };
         Self::new(code, e.to_string())
     }
