@@ -106,7 +106,7 @@ export const Q = {
   processes: `query P($vmId: ID!) { vmProcesses(vmId: $vmId) { pid ppid name cmdline user state cpuPercent memoryKb startTime } }`,
   ports: `query Po($vmId: ID!) { vmPorts(vmId: $vmId) { port protocol localAddress state processId processName } }`,
   applications: `query A($vmId: ID!) { vmApplications(vmId: $vmId) { name version sizeKb architecture } }`,
-  services: `query S($vmId: ID!) { vmServices(vmId: $vmId) { name description loadState activeState subState enabled } }`,
+  services: `query S($vmId: ID!) { vmServices(vmId: $vmId) { name description loadState activeState subState enabled startType } }`,
   commandLogs: `query L($vmId: ID!, $limit: Int) { commandLogs(vmId: $vmId, limit: $limit) {
     id kind command success durationMs createdAt user { username } } }`,
   execute: `mutation X($vmId: ID!, $command: CommandInput!) { executeVmCommand(vmId: $vmId, command: $command) {

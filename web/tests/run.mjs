@@ -438,6 +438,10 @@ async function main() {
     const firstRow = 'table[data-table=services] tbody tr[data-key]';
     await page.waitForSelector(firstRow, { timeout: 30000 });
     const service = await page.getAttribute(firstRow, 'data-key');
+    // The simulator's first service (service-000) is disabled: the Start column shows the
+    // agent's startType.
+    const start = (await page.textContent(`${firstRow} td[data-col=start]`))?.trim();
+    if (start !== 'disabled') throw new Error(`start type of ${service}: ${JSON.stringify(start)}`);
     const restart = `${firstRow} td[data-col=actions] button:has-text("Restart")`;
     await page.click(restart);
     await page.waitForSelector(`${firstRow} td[data-col=actions] button.armed`);

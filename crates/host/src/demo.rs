@@ -3,8 +3,9 @@
 //! A fresh data directory (SQLite), the server on the usual port, and N real `infiniservice`
 //! agents in `--listen-unix` mode: each binds a socket in the host's socket directory exactly as
 //! QEMU would for a VM, so discovery, handshake, metrics and commands are the real ones and the
-//! numbers are this machine's. Everything is stopped (agents killed, the temporary directory
-//! removed) on Ctrl-C.
+//! numbers are this machine's. The agent it runs and the installers are published for download
+//! (`/infiniservice/linux/binary`, `…/script`), as `deploy/publish-agents.sh` does for a real
+//! host. Everything is stopped (agents killed, the temporary directory removed) on Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,19 @@ use rand::Rng;
 use tokio::process::{Child, Command};
 
 use crate::config::{Config, Overrides};
+
+/// The installers the download routes serve, built into this binary from `deploy/` so that the
+/// demo can publish them wherever it runs.
+const INSTALLERS: [(&str, &str); 2] = [
+    (
+        "install-linux.sh",
+        include_str!("../../../deploy/install-linux.sh"),
+    ),
+    (
+        "install-windows.ps1",
+        include_str!("../../../deploy/install-windows.ps1"),
+    ),
+];
 
 /// Flags of `infinibay demo`.
 #[derive(Debug, Clone, Args)]
@@ -62,6 +76,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let socket_dir = data_dir.join("sockets");
     std::fs::create_dir_all(&socket_dir)
         .with_context(|| format!("cannot create {}", socket_dir.display()))?;
+    publish_downloads(&data_dir, &agent_binary)?;
 
     let listener = bind(args.listen).await?;
     let address = listener.local_addr().context("listener has no address")?;
@@ -107,6 +122,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         agents.len(),
         args.interval,
         socket_dir.display()
+    );
+    println!(
+        "  downloads   http://{address}/infiniservice/linux/binary and …/script \
+         (a user token, or ?token= from vmInstallToken)"
     );
     match &temporary {
         Some(_) => println!("  data        {} (removed on exit)", data_dir.display()),
@@ -167,6 +186,35 @@ fn find_agent(given: Option<&Path>) -> anyhow::Result<PathBuf> {
         "the infiniservice agent binary was not found beside infinibay or on PATH; \
          build it with `cargo build --release -p infiniservice` or pass --agent PATH",
     )
+}
+
+/// Put the agent the demo runs and the installers where the download routes read them, in the
+/// layout of `deploy/publish-agents.sh`: `<data>/infiniservice/binaries/linux/infiniservice`
+/// and `<data>/infiniservice/scripts/`. Each file is written beside its place and renamed, so
+/// that a download never sees half of one.
+fn publish_downloads(data_dir: &Path, agent: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = data_dir.join("infiniservice");
+    let place = |relative: &str, mode: u32, write: &dyn Fn(&Path) -> std::io::Result<()>| {
+        let path = root.join(relative);
+        let staged = path.with_extension("new");
+        let result = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| write(&staged))
+            .and_then(|()| std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode)))
+            .and_then(|()| std::fs::rename(&staged, &path));
+        result.with_context(|| format!("cannot publish {}", path.display()))
+    };
+    place("binaries/linux/infiniservice", 0o755, &|to| {
+        std::fs::copy(agent, to).map(|_| ())
+    })?;
+    for (name, text) in INSTALLERS {
+        place(&format!("scripts/{name}"), 0o644, &|to| {
+            std::fs::write(to, text)
+        })?;
+    }
+    Ok(())
 }
 
 async fn bind(requested: Option<SocketAddr>) -> anyhow::Result<tokio::net::TcpListener> {

@@ -343,7 +343,8 @@ pub struct Application {
     pub architecture: Option<String>,
 }
 
-/// `service_inventory`: system services (systemd units on Linux).
+/// `service_inventory`: system services (systemd units on Linux, the Service Control Manager's
+/// services on Windows).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ServiceInventory {
     /// When collected (guest clock).
@@ -357,12 +358,12 @@ pub struct ServiceInventory {
 /// One service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ServiceInfo {
-    /// Unit name (`ssh.service`).
+    /// Unit name (`ssh.service`), or the Windows service name (`Spooler`).
     pub name: String,
-    /// Human description.
+    /// Human description (on Windows the display name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// `loaded`, `not-found`, …
+    /// systemd's load state: `loaded`, `not-found`, … (absent on Windows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_state: Option<String>,
     /// `active`, `inactive`, `failed`, …
@@ -374,4 +375,10 @@ pub struct ServiceInfo {
     /// Whether it starts at boot, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// How it starts, in the OS's own words: on Linux systemd's unit-file state (`enabled`,
+    /// `disabled`, `static`, `masked`, `indirect`, `generated`, …), on Windows the start type
+    /// (`auto`, `auto-delayed`, `manual`, `disabled`, `boot`, `system`). Added after v1 first
+    /// shipped: older agents leave it out, and older hosts ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_type: Option<String>,
 }
