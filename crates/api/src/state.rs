@@ -43,6 +43,9 @@ pub struct ApiSettings {
     /// GraphiQL's page from the dashboard's web build (`infinibay_dashboard::graphiql_page`),
     /// answered on `GET /graphql` when `api.graphiql` is on; `None`: the build is missing.
     pub graphiql_page: Option<&'static [u8]>,
+    /// Origins (`https://host[:port]`) whose pages may call the API from a browser, with
+    /// credentials (seed 003 serves its frontend from `FRONTEND_URL`). Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl std::fmt::Debug for ApiSettings {
@@ -75,6 +78,8 @@ pub(crate) struct Inner {
     pub throttle: LoginThrottle,
     /// Database turns per user.
     pub work: WorkLimiter,
+    /// Refused WebSocket upgrades and Socket.IO connections, deduplicated.
+    pub refusals: crate::refusals::RefusalLog,
 }
 
 /// The shared API state. Cheap to clone.
@@ -119,6 +124,7 @@ impl Api {
                 console,
                 throttle,
                 work,
+                refusals: crate::refusals::RefusalLog::default(),
             }),
         }
     }
@@ -126,6 +132,11 @@ impl Api {
     /// The core.
     pub fn control(&self) -> &dyn VmControl {
         self.inner.control.as_ref()
+    }
+
+    /// The log of refused connections.
+    pub fn refusals(&self) -> &crate::refusals::RefusalLog {
+        &self.inner.refusals
     }
 
     /// The store.
