@@ -28,8 +28,8 @@ use crate::bus::Bus;
 use crate::registry::{PendingSlot, Registry, VmCounters, VmEntry};
 use crate::store_writer::StoreQueue;
 use infinibay_control::command::{Command, CommandError, CommandEvent, CommandSpec, CommandStatus};
-use infinibay_control::event::BusEvent;
 use infinibay_control::console::{CONSOLE_KIND, ConsoleSession};
+use infinibay_control::event::BusEvent;
 
 const TARGET: &str = "infinibay::commands";
 
