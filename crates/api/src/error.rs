@@ -17,7 +17,9 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// without a code, and this type must only become one through its own conversion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `VM_OFFLINE`, `TIMEOUT`, `INVALID`, `INTERNAL`.
+    /// `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `VM_OFFLINE`, `TIMEOUT`, `INVALID`,
+    /// `INTERNAL`, and for VM lifecycle operations `LIBVIRT_UNAVAILABLE`, `NO_DOMAIN`,
+    /// `ALREADY_RUNNING`, `NOT_RUNNING`, `INVALID_STATE`, `ALREADY_EXISTS`, `LIBVIRT_ERROR`.
     pub code: &'static str,
     /// For people.
     pub message: String,
@@ -100,5 +102,14 @@ impl From<infinibay_control::CommandError> for ApiError {
 impl From<infinibay_control::ControlError> for ApiError {
     fn from(e: infinibay_control::ControlError) -> Self {
         Self::internal(e)
+    }
+}
+
+impl From<infinibay_control::LifecycleError> for ApiError {
+    fn from(e: infinibay_control::LifecycleError) -> Self {
+        match e {
+            infinibay_control::LifecycleError::Storage(m) => Self::internal(m),
+            other => Self::new(other.code(), other.to_string()),
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! What the core publishes and how to receive it: events with NATS-shaped subjects
-//! (`infinibay.vm.<id>.metrics`, `.status`, `.inventory`, `.error`, `.agent`), filters that read
+//! (`infinibay.vm.<id>.metrics`, `.status`, `.inventory`, `.error`, `.agent`, `.power`), filters that read
 //! NATS-style patterns (`*` for one token, `>` for the rest), and the subscription a consumer
 //! holds. Every event serialises and deserialises (it is what a NATS bus carries); the
 //! in-process transport is the core's bus.
@@ -12,6 +12,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use infinibay_protocol::message::VmIdentification;
 use infinibay_store::{Inventory, MetricSample, VmErrorRecord, VmStatus};
+
+use crate::lifecycle::PowerState;
 
 /// First tokens of every VM subject.
 pub const SUBJECT_PREFIX: &str = "infinibay.vm";
@@ -30,16 +32,19 @@ pub enum Topic {
     Error,
     /// The agent identified itself.
     Agent,
+    /// The hypervisor's power state of the VM changed (libvirt).
+    Power,
 }
 
 impl Topic {
     /// All topics.
-    pub const ALL: [Topic; 5] = [
+    pub const ALL: [Topic; 6] = [
         Topic::Metrics,
         Topic::Status,
         Topic::Inventory,
         Topic::Error,
         Topic::Agent,
+        Topic::Power,
     ];
 
     /// Subject token.
@@ -50,6 +55,7 @@ impl Topic {
             Self::Inventory => "inventory",
             Self::Error => "error",
             Self::Agent => "agent",
+            Self::Power => "power",
         }
     }
 
@@ -144,6 +150,54 @@ pub struct AgentEvent {
     pub agent: VmIdentification,
 }
 
+/// Why a VM's power state changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerCause {
+    /// A libvirt lifecycle event (`kind` and `detail` of [`PowerEvent`] say which).
+    Lifecycle,
+    /// A full resync after (re)connecting to libvirt, or after events were dropped: the state
+    /// changed while nobody was listening.
+    Resync,
+    /// The connection to libvirt was lost: the state is unknown until it is back.
+    Disconnected,
+    /// The domain no longer exists in libvirt (undefined outside infinibay); the VM's record
+    /// stays until it is deleted.
+    DomainGone,
+}
+
+impl PowerCause {
+    /// `lifecycle`, `resync`, `disconnected`, `domain_gone`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lifecycle => "lifecycle",
+            Self::Resync => "resync",
+            Self::Disconnected => "disconnected",
+            Self::DomainGone => "domain_gone",
+        }
+    }
+}
+
+/// A VM's power state changed (whoever changed it: infinibay, `virsh`, the guest itself).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PowerEvent {
+    /// VM (the domain UUID).
+    pub vm_id: String,
+    /// The state now.
+    pub power_state: PowerState,
+    /// The state before.
+    pub previous: PowerState,
+    /// Why it changed.
+    pub cause: PowerCause,
+    /// libvirt's event kind for [`PowerCause::Lifecycle`] (`started`, `stopped`, `paused`,
+    /// `resumed`, `shutdown`, `crashed`, `defined`, `undefined`), else the cause's name.
+    pub kind: String,
+    /// libvirt's detail in words (`booted`, `destroyed`, `shut down`, …), or empty.
+    pub detail: String,
+    /// Host time.
+    pub at: DateTime<Utc>,
+}
+
 /// One event on the bus. Payloads are shared (`Arc`) so that fan-out never copies a sample.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "topic", content = "data", rename_all = "snake_case")]
@@ -158,6 +212,8 @@ pub enum BusEvent {
     Error(Arc<VmErrorRecord>),
     /// Agent identification.
     Agent(Arc<AgentEvent>),
+    /// Power state change.
+    Power(PowerEvent),
 }
 
 impl BusEvent {
@@ -169,6 +225,7 @@ impl BusEvent {
             Self::Inventory(i) => &i.vm_id,
             Self::Error(e) => &e.vm_id,
             Self::Agent(a) => &a.vm_id,
+            Self::Power(p) => &p.vm_id,
         }
     }
 
@@ -180,6 +237,7 @@ impl BusEvent {
             Self::Inventory(_) => Topic::Inventory,
             Self::Error(_) => Topic::Error,
             Self::Agent(_) => Topic::Agent,
+            Self::Power(_) => Topic::Power,
         }
     }
 

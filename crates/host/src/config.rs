@@ -58,8 +58,8 @@ pub enum ConfigError {
 }
 
 /// The whole configuration of the host: where it listens and keeps its state, which database,
-/// and the core's sections (`socket_dir`, `[discovery]`, `[connection]`, `[ingest]`, `[store]`,
-/// `[maintenance]`, `[commands]`) at the same places in the file.
+/// and the core's sections (`socket_dir`, `libvirt`, `image_dir`, `[discovery]`, `[connection]`,
+/// `[ingest]`, `[store]`, `[maintenance]`, `[commands]`) at the same places in the file.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     /// HTTP listen address, data directory and database.
@@ -103,6 +103,10 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--socket-dir`.
     pub socket_dir: Option<PathBuf>,
+    /// `--libvirt`.
+    pub libvirt: Option<String>,
+    /// `--image-dir`.
+    pub image_dir: Option<PathBuf>,
     /// `--database`.
     pub database: Option<String>,
 }
@@ -153,6 +157,12 @@ impl Config {
         }
         if let Some(dir) = &overrides.socket_dir {
             config.core.socket_dir = dir.clone();
+        }
+        if let Some(uri) = &overrides.libvirt {
+            config.core.libvirt = uri.clone();
+        }
+        if let Some(dir) = &overrides.image_dir {
+            config.core.image_dir = dir.clone();
         }
         if let Some(url) = &overrides.database {
             config.process.database = Some(url.clone());
@@ -279,6 +289,12 @@ pub struct ConfigArgs {
     /// Directory of the per-VM sockets (default /opt/infinibay/sockets).
     #[arg(long)]
     pub socket_dir: Option<PathBuf>,
+    /// libvirt URI (default qemu:///system; `none` runs without libvirt).
+    #[arg(long, value_name = "URI")]
+    pub libvirt: Option<String>,
+    /// Directory of base images and VM disk overlays (default /opt/infinibay/images).
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
     /// Database URL (default: SQLite in the data directory).
     #[arg(long)]
     pub database: Option<String>,
@@ -294,6 +310,8 @@ impl ConfigArgs {
                 listen: self.listen,
                 data_dir: self.data_dir.clone(),
                 socket_dir: self.socket_dir.clone(),
+                libvirt: self.libvirt.clone(),
+                image_dir: self.image_dir.clone(),
                 database: self.database.clone(),
             },
         )
@@ -320,6 +338,44 @@ mod tests {
         assert_eq!(c.core.ingest.burst, 50);
         assert_eq!(c.core.ingest.rate_per_sec, 10.0);
         assert_eq!(c.core.connection.missed_pings, 3);
+        assert_eq!(c.core.libvirt, "qemu:///system");
+        assert_eq!(c.core.libvirt_uri(), Some("qemu:///system"));
+        assert_eq!(c.core.image_dir, PathBuf::from("/opt/infinibay/images"));
+    }
+
+    #[test]
+    fn libvirt_comes_from_the_file_the_environment_or_the_flag_and_none_turns_it_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "libvirt = \"qemu:///session\"\nimage_dir = \"/file\"\n",
+        )
+        .expect("write config");
+        let from_file = Config::load(Some(&file), env(&[]), &Overrides::default()).expect("file");
+        assert_eq!(from_file.core.libvirt_uri(), Some("qemu:///session"));
+        assert_eq!(from_file.core.image_dir, PathBuf::from("/file"));
+        let from_env = Config::load(
+            Some(&file),
+            env(&[
+                ("INFINIBAY_LIBVIRT", "qemu+ssh://h/system"),
+                ("INFINIBAY_IMAGE_DIR", "/env"),
+            ]),
+            &Overrides::default(),
+        )
+        .expect("env");
+        assert_eq!(from_env.core.libvirt_uri(), Some("qemu+ssh://h/system"));
+        assert_eq!(from_env.core.image_dir, PathBuf::from("/env"));
+        let off = Config::load(
+            Some(&file),
+            env(&[("INFINIBAY_LIBVIRT", "qemu+ssh://h/system")]),
+            &Overrides {
+                libvirt: Some("none".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("flag");
+        assert_eq!(off.core.libvirt_uri(), None);
     }
 
     #[test]
