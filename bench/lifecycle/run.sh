@@ -69,12 +69,13 @@ curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null || { cat "$WORK/host.log" >
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 started=$(date -u +%Y-%m-%dT%H:%MZ)
+commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates bench/lifecycle || echo +changes)"
 SERVER="http://127.0.0.1:$PORT" USERNAME=admin PASSWORD="$PASSWORD" LIBVIRT_URI="$IB_TEST_LIBVIRT_URI" \
   HOST_PID="$HOST_PID" VMS="$VMS" MEMORY_MIB="$MEMORY_MIB" CPU_EVENTS="$CPU_EVENTS" \
   node "$DRIVER" >"$WORK/result.json" || { tail -50 "$WORK/host.log" >&2; exit 1; }
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
 
-python3 - "$WORK/result.json" "$OUT_MD" "$started" "$PROFILE" "$load0" "$load1" "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo +changes)" "$MEMORY_MIB" <<'PY'
+python3 - "$WORK/result.json" "$OUT_MD" "$started" "$PROFILE" "$load0" "$load1" "$commit" "$MEMORY_MIB" <<'PY'
 import json, sys
 src, out, started, profile, load0, load1, commit, mem = sys.argv[1:]
 r = json.load(open(src))
@@ -121,7 +122,9 @@ How the times are taken: createVm → online runs from sending the mutation to t
 `vm:online` in the VM's room or `status: ONLINE` read back (polled every 200 ms). An outside
 change is written to one long-lived `virsh` shell (its start-up is not counted) and runs until
 the update arrives; it includes libvirt carrying out the change (for `destroy`, QEMU's exit).
-Under TCG the boot dominates the first measure; with KVM it is a fraction of it.
+Under TCG the boot dominates the first measure; with KVM it is a fraction of it. Percentiles
+are nearest-rank: with 20 samples p99 is the largest. A debug build costs more CPU per event
+than `PROFILE=release`.
 """)
 print(open(out).read())
 PY
