@@ -304,7 +304,9 @@ impl Scratch {
             kernel: Some(KernelBoot {
                 kernel: self.kernel.clone(),
                 initrd: self.initrd.clone(),
-                cmdline: format!("console=ttyS0 quiet panic=-1 ib.hostname={name} ib.vm_id={uuid}"),
+                cmdline: format!(
+                    "console=ttyS0 quiet panic=-1 no_timer_check ib.hostname={name} ib.vm_id={uuid}"
+                ),
             }),
             accel: Default::default(),
             serial_log: Some(self.console_log(name)),
