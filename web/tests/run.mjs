@@ -550,7 +550,7 @@ async function main() {
       await page.click('form.create-vm summary');
       await page.fill('form.create-vm input[name=kernel]', 'vmlinuz');
       await page.fill('form.create-vm input[name=initrd]', 'initramfs.gz');
-      await page.fill('form.create-vm input[name=cmdline]', `console=ttyS0 quiet ib.hostname=${name}`);
+      await page.fill('form.create-vm input[name=cmdline]', `console=ttyS0 quiet panic=-1 no_timer_check ib.hostname=${name}`);
       await shot(page, 'create-vm-form');
       await page.click('form.create-vm button[type=submit]');
       await page.waitForURL(/#\/vm\//, { timeout: 60000 });

@@ -382,7 +382,7 @@ async fn shared_guest() -> &'static Guest {
                     "kernel": {
                         "kernel": "vmlinuz",
                         "initrd": "initramfs.gz",
-                        "cmdline": format!("console=ttyS0 quiet panic=-1 ib.hostname={name}"),
+                        "cmdline": format!("console=ttyS0 quiet panic=-1 no_timer_check ib.hostname={name}"),
                     },
                 }}),
             )
@@ -741,7 +741,7 @@ async fn delete_vm_removes_the_domain_its_sockets_and_the_record() {
         "mutation($input: CreateVmInput!) { createVm(input: $input) { id powerState } }",
         json!({"input": {
             "name": name, "memoryMib": 128,
-            "kernel": {"kernel": "vmlinuz", "initrd": "initramfs.gz", "cmdline": "console=ttyS0 quiet"},
+            "kernel": {"kernel": "vmlinuz", "initrd": "initramfs.gz", "cmdline": "console=ttyS0 quiet no_timer_check"},
         }}),
     )
     .await;
