@@ -44,6 +44,18 @@ impl PowerState {
     pub fn expects_agent(self) -> bool {
         matches!(self, Self::Running | Self::Unknown)
     }
+
+    /// Whether the VM runs, as the alert engine's "is the VM running" hook asks it (issue 15's
+    /// `alerts::PowerState::is_running`): `Some(true)` when running, `Some(false)` when shut
+    /// off, crashed or paused (a silent agent is expected), `None` when the hypervisor does not
+    /// know (the engine then goes by the socket file).
+    pub fn is_running(self) -> Option<bool> {
+        match self {
+            Self::Running => Some(true),
+            Self::Paused | Self::Shutoff | Self::Crashed => Some(false),
+            Self::Unknown => None,
+        }
+    }
 }
 
 impl std::fmt::Display for PowerState {
@@ -315,6 +327,17 @@ impl LifecycleError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_running_vm_counts_as_running_and_an_unknown_one_is_left_to_the_socket() {
+        assert_eq!(PowerState::Running.is_running(), Some(true));
+        for quiet in [PowerState::Paused, PowerState::Shutoff, PowerState::Crashed] {
+            assert_eq!(quiet.is_running(), Some(false), "{quiet}");
+            assert!(!quiet.expects_agent(), "{quiet}");
+        }
+        assert_eq!(PowerState::Unknown.is_running(), None);
+        assert!(PowerState::Unknown.expects_agent());
+    }
 
     #[test]
     fn power_states_and_errors_keep_their_wire_names() {
