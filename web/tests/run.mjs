@@ -560,6 +560,9 @@ async function main() {
       await powerIs('running');
       // Its agent comes online (the state badge shows the agent while the VM runs).
       await page.waitForSelector('.vm-head .page-head .badge-online', { timeout: 150000 });
+      // The agent's facts follow without a reload (its host name is the VM's name here).
+      await page.waitForFunction((want) => [...document.querySelectorAll('.vm-head dl.facts > div')]
+        .some((d) => d.querySelector('dt')?.textContent === 'Hostname' && d.querySelector('dd')?.textContent === want), name, { timeout: 20000 });
       await shot(page, 'created-vm-online');
 
       await page.click('button[data-action=suspend]');

@@ -141,6 +141,7 @@ export function vmPage({ user, live }, vmId, initialTab) {
   }
 
   // Live status for the header (the tabs follow their own data).
+  let agentFacts = null;
   const setPower = (state) => {
     if (vm && state && vm.powerState !== state) {
       vm.powerState = state;
@@ -148,7 +149,17 @@ export function vmPage({ user, live }, vmId, initialTab) {
     }
   };
   cleanups.push(
-    live.on('vm:online', (e) => e?.vmId === vmId && vm && ((vm.status = 'ONLINE'), renderHead())),
+    live.on('vm:online', (e) => {
+      if (e?.vmId !== vmId || !vm) return;
+      vm.status = 'ONLINE';
+      renderHead();
+      // A VM that just booted has no agent facts yet: read them once the agent's
+      // identification is stored.
+      if (!vm.agent) {
+        clearTimeout(agentFacts);
+        agentFacts = setTimeout(() => vm && !vm.agent && loadVm(), 2000);
+      }
+    }),
     live.on('vm:offline', (e) => e?.vmId === vmId && vm && ((vm.status = 'OFFLINE'), renderHead())),
     live.on('vm:power', (e) => e?.vmId === vmId && setPower(e.powerState)),
     live.on('vms:update', (e) => e?.data?.id === vmId && setPower(e.data.powerState)),
@@ -168,7 +179,7 @@ export function vmPage({ user, live }, vmId, initialTab) {
       // The next round retries; the tabs show their own errors.
     }
   }, 30000);
-  cleanups.push(() => clearInterval(headRefresh));
+  cleanups.push(() => clearInterval(headRefresh), () => clearTimeout(agentFacts));
 
   loadVm().then((ok) => {
     if (ok) {
