@@ -17,6 +17,7 @@ import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { io } from "socket.io-client";
+import { graphqlClient } from "./graphql.mjs";
 
 const env = (k, fallback) => {
   const v = process.env[k] ?? fallback;
@@ -34,16 +35,7 @@ const CLK_TCK = 100; // Linux USER_HZ on x86_64
 const log = (...a) => console.error("[lifecycle]", ...a);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function gql(query, variables, token) {
-  const res = await fetch(`${SERVER}/graphql`, {
-    method: "POST",
-    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    body: JSON.stringify({ query, variables }),
-  });
-  const body = await res.json();
-  if (body.errors) throw new Error(`GraphQL: ${JSON.stringify(body.errors)}`);
-  return body.data;
-}
+const gql = graphqlClient(SERVER);
 
 /** The host process's CPU time in seconds (user + system). */
 function hostCpuSeconds() {

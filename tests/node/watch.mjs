@@ -7,6 +7,7 @@
 //
 // env: SERVER, USERNAME, PASSWORD, VM_IDS (comma-separated, optional)
 import { io } from "socket.io-client";
+import { graphqlClient } from "./graphql.mjs";
 
 const env = (k, fallback) => {
   const v = process.env[k] ?? fallback;
@@ -15,16 +16,7 @@ const env = (k, fallback) => {
 };
 const SERVER = env("SERVER");
 
-async function gql(query, variables, token) {
-  const res = await fetch(`${SERVER}/graphql`, {
-    method: "POST",
-    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    body: JSON.stringify({ query, variables }),
-  });
-  const body = await res.json();
-  if (body.errors) throw new Error(`GraphQL: ${JSON.stringify(body.errors)}`);
-  return body.data;
-}
+const gql = graphqlClient(SERVER);
 
 const { login } = await gql(
   "mutation($u:String!,$p:String!){login(username:$u,password:$p){token}}",

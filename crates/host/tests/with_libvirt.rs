@@ -612,9 +612,13 @@ async fn shutdown_through_the_api_turns_the_vm_shutoff_and_its_agent_offline_and
         json!("RUNNING"),
         "{update}"
     );
-    assert_eq!(
-        update["data"]["power"]["kind"],
-        json!("stopped"),
+    // libvirt's SHUTDOWN event reads the state after the fact: when QEMU has exited by then,
+    // it already says SHUTOFF and the STOPPED that follows changes nothing.
+    assert!(
+        matches!(
+            update["data"]["power"]["kind"].as_str(),
+            Some("stopped" | "shutdown")
+        ),
         "{update}"
     );
     assert_eq!(update["data"]["name"], json!(guest.name));
