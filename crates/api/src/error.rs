@@ -18,8 +18,9 @@ pub type ApiResult<T> = Result<T, ApiError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     /// `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `VM_OFFLINE`, `TIMEOUT`, `INVALID`,
-    /// `INTERNAL`, and for VM lifecycle operations `LIBVIRT_UNAVAILABLE`, `NO_DOMAIN`,
-    /// `ALREADY_RUNNING`, `NOT_RUNNING`, `INVALID_STATE`, `ALREADY_EXISTS`, `LIBVIRT_ERROR`.
+    /// `RATE_LIMITED`, `INTERNAL`, and for VM lifecycle operations `LIBVIRT_UNAVAILABLE`,
+    /// `NO_DOMAIN`, `ALREADY_RUNNING`, `NOT_RUNNING`, `INVALID_STATE`, `ALREADY_EXISTS`,
+    /// `LIBVIRT_ERROR`.
     pub code: &'static str,
     /// For people.
     pub message: String,
@@ -41,6 +42,10 @@ impl ApiError {
     pub fn invalid(what: impl Into<String>) -> Self {
         Self::new("INVALID", what)
     }
+    /// `RATE_LIMITED`: the caller asked too much too fast; retrying later works.
+    pub fn rate_limited(why: impl Into<String>) -> Self {
+        Self::new("RATE_LIMITED", why)
+    }
     /// `INTERNAL` (logged; the message says what failed, not the details).
     pub fn internal(what: impl std::fmt::Display) -> Self {
         tracing::warn!(target: "infinibay::api", "internal error: {what}");
@@ -52,6 +57,7 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Unavailable(m) => Self::internal(m),
+            AuthError::Busy => Self::rate_limited(AuthError::Busy.to_string()),
             other => Self::new("UNAUTHENTICATED", other.to_string()),
         }
     }
@@ -94,6 +100,7 @@ impl From<infinibay_control::CommandError> for ApiError {
             C::Timeout { .. } => "TIMEOUT",
             C::TooManyPending { .. } | C::NoSuchCommand(..) => "INTERNAL",
             C::Invalid(_) => "INVALID",
+            C::Forbidden(_) => "FORBIDDEN",
         };
         Self::new(code, e.to_string())
     }

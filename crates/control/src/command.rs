@@ -124,6 +124,9 @@ pub enum CommandError {
     /// The command cannot be expressed on the wire.
     #[error("invalid command: {0}")]
     Invalid(String),
+    /// The user may not send it (the API's authorization refused it; only logged).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl CommandError {
@@ -139,6 +142,7 @@ impl CommandError {
             Self::TooManyPending { .. } => "too_many_pending",
             Self::NoSuchCommand(..) => "no_such_command",
             Self::Invalid(_) => "invalid",
+            Self::Forbidden(_) => "forbidden",
         }
     }
 }

@@ -13,6 +13,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use infinibay_api::limits::ApiConfig;
 use infinibay_core::config::CoreConfig;
 
 /// Prefix of the environment variables read as configuration.
@@ -58,14 +59,17 @@ pub enum ConfigError {
 }
 
 /// The whole configuration of the host: where it listens and keeps its state, which database,
-/// and the core's sections (`socket_dir`, `libvirt`, `image_dir`, `[discovery]`, `[connection]`,
-/// `[ingest]`, `[store]`, `[maintenance]`, `[commands]`) at the same places in the file.
+/// the core's sections (`socket_dir`, `libvirt`, `image_dir`, `[discovery]`, `[connection]`,
+/// `[ingest]`, `[store]`, `[maintenance]`, `[commands]`) at the same places in the file, and the
+/// API's `[api]`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     /// HTTP listen address, data directory and database.
     pub process: ProcessConfig,
     /// The core's settings.
     pub core: CoreConfig,
+    /// The user-facing side: limits, GraphiQL, the metrics listener (`[api]`).
+    pub api: ApiConfig,
 }
 
 /// The host process's own settings (the file's top-level `listen`, `data_dir`, `database`).
@@ -91,8 +95,12 @@ impl Default for ProcessConfig {
     }
 }
 
-/// Top-level keys of the file that belong to [`ProcessConfig`]; the rest are the core's.
+/// Top-level keys of the file that belong to [`ProcessConfig`]; the rest are the core's (but
+/// [`API_SECTION`]).
 const PROCESS_KEYS: [&str; 3] = ["listen", "data_dir", "database"];
+
+/// The section of the file that belongs to [`ApiConfig`].
+const API_SECTION: &str = "api";
 
 /// Values given on the command line; `None` keeps the lower layers' value.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -171,6 +179,7 @@ impl Config {
             .core
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.api.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
     }
 
@@ -178,6 +187,10 @@ impl Config {
     fn to_table(&self) -> Result<toml::Table, toml::ser::Error> {
         let mut table = toml::Table::try_from(&self.core)?;
         table.extend(toml::Table::try_from(&self.process)?);
+        table.insert(
+            API_SECTION.to_owned(),
+            toml::Value::Table(toml::Table::try_from(&self.api)?),
+        );
         Ok(table)
     }
 
@@ -192,6 +205,12 @@ impl Config {
         let process: ProcessConfig = toml::Value::Table(process)
             .try_into()
             .map_err(|e: toml::de::Error| e.to_string())?;
+        let api: ApiConfig = match table.remove(API_SECTION) {
+            Some(section) => section
+                .try_into()
+                .map_err(|e: toml::de::Error| format!("[{API_SECTION}]: {e}"))?,
+            None => ApiConfig::default(),
+        };
         let core: CoreConfig =
             toml::Value::Table(table)
                 .try_into()
@@ -199,7 +218,7 @@ impl Config {
                     // The core's message lists only its own keys; name the process's too.
                     format!("{e} (or one of the top-level {})", PROCESS_KEYS.join(", "))
                 })?;
-        Ok(Self { process, core })
+        Ok(Self { process, core, api })
     }
 
     /// The database URL: the configured one, else an SQLite file in the data directory.
@@ -341,6 +360,40 @@ mod tests {
         assert_eq!(c.core.libvirt, "qemu:///system");
         assert_eq!(c.core.libvirt_uri(), Some("qemu:///system"));
         assert_eq!(c.core.image_dir, PathBuf::from("/opt/infinibay/images"));
+        assert!(!c.api.graphiql);
+        assert_eq!(c.api.metrics_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.api.max_body_bytes, 2 * 1024 * 1024);
+    }
+
+    #[test]
+    fn the_api_section_is_read_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[api]\ngraphiql = true\nmetrics_listen = \"127.0.0.1:9999\"\n",
+        )
+        .expect("write config");
+        let c = Config::load(
+            Some(&file),
+            env(&[("INFINIBAY_API__MAX_BODY_BYTES", "4096")]),
+            &Overrides::default(),
+        )
+        .expect("config loads");
+        assert!(c.api.graphiql);
+        assert_eq!(c.api.metrics_listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(c.api.max_body_bytes, 4096);
+        std::fs::write(&file, "[api]\nmax_body_bites = 1\n").expect("write");
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default())
+            .expect_err("a typo in [api] fails");
+        assert!(err.to_string().contains("max_body_bites"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("INFINIBAY_API__WS_CONNECTIONS_PER_USER", "0")]),
+            &Overrides::default(),
+        )
+        .expect_err("a limit of zero fails");
+        assert!(err.to_string().contains("ws_connections_per_user"), "{err}");
     }
 
     #[test]

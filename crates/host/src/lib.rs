@@ -15,6 +15,8 @@ pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod http;
+pub mod listener;
+pub mod logging;
 pub mod serve;
 
 pub use config::Config;

@@ -117,6 +117,11 @@ async fn serve(uri: String, ready: std::sync::mpsc::Sender<Fixture>) {
             ..ProcessConfig::default()
         },
         core,
+        // /metrics on any free port: tests run side by side, and a host may run here.
+        api: api::limits::ApiConfig {
+            metrics_listen: "127.0.0.1:0".parse().expect("address"),
+            ..Default::default()
+        },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -187,7 +187,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                 .await?;
             let vms = data.get("vms").cloned().unwrap_or(Value::Null);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&vms)?);
+                println!("{}", json_for_terminal(&vms)?);
             } else {
                 println!(
                     "{:<38} {:<20} {:<8} {:<8} {:>6} {:>10} OWNER",
@@ -198,19 +198,21 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                     let num = |k: &str| m.and_then(|m| m.get(k)).and_then(Value::as_f64);
                     println!(
                         "{:<38} {:<20} {:<8} {:<8} {:>6} {:>10} {}",
-                        text(vm, "id"),
-                        text(vm, "name"),
-                        text(vm, "powerState"),
-                        text(vm, "status"),
+                        for_terminal(text(vm, "id")),
+                        for_terminal(text(vm, "name")),
+                        for_terminal(text(vm, "powerState")),
+                        for_terminal(text(vm, "status")),
                         num("cpuPercent")
                             .map(|c| format!("{c:.1}"))
                             .unwrap_or_else(|| "-".into()),
                         num("memUsedKb")
                             .map(|k| format!("{:.0}", k / 1024.0))
                             .unwrap_or_else(|| "-".into()),
-                        vm.pointer("/owner/username")
-                            .and_then(Value::as_str)
-                            .unwrap_or("-"),
+                        for_terminal(
+                            vm.pointer("/owner/username")
+                                .and_then(Value::as_str)
+                                .unwrap_or("-")
+                        ),
                     );
                 }
             }
@@ -226,7 +228,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
             if vm.is_null() {
                 bail!("no VM {id}");
             }
-            println!("{}", serde_json::to_string_pretty(&vm)?);
+            println!("{}", json_for_terminal(&vm)?);
         }
         VmAction::Exec {
             id,
@@ -255,15 +257,19 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                 .await?;
             let r = data.get("executeVmCommand").cloned().unwrap_or(Value::Null);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                println!("{}", json_for_terminal(&r)?);
             } else {
-                print!("{}", text(&r, "stdout"));
-                eprint!("{}", text(&r, "stderr"));
+                print!("{}", for_terminal(text(&r, "stdout")));
+                eprint!("{}", for_terminal(text(&r, "stderr")));
                 if let Some(d) = r.get("data").filter(|d| !d.is_null()) {
-                    println!("{}", serde_json::to_string_pretty(d)?);
+                    println!("{}", json_for_terminal(d)?);
                 }
                 if let Some(e) = r.get("error").filter(|e| !e.is_null()) {
-                    eprintln!("error: {} ({})", text(e, "message"), text(e, "code"));
+                    eprintln!(
+                        "error: {} ({})",
+                        for_terminal(text(e, "message")),
+                        for_terminal(text(e, "code"))
+                    );
                 }
                 if r.get("success").and_then(Value::as_bool) != Some(true) {
                     bail!(
@@ -283,7 +289,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                 .await?;
             let points = data.get("getVmMetrics").cloned().unwrap_or(Value::Null);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&points)?);
+                println!("{}", json_for_terminal(&points)?);
             } else {
                 println!(
                     "{:<25} {:>7} {:>7} {:>7} {:>10} {:>7}",
@@ -293,7 +299,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                     let n = |k: &str| p.get(k).and_then(Value::as_f64).unwrap_or(0.0);
                     println!(
                         "{:<25} {:>7.1} {:>7.1} {:>7.1} {:>10.0} {:>7}",
-                        text(p, "at"),
+                        for_terminal(text(p, "at")),
                         n("cpuAvg"),
                         n("cpuMin"),
                         n("cpuMax"),
@@ -333,13 +339,13 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                 .await?;
             let vm = data.get("createVm").cloned().unwrap_or(Value::Null);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&vm)?);
+                println!("{}", json_for_terminal(&vm)?);
             } else {
                 println!(
                     "created {} ({}), power state {}",
-                    text(&vm, "id"),
-                    text(&vm, "name"),
-                    text(&vm, "powerState")
+                    for_terminal(text(&vm, "id")),
+                    for_terminal(text(&vm, "name")),
+                    for_terminal(text(&vm, "powerState"))
                 );
             }
         }
@@ -352,13 +358,13 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                 .await?;
             let hypervisor = data.get("hypervisor").cloned().unwrap_or(Value::Null);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&hypervisor)?);
+                println!("{}", json_for_terminal(&hypervisor)?);
             } else {
-                let reason = text(&hypervisor, "reason");
+                let reason = for_terminal(text(&hypervisor, "reason"));
                 println!(
                     "libvirt: {} {}{}",
-                    text(&hypervisor, "state"),
-                    text(&hypervisor, "uri"),
+                    for_terminal(text(&hypervisor, "state")),
+                    for_terminal(text(&hypervisor, "uri")),
                     if reason.is_empty() {
                         String::new()
                     } else {
@@ -366,7 +372,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                     }
                 );
                 for image in hypervisor["baseImages"].as_array().into_iter().flatten() {
-                    println!("{}", image.as_str().unwrap_or(""));
+                    println!("{}", for_terminal(image.as_str().unwrap_or("")));
                 }
             }
         }
@@ -400,11 +406,11 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                 .cloned()
                 .unwrap_or(Value::Null);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&done)?);
+                println!("{}", json_for_terminal(&done)?);
             } else {
                 println!(
                     "agent channel at {} (hot-plugged now: {}, in the definition: {})",
-                    text(&done, "socket"),
+                    for_terminal(text(&done, "socket")),
                     done["attachedLive"],
                     done["attachedConfig"]
                 );
@@ -426,14 +432,14 @@ async fn power(api: &Client, mutation: &str, id: &str, json_out: bool) -> anyhow
         .await?;
     let done = data.get(mutation).cloned().unwrap_or(Value::Null);
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&done)?);
+        println!("{}", json_for_terminal(&done)?);
     } else {
         println!(
             "{} {}: done via {}, power state now {}",
-            text(&done, "action"),
+            for_terminal(text(&done, "action")),
             id,
-            text(&done, "via"),
-            text(&done, "powerState")
+            for_terminal(text(&done, "via")),
+            for_terminal(text(&done, "powerState"))
         );
     }
     Ok(())
@@ -441,4 +447,81 @@ async fn power(api: &Client, mutation: &str, id: &str, json_out: bool) -> anyhow
 
 fn text<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Guest text as a terminal may show it: control characters (C0 but tab, newline and carriage
+/// return; DEL; C1, e.g. U+009B, the one-character CSI of 8-bit terminals) become visible
+/// `\u{…}` escapes instead of commands to the terminal. The host already strips them from
+/// command output; this is the CLI not trusting the server with its terminal.
+pub fn for_terminal(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && !matches!(c, '\t' | '\n' | '\r');
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Pretty JSON with C1 control characters escaped as `\u00XX`, like serde_json escapes the C0
+/// ones (ESC included) and unlike what it does for C1: raw, a guest's U+009B in a command's
+/// `data` reached the terminal as a CSI. Still valid JSON (the characters are only ever inside
+/// strings).
+pub fn json_for_terminal(value: &Value) -> serde_json::Result<String> {
+    let text = serde_json::to_string_pretty(value)?;
+    let is_c1 = |c: char| ('\u{80}'..='\u{9f}').contains(&c);
+    if !text.contains(is_c1) {
+        return Ok(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if is_c1(c) {
+            use std::fmt::Write as _;
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c1_and_other_control_characters_never_reach_the_terminal_raw() {
+        let hostile = "ok\u{1b}[2J\u{9b}2J\u{85}\u{7f}\tend\r\n";
+        let shown = for_terminal(hostile);
+        assert!(
+            !shown.contains(['\u{1b}', '\u{9b}', '\u{85}', '\u{7f}']),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\\u{9b}") && shown.contains("\\u{1b}"),
+            "{shown}"
+        );
+        assert!(shown.ends_with("\tend\r\n"), "layout is kept: {shown}");
+        assert!(matches!(
+            for_terminal("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+
+        let data = serde_json::json!({"out": "a\u{1b}b\u{9b}c\u{9f}d\u{a0}e"});
+        let json = json_for_terminal(&data).expect("json");
+        assert!(!json.contains(['\u{1b}', '\u{9b}', '\u{9f}']), "{json}");
+        assert!(
+            json.contains("\\u001b") && json.contains("\\u009b") && json.contains("\\u009f"),
+            "{json}"
+        );
+        assert!(json.contains('\u{a0}'), "printable non-ASCII stays: {json}");
+        let back: Value = serde_json::from_str(&json).expect("still JSON");
+        assert_eq!(back, data, "and the same JSON");
+    }
 }
