@@ -38,7 +38,7 @@ export class Live {
     this.socket.on('connected', (hello) => {
       this.namespace = hello?.namespace;
     });
-    for (const event of ['metricsUpdate', 'vm:online', 'vm:offline', 'vm:power']) {
+    for (const event of ['metricsUpdate', 'vm:online', 'vm:offline', 'vm:power', 'vm:error', 'vm:command', 'alert:raised', 'alert:resolved']) {
       this.socket.on(event, (payload) => this.dispatch(event, payload));
     }
     // VM lifecycle events are named after the user's room: `<namespace>:vms:<action>`; they
@@ -57,8 +57,9 @@ export class Live {
   }
 
   /**
-   * Listen to 'metricsUpdate', 'vm:online', 'vm:offline', 'vm:power' (the rooms joined),
-   * 'vms' / 'vms:create' / 'vms:update' / 'vms:delete' (lifecycle), or 'state'.
+   * Listen to 'metricsUpdate', 'vm:online', 'vm:offline', 'vm:power', 'vm:error', 'vm:command',
+   * 'alert:raised', 'alert:resolved' (the rooms joined), 'vms' / 'vms:create' / 'vms:update' /
+   * 'vms:delete' (lifecycle), or 'state'.
    */
   on(event, fn) {
     if (!this.handlers.has(event)) this.handlers.set(event, new Set());

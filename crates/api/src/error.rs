@@ -108,7 +108,12 @@ impl From<infinibay_control::CommandError> for ApiError {
 
 impl From<infinibay_control::ControlError> for ApiError {
     fn from(e: infinibay_control::ControlError) -> Self {
-        Self::internal(e)
+        use infinibay_control::ControlError as C;
+        match e {
+            C::Invalid(m) => Self::invalid(m),
+            C::NotFound(m) => Self::not_found(m),
+            C::Storage(_) => Self::internal(e),
+        }
     }
 }
 

@@ -36,6 +36,9 @@ pub struct ApiSettings {
     /// GraphiQL's page from the dashboard's web build (`infinibay_dashboard::graphiql_page`),
     /// answered on `GET /graphql` when `api.graphiql` is on; `None`: the build is missing.
     pub graphiql_page: Option<&'static [u8]>,
+    /// Origins (`https://host[:port]`) whose pages may call the API from a browser, with
+    /// credentials (seed 003 serves its frontend from `FRONTEND_URL`). Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl std::fmt::Debug for ApiSettings {
@@ -64,6 +67,8 @@ pub(crate) struct Inner {
     pub throttle: LoginThrottle,
     /// Database turns per user.
     pub work: WorkLimiter,
+    /// Refused WebSocket upgrades and Socket.IO connections, deduplicated.
+    pub refusals: crate::refusals::RefusalLog,
 }
 
 /// The shared API state. Cheap to clone.
@@ -101,6 +106,7 @@ impl Api {
                 sessions: Sessions::default(),
                 throttle,
                 work,
+                refusals: crate::refusals::RefusalLog::default(),
             }),
         }
     }
@@ -108,6 +114,11 @@ impl Api {
     /// The core.
     pub fn control(&self) -> &dyn VmControl {
         self.inner.control.as_ref()
+    }
+
+    /// The log of refused connections.
+    pub fn refusals(&self) -> &crate::refusals::RefusalLog {
+        &self.inner.refusals
     }
 
     /// The store.

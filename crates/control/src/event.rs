@@ -1,5 +1,6 @@
 //! What the core publishes and how to receive it: events with NATS-shaped subjects
-//! (`infinibay.vm.<id>.metrics`, `.status`, `.inventory`, `.error`, `.agent`, `.power`), filters that read
+//! (`infinibay.vm.<id>.metrics`, `.status`, `.inventory`, `.error`, `.agent`, `.command_ended`,
+//! `.alert`, `.power`), filters that read
 //! NATS-style patterns (`*` for one token, `>` for the rest), and the subscription a consumer
 //! holds. Every event serialises and deserialises (it is what a NATS bus carries); the
 //! in-process transport is the core's bus.
@@ -13,6 +14,8 @@ use tokio::sync::{broadcast, mpsc};
 use infinibay_protocol::message::VmIdentification;
 use infinibay_store::{Inventory, MetricSample, VmErrorRecord, VmStatus};
 
+use crate::alert::AlertEvent;
+use crate::command::CommandEvent;
 use crate::lifecycle::PowerState;
 
 /// First tokens of every VM subject.
@@ -32,18 +35,25 @@ pub enum Topic {
     Error,
     /// The agent identified itself.
     Agent,
+    /// A command ended (answered, failed or refused). Not `command`: that subject is the
+    /// commands' request/reply ([`command_subject`]).
+    CommandEnded,
+    /// An alert was raised or resolved.
+    Alert,
     /// The hypervisor's power state of the VM changed (libvirt).
     Power,
 }
 
 impl Topic {
     /// All topics.
-    pub const ALL: [Topic; 6] = [
+    pub const ALL: [Topic; 8] = [
         Topic::Metrics,
         Topic::Status,
         Topic::Inventory,
         Topic::Error,
         Topic::Agent,
+        Topic::CommandEnded,
+        Topic::Alert,
         Topic::Power,
     ];
 
@@ -55,6 +65,8 @@ impl Topic {
             Self::Inventory => "inventory",
             Self::Error => "error",
             Self::Agent => "agent",
+            Self::CommandEnded => "command_ended",
+            Self::Alert => "alert",
             Self::Power => "power",
         }
     }
@@ -212,6 +224,10 @@ pub enum BusEvent {
     Error(Arc<VmErrorRecord>),
     /// Agent identification.
     Agent(Arc<AgentEvent>),
+    /// A command ended (`vm:command`).
+    CommandEnded(Arc<CommandEvent>),
+    /// An alert was raised or resolved (`alert:raised`, `alert:resolved`).
+    Alert(Arc<AlertEvent>),
     /// Power state change.
     Power(PowerEvent),
 }
@@ -225,6 +241,8 @@ impl BusEvent {
             Self::Inventory(i) => &i.vm_id,
             Self::Error(e) => &e.vm_id,
             Self::Agent(a) => &a.vm_id,
+            Self::CommandEnded(c) => &c.vm_id,
+            Self::Alert(a) => &a.alert.vm_id,
             Self::Power(p) => &p.vm_id,
         }
     }
@@ -237,6 +255,8 @@ impl BusEvent {
             Self::Inventory(_) => Topic::Inventory,
             Self::Error(_) => Topic::Error,
             Self::Agent(_) => Topic::Agent,
+            Self::CommandEnded(_) => Topic::CommandEnded,
+            Self::Alert(_) => Topic::Alert,
             Self::Power(_) => Topic::Power,
         }
     }

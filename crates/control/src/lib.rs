@@ -10,6 +10,8 @@
 //! - [`command`]: a command as a user asks for it ([`CommandSpec`]), the checked [`Command`] and
 //!   why one produced no response ([`CommandError`]);
 //! - [`vm`]: the live state and counters of VMs;
+//! - [`alert`]: alert rules as an administrator asks for them, and alert events;
+//! - [`telemetry`]: collection settings as a user asks for them.
 //! - [`lifecycle`]: the VM in the hypervisor — power state, power actions, `createVm`, and why
 //!   one of them could not be done ([`LifecycleError`]).
 //!
@@ -22,9 +24,11 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod command;
 pub mod event;
 pub mod lifecycle;
+pub mod telemetry;
 pub mod vm;
 
 use std::sync::Arc;
@@ -33,9 +37,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use infinibay_protocol::message::CommandResponse;
-use infinibay_store::MetricSample;
+use infinibay_store::{AlertRule, MetricSample};
 
-pub use command::{Command, CommandError, CommandKind, CommandSpec};
+pub use alert::{AlertEvent, AlertTransition, NewAlertRule};
+pub use command::{Command, CommandError, CommandEvent, CommandKind, CommandSpec, CommandStatus};
 pub use event::{
     BusEvent, Filter, PowerCause, PowerEvent, Received, StatusEvent, StatusReason, Subscription,
     Topic,
@@ -44,7 +49,8 @@ pub use lifecycle::{
     ActionPath, ChannelAttached, CreateVmSpec, DeleteOutcome, HypervisorInfo, HypervisorState,
     KernelBootSpec, LifecycleError, PowerAction, PowerOutcome, PowerState,
 };
-pub use vm::{CoreStats, QueueStats, VmSnapshot, VmStats, VmTotals};
+pub use telemetry::{TelemetryOutcome, TelemetryRequest};
+pub use vm::{AlertStats, CoreStats, QueueStats, VmSnapshot, VmStats, VmTotals};
 
 /// Why a call on [`VmControl`] failed, for the calls that are not commands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -52,6 +58,12 @@ pub enum ControlError {
     /// The core's storage refused or failed.
     #[error("storage failed: {0}")]
     Storage(String),
+    /// The request is malformed or out of range; nothing was stored.
+    #[error("{0}")]
+    Invalid(String),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// What the API may ask of the core: list and watch VMs, subscribe to samples and events, send
@@ -143,4 +155,25 @@ pub trait VmControl: Send + Sync + 'static {
 
     /// The core's counters.
     async fn stats(&self) -> CoreStats;
+
+    /// Check and store an alert rule set by `created_by` (an administrator: the API decides
+    /// that), and evaluate it from the next sample or event on. `Invalid` (out of range, too
+    /// many rules) and `NotFound` (no such VM) store nothing.
+    async fn create_alert_rule(
+        &self,
+        rule: NewAlertRule,
+        created_by: Option<i64>,
+    ) -> Result<AlertRule, ControlError>;
+
+    /// Delete an alert rule; its open alerts are resolved. `true` when it existed.
+    async fn delete_alert_rule(&self, rule_id: &str) -> Result<bool, ControlError>;
+
+    /// Check and store a VM's collection settings, send them to its agent as `configure` now
+    /// (waiting briefly for the answer) and again whenever the agent connects.
+    async fn set_telemetry(
+        &self,
+        vm_id: &str,
+        request: TelemetryRequest,
+        updated_by: Option<i64>,
+    ) -> Result<TelemetryOutcome, ControlError>;
 }

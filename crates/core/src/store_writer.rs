@@ -9,6 +9,7 @@
 //! - inventories: only the latest per (VM, kind) is stored anyway, so a newer one replaces a
 //!   waiting one; new keys beyond `pending_inventory_items_max` items are dropped;
 //! - VM errors and command log entries: capped per VM and in all; beyond, new ones are dropped;
+//! - alert changes (raised, resolved): capped in all, in order; beyond, new ones are dropped;
 //! - VM registrations, agent info and status: one entry per VM, the newest wins.
 //!
 //! Every drop is counted ([`QueueStats`]). The writer takes everything waiting at once, writes
@@ -25,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use infinibay_protocol::message::VmIdentification;
 use infinibay_store::{
-    CommandLogEntry, Inventory, InventoryKind, MetricSample, Store, VmErrorRecord, VmStatus,
-    VmStatusUpdate,
+    AlertChange, CommandLogEntry, Inventory, InventoryKind, MetricSample, Store, VmErrorRecord,
+    VmStatus, VmStatusUpdate,
 };
 
 use infinibay_control::vm::QueueStats;
@@ -56,6 +57,7 @@ struct Pending {
     errors: VecDeque<VmErrorRecord>,
     errors_per_vm: HashMap<String, usize>,
     command_logs: VecDeque<CommandLogEntry>,
+    alert_changes: Vec<AlertChange>,
 }
 
 impl Pending {
@@ -67,6 +69,7 @@ impl Pending {
             && self.inventories.is_empty()
             && self.errors.is_empty()
             && self.command_logs.is_empty()
+            && self.alert_changes.is_empty()
     }
 }
 
@@ -82,6 +85,7 @@ struct Counters {
     inventories_written: AtomicU64,
     errors_dropped: AtomicU64,
     command_logs_dropped: AtomicU64,
+    alert_changes_dropped: AtomicU64,
     write_failures: AtomicU64,
     flushes: AtomicU64,
 }
@@ -91,6 +95,7 @@ struct Counters {
 #[derive(Debug)]
 pub struct StoreQueue {
     limits: StoreConfig,
+    pending_alert_changes_max: usize,
     pending: Mutex<Pending>,
     counters: Counters,
     wake: Notify,
@@ -99,8 +104,18 @@ pub struct StoreQueue {
 impl StoreQueue {
     /// An empty queue with these bounds.
     pub fn new(limits: StoreConfig) -> Self {
+        Self::with_alert_bound(
+            limits,
+            crate::config::AlertConfig::default().pending_changes_max,
+        )
+    }
+
+    /// An empty queue with these bounds, holding at most `pending_alert_changes_max` alert
+    /// changes.
+    pub fn with_alert_bound(limits: StoreConfig, pending_alert_changes_max: usize) -> Self {
         Self {
             limits,
+            pending_alert_changes_max,
             pending: Mutex::new(Pending::default()),
             counters: Counters::default(),
             wake: Notify::new(),
@@ -188,8 +203,8 @@ impl StoreQueue {
         p.inventories.insert(key, (inventory, items));
     }
 
-    /// Queue a VM error; dropped when the VM or the queue is over its bound.
-    pub fn push_error(&self, error: VmErrorRecord) {
+    /// Queue a VM error; dropped (and `false`) when the VM or the queue is over its bound.
+    pub fn push_error(&self, error: VmErrorRecord) -> bool {
         let mut p = self.lock();
         let for_vm = p.errors_per_vm.get(&error.vm_id).copied().unwrap_or(0);
         if p.errors.len() >= self.limits.pending_errors_max
@@ -197,10 +212,26 @@ impl StoreQueue {
         {
             drop(p);
             self.counters.errors_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         *p.errors_per_vm.entry(error.vm_id.clone()).or_default() += 1;
         p.errors.push_back(error);
+        true
+    }
+
+    /// Queue an alert raised or resolved, in order; dropped (and `false`) when the queue
+    /// holds its bound already.
+    pub fn push_alert_change(&self, change: AlertChange) -> bool {
+        let mut p = self.lock();
+        if p.alert_changes.len() >= self.pending_alert_changes_max {
+            drop(p);
+            self.counters
+                .alert_changes_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        p.alert_changes.push(change);
+        true
     }
 
     /// Queue a command log entry.
@@ -234,6 +265,7 @@ impl StoreQueue {
             inventories_written: get(&c.inventories_written),
             errors_dropped: get(&c.errors_dropped),
             command_logs_dropped: get(&c.command_logs_dropped),
+            alert_changes_dropped: get(&c.alert_changes_dropped),
             write_failures: get(&c.write_failures),
             flushes: get(&c.flushes),
             pending_samples,
@@ -397,6 +429,11 @@ pub async fn flush(queue: &StoreQueue, store: &dyn Store, dedup: &mut Deduper) {
         if let Err(e) = store.log_command(entry).await {
             fail(dedup, "log_command", &e);
         }
+    }
+    if !pending.alert_changes.is_empty()
+        && let Err(e) = store.alerts().record_alerts(&pending.alert_changes).await
+    {
+        fail(dedup, "record_alerts", &e);
     }
     // Status last: `insert_samples` advances last_seen, and an offline status written before a
     // late sample of the same batch must not be overwritten by it.

@@ -99,9 +99,9 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn doctor(args: ConfigArgs) -> anyhow::Result<ExitCode> {
-    let config = args.load().context("configuration")?;
-    let findings = infinibay::doctor::check(&config).await;
+async fn doctor(args: infinibay::cli::DoctorArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config.load().context("configuration")?;
+    let findings = infinibay::doctor::check(&config, args.fix).await;
     let problems = infinibay::doctor::print(&findings, &mut std::io::stdout())?;
     Ok(if problems == 0 {
         ExitCode::SUCCESS

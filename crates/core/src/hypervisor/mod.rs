@@ -74,6 +74,18 @@ fn lifecycle_error(error: infinibay_libvirt::Error, vm: &str) -> LifecycleError 
     }
 }
 
+/// Which VMs run, for the alert engine: libvirt's power state of each (`None` for a VM libvirt
+/// does not know, or while it is unreachable: the engine then goes by the socket file).
+struct PowerStates(Arc<crate::registry::Registry>);
+
+impl crate::alerts::PowerState for PowerStates {
+    fn is_running(&self, vm_id: &str) -> Option<bool> {
+        self.0
+            .get(vm_id)
+            .and_then(|vm| vm.power_state().is_running())
+    }
+}
+
 /// The lifecycle side of the core. Cheap to share.
 pub(crate) struct Lifecycle {
     shared: Arc<Shared>,
@@ -105,6 +117,10 @@ impl Lifecycle {
                     Ok((libvirt, events)) => {
                         tracing::info!(target: "infinibay::libvirt", %uri,
                             "connecting to libvirt in the background (the host runs without it meanwhile)");
+                        // "Agent offline while the VM is running" asks libvirt's power state.
+                        shared
+                            .alerts
+                            .set_power_state(Arc::new(PowerStates(shared.registry.clone())));
                         let watch = watch::Watch {
                             shared: shared.clone(),
                             store: store.clone(),
@@ -465,7 +481,17 @@ impl Lifecycle {
     /// scan, because samples read or queued before the connection closed would register it
     /// again.
     async fn forget(&self, vm: &str) -> Result<(), infinibay_store::StoreError> {
+        // A socket of a VM libvirt did not own (libvirt's delete removed its own) goes too.
+        let socket = self
+            .shared
+            .registry
+            .get(vm)
+            .map(|entry| entry.socket_path());
         self.shared.registry.forget(vm);
+        self.shared.telemetry.forget(vm);
+        if let Some(path) = socket {
+            crate::handle::remove_socket(vm, &path);
+        }
         self.store.delete_vm(vm).await.or_else(|e| match e {
             // Known to the core but not stored yet (its registration is still queued).
             infinibay_store::StoreError::NotFound(_) => Ok(()),

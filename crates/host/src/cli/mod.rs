@@ -43,7 +43,7 @@ pub enum CliCommand {
     /// Run the host: watch the socket directory, ingest, store, serve HTTP.
     Serve(ConfigArgs),
     /// Check the socket directory, permissions, group membership and the database.
-    Doctor(ConfigArgs),
+    Doctor(DoctorArgs),
     /// Manage users in the database (configured like `serve`): add, list, passwd, grant, delete.
     User(user::UserArgs),
     /// Log in to an infinibay server; the token is kept in ~/.config/infinibay/token.
@@ -56,6 +56,18 @@ pub enum CliCommand {
     ChannelXml(ChannelXmlArgs),
     /// Everything on this machine: the server in a fresh data dir and N real agents.
     Demo(crate::demo::DemoArgs),
+}
+
+/// `infinibay doctor`.
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Configuration, as for `serve`.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Also repair what can be repaired here: remove the stale sockets of VMs that no longer
+    /// run.
+    #[arg(long)]
+    pub fix: bool,
 }
 
 #[cfg(test)]
