@@ -90,10 +90,10 @@ export const Q = {
   login: `mutation Login($username: String!, $password: String!) {
     login(username: $username, password: $password) { token user { ${USER_FIELDS} } } }`,
   me: `query Me { me { ${USER_FIELDS} } }`,
-  vms: `query Vms { vms { id name status lastSeen department ipAddresses
+  vms: `query Vms { vms { id name status powerState lastSeen department ipAddresses
     owner { id username }
     latestMetrics { at cpuPercent memUsedKb memTotalKb disks { mountPoint totalGb usedGb } } } }`,
-  vm: `query Vm($id: ID!) { vm(id: $id) { id name status lastSeen department ipAddresses
+  vm: `query Vm($id: ID!) { vm(id: $id) { id name status powerState domainName lastSeen department ipAddresses
     owner { id username }
     agent { agentVersion protocolVersion os osVersion kernel hostname architecture capabilities }
     latestMetrics { at cpuPercent coresUsage temperature memUsedKb memTotalKb memAvailableKb
@@ -112,6 +112,11 @@ export const Q = {
   execute: `mutation X($vmId: ID!, $command: CommandInput!) { executeVmCommand(vmId: $vmId, command: $command) {
     id success exitCode stdout stderr stdoutTruncated stderrTruncated data executionTimeMs error { code message } } }`,
   consoleTicket: `mutation CT($vmId: ID!) { vmConsoleTicket(vmId: $vmId) { ticket expiresAt path } }`,
+  hypervisor: `query H { hypervisor { state uri reason baseImages } }`,
+  createVm: `mutation CV($input: CreateVmInput!) { createVm(input: $input) { id name powerState } }`,
+  /** powerOn, shutdown, powerOff, reboot, suspend or resume. */
+  power: (action) => `mutation P($vmId: ID!) { ${action}(vmId: $vmId) { action via powerState vm { id status powerState } } }`,
+  deleteVm: `mutation DV($vmId: ID!) { deleteVm(vmId: $vmId) }`,
   users: `query U { users { ${USER_FIELDS} } }`,
   createUser: `mutation C($input: CreateUserInput!) { createUser(input: $input) { ${USER_FIELDS} } }`,
   deleteUser: `mutation D($id: ID!) { deleteUser(id: $id) }`,

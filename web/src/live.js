@@ -38,12 +38,16 @@ export class Live {
     this.socket.on('connected', (hello) => {
       this.namespace = hello?.namespace;
     });
-    for (const event of ['metricsUpdate', 'vm:online', 'vm:offline', 'vm:error', 'vm:command', 'alert:raised', 'alert:resolved']) {
+    for (const event of ['metricsUpdate', 'vm:online', 'vm:offline', 'vm:power', 'vm:error', 'vm:command', 'alert:raised', 'alert:resolved']) {
       this.socket.on(event, (payload) => this.dispatch(event, payload));
     }
-    // VM lifecycle events are named after the user's room: `<namespace>:vms:<action>`.
+    // VM lifecycle events are named after the user's room: `<namespace>:vms:<action>`; they
+    // go to 'vms' (any of them) and to 'vms:<action>' (power state changes are updates).
     this.socket.onAny((event, payload) => {
-      if (typeof event === 'string' && /:vms:[a-z_]+$/.test(event)) this.dispatch('vms', payload);
+      const m = typeof event === 'string' ? event.match(/:vms:([a-z_]+)$/) : null;
+      if (!m) return;
+      this.dispatch('vms', payload);
+      this.dispatch(`vms:${m[1]}`, payload);
     });
   }
 
@@ -53,8 +57,9 @@ export class Live {
   }
 
   /**
-   * Listen to 'metricsUpdate', 'vm:online', 'vm:offline', 'vm:error', 'vm:command',
-   * 'alert:raised', 'alert:resolved', 'vms' (lifecycle) or 'state'.
+   * Listen to 'metricsUpdate', 'vm:online', 'vm:offline', 'vm:power', 'vm:error', 'vm:command',
+   * 'alert:raised', 'alert:resolved' (the rooms joined), 'vms' / 'vms:create' / 'vms:update' /
+   * 'vms:delete' (lifecycle), or 'state'.
    */
   on(event, fn) {
     if (!this.handlers.has(event)) this.handlers.set(event, new Set());

@@ -10,6 +10,7 @@ import { vmPage } from './pages/vm.js';
 import { usersPage } from './pages/users.js';
 import { ownershipPage } from './pages/ownership.js';
 import { alertRulesPage } from './pages/alert-rules.js';
+import { createVmPage } from './pages/create.js';
 
 const root = document.getElementById('app');
 let live = null;
@@ -19,6 +20,7 @@ let headerOff = null;
 
 const ROUTES = [
   { pattern: /^#\/vms$/, page: (ctx) => vmListPage(ctx) },
+  { pattern: /^#\/create$/, page: (ctx) => createVmPage(ctx) },
   { pattern: /^#\/vm\/([^/]+)(?:\/([a-z]+))?$/, page: (ctx, m) => vmPage(ctx, decodeURIComponent(m[1]), m[2] ?? 'charts') },
   { pattern: /^#\/admin\/users$/, page: (ctx) => usersPage(ctx), admin: true },
   { pattern: /^#\/admin\/vms$/, page: (ctx) => ownershipPage(ctx), admin: true },

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import * as fmt from '../src/format.js';
 import { epochSeconds, summarize } from '../src/live.js';
+import { vmState } from '../src/power.js';
 
 test('bytes use binary units with sensible precision', () => {
   assert.equal(fmt.bytes(0), '0 B');
@@ -90,4 +91,15 @@ test('every refusal the server sends has its own text', async () => {
   }
   const texts = Object.values(CLOSE_CODES).map((c) => c.text);
   assert.equal(new Set(texts).size, texts.length, 'two codes share a text');
+});
+
+test('a VM that is shut off, paused or crashed shows that, not "agent offline"', () => {
+  assert.equal(vmState({ powerState: 'SHUTOFF', status: 'OFFLINE' }).text, 'shut off');
+  assert.equal(vmState({ powerState: 'PAUSED', status: 'OFFLINE' }).key, 'paused');
+  assert.equal(vmState({ powerState: 'CRASHED', status: 'OFFLINE' }).key, 'crashed');
+  // Running, or unknown to libvirt: the agent's status is the news.
+  assert.equal(vmState({ powerState: 'RUNNING', status: 'OFFLINE' }).text, 'offline');
+  assert.equal(vmState({ powerState: 'RUNNING', status: 'ONLINE' }).key, 'online');
+  assert.equal(vmState({ powerState: 'UNKNOWN', status: 'ONLINE' }).key, 'online');
+  assert.equal(vmState({ status: 'OFFLINE' }).key, 'offline');
 });

@@ -3,6 +3,8 @@
 //!
 //! - ADMIN sees and commands every VM; a USER sees and commands only the VMs they own.
 //! - `UnsafeCommand` needs the permission `unsafe_commands` (ADMIN has it implicitly).
+//! - A VM's lifecycle (power actions, adopting it, deleting it) follows the rule of safe
+//!   commands: ADMIN, or the VM's owner. Any user may create a VM; they become its owner.
 //! - User management and VM ownership are ADMIN-only; a user may change their own password.
 
 use infinibay_store::{Role, UserRecord, VmRecord};
@@ -58,6 +60,11 @@ pub fn require_command(
         return Err(Denied::UnsafeCommand);
     }
     Ok(())
+}
+
+/// Refuse unless `user` may power, adopt or delete `vm`: the rule of safe commands.
+pub fn require_lifecycle(user: &UserRecord, vm: &VmRecord) -> Result<(), Denied> {
+    require_command(user, vm, false)
 }
 
 /// Whether `user` holds `permission` (ADMIN holds every one).
@@ -146,6 +153,10 @@ mod tests {
             require_command(&trusted, &vm(Some(2)), true),
             Err(Denied::Vm)
         );
+        assert_eq!(require_lifecycle(&admin, &vm(Some(2))), Ok(()));
+        assert_eq!(require_lifecycle(&owner, &vm(Some(2))), Ok(()));
+        assert_eq!(require_lifecycle(&trusted, &vm(Some(2))), Err(Denied::Vm));
+        assert_eq!(require_lifecycle(&owner, &vm(None)), Err(Denied::Vm));
         assert_eq!(require_admin(&owner), Err(Denied::AdminOnly));
         assert_eq!(require_self_or_admin(&owner, 2), Ok(()));
         assert_eq!(require_self_or_admin(&owner, 3), Err(Denied::AdminOnly));

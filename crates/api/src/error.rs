@@ -18,7 +18,9 @@ pub type ApiResult<T> = Result<T, ApiError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     /// `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `VM_OFFLINE`, `TIMEOUT`, `INVALID`,
-    /// `RATE_LIMITED`, `INTERNAL`.
+    /// `RATE_LIMITED`, `INTERNAL`, and for VM lifecycle operations `LIBVIRT_UNAVAILABLE`,
+    /// `NO_DOMAIN`, `ALREADY_RUNNING`, `NOT_RUNNING`, `INVALID_STATE`, `ALREADY_EXISTS`,
+    /// `LIBVIRT_ERROR`.
     pub code: &'static str,
     /// For people.
     pub message: String,
@@ -111,6 +113,15 @@ impl From<infinibay_control::ControlError> for ApiError {
             C::Invalid(m) => Self::invalid(m),
             C::NotFound(m) => Self::not_found(m),
             C::Storage(_) => Self::internal(e),
+        }
+    }
+}
+
+impl From<infinibay_control::LifecycleError> for ApiError {
+    fn from(e: infinibay_control::LifecycleError) -> Self {
+        match e {
+            infinibay_control::LifecycleError::Storage(m) => Self::internal(m),
+            other => Self::new(other.code(), other.to_string()),
         }
     }
 }

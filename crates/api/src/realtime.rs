@@ -26,7 +26,8 @@ use super::authz;
 use super::histogram::{Histogram, PUBLISH_BUCKETS};
 use super::state::Api;
 use super::work_limiter::Principal;
-use infinibay_control::event::{BusEvent, Filter, Received};
+use infinibay_control::event::{BusEvent, Filter, PowerEvent, Received};
+use infinibay_control::lifecycle::PowerState;
 
 const TARGET: &str = "infinibay::realtime";
 /// Client events the server handles (the authorization matrix test enumerates this list).
@@ -262,6 +263,83 @@ impl Realtime {
         }
     }
 
+    /// A VM is about to be created through the API: it is announced by [`Realtime::vm_created`]
+    /// once it has its owner, not on the first event the core publishes about it.
+    pub fn announce_later(&self, vm_id: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(vm_id.to_owned());
+    }
+
+    /// The creation announced with [`Realtime::announce_later`] failed.
+    pub fn announce_cancelled(&self, vm_id: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(vm_id);
+    }
+
+    /// A VM was created through the API: `vms:create` to its owner's and the admins'
+    /// namespaces.
+    pub async fn vm_created(&self, vm: &VmRecord) {
+        let data = self.vm_data(vm).await;
+        self.lifecycle(vm.owner_id, "create", &data).await;
+    }
+
+    /// A VM's JSON for lifecycle events, with what the core knows of it now (agent status,
+    /// power state).
+    async fn vm_data(&self, vm: &VmRecord) -> Value {
+        let live = self.api.control().vm(&vm.id).await;
+        let mut data = vm_json(vm);
+        if let Some(live) = live {
+            data["status"] = json!(live.status.as_str());
+            data["powerState"] = json!(live.power_state.as_str());
+            data["domainName"] = json!(live.domain_name);
+        } else {
+            data["powerState"] = json!(PowerState::Unknown.as_str());
+        }
+        data
+    }
+
+    /// A power state changed: `vm:power` to the VM's room, `<namespace>:vms:update` (the VM
+    /// with its new state and what changed it) to its owner's and the admins' namespaces.
+    async fn power_changed(&self, event: &PowerEvent) {
+        let at = event.at.to_rfc3339();
+        let room_payload = json!({
+            "vmId": event.vm_id,
+            "powerState": event.power_state.as_str(),
+            "previous": event.previous.as_str(),
+            "cause": event.cause.as_str(),
+            "kind": event.kind,
+            "detail": event.detail,
+            "timestamp": at,
+        });
+        if let Err(e) = self
+            .io
+            .to(vm_room(&event.vm_id))
+            .emit("vm:power", &room_payload)
+            .await
+        {
+            tracing::debug!(target: TARGET, "vm:power emit failed: {e}");
+        }
+        let mut data = match self.api.store().get_vm(&event.vm_id).await {
+            Ok(Some(vm)) => self.vm_data(&vm).await,
+            _ => json!({ "id": event.vm_id }),
+        };
+        // The event's state, not whatever the core says by now: updates arrive in order.
+        data["powerState"] = json!(event.power_state.as_str());
+        data["power"] = json!({
+            "previous": event.previous.as_str(),
+            "cause": event.cause.as_str(),
+            "kind": event.kind,
+            "detail": event.detail,
+            "at": at,
+        });
+        let owner = self.api.owner_of(&event.vm_id).await;
+        self.lifecycle(owner, "update", &data).await;
+    }
+
     /// A VM's record changed (renamed, its collection settings set): `vms:update` to its
     /// owner and the admins.
     pub async fn vm_updated(&self, vm: &VmRecord) {
@@ -304,7 +382,7 @@ impl Realtime {
             .console()
             .revoke_stale(self.api.store().as_ref())
             .await;
-        let data = vm_json(vm);
+        let data = self.vm_data(vm).await;
         if old_owner.is_some() && old_owner != vm.owner_id {
             self.lifecycle(old_owner, "delete", &data).await;
         }
@@ -583,7 +661,7 @@ async fn fan_out(rt: Arc<Realtime>) {
         if first_sight {
             let owner = api.owner_of(&vm_id).await;
             let data = match api.store().get_vm(&vm_id).await {
-                Ok(Some(vm)) => vm_json(&vm),
+                Ok(Some(vm)) => rt.vm_data(&vm).await,
                 _ => json!({"id": vm_id}),
             };
             rt.lifecycle(owner, "create", &data).await;
@@ -647,6 +725,7 @@ async fn fan_out(rt: Arc<Realtime>) {
                     tracing::debug!(target: TARGET, "status emit failed: {e}");
                 }
             }
+            BusEvent::Power(power) => rt.power_changed(&power).await,
             BusEvent::Error(error) => {
                 let payload = json!({
                     "vmId": error.vm_id,

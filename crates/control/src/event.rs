@@ -1,6 +1,6 @@
 //! What the core publishes and how to receive it: events with NATS-shaped subjects
 //! (`infinibay.vm.<id>.metrics`, `.status`, `.inventory`, `.error`, `.agent`, `.command_ended`,
-//! `.alert`), filters that read
+//! `.alert`, `.power`), filters that read
 //! NATS-style patterns (`*` for one token, `>` for the rest), and the subscription a consumer
 //! holds. Every event serialises and deserialises (it is what a NATS bus carries); the
 //! in-process transport is the core's bus.
@@ -16,6 +16,7 @@ use infinibay_store::{Inventory, MetricSample, VmErrorRecord, VmStatus};
 
 use crate::alert::AlertEvent;
 use crate::command::CommandEvent;
+use crate::lifecycle::PowerState;
 
 /// First tokens of every VM subject.
 pub const SUBJECT_PREFIX: &str = "infinibay.vm";
@@ -39,11 +40,13 @@ pub enum Topic {
     CommandEnded,
     /// An alert was raised or resolved.
     Alert,
+    /// The hypervisor's power state of the VM changed (libvirt).
+    Power,
 }
 
 impl Topic {
     /// All topics.
-    pub const ALL: [Topic; 7] = [
+    pub const ALL: [Topic; 8] = [
         Topic::Metrics,
         Topic::Status,
         Topic::Inventory,
@@ -51,6 +54,7 @@ impl Topic {
         Topic::Agent,
         Topic::CommandEnded,
         Topic::Alert,
+        Topic::Power,
     ];
 
     /// Subject token.
@@ -63,6 +67,7 @@ impl Topic {
             Self::Agent => "agent",
             Self::CommandEnded => "command_ended",
             Self::Alert => "alert",
+            Self::Power => "power",
         }
     }
 
@@ -157,6 +162,54 @@ pub struct AgentEvent {
     pub agent: VmIdentification,
 }
 
+/// Why a VM's power state changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerCause {
+    /// A libvirt lifecycle event (`kind` and `detail` of [`PowerEvent`] say which).
+    Lifecycle,
+    /// A full resync after (re)connecting to libvirt, or after events were dropped: the state
+    /// changed while nobody was listening.
+    Resync,
+    /// The connection to libvirt was lost: the state is unknown until it is back.
+    Disconnected,
+    /// The domain no longer exists in libvirt (undefined outside infinibay); the VM's record
+    /// stays until it is deleted.
+    DomainGone,
+}
+
+impl PowerCause {
+    /// `lifecycle`, `resync`, `disconnected`, `domain_gone`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lifecycle => "lifecycle",
+            Self::Resync => "resync",
+            Self::Disconnected => "disconnected",
+            Self::DomainGone => "domain_gone",
+        }
+    }
+}
+
+/// A VM's power state changed (whoever changed it: infinibay, `virsh`, the guest itself).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PowerEvent {
+    /// VM (the domain UUID).
+    pub vm_id: String,
+    /// The state now.
+    pub power_state: PowerState,
+    /// The state before.
+    pub previous: PowerState,
+    /// Why it changed.
+    pub cause: PowerCause,
+    /// libvirt's event kind for [`PowerCause::Lifecycle`] (`started`, `stopped`, `paused`,
+    /// `resumed`, `shutdown`, `crashed`, `defined`, `undefined`), else the cause's name.
+    pub kind: String,
+    /// libvirt's detail in words (`booted`, `destroyed`, `shut down`, …), or empty.
+    pub detail: String,
+    /// Host time.
+    pub at: DateTime<Utc>,
+}
+
 /// One event on the bus. Payloads are shared (`Arc`) so that fan-out never copies a sample.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "topic", content = "data", rename_all = "snake_case")]
@@ -175,6 +228,8 @@ pub enum BusEvent {
     CommandEnded(Arc<CommandEvent>),
     /// An alert was raised or resolved (`alert:raised`, `alert:resolved`).
     Alert(Arc<AlertEvent>),
+    /// Power state change.
+    Power(PowerEvent),
 }
 
 impl BusEvent {
@@ -188,6 +243,7 @@ impl BusEvent {
             Self::Agent(a) => &a.vm_id,
             Self::CommandEnded(c) => &c.vm_id,
             Self::Alert(a) => &a.alert.vm_id,
+            Self::Power(p) => &p.vm_id,
         }
     }
 
@@ -201,6 +257,7 @@ impl BusEvent {
             Self::Agent(_) => Topic::Agent,
             Self::CommandEnded(_) => Topic::CommandEnded,
             Self::Alert(_) => Topic::Alert,
+            Self::Power(_) => Topic::Power,
         }
     }
 

@@ -11,8 +11,10 @@
 //!   why one produced no response ([`CommandError`]);
 //! - [`vm`]: the live state and counters of VMs;
 //! - [`alert`]: alert rules as an administrator asks for them, and alert events;
-//! - [`telemetry`]: collection settings as a user asks for them.
-//! - [`console`]: a web console session, for the command log.
+//! - [`telemetry`]: collection settings as a user asks for them;
+//! - [`console`]: a web console session, for the command log;
+//! - [`lifecycle`]: the VM in the hypervisor — power state, power actions, `createVm`, and why
+//!   one of them could not be done ([`LifecycleError`]).
 //!
 //! **What each side must never do.** The API never opens a guest socket, never writes what the
 //! core writes (samples, statuses, inventories, VM errors, the command log) and never reaches
@@ -27,6 +29,7 @@ pub mod alert;
 pub mod command;
 pub mod console;
 pub mod event;
+pub mod lifecycle;
 pub mod telemetry;
 pub mod vm;
 
@@ -41,7 +44,14 @@ use infinibay_store::{AlertRule, MetricSample};
 pub use alert::{AlertEvent, AlertTransition, NewAlertRule};
 pub use command::{Command, CommandError, CommandEvent, CommandKind, CommandSpec, CommandStatus};
 pub use console::{CONSOLE_KIND, ConsoleSession};
-pub use event::{BusEvent, Filter, Received, StatusEvent, StatusReason, Subscription, Topic};
+pub use event::{
+    BusEvent, Filter, PowerCause, PowerEvent, Received, StatusEvent, StatusReason, Subscription,
+    Topic,
+};
+pub use lifecycle::{
+    ActionPath, ChannelAttached, CreateVmSpec, DeleteOutcome, HypervisorInfo, HypervisorState,
+    KernelBootSpec, LifecycleError, PowerAction, PowerOutcome, PowerState,
+};
 pub use telemetry::{TelemetryOutcome, TelemetryRequest};
 pub use vm::{AlertStats, CoreStats, QueueStats, VmSnapshot, VmStats, VmTotals};
 
@@ -60,7 +70,8 @@ pub enum ControlError {
 }
 
 /// What the API may ask of the core: list and watch VMs, subscribe to samples and events, send
-/// and cancel commands, delete a VM, read the core's counters.
+/// and cancel commands, create, power and delete VMs in the hypervisor, read the core's
+/// counters.
 #[async_trait]
 pub trait VmControl: Send + Sync + 'static {
     /// Every VM the core knows, with its live state, ordered by id.
@@ -108,10 +119,46 @@ pub trait VmControl: Send + Sync + 'static {
     /// Ask the guest to stop a running command (its id is the response's and the log's).
     async fn cancel_command(&self, vm_id: &str, command_id: &str) -> Result<(), CommandError>;
 
-    /// Forget a VM and delete everything stored about it: its connection closes at the next
-    /// directory scan and its socket is ignored until the file goes away. `true` when the core
-    /// knew it.
-    async fn delete_vm(&self, vm_id: &str) -> Result<bool, ControlError>;
+    /// Delete a VM on behalf of `issued_by`: its libvirt domain when it has one (destroyed if
+    /// it runs, undefined, its sockets and overlay removed), then the VM itself — its
+    /// connection closes at the next directory scan, its socket is ignored until the file goes
+    /// away, and everything stored about it is deleted. A VM libvirt does not know is only
+    /// forgotten. Refused with [`LifecycleError::Unavailable`] while libvirt, which knows the
+    /// domain, cannot be reached (the record is not deleted while the domain exists).
+    async fn delete_vm(
+        &self,
+        vm_id: &str,
+        issued_by: Option<i64>,
+    ) -> Result<DeleteOutcome, LifecycleError>;
+
+    /// Create a VM in libvirt on behalf of `issued_by`: a domain with the agent's channel,
+    /// qemu-ga's channel and VNC on a socket, registered as a VM at once (the caller then sets
+    /// its owner). Logged like a command.
+    async fn create_vm(
+        &self,
+        spec: CreateVmSpec,
+        issued_by: Option<i64>,
+    ) -> Result<VmSnapshot, LifecycleError>;
+
+    /// A power action on behalf of `issued_by`, logged like a command. `Shutdown` goes through
+    /// the VM's agent when it is online (its `Shutdown` safe action), else the ACPI button.
+    async fn power(
+        &self,
+        vm_id: &str,
+        action: PowerAction,
+        issued_by: Option<i64>,
+    ) -> Result<PowerOutcome, LifecycleError>;
+
+    /// Adopt an existing domain: hot-plug the `org.infinibay.agent` channel (live and into its
+    /// persistent definition, each where missing). Logged like a command.
+    async fn attach_agent_channel(
+        &self,
+        vm_id: &str,
+        issued_by: Option<i64>,
+    ) -> Result<ChannelAttached, LifecycleError>;
+
+    /// Whether the hypervisor is reachable, and the base images `createVm` can use.
+    async fn hypervisor(&self) -> HypervisorInfo;
 
     /// The core's counters.
     async fn stats(&self) -> CoreStats;

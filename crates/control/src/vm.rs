@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use infinibay_protocol::message::VmIdentification;
 use infinibay_store::VmStatus;
 
+use crate::lifecycle::PowerState;
+
 /// A VM as the API sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmSnapshot {
@@ -17,6 +19,10 @@ pub struct VmSnapshot {
     pub socket_path: PathBuf,
     /// `online` only after a valid message from its agent.
     pub status: VmStatus,
+    /// The hypervisor's power state (`Unknown` for a VM libvirt does not know).
+    pub power_state: PowerState,
+    /// Its libvirt domain's name, when libvirt knows it.
+    pub domain_name: Option<String>,
     /// A socket connection is open (QEMU accepted; says nothing about the agent).
     pub connected: bool,
     /// The socket file exists.

@@ -37,6 +37,7 @@ pub async fn bench_socket(
     let vm = Arc::new(VmEntry::new(
         "00000000-0000-4000-8000-000000000001".to_owned(),
         socket.to_owned(),
+        true,
     ));
     let queue = Arc::new(StoreQueue::new(config.store.clone()));
     let bus = Arc::new(InProcessBus::default());

@@ -8,6 +8,8 @@
 //! This is the command log's one writer: every command to a known VM is logged once, through
 //! the store queue, in one shape (see `LogContext`), whether it was answered, failed or refused,
 //! and announced once on the bus as it is logged (`CommandEnded`, Socket.IO's `vm:command`).
+//! Lifecycle actions (create, power, attach, delete) are logged here too, like commands
+//! ([`ActionLog`]), with kind `lifecycle`.
 //!
 //! `configure` (collection settings) travels the same way, correlated by id, but is not a
 //! command of the log: [`CommandCenter::configure`].
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use serde_json::Value;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -30,6 +33,7 @@ use crate::store_writer::StoreQueue;
 use infinibay_control::command::{Command, CommandError, CommandEvent, CommandSpec, CommandStatus};
 use infinibay_control::console::{CONSOLE_KIND, ConsoleSession};
 use infinibay_control::event::BusEvent;
+use infinibay_control::lifecycle::LifecycleError;
 
 const TARGET: &str = "infinibay::commands";
 
@@ -227,6 +231,21 @@ impl CommandCenter {
         self.queue.push_command_log(console_entry(session));
     }
 
+    /// Log a lifecycle action like a command. A VM the host does not know (a `createVm` that
+    /// failed, a deleted VM) has nothing to log it under: the host's log line is its record.
+    pub(crate) fn record_action(&self, log: &ActionLog, outcome: Result<Value, &LifecycleError>) {
+        match &outcome {
+            Ok(_) => tracing::info!(target: "infinibay::lifecycle", vm = %log.vm_id,
+                user = ?log.issued_by, action = log.action, "done"),
+            Err(e) => tracing::info!(target: "infinibay::lifecycle", vm = %log.vm_id,
+                user = ?log.issued_by, action = log.action, code = e.code(), "refused or failed: {e}"),
+        }
+        let entry = log.entry(outcome);
+        if self.registry.get(&log.vm_id).is_some() {
+            self.queue.push_command_log(entry);
+        }
+    }
+
     /// Ask the guest to stop command `id`; its response (error `cancelled`) completes the wait.
     pub fn cancel(&self, vm_id: &str, id: &str) -> Result<(), CommandError> {
         let vm = self
@@ -354,6 +373,67 @@ impl LogContext {
             kind: self.spec.kind.as_str().to_owned(),
             command: serde_json::to_value(&self.spec).unwrap_or(serde_json::Value::Null),
             response,
+            success,
+            duration_ms,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// A lifecycle action as the command log records it: kind `lifecycle`, `command`
+/// `{"type": "lifecycle", "action": <name>, "request": <what was asked, or null>}`, `response`
+/// what it did, or `{"host_error": message, "code": LifecycleError::code}` like a refused
+/// command.
+#[derive(Debug)]
+pub(crate) struct ActionLog {
+    id: String,
+    pub vm_id: String,
+    pub issued_by: Option<i64>,
+    pub action: &'static str,
+    request: Value,
+    started: Instant,
+    created_at: chrono::DateTime<Utc>,
+}
+
+impl ActionLog {
+    /// An action starting now.
+    pub(crate) fn new(
+        vm_id: &str,
+        issued_by: Option<i64>,
+        action: &'static str,
+        request: Value,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            vm_id: vm_id.to_owned(),
+            issued_by,
+            action,
+            request,
+            started: Instant::now(),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn entry(&self, outcome: Result<Value, &LifecycleError>) -> CommandLogEntry {
+        let duration_ms = self.started.elapsed().as_millis().min(i64::MAX as u128) as i64;
+        let (response, success) = match outcome {
+            Ok(done) => (done, true),
+            Err(e) => (
+                serde_json::json!({ "host_error": e.to_string(), "code": e.code() }),
+                false,
+            ),
+        };
+        CommandLogEntry {
+            id: self.id.clone(),
+            vm_id: self.vm_id.clone(),
+            user_id: self.issued_by,
+            kind: "lifecycle".to_owned(),
+            command: serde_json::json!({
+                "type": "lifecycle",
+                "action": self.action,
+                "request": self.request,
+            }),
+            response: Some(response),
             success,
             duration_ms,
             created_at: self.created_at,

@@ -1,5 +1,5 @@
-//! The core's settings: where the sockets are, and the sections of discovery, connections,
-//! ingest, the store queue, maintenance and commands. The binary reads them from its
+//! The core's settings: where the sockets are, libvirt and the image directory, and the
+//! sections of discovery, connections, ingest, the store queue, maintenance and commands. The binary reads them from its
 //! configuration file (the same keys at the same places); the core only checks them.
 
 use std::path::PathBuf;
@@ -13,6 +13,13 @@ use serde::{Deserialize, Serialize};
 pub struct CoreConfig {
     /// Where QEMU creates the per-VM sockets (default `/opt/infinibay/sockets`, seed 000).
     pub socket_dir: PathBuf,
+    /// libvirt's connection URI (default `qemu:///system`); [`LIBVIRT_DISABLED`] (`none`) runs
+    /// the host on socket discovery alone. An unreachable libvirt is not fatal: the host says
+    /// so once and keeps retrying in the background.
+    pub libvirt: String,
+    /// Where `createVm` finds base images (and kernels) and writes each VM's qcow2 overlay
+    /// (default `/opt/infinibay/images`).
+    pub image_dir: PathBuf,
     /// Socket discovery.
     pub discovery: DiscoveryConfig,
     /// Per-VM connections and liveness.
@@ -33,6 +40,8 @@ impl Default for CoreConfig {
     fn default() -> Self {
         Self {
             socket_dir: PathBuf::from("/opt/infinibay/sockets"),
+            libvirt: infinibay_libvirt::DEFAULT_URI.to_owned(),
+            image_dir: PathBuf::from("/opt/infinibay/images"),
             discovery: DiscoveryConfig::default(),
             connection: ConnectionConfig::default(),
             ingest: IngestConfig::default(),
@@ -44,12 +53,21 @@ impl Default for CoreConfig {
     }
 }
 
+/// The `libvirt` value that turns libvirt off.
+pub const LIBVIRT_DISABLED: &str = "none";
+
 /// A setting that would make the core misbehave rather than fail.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidConfig(pub String);
 
 impl CoreConfig {
+    /// The libvirt URI, or `None` when libvirt is turned off.
+    pub fn libvirt_uri(&self) -> Option<&str> {
+        let uri = self.libvirt.trim();
+        (!uri.is_empty() && uri != LIBVIRT_DISABLED).then_some(uri)
+    }
+
     /// Reject values that would make the host misbehave rather than fail.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         let positive = [

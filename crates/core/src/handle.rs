@@ -1,6 +1,6 @@
 //! The running core ([`Core`]): start and stop it, and what it offers — live VM state, the
-//! bus, commands, the newest samples, counters. It implements [`VmControl`], the one interface
-//! the API reaches it through.
+//! bus, commands, the VMs' lifecycle in libvirt, the newest samples, counters. It implements
+//! [`VmControl`], the one interface the API reaches it through.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +11,16 @@ use tokio_util::task::TaskTracker;
 
 use infinibay_control::command::{Command, CommandError, CommandSpec};
 use infinibay_control::event::{Filter, Subscription};
+use infinibay_control::lifecycle::{
+    ChannelAttached, CreateVmSpec, DeleteOutcome, HypervisorInfo, HypervisorState, LifecycleError,
+    PowerAction, PowerOutcome,
+};
 use infinibay_control::{
     ConsoleSession, ControlError, CoreStats, NewAlertRule, TelemetryOutcome, TelemetryRequest,
     VmControl, VmSnapshot,
 };
 use infinibay_protocol::message::CommandResponse;
-use infinibay_store::{AlertRule, MetricSample, Store, StoreError};
+use infinibay_store::{AlertRule, MetricSample, Store};
 
 use crate::alerts::{AlertEngine, PowerState, RuleError, webhook};
 use crate::bus::{Bus, InProcessBus};
@@ -24,6 +28,7 @@ use crate::commands::{CommandCenter, PendingCommand};
 use crate::config::{CoreConfig, secs};
 use crate::diag::ProcessIdentity;
 use crate::health::{StoreHealth, StoreProbe, probe_store};
+use crate::hypervisor::Lifecycle;
 use crate::registry::Registry;
 use crate::shared::Shared;
 use crate::store_writer::StoreQueue;
@@ -36,6 +41,8 @@ pub struct Core {
     store: Arc<dyn Store>,
     store_health: Arc<StoreHealth>,
     commands: CommandCenter,
+    /// libvirt: its events, and the VMs' lifecycle.
+    lifecycle: Arc<Lifecycle>,
     /// Writer and maintenance: stopped after the connection tasks so their last words are
     /// stored.
     background: TaskTracker,
@@ -149,6 +156,11 @@ impl Core {
             background_stop.clone(),
         ));
         shared.tasks.spawn(crate::discover::run(shared.clone()));
+        let lifecycle = Arc::new(Lifecycle::start(
+            shared.clone(),
+            store.clone(),
+            commands.clone(),
+        ));
         tracing::info!(target: "infinibay::host", socket_dir = %shared.config.socket_dir.display(),
             store = store.backend(), "host started");
         Self {
@@ -156,6 +168,7 @@ impl Core {
             store,
             store_health,
             commands,
+            lifecycle,
             background,
             background_stop,
         }
@@ -218,37 +231,45 @@ impl Core {
         self.shared.registry.get(id).map(|v| v.snapshot())
     }
 
-    /// Delete a VM (`deleteVm`): it leaves [`Core::vms`] now, its connection closes at the next
-    /// directory scan (≤ `discovery.rescan_interval_secs`) and its socket is ignored until the
-    /// file goes away; its record and data are deleted from the store now, and once more after
-    /// that scan, because samples read or queued before the connection closed would register
-    /// it again. `true` when the core knew it.
-    pub async fn delete_vm(&self, id: &str) -> Result<bool, StoreError> {
-        let socket = self.shared.registry.get(id).map(|vm| vm.socket_path());
-        let known = self.shared.registry.forget(id);
-        self.shared.telemetry.forget(id);
-        if let Some(path) = socket {
-            remove_socket(id, &path);
-        }
-        self.store.delete_vm(id).await?;
-        let after = secs(self.shared.config.discovery.rescan_interval_secs.max(0.1))
-            + Duration::from_secs(2);
-        let (store, id, stop) = (
-            self.store.clone(),
-            id.to_owned(),
-            self.background_stop.clone(),
-        );
-        self.background.spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(after) => {
-                    if let Err(e) = store.delete_vm(&id).await {
-                        tracing::warn!(target: "infinibay::store", vm = %id, "second delete of a deleted VM failed: {e}");
-                    }
-                }
-                _ = stop.cancelled() => {}
-            }
-        });
-        Ok(known)
+    /// Delete a VM (`deleteVm`) on behalf of `issued_by`: its libvirt domain when it has one
+    /// (destroyed, undefined, sockets and overlay removed), then the VM: it leaves
+    /// [`Core::vms`] now, its connection closes at the next directory scan and its socket is
+    /// ignored until the file goes away; its record and data are deleted from the store.
+    pub async fn delete_vm(
+        &self,
+        id: &str,
+        issued_by: Option<i64>,
+    ) -> Result<DeleteOutcome, LifecycleError> {
+        self.lifecycle.delete_vm(id, issued_by).await
+    }
+
+    /// `createVm` on behalf of `issued_by` (see [`VmControl::create_vm`]).
+    pub async fn create_vm(
+        &self,
+        spec: CreateVmSpec,
+        issued_by: Option<i64>,
+    ) -> Result<VmSnapshot, LifecycleError> {
+        self.lifecycle.create_vm(spec, issued_by).await
+    }
+
+    /// A power action on behalf of `issued_by` (see [`VmControl::power`]).
+    pub async fn power(
+        &self,
+        vm_id: &str,
+        action: PowerAction,
+        issued_by: Option<i64>,
+    ) -> Result<PowerOutcome, LifecycleError> {
+        self.lifecycle.power(vm_id, action, issued_by).await
+    }
+
+    /// Whether libvirt is reachable, and the base images for `createVm`.
+    pub async fn hypervisor(&self) -> HypervisorInfo {
+        self.lifecycle.hypervisor().await
+    }
+
+    /// Whether libvirt is reachable, from memory (for `/healthz`).
+    pub fn hypervisor_state(&self) -> HypervisorState {
+        self.lifecycle.state()
     }
 
     /// The core's counters.
@@ -315,7 +336,7 @@ fn stats_of(shared: &Shared) -> CoreStats {
 
 /// `deleteVm` removes the VM's socket (seed 001), so that it is not found again; only a socket
 /// (or a link to one) is removed, never another kind of file.
-fn remove_socket(vm_id: &str, path: &std::path::Path) {
+pub(crate) fn remove_socket(vm_id: &str, path: &std::path::Path) {
     use std::os::unix::fs::FileTypeExt;
     let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| {
         m.file_type().is_socket()
@@ -413,10 +434,41 @@ impl VmControl for Core {
         Core::cancel_command(self, vm_id, command_id)
     }
 
-    async fn delete_vm(&self, vm_id: &str) -> Result<bool, ControlError> {
-        Core::delete_vm(self, vm_id)
-            .await
-            .map_err(|e| ControlError::Storage(e.to_string()))
+    async fn delete_vm(
+        &self,
+        vm_id: &str,
+        issued_by: Option<i64>,
+    ) -> Result<DeleteOutcome, LifecycleError> {
+        Core::delete_vm(self, vm_id, issued_by).await
+    }
+
+    async fn create_vm(
+        &self,
+        spec: CreateVmSpec,
+        issued_by: Option<i64>,
+    ) -> Result<VmSnapshot, LifecycleError> {
+        Core::create_vm(self, spec, issued_by).await
+    }
+
+    async fn power(
+        &self,
+        vm_id: &str,
+        action: PowerAction,
+        issued_by: Option<i64>,
+    ) -> Result<PowerOutcome, LifecycleError> {
+        Core::power(self, vm_id, action, issued_by).await
+    }
+
+    async fn attach_agent_channel(
+        &self,
+        vm_id: &str,
+        issued_by: Option<i64>,
+    ) -> Result<ChannelAttached, LifecycleError> {
+        self.lifecycle.attach_agent_channel(vm_id, issued_by).await
+    }
+
+    async fn hypervisor(&self) -> HypervisorInfo {
+        Core::hypervisor(self).await
     }
 
     async fn stats(&self) -> CoreStats {

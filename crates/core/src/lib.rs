@@ -1,6 +1,8 @@
 //! infinibay's guest-facing core: discovers the per-VM sockets QEMU creates, connects to each
 //! as a client, ingests what the guest agents send (every guest is hostile), stores it through
-//! one writer, publishes it on a bus and sends commands to the guests. libvirt joins it later.
+//! one writer, publishes it on a bus and sends commands to the guests. Beside the sockets it
+//! watches libvirt: every domain is a VM with a power state, and VMs are created, powered and
+//! deleted through it (`hypervisor`).
 //!
 //! Modules follow the data's path: [`discover`] finds sockets → `connection` (one task per
 //! VM, private) reads them → [`ingest`] validates and turns messages into records →
@@ -18,6 +20,7 @@
 #![deny(unsafe_code)]
 
 pub use infinibay_control as control;
+pub use infinibay_libvirt as libvirt;
 pub use infinibay_protocol as protocol;
 pub use infinibay_store as store;
 
@@ -34,6 +37,7 @@ pub mod diag;
 pub mod discover;
 mod handle;
 pub mod health;
+mod hypervisor;
 pub mod ingest;
 pub mod maintenance;
 pub mod registry;

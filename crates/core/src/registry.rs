@@ -1,5 +1,7 @@
-//! The VMs the host knows, with their live state: connection, status, agent, counters and the
-//! commands waiting for an answer.
+//! The VMs the host knows, with their live state: connection, status, agent, the hypervisor's
+//! power state, counters and the commands waiting for an answer. A VM is registered by
+//! whichever sees it first, its socket (discovery) or its libvirt domain (the hypervisor
+//! watch): one entry per id, the domain UUID being the socket's uuid.
 //!
 //! Each VM's state sits behind its own std `Mutex`, touched only by its connection task and by
 //! command callers, held for a few field updates and never across an `.await`; so 10,000 VMs
@@ -18,6 +20,7 @@ use infinibay_store::{MetricSample, VmStatus};
 
 use infinibay_control::command::CommandError;
 use infinibay_control::event::{BusEvent, StatusEvent, StatusReason};
+use infinibay_control::lifecycle::PowerState;
 use infinibay_control::vm::{VmSnapshot, VmStats, VmTotals};
 
 use crate::bus::Bus;
@@ -97,6 +100,29 @@ pub(crate) struct Live {
     pub outbound: Option<mpsc::Sender<Vec<u8>>>,
     pub pending: HashMap<String, PendingSlot>,
     pub socket_present: bool,
+    /// What libvirt says of the VM; `None` when libvirt does not know it (or was never
+    /// reached).
+    pub domain: Option<DomainState>,
+}
+
+/// A VM's libvirt domain as last reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DomainState {
+    /// libvirt's domain name.
+    pub name: String,
+    /// Its power state (`Unknown` while libvirt is unreachable).
+    pub power_state: PowerState,
+}
+
+/// What [`VmEntry::set_domain`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DomainChange {
+    /// The power state before (`Unknown` when the domain was not known).
+    pub previous: PowerState,
+    /// The power state changed.
+    pub state_changed: bool,
+    /// The domain is new to this entry, or its name changed.
+    pub name_changed: bool,
 }
 
 /// One VM.
@@ -118,7 +144,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl VmEntry {
-    pub(crate) fn new(id: String, socket_path: PathBuf) -> Self {
+    pub(crate) fn new(id: String, socket_path: PathBuf, socket_present: bool) -> Self {
         Self {
             id,
             socket_path: Mutex::new(socket_path),
@@ -130,7 +156,8 @@ impl VmEntry {
                 agent: None,
                 outbound: None,
                 pending: HashMap::new(),
-                socket_present: true,
+                socket_present,
+                domain: None,
             }),
             alerts: Mutex::new(crate::alerts::VmAlertState::default()),
             counters: VmCounters::default(),
@@ -199,6 +226,52 @@ impl VmEntry {
         true
     }
 
+    /// The hypervisor's power state (`Unknown` for a VM libvirt does not know). The alert
+    /// rule "agent offline while running" asks [`PowerState::expects_agent`] of it.
+    pub fn power_state(&self) -> PowerState {
+        self.live()
+            .domain
+            .as_ref()
+            .map_or(PowerState::Unknown, |d| d.power_state)
+    }
+
+    /// Whether libvirt reported a domain for this VM.
+    pub fn has_domain(&self) -> bool {
+        self.live().domain.is_some()
+    }
+
+    /// Record what libvirt says of the VM's domain.
+    pub(crate) fn set_domain(&self, name: &str, power_state: PowerState) -> DomainChange {
+        let mut live = self.live();
+        let (previous, name_changed) = match &live.domain {
+            Some(d) => (d.power_state, d.name != name),
+            None => (PowerState::Unknown, true),
+        };
+        live.domain = Some(DomainState {
+            name: name.to_owned(),
+            power_state,
+        });
+        DomainChange {
+            previous,
+            state_changed: previous != power_state,
+            name_changed,
+        }
+    }
+
+    /// The domain no longer exists; returns its last power state when there was one.
+    pub(crate) fn clear_domain(&self) -> Option<PowerState> {
+        self.live().domain.take().map(|d| d.power_state)
+    }
+
+    /// libvirt cannot be reached: the power state is unknown (the domain's name is kept).
+    /// Returns the state before when it changed.
+    pub(crate) fn forget_power_state(&self) -> Option<PowerState> {
+        let mut live = self.live();
+        let domain = live.domain.as_mut()?;
+        let before = std::mem::replace(&mut domain.power_state, PowerState::Unknown);
+        (before != PowerState::Unknown).then_some(before)
+    }
+
     /// The newest sample since the host started.
     pub fn latest_sample(&self) -> Option<Arc<MetricSample>> {
         self.live().latest.clone()
@@ -211,6 +284,11 @@ impl VmEntry {
             id: self.id.clone(),
             socket_path: self.socket_path(),
             status: live.status,
+            power_state: live
+                .domain
+                .as_ref()
+                .map_or(PowerState::Unknown, |d| d.power_state),
+            domain_name: live.domain.as_ref().map(|d| d.name.clone()),
             connected: live.outbound.is_some(),
             socket_present: live.socket_present,
             last_seen: live.last_seen,
@@ -238,9 +316,32 @@ impl Registry {
             vm.live().socket_present = true;
             return (vm.clone(), false);
         }
-        let vm = Arc::new(VmEntry::new(id.to_owned(), socket_path));
+        let vm = Arc::new(VmEntry::new(id.to_owned(), socket_path, true));
         vms.insert(id.to_owned(), vm.clone());
         (vm, true)
+    }
+
+    /// The VM of a libvirt domain, registering it when new. Unlike discovery it leaves an
+    /// existing VM's socket alone; a new one's socket (`socket_path`, where its channel is
+    /// bound) counts as present once discovery finds it. `true` when it was new.
+    pub(crate) fn get_or_insert_domain(
+        &self,
+        id: &str,
+        socket_path: PathBuf,
+    ) -> (Arc<VmEntry>, bool) {
+        let mut vms = lock(&self.vms);
+        if let Some(vm) = vms.get(id) {
+            return (vm.clone(), false);
+        }
+        let vm = Arc::new(VmEntry::new(id.to_owned(), socket_path, false));
+        vms.insert(id.to_owned(), vm.clone());
+        (vm, true)
+    }
+
+    /// Every VM libvirt reported a domain for.
+    pub(crate) fn with_domain(&self) -> Vec<Arc<VmEntry>> {
+        let entries: Vec<Arc<VmEntry>> = lock(&self.vms).values().cloned().collect();
+        entries.into_iter().filter(|e| e.has_domain()).collect()
     }
 
     /// Drop a VM and ignore its socket until the file disappears (`deleteVm`). `true` when it

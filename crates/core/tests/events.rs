@@ -272,7 +272,10 @@ async fn deleting_a_vm_removes_its_socket_and_it_does_not_come_back() {
     let (vm, host) = env.start_with_one_agent().await;
     wait_samples(&host.store(), &vm.id, 1).await;
     let path = vm.path.clone();
-    assert!(VmControl::delete_vm(&host, &vm.id).await.expect("delete"));
+    let deleted = VmControl::delete_vm(&host, &vm.id, None)
+        .await
+        .expect("delete");
+    assert!(deleted.known);
     assert!(!path.exists(), "the socket file is gone");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(host.vm(&vm.id).is_none(), "a rescan found it again");
@@ -281,7 +284,7 @@ async fn deleting_a_vm_removes_its_socket_and_it_does_not_come_back() {
         .sockets
         .join("vm-00000000-0000-4000-8000-000000000abc.sock");
     std::fs::write(&fake, b"not a socket").expect("file");
-    let _ = VmControl::delete_vm(&host, "00000000-0000-4000-8000-000000000abc").await;
+    let _ = VmControl::delete_vm(&host, "00000000-0000-4000-8000-000000000abc", None).await;
     assert!(fake.exists());
     host.shutdown().await;
     vm.remove().await;

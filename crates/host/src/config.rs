@@ -59,8 +59,9 @@ pub enum ConfigError {
 }
 
 /// The whole configuration of the host: where it listens and keeps its state, which database,
-/// the core's sections (`socket_dir`, `[discovery]`, `[connection]`, `[ingest]`, `[store]`,
-/// `[maintenance]`, `[commands]`) at the same places in the file, and the API's `[api]`.
+/// the core's sections (`socket_dir`, `libvirt`, `image_dir`, `[discovery]`, `[connection]`,
+/// `[ingest]`, `[store]`, `[maintenance]`, `[commands]`) at the same places in the file, and the
+/// API's `[api]`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     /// HTTP listen address, data directory and database.
@@ -135,6 +136,10 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--socket-dir`.
     pub socket_dir: Option<PathBuf>,
+    /// `--libvirt`.
+    pub libvirt: Option<String>,
+    /// `--image-dir`.
+    pub image_dir: Option<PathBuf>,
     /// `--database`.
     pub database: Option<String>,
 }
@@ -185,6 +190,12 @@ impl Config {
         }
         if let Some(dir) = &overrides.socket_dir {
             config.core.socket_dir = dir.clone();
+        }
+        if let Some(uri) = &overrides.libvirt {
+            config.core.libvirt = uri.clone();
+        }
+        if let Some(dir) = &overrides.image_dir {
+            config.core.image_dir = dir.clone();
         }
         if let Some(url) = &overrides.database {
             config.process.database = Some(url.clone());
@@ -325,6 +336,12 @@ pub struct ConfigArgs {
     /// Directory of the per-VM sockets (default /opt/infinibay/sockets).
     #[arg(long)]
     pub socket_dir: Option<PathBuf>,
+    /// libvirt URI (default qemu:///system; `none` runs without libvirt).
+    #[arg(long, value_name = "URI")]
+    pub libvirt: Option<String>,
+    /// Directory of base images and VM disk overlays (default /opt/infinibay/images).
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
     /// Database URL (default: SQLite in the data directory).
     #[arg(long)]
     pub database: Option<String>,
@@ -340,6 +357,8 @@ impl ConfigArgs {
                 listen: self.listen,
                 data_dir: self.data_dir.clone(),
                 socket_dir: self.socket_dir.clone(),
+                libvirt: self.libvirt.clone(),
+                image_dir: self.image_dir.clone(),
                 database: self.database.clone(),
             },
         )
@@ -366,6 +385,9 @@ mod tests {
         assert_eq!(c.core.ingest.burst, 50);
         assert_eq!(c.core.ingest.rate_per_sec, 10.0);
         assert_eq!(c.core.connection.missed_pings, 3);
+        assert_eq!(c.core.libvirt, "qemu:///system");
+        assert_eq!(c.core.libvirt_uri(), Some("qemu:///system"));
+        assert_eq!(c.core.image_dir, PathBuf::from("/opt/infinibay/images"));
         assert!(!c.api.graphiql);
         assert_eq!(c.api.metrics_listen.to_string(), "127.0.0.1:9464");
         assert_eq!(c.api.max_body_bytes, 2 * 1024 * 1024);
@@ -400,6 +422,41 @@ mod tests {
         )
         .expect_err("a limit of zero fails");
         assert!(err.to_string().contains("ws_connections_per_user"), "{err}");
+    }
+
+    #[test]
+    fn libvirt_comes_from_the_file_the_environment_or_the_flag_and_none_turns_it_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "libvirt = \"qemu:///session\"\nimage_dir = \"/file\"\n",
+        )
+        .expect("write config");
+        let from_file = Config::load(Some(&file), env(&[]), &Overrides::default()).expect("file");
+        assert_eq!(from_file.core.libvirt_uri(), Some("qemu:///session"));
+        assert_eq!(from_file.core.image_dir, PathBuf::from("/file"));
+        let from_env = Config::load(
+            Some(&file),
+            env(&[
+                ("INFINIBAY_LIBVIRT", "qemu+ssh://h/system"),
+                ("INFINIBAY_IMAGE_DIR", "/env"),
+            ]),
+            &Overrides::default(),
+        )
+        .expect("env");
+        assert_eq!(from_env.core.libvirt_uri(), Some("qemu+ssh://h/system"));
+        assert_eq!(from_env.core.image_dir, PathBuf::from("/env"));
+        let off = Config::load(
+            Some(&file),
+            env(&[("INFINIBAY_LIBVIRT", "qemu+ssh://h/system")]),
+            &Overrides {
+                libvirt: Some("none".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("flag");
+        assert_eq!(off.core.libvirt_uri(), None);
     }
 
     #[test]

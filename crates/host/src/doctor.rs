@@ -14,6 +14,9 @@ use crate::config::Config;
 pub struct Finding {
     /// `true` when something must be fixed.
     pub problem: bool,
+    /// `true` for what does not stop the host but limits it (libvirt unreachable: no power
+    /// states, no `createVm`); not counted as a problem.
+    pub warning: bool,
     /// What was checked and found.
     pub message: String,
     /// What to do, for problems.
@@ -23,6 +26,7 @@ pub struct Finding {
 fn ok(message: String) -> Finding {
     Finding {
         problem: false,
+        warning: false,
         message,
         fix: None,
     }
@@ -31,6 +35,16 @@ fn ok(message: String) -> Finding {
 fn problem(message: String, fix: impl Into<String>) -> Finding {
     Finding {
         problem: true,
+        warning: false,
+        message,
+        fix: Some(fix.into()),
+    }
+}
+
+fn warning(message: String, fix: impl Into<String>) -> Finding {
+    Finding {
+        problem: false,
+        warning: true,
         message,
         fix: Some(fix.into()),
     }
@@ -44,6 +58,7 @@ pub async fn check(config: &Config, fix: bool) -> Vec<Finding> {
     check_socket_dir(config, &who, fix, &mut findings);
     check_data_dir(config, &mut findings);
     check_database(config, &mut findings).await;
+    check_libvirt(config, &mut findings).await;
     match infinibay_core::system::raise_nofile_limit() {
         Ok((_, after)) if after < 4096 => findings.push(problem(
             format!("open-files hard limit is {after}: fewer VMs than that can be connected"),
@@ -291,6 +306,64 @@ async fn check_database(config: &Config, findings: &mut Vec<Finding>) {
     }
 }
 
+/// How long doctor waits for libvirt to answer.
+const LIBVIRT_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether libvirt answers at the configured URI (and why not), and whether `createVm` can use
+/// the image directory. libvirt is optional: without it the host runs on socket discovery, so
+/// these are warnings, not problems.
+async fn check_libvirt(config: &Config, findings: &mut Vec<Finding>) {
+    let Some(uri) = config.core.libvirt_uri() else {
+        findings.push(ok(
+            "libvirt turned off (libvirt = \"none\"): socket discovery only".into(),
+        ));
+        return;
+    };
+    match infinibay_core::libvirt::probe(uri, LIBVIRT_PROBE_TIMEOUT).await {
+        Ok(report) => findings.push(ok(format!(
+            "libvirt at {uri} reachable: libvirt {} on {}, {} {}, domain types {}",
+            report.libvirt_version,
+            report.hostname,
+            report.hypervisor,
+            report.hypervisor_version,
+            if report.domain_types.is_empty() {
+                "none for x86_64".to_owned()
+            } else {
+                report.domain_types.join(", ")
+            }
+        ))),
+        Err(e) => {
+            findings.push(warning(
+                format!("libvirt is not reachable, so VMs have no power state and cannot be created: {e}"),
+                "start libvirtd (and let this user use its socket: group libvirt), set --libvirt / \
+                 INFINIBAY_LIBVIRT to the right URI, or `none` to run without libvirt",
+            ));
+            return;
+        }
+    }
+    let dir = &config.core.image_dir;
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => findings.push(ok(format!(
+            "image directory {} exists (createVm's base images and overlays)",
+            dir.display()
+        ))),
+        Ok(_) => findings.push(warning(
+            format!("image directory {} is not a directory", dir.display()),
+            "point --image-dir / INFINIBAY_IMAGE_DIR at a directory",
+        )),
+        Err(e) => findings.push(warning(
+            format!(
+                "image directory {} is not accessible ({e}): createVm cannot make disks",
+                dir.display()
+            ),
+            format!(
+                "create it (mkdir -p {}) or set --image-dir / INFINIBAY_IMAGE_DIR",
+                dir.display()
+            ),
+        )),
+    }
+}
+
 /// Print the findings; returns the number of problems.
 pub fn print(findings: &[Finding], out: &mut impl Write) -> std::io::Result<usize> {
     let mut problems = 0;
@@ -298,6 +371,11 @@ pub fn print(findings: &[Finding], out: &mut impl Write) -> std::io::Result<usiz
         if f.problem {
             problems += 1;
             writeln!(out, "PROBLEM  {}", f.message)?;
+            if let Some(fix) = &f.fix {
+                writeln!(out, "   fix:  {fix}")?;
+            }
+        } else if f.warning {
+            writeln!(out, "warning  {}", f.message)?;
             if let Some(fix) = &f.fix {
                 writeln!(out, "   fix:  {fix}")?;
             }

@@ -17,10 +17,12 @@ pub fn router(host: Core) -> Router {
         .with_state(host)
 }
 
-/// 200 with VM counts when the store's last background probe answered, 503 otherwise. Answers
-/// from memory only: it never waits for the database or the writer.
+/// 200 with VM counts when the store's last background probe answered, 503 otherwise; libvirt's
+/// state is reported but optional (the host serves without it). Answers from memory only: it
+/// never waits for the database, the writer or libvirt.
 async fn healthz(State(host): State<Core>) -> (StatusCode, Json<serde_json::Value>) {
     let stats = host.stats();
+    let libvirt = host.hypervisor_state();
     let probe = host.store_health();
     let code = if probe.ok {
         StatusCode::OK
@@ -37,6 +39,7 @@ async fn healthz(State(host): State<Core>) -> (StatusCode, Json<serde_json::Valu
             "vms": stats.vms,
             "online": stats.online,
             "queue": stats.queue,
+            "libvirt": libvirt,
             // The reader pool: `busy` = `max` means the next query waits (see /metrics for
             // the API's own queue of requests waiting for their user's database turn).
             "db_pool": host.store().pool_stats(),

@@ -54,6 +54,9 @@ fn main() -> ExitCode {
             CliCommand::Vm(args) => infinibay::cli::remote::vm(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            CliCommand::ChannelXml(args) => {
+                infinibay::cli::channel_xml(&args).map(|()| ExitCode::SUCCESS)
+            }
             CliCommand::Demo(args) => infinibay::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         }
     });

@@ -51,6 +51,11 @@ enum Rule {
     UnsafeCommand,
     /// ADMIN only.
     AdminOnly,
+    /// ADMIN, or the owner of the VM, and then libvirt decides: this server runs without
+    /// libvirt, so an allowed caller gets `LIBVIRT_UNAVAILABLE` — past the access check.
+    VmLifecycle,
+    /// Any valid token, then libvirt decides (`LIBVIRT_UNAVAILABLE` here).
+    AnyUserLifecycle,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +70,9 @@ fn expected(rule: Rule, caller: Caller) -> Outcome {
         Rule::Public => Outcome::Ok,
         _ if !authenticated => Outcome::Code("UNAUTHENTICATED"),
         Rule::Authenticated => Outcome::Ok,
-        Rule::VmScoped if caller == Caller::Other => Outcome::Code("FORBIDDEN"),
+        Rule::AnyUserLifecycle => Outcome::Code("LIBVIRT_UNAVAILABLE"),
+        Rule::VmScoped | Rule::VmLifecycle if caller == Caller::Other => Outcome::Code("FORBIDDEN"),
+        Rule::VmLifecycle => Outcome::Code("LIBVIRT_UNAVAILABLE"),
         Rule::VmScoped => Outcome::Ok,
         Rule::UnsafeCommand | Rule::AdminOnly if caller == Caller::Admin => Outcome::Ok,
         Rule::UnsafeCommand | Rule::AdminOnly => Outcome::Code("FORBIDDEN"),
@@ -205,6 +212,7 @@ async fn graphql_case(
         ("QueryRoot", "vmServices") => ("query($id: ID!) { vmServices(vmId: $id) { name activeState } }".into(), json!({"id": vm}), Rule::VmScoped),
         ("QueryRoot", "commandLogs") => ("query($id: ID!) { commandLogs(vmId: $id) { id kind success user { username } } }".into(), json!({"id": vm}), Rule::VmScoped),
         ("QueryRoot", "users") => ("query { users { id username } }".into(), json!({}), Rule::AdminOnly),
+        ("QueryRoot", "hypervisor") => ("query { hypervisor { state uri reason baseImages } }".into(), json!({}), Rule::Authenticated),
         ("QueryRoot", "vmInstallToken") => ("query($id: ID!) { vmInstallToken(vmId: $id) }".into(), json!({"id": vm}), Rule::VmScoped),
         ("MutationRoot", "login") => (
             "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { token user { id role } } }".into(),
@@ -241,12 +249,34 @@ async fn graphql_case(
         ("MutationRoot", "deleteVm") => {
             let id = format!("00000000-0000-4000-8000-{:012}", caller as u8);
             server.scratch_vm(&id, Some(server.owner.record.id)).await;
-            ("mutation($id: ID!) { deleteVm(vmId: $id) }".into(), json!({"id": id}), Rule::AdminOnly)
+            ("mutation($id: ID!) { deleteVm(vmId: $id) }".into(), json!({"id": id}), Rule::VmScoped)
         }
         ("MutationRoot", "vmConsoleTicket") => (
             "mutation($id: ID!) { vmConsoleTicket(vmId: $id) { ticket expiresAt path } }".into(),
             json!({"id": vm}),
             Rule::VmScoped,
+        ),
+        ("MutationRoot", "createVm") => (
+            "mutation { createVm(input: {name: \"matrix\", memoryMib: 64, kernel: {kernel: \"vmlinuz\", initrd: \"initrd\"}}) { id powerState } }".into(),
+            json!({}),
+            Rule::AnyUserLifecycle,
+        ),
+        // The simulated VM's agent is online: a shutdown goes through it (the simulator
+        // answers), without libvirt.
+        ("MutationRoot", "shutdown") => (
+            "mutation($id: ID!) { shutdown(vmId: $id) { action via powerState vm { id } } }".into(),
+            json!({"id": vm}),
+            Rule::VmScoped,
+        ),
+        ("MutationRoot", field @ ("powerOn" | "powerOff" | "reboot" | "suspend" | "resume")) => (
+            format!("mutation($id: ID!) {{ {field}(vmId: $id) {{ action via powerState }} }}"),
+            json!({"id": vm}),
+            Rule::VmLifecycle,
+        ),
+        ("MutationRoot", "attachAgentChannel") => (
+            "mutation($id: ID!) { attachAgentChannel(vmId: $id) { socket attachedLive } }".into(),
+            json!({"id": vm}),
+            Rule::VmLifecycle,
         ),
         ("MutationRoot", "renameVm") => (
             "mutation($id: ID!, $n: String!) { renameVm(vmId: $id, name: $n) { id name } }".into(),

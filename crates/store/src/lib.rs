@@ -73,6 +73,28 @@ impl VmStatus {
     }
 }
 
+/// Who chose a VM's display name, for [`Store::set_vm_names`]. The order of precedence is a
+/// person, then the hypervisor (the libvirt domain name), then the agent (its host name), then
+/// the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameSource {
+    /// A person chose it (`createVm`): nothing else replaces it.
+    Person,
+    /// libvirt's domain name: replaces the agent's host name, never a person's choice.
+    Hypervisor,
+}
+
+impl NameSource {
+    /// As stored in `vms.name_source`: `user`, `libvirt`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Person => "user",
+            Self::Hypervisor => "libvirt",
+        }
+    }
+}
+
 /// A VM as the host knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmRecord {
@@ -387,12 +409,16 @@ pub trait Store: Send + Sync + 'static {
     /// updated.
     async fn set_vm_statuses(&self, updates: &[VmStatusUpdate]) -> Result<u64>;
     /// Record what each agent said of itself (`(id, vm_identification)`, one entry per VM);
-    /// its host name also becomes the VM's name unless a person chose one. Ids that are not
-    /// registered are skipped. Returns how many VMs were updated.
+    /// its host name also becomes the VM's name unless a person chose one or it is a libvirt
+    /// domain's. Ids that are not registered are skipped. Returns how many VMs were updated.
     async fn set_vm_agents(
         &self,
         agents: &[(String, protocol::message::VmIdentification)],
     ) -> Result<u64>;
+    /// Name VMs (`(id, name)`) as `source` chose them: a [`NameSource::Person`]'s name always
+    /// wins, a [`NameSource::Hypervisor`] name replaces anything but a person's. Ids that are
+    /// not registered are skipped. Returns how many VMs changed.
+    async fn set_vm_names(&self, names: &[(String, String)], source: NameSource) -> Result<u64>;
     /// Set owner and department (`NotFound` when the VM does not exist).
     async fn set_vm_owner(
         &self,

@@ -12,8 +12,8 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use infinibay_store::protocol::samples::{Jitter, identification, small_metrics};
 use infinibay_store::{
     AlertChange, AlertKind, AlertQuery, AlertRecord, AlertRule, CommandLogEntry, Inventory,
-    InventoryKind, MetricSample, MetricSeries, Resolution, Retention, Store, StoreError,
-    VmErrorRecord, VmStatus, VmStatusUpdate, VmTelemetry,
+    InventoryKind, MetricSample, MetricSeries, NameSource, Resolution, Retention, Store,
+    StoreError, VmErrorRecord, VmStatus, VmStatusUpdate, VmTelemetry,
 };
 use serde_json::json;
 
@@ -182,6 +182,84 @@ mod story {
             store.set_vm_owner("nope", Some(7), None).await,
             Err(StoreError::NotFound(_))
         ));
+    }
+
+    pub async fn a_persons_name_beats_the_domain_name_which_beats_the_agents_host_name(
+        store: Arc<dyn Store>,
+    ) {
+        let t0 = now_ms();
+        for id in ["dom", "made", "plain"] {
+            register(&store, id, t0).await;
+        }
+        let name = |id: &str| {
+            let store = store.clone();
+            let id = id.to_owned();
+            async move { store.get_vm(&id).await.expect("get").expect("exists").name }
+        };
+        let hostname = |vm: &str| (vm.to_owned(), identification("guest-host"));
+
+        // A domain name replaces the id, and the agent's host name does not replace it.
+        let named = store
+            .set_vm_names(&[("dom".into(), "web <1>".into())], NameSource::Hypervisor)
+            .await
+            .expect("domain name");
+        assert_eq!(named, 1);
+        store
+            .set_vm_agents(&[hostname("dom"), hostname("plain")])
+            .await
+            .expect("agents");
+        assert_eq!(name("dom").await, "web <1>");
+        assert_eq!(
+            name("plain").await,
+            "guest-host",
+            "no domain: the host name"
+        );
+        // The hypervisor's name replaces the agent's; the same name again changes nothing.
+        let named = store
+            .set_vm_names(
+                &[("plain".into(), "plain-domain".into())],
+                NameSource::Hypervisor,
+            )
+            .await
+            .expect("domain name");
+        assert_eq!(named, 1);
+        assert_eq!(name("plain").await, "plain-domain");
+        let again = store
+            .set_vm_names(
+                &[("plain".into(), "plain-domain".into())],
+                NameSource::Hypervisor,
+            )
+            .await
+            .expect("same name");
+        assert_eq!(again, 0, "an unchanged name is not rewritten");
+
+        // A person's choice wins over both, and stays.
+        store
+            .set_vm_names(&[("made".into(), "chosen".into())], NameSource::Person)
+            .await
+            .expect("person");
+        let named = store
+            .set_vm_names(&[("made".into(), "domain".into())], NameSource::Hypervisor)
+            .await
+            .expect("domain name");
+        assert_eq!(
+            named, 0,
+            "the hypervisor does not rename what a person named"
+        );
+        store
+            .set_vm_agents(&[hostname("made")])
+            .await
+            .expect("agent");
+        assert_eq!(name("made").await, "chosen");
+        assert_eq!(
+            store
+                .set_vm_names(&[("nope".into(), "x".into())], NameSource::Person)
+                .await
+                .expect("unknown"),
+            0,
+            "an unknown VM is not named"
+        );
+        assert!(store.get_vm("nope").await.expect("get").is_none());
     }
 
     pub async fn samples_land_and_latest_sample_keeps_full_detail(store: Arc<dyn Store>) {
@@ -1467,6 +1545,7 @@ macro_rules! both_backends {
 
 both_backends!(
     vms_register_once_and_keep_status_agent_and_owner,
+    a_persons_name_beats_the_domain_name_which_beats_the_agents_host_name,
     samples_land_and_latest_sample_keeps_full_detail,
     metrics_query_returns_raw_samples_or_raw_buckets,
     maintain_rolls_up_minutes_and_hours_without_double_counting,

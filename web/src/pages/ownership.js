@@ -2,7 +2,7 @@
 import { Q, gql } from '../api.js';
 import { h, replace } from '../dom.js';
 import { createTable, filterInput } from '../table.js';
-import { badge } from './vms.js';
+import { stateBadge, vmState } from '../power.js';
 
 export function ownershipPage() {
   const flash = h('div', { class: 'result-slot', 'aria-live': 'polite' });
@@ -36,7 +36,7 @@ export function ownershipPage() {
     searchText: (vm) => `${vm.name} ${vm.owner?.username ?? ''} ${vm.department ?? ''}`,
     columns: [
       { key: 'name', label: 'VM', value: (vm) => vm.name, cell: (vm) => h('a', { href: `#/vm/${encodeURIComponent(vm.id)}` }, vm.name || vm.id) },
-      { key: 'status', label: 'Status', value: (vm) => vm.status, cell: (vm) => badge(vm.status) },
+      { key: 'status', label: 'State', value: (vm) => vmState(vm).text, cell: (vm) => stateBadge(vm) },
       { key: 'owner', label: 'Current owner', value: (vm) => vm.owner?.username ?? '' },
       { key: 'dept', label: 'Department', value: (vm) => vm.department ?? '' },
       { key: 'set', label: 'Assign', value: () => '', cell: ownerCell },

@@ -1,4 +1,4 @@
-// One VM: header facts, live charts (history from vmMetrics + metricsUpdate after subscribe:vm),
+// One VM: header facts with its state and power buttons, live charts (history from vmMetrics + metricsUpdate after subscribe:vm),
 // processes, ports, applications, services (start/stop/restart), the command box and the
 // console (pages/console.js).
 import { ApiError, Q, gql, hasPermission } from '../api.js';
@@ -7,9 +7,9 @@ import * as fmt from '../format.js';
 import { createChart, PALETTE } from '../charts.js';
 import { epochSeconds, summarize } from '../live.js';
 import { createTable, filterInput } from '../table.js';
-import { badge } from './vms.js';
 import { consoleTab } from './console.js';
 import { healthTab } from './health.js';
+import { powerBadge, powerControls, stateBadge } from '../power.js';
 
 const RANGES = [
   { key: '15m', label: '15 min', seconds: 15 * 60 },
@@ -56,6 +56,8 @@ const SAFE_ACTIONS = {
 export function vmPage({ user, live }, vmId, initialTab) {
   const cleanups = [];
   const head = h('div', { class: 'vm-head' }, h('p', { class: 'muted' }, 'Loading…'));
+  // What the last power action or delete answered; kept across re-renders of the header.
+  const powerResult = h('div', { class: 'result-slot', 'aria-live': 'polite', dataset: { testid: 'power-result' } });
   const tabNav = h('nav', { class: 'tabs', role: 'tablist' });
   const body = h('div', { class: 'tab-body' });
   let tabCleanup = null;
@@ -93,8 +95,16 @@ export function vmPage({ user, live }, vmId, initialTab) {
       h('div', { class: 'page-head' },
         h('a', { href: '#/vms', class: 'back' }, '← VMs'),
         h('h1', { dataset: { testid: 'vm-name' } }, vm.name || vm.id),
-        badge(vm.status)),
+        stateBadge(vm)),
+      powerControls(vm, {
+        onResult: (text, isError) => replace(powerResult, h('p', { class: isError ? 'error' : 'notice', role: isError ? 'alert' : null }, text)),
+        onDeleted: () => { location.hash = '#/vms'; },
+      }),
+      powerResult,
       h('dl', { class: 'facts' },
+        fact('Power', powerBadge(vm.powerState)),
+        fact('Agent', vm.status.toLowerCase()),
+        fact('Domain', vm.domainName ?? '—'),
         fact('Owner', vm.owner?.username ?? 'unassigned'),
         fact('Department', vm.department ?? '—'),
         fact('IP addresses', (vm.ipAddresses ?? []).join(', ') || '—'),
@@ -102,7 +112,7 @@ export function vmPage({ user, live }, vmId, initialTab) {
         fact('OS', a ? `${a.os} ${a.osVersion}` : '—'),
         fact('Kernel', a?.kernel ?? '—'),
         fact('Hostname', a?.hostname ?? '—'),
-        fact('Agent', a ? `${a.agentVersion} (protocol ${a.protocolVersion})` : '—'),
+        fact('Agent version', a ? `${a.agentVersion} (protocol ${a.protocolVersion})` : '—'),
         fact('CPU', m ? `${m.coresUsage.length} cores · ${fmt.percent(m.cpuPercent)}` : '—'),
         fact('Memory', m ? `${fmt.kb(m.memUsedKb)} / ${fmt.kb(m.memTotalKb)}` : '—'),
         fact('Load', m ? `${m.load1.toFixed(2)} ${m.load5.toFixed(2)} ${m.load15.toFixed(2)}` : '—'),
@@ -134,9 +144,28 @@ export function vmPage({ user, live }, vmId, initialTab) {
   }
 
   // Live status for the header (the tabs follow their own data).
+  let agentFacts = null;
+  const setPower = (state) => {
+    if (vm && state && vm.powerState !== state) {
+      vm.powerState = state;
+      renderHead();
+    }
+  };
   cleanups.push(
-    live.on('vm:online', (e) => e?.vmId === vmId && vm && ((vm.status = 'ONLINE'), renderHead())),
+    live.on('vm:online', (e) => {
+      if (e?.vmId !== vmId || !vm) return;
+      vm.status = 'ONLINE';
+      renderHead();
+      // A VM that just booted has no agent facts yet: read them once the agent's
+      // identification is stored.
+      if (!vm.agent) {
+        clearTimeout(agentFacts);
+        agentFacts = setTimeout(() => vm && !vm.agent && loadVm(), 2000);
+      }
+    }),
     live.on('vm:offline', (e) => e?.vmId === vmId && vm && ((vm.status = 'OFFLINE'), renderHead())),
+    live.on('vm:power', (e) => e?.vmId === vmId && setPower(e.powerState)),
+    live.on('vms:update', (e) => e?.data?.id === vmId && setPower(e.data.powerState)),
   );
   live.subscribe(vmId).then((ack) => {
     if (!ack.ok) console.warn(`live updates refused for ${vmId}: ${ack.error}`);
@@ -153,7 +182,7 @@ export function vmPage({ user, live }, vmId, initialTab) {
       // The next round retries; the tabs show their own errors.
     }
   }, 30000);
-  cleanups.push(() => clearInterval(headRefresh));
+  cleanups.push(() => clearInterval(headRefresh), () => clearTimeout(agentFacts));
 
   loadVm().then((ok) => {
     if (ok) {

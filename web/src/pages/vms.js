@@ -1,10 +1,12 @@
 // The VM list: GraphQL `vms` every REFRESH_MS, live rows from metricsUpdate of the rooms it
-// subscribes to, vm:online / vm:offline, and lifecycle events (`<namespace>:vms:*`).
+// subscribes to, vm:online / vm:offline / vm:power, and lifecycle events (`<namespace>:vms:*`:
+// create and delete refetch, update changes the row in place).
 import { Q, gql } from '../api.js';
 import { h, replace } from '../dom.js';
 import * as fmt from '../format.js';
 import { epochSeconds, summarize } from '../live.js';
 import { createTable, filterInput } from '../table.js';
+import { stateBadge, vmState } from '../power.js';
 
 const REFRESH_MS = 15000;
 /** Rooms the list joins; the server allows 100 subscribe:vm per minute, keep well below. */
@@ -21,13 +23,13 @@ export function vmListPage({ live }) {
     name: 'vms',
     rowKey: (vm) => vm.id,
     initialSort: { key: 'name' },
-    empty: 'No virtual machines yet. They appear here when their agent connects.',
-    searchText: (vm) => [vm.name, vm.owner?.username, vm.department, vm.status, ...(vm.ipAddresses ?? [])].join(' '),
-    rowProps: (vm) => ({ class: `status-${vm.status.toLowerCase()}` }),
+    empty: 'No virtual machines yet. They appear here when their agent connects or libvirt reports them.',
+    searchText: (vm) => [vm.name, vm.owner?.username, vm.department, vmState(vm).text, ...(vm.ipAddresses ?? [])].join(' '),
+    rowProps: (vm) => ({ class: `status-${vmState(vm).key}` }),
     columns: [
       { key: 'name', label: 'Name', value: (vm) => vm.name, cell: (vm) => h('a', { href: `#/vm/${encodeURIComponent(vm.id)}`, class: 'vm-link' }, vm.name || vm.id) },
       { key: 'owner', label: 'Owner', value: (vm) => vm.owner?.username ?? '', cell: (vm) => vm.owner?.username ?? h('span', { class: 'muted' }, 'unassigned') },
-      { key: 'status', label: 'Status', value: (vm) => vm.status, cell: (vm) => badge(vm.status) },
+      { key: 'status', label: 'State', value: (vm) => vmState(vm).text, cell: (vm) => stateBadge(vm) },
       { key: 'cpu', label: 'CPU', numeric: true, value: (vm) => vm.metrics?.cpuPercent ?? null, cell: (vm) => meter(vm.metrics?.cpuPercent, fmt.percent(vm.metrics?.cpuPercent)) },
       { key: 'mem', label: 'Memory', numeric: true, value: (vm) => memRatio(vm), cell: (vm) => meter(memRatio(vm) === null ? null : memRatio(vm) * 100, vm.metrics ? `${fmt.kb(vm.metrics.memUsedKb)} / ${fmt.kb(vm.metrics.memTotalKb)}` : '—') },
       { key: 'disk', label: 'Disk', numeric: true, value: (vm) => diskRatio(vm), cell: (vm) => meter(diskRatio(vm) === null ? null : diskRatio(vm) * 100, diskText(vm)) },
@@ -37,9 +39,12 @@ export function vmListPage({ live }) {
   });
 
   const statusSelect = h('select', { 'aria-label': 'Status', onChange: (e) => { statusFilter = e.target.value; show(); } },
-    h('option', { value: 'all' }, 'All statuses'),
-    h('option', { value: 'ONLINE' }, 'Online'),
-    h('option', { value: 'OFFLINE' }, 'Offline'));
+    h('option', { value: 'all' }, 'All states'),
+    h('option', { value: 'online' }, 'Online'),
+    h('option', { value: 'offline' }, 'Agent offline'),
+    h('option', { value: 'shutoff' }, 'Shut off'),
+    h('option', { value: 'paused' }, 'Paused'),
+    h('option', { value: 'crashed' }, 'Crashed'));
   const summary = h('span', { class: 'muted summary' });
 
   let renderQueued = false;
@@ -50,8 +55,9 @@ export function vmListPage({ live }) {
       renderQueued = false;
       const all = [...byId.values()];
       const online = all.filter((vm) => vm.status === 'ONLINE').length;
-      summary.textContent = `${all.length} VMs · ${online} online`;
-      table.setRows(statusFilter === 'all' ? all : all.filter((vm) => vm.status === statusFilter));
+      const off = all.filter((vm) => vmState(vm).key === 'shutoff').length;
+      summary.textContent = `${all.length} VMs · ${online} online${off ? ` · ${off} shut off` : ''}`;
+      table.setRows(statusFilter === 'all' ? all : all.filter((vm) => vmState(vm).key === statusFilter));
     });
   }
 
@@ -99,8 +105,28 @@ export function vmListPage({ live }) {
     }),
     live.on('vm:online', (e) => setStatus(e, 'ONLINE')),
     live.on('vm:offline', (e) => setStatus(e, 'OFFLINE')),
-    live.on('vms', () => loadSoon()),
+    live.on('vm:power', (e) => setPower(e?.vmId, e?.powerState)),
+    live.on('vms:create', () => loadSoon()),
+    live.on('vms:delete', () => loadSoon()),
+    live.on('vms:update', (e) => {
+      const data = e?.data ?? {};
+      const vm = byId.get(data.id);
+      if (!vm) {
+        loadSoon();
+        return;
+      }
+      if (data.name) vm.name = data.name;
+      if (data.status) vm.status = String(data.status).toUpperCase();
+      setPower(data.id, data.powerState);
+    }),
   ];
+
+  function setPower(vmId, powerState) {
+    const vm = byId.get(vmId);
+    if (!vm || !powerState) return;
+    vm.powerState = powerState;
+    show();
+  }
 
   // An event can name a VM before the store has written its record (the first sample is still
   // in the writer's batch): read the list again a little later, twice.
@@ -128,7 +154,8 @@ export function vmListPage({ live }) {
   const tick = setInterval(show, 5000);
 
   const el = h('main', { class: 'page' },
-    h('div', { class: 'page-head' }, h('h1', null, 'Virtual machines'), summary),
+    h('div', { class: 'page-head' }, h('h1', null, 'Virtual machines'), summary,
+      h('a', { href: '#/create', class: 'button primary', dataset: { testid: 'new-vm' } }, 'New VM')),
     h('div', { class: 'toolbar' }, filterInput(table, 'Filter by name, owner, IP…'), statusSelect),
     error,
     h('div', { class: 'card' }, table.el));

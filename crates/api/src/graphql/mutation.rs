@@ -1,4 +1,5 @@
-//! The mutation root: logging in, commands to guests, accounts, VM ownership and deletion.
+//! The mutation root: logging in, commands to guests, accounts, VM ownership, and the VMs'
+//! lifecycle in the hypervisor (create, power actions, adopt, delete).
 
 use std::time::Instant;
 
@@ -8,13 +9,15 @@ use chrono::Utc;
 use super::context::{admin, api, caller, parse_user_id, realtime};
 use super::guards::Peer;
 use super::types::{
-    AuthPayload, CommandInput, CommandResponse, CommandType, ConsoleTicket, CreateUserInput, User,
-    Vm, vm_object,
+    AgentChannel, AuthPayload, CommandInput, CommandResponse, CommandType, ConsoleTicket,
+    CreateUserInput, CreateVmInput, PowerActionResult, User, Vm, vm_object,
 };
 use crate::authz;
 use crate::error::{ApiError, ApiResult};
+use crate::state::Api;
 use crate::users::{self, CreateUser};
-use infinibay_control::CommandError;
+use infinibay_control::{CommandError, PowerAction};
+use infinibay_store::{UserRecord, VmRecord};
 
 /// Mutations.
 pub struct MutationRoot;
@@ -224,16 +227,90 @@ impl MutationRoot {
         Ok(vm_object(api, after).await)
     }
 
-    /// Delete a VM (ADMIN): close its connection, remove its record and data.
-    async fn delete_vm(&self, ctx: &Context<'_>, vm_id: ID) -> ApiResult<bool> {
-        let (_, api) = admin(ctx)?;
+    /// Create a VM in libvirt (any user; the caller becomes its owner): a domain with the
+    /// agent's channel, qemu-ga's channel and VNC on a socket, started unless `start: false`.
+    /// Announced as `vms:create` to the caller's and the admins' namespaces.
+    async fn create_vm(&self, ctx: &Context<'_>, input: CreateVmInput) -> ApiResult<Vm> {
+        let user = caller(ctx)?;
+        let api = api(ctx)?;
+        let realtime = realtime(ctx)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let spec = input.into_spec(id.clone())?;
+        // Announced below, once it has its owner, not when the core first publishes it.
+        realtime.announce_later(&id);
+        if let Err(e) = api.control().create_vm(spec, Some(user.id)).await {
+            realtime.announce_cancelled(&id);
+            return Err(e.into());
+        }
         let store = api.store();
-        let vm = store
-            .get_vm(&vm_id)
+        if let Some(department) = &user.department {
+            store
+                .users()
+                .ensure_department(department, Utc::now())
+                .await?;
+        }
+        store
+            .set_vm_owner(&id, Some(user.id), user.department.as_deref())
+            .await?;
+        api.set_owner_cached(&id, Some(user.id));
+        let record = store
+            .get_vm(&id)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("VM {} not found", vm_id.as_str())))?;
-        // The core forgets it, closes its connection and deletes what is stored about it.
-        api.control().delete_vm(&vm_id).await?;
+            .ok_or_else(|| ApiError::internal(format!("VM {id} vanished after its creation")))?;
+        realtime.vm_created(&record).await;
+        Ok(vm_object(api, record).await)
+    }
+
+    /// Start a VM that is shut off (owner or ADMIN).
+    async fn power_on(&self, ctx: &Context<'_>, vm_id: ID) -> ApiResult<PowerActionResult> {
+        power(ctx, &vm_id, PowerAction::PowerOn).await
+    }
+
+    /// Ask the guest to shut down: through our agent when it is online, else the ACPI power
+    /// button (owner or ADMIN).
+    async fn shutdown(&self, ctx: &Context<'_>, vm_id: ID) -> ApiResult<PowerActionResult> {
+        power(ctx, &vm_id, PowerAction::Shutdown).await
+    }
+
+    /// Forced power off (owner or ADMIN).
+    async fn power_off(&self, ctx: &Context<'_>, vm_id: ID) -> ApiResult<PowerActionResult> {
+        power(ctx, &vm_id, PowerAction::PowerOff).await
+    }
+
+    /// ACPI reboot (owner or ADMIN).
+    async fn reboot(&self, ctx: &Context<'_>, vm_id: ID) -> ApiResult<PowerActionResult> {
+        power(ctx, &vm_id, PowerAction::Reboot).await
+    }
+
+    /// Pause the vCPUs (owner or ADMIN).
+    async fn suspend(&self, ctx: &Context<'_>, vm_id: ID) -> ApiResult<PowerActionResult> {
+        power(ctx, &vm_id, PowerAction::Suspend).await
+    }
+
+    /// Resume a paused VM (owner or ADMIN).
+    async fn resume(&self, ctx: &Context<'_>, vm_id: ID) -> ApiResult<PowerActionResult> {
+        power(ctx, &vm_id, PowerAction::Resume).await
+    }
+
+    /// Adopt an existing domain: hot-plug the agent's channel into it (owner or ADMIN).
+    async fn attach_agent_channel(&self, ctx: &Context<'_>, vm_id: ID) -> ApiResult<AgentChannel> {
+        let (user, api, _) = lifecycle_scope(ctx, &vm_id).await?;
+        let done = api
+            .control()
+            .attach_agent_channel(&vm_id, Some(user.id))
+            .await?;
+        Ok(AgentChannel {
+            socket: done.socket,
+            attached_live: done.attached_live,
+            attached_config: done.attached_config,
+        })
+    }
+
+    /// Delete a VM (owner or ADMIN): its libvirt domain (destroyed if it runs, undefined), its
+    /// sockets and overlay, its connection, its record and data.
+    async fn delete_vm(&self, ctx: &Context<'_>, vm_id: ID) -> ApiResult<bool> {
+        let (user, api, vm) = lifecycle_scope(ctx, &vm_id).await?;
+        api.control().delete_vm(&vm_id, Some(user.id)).await?;
         api.forget_cached(&vm_id);
         realtime(ctx)?.vm_deleted(&vm).await;
         Ok(true)
@@ -253,6 +330,39 @@ impl MutationRoot {
             path: issued.path,
         })
     }
+}
+
+/// The caller, the API and the VM, after checking that the caller may act on its lifecycle.
+async fn lifecycle_scope<'a>(
+    ctx: &Context<'a>,
+    vm_id: &str,
+) -> ApiResult<(UserRecord, &'a Api, VmRecord)> {
+    let user = caller(ctx)?;
+    let api = api(ctx)?;
+    let vm = api
+        .store()
+        .get_vm(vm_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("VM {vm_id} not found")))?;
+    authz::require_lifecycle(&user, &vm)?;
+    Ok((user, api, vm))
+}
+
+async fn power(
+    ctx: &Context<'_>,
+    vm_id: &str,
+    action: PowerAction,
+) -> ApiResult<PowerActionResult> {
+    let (user, api, vm) = lifecycle_scope(ctx, vm_id).await?;
+    let done = api.control().power(vm_id, action, Some(user.id)).await?;
+    // The record may have changed meanwhile (its name, its agent): read it again.
+    let record = api.store().get_vm(vm_id).await?.unwrap_or(vm);
+    Ok(PowerActionResult {
+        vm: vm_object(api, record).await,
+        action: done.action.as_str().to_owned(),
+        via: done.via.as_str().to_owned(),
+        power_state: done.power_state.into(),
+    })
 }
 
 /// The request's client address (see [`Peer`]).

@@ -6,11 +6,12 @@ use async_graphql::{Context, ID, Object};
 use chrono::{DateTime, Utc};
 
 use infinibay_protocol::message::{Application as AppItem, PortInfo, ProcessInfo, ServiceInfo};
-use infinibay_store::{InventoryKind, VmStatus};
+use infinibay_store::InventoryKind;
 
 use super::context::{admin, api, caller, vm_scope};
 use super::types::{
-    Application, CommandLog, MetricPoint, MetricSeries, Port, Process, Service, User, Vm, vm_object,
+    Application, CommandLog, Hypervisor, LiveFacts, MetricPoint, MetricSeries, Port, Process,
+    Service, User, Vm, vm_object,
 };
 // `getVmMetrics` (seed 001's shape) is in `super::vms`.
 use crate::authz;
@@ -32,19 +33,19 @@ impl QueryRoot {
         let user = caller(ctx)?;
         let api = api(ctx)?;
         let all = api.store().list_vms().await?;
-        let live: HashMap<String, VmStatus> = api
+        let mut live: HashMap<String, LiveFacts> = api
             .control()
             .vms()
             .await
-            .into_iter()
-            .map(|v| (v.id, v.status))
+            .iter()
+            .map(|v| (v.id.clone(), LiveFacts::from(v)))
             .collect();
         Ok(all
             .into_iter()
             .filter(|vm| authz::can_see_vm(&user, vm))
             .map(|vm| {
-                let status = live.get(&vm.id).copied();
-                Vm::new(vm, status)
+                let facts = live.remove(&vm.id);
+                Vm::new(vm, facts)
             })
             .collect())
     }
@@ -115,6 +116,12 @@ impl QueryRoot {
         let limit = limit.clamp(1, 1000) as u32;
         let logs = api.store().command_logs(&vm_id, limit).await?;
         Ok(logs.into_iter().map(CommandLog).collect())
+    }
+
+    /// The hypervisor: whether libvirt is reachable, and the base images `createVm` can use.
+    async fn hypervisor(&self, ctx: &Context<'_>) -> ApiResult<Hypervisor> {
+        caller(ctx)?;
+        Ok(api(ctx)?.control().hypervisor().await.into())
     }
 
     /// Every user (ADMIN).

@@ -17,6 +17,8 @@ use super::context::api;
 use crate::error::ApiResult;
 use crate::state::Api;
 use infinibay_control::command::{CommandKind, CommandSpec};
+use infinibay_control::lifecycle::{self, CreateVmSpec, KernelBootSpec};
+use infinibay_control::vm::VmSnapshot;
 
 /// Role.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -59,6 +61,33 @@ impl From<StoreStatus> for VmStatus {
         match s {
             StoreStatus::Online => Self::Online,
             StoreStatus::Offline => Self::Offline,
+        }
+    }
+}
+
+/// The hypervisor's power state of a VM (beside the agent's `VmStatus`).
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum PowerState {
+    /// vCPUs run.
+    Running,
+    /// vCPUs paused.
+    Paused,
+    /// Not running.
+    Shutoff,
+    /// The guest or its emulator died.
+    Crashed,
+    /// Not known: no libvirt domain, or libvirt unreachable.
+    Unknown,
+}
+
+impl From<lifecycle::PowerState> for PowerState {
+    fn from(s: lifecycle::PowerState) -> Self {
+        match s {
+            lifecycle::PowerState::Running => Self::Running,
+            lifecycle::PowerState::Paused => Self::Paused,
+            lifecycle::PowerState::Shutoff => Self::Shutoff,
+            lifecycle::PowerState::Crashed => Self::Crashed,
+            lifecycle::PowerState::Unknown => Self::Unknown,
         }
     }
 }
@@ -268,10 +297,28 @@ fn routable_addresses(sample: &MetricSample) -> Vec<String> {
     out
 }
 
+/// What the core knows of a VM now, beside its stored record.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveFacts {
+    pub status: StoreStatus,
+    pub power_state: lifecycle::PowerState,
+    pub domain_name: Option<String>,
+}
+
+impl From<&VmSnapshot> for LiveFacts {
+    fn from(v: &VmSnapshot) -> Self {
+        Self {
+            status: v.status,
+            power_state: v.power_state,
+            domain_name: v.domain_name.clone(),
+        }
+    }
+}
+
 /// A VM.
 pub struct Vm {
     pub(crate) record: VmRecord,
-    pub(crate) live_status: Option<StoreStatus>,
+    pub(crate) live: Option<LiveFacts>,
 }
 
 #[Object]
@@ -282,8 +329,23 @@ impl Vm {
     async fn name(&self) -> &str {
         &self.record.name
     }
+    /// The agent: ONLINE after a valid message, OFFLINE otherwise.
     async fn status(&self) -> VmStatus {
-        self.live_status.unwrap_or(self.record.status).into()
+        self.live
+            .as_ref()
+            .map_or(self.record.status, |l| l.status)
+            .into()
+    }
+    /// The hypervisor's power state; a VM that is not RUNNING has a silent agent for a reason.
+    async fn power_state(&self) -> PowerState {
+        self.live
+            .as_ref()
+            .map_or(lifecycle::PowerState::Unknown, |l| l.power_state)
+            .into()
+    }
+    /// The libvirt domain's name, when libvirt knows the VM.
+    async fn domain_name(&self) -> Option<&str> {
+        self.live.as_ref().and_then(|l| l.domain_name.as_deref())
     }
     async fn last_seen(&self) -> Option<DateTime<Utc>> {
         self.record.last_seen
@@ -322,19 +384,132 @@ impl Vm {
 }
 
 impl Vm {
-    /// A stored VM with the core's live status, when the core knows it.
-    pub(crate) fn new(record: VmRecord, live_status: Option<StoreStatus>) -> Self {
-        Self {
-            record,
-            live_status,
-        }
+    /// A stored VM with what the core knows of it now, when it knows it.
+    pub(crate) fn new(record: VmRecord, live: Option<LiveFacts>) -> Self {
+        Self { record, live }
     }
 }
 
-/// A stored VM with its live status asked of the core.
+/// A stored VM with its live state asked of the core.
 pub(crate) async fn vm_object(api: &Api, record: VmRecord) -> Vm {
-    let live_status = api.control().vm(&record.id).await.map(|v| v.status);
-    Vm::new(record, live_status)
+    let live = api
+        .control()
+        .vm(&record.id)
+        .await
+        .map(|v| LiveFacts::from(&v));
+    Vm::new(record, live)
+}
+
+/// Direct kernel boot (files in the host's image directory).
+#[derive(InputObject, Debug)]
+pub struct KernelBootInput {
+    /// A file name in the image directory (or an absolute path inside it).
+    pub(crate) kernel: String,
+    /// The initrd, likewise.
+    pub(crate) initrd: String,
+    /// Kernel command line.
+    #[graphql(default)]
+    pub(crate) cmdline: String,
+}
+
+/// A VM to create: a disk overlay over `baseImage` (a qcow2 file in the host's image
+/// directory), or `kernel` to boot; at least one.
+#[derive(InputObject, Debug)]
+pub struct CreateVmInput {
+    /// Name (1–128 characters, no `/`, no control characters).
+    pub(crate) name: String,
+    /// RAM in MiB (at least 16).
+    pub(crate) memory_mib: i32,
+    /// Virtual CPUs (1–256).
+    #[graphql(default = 1)]
+    pub(crate) vcpus: i32,
+    /// A qcow2 file of the image directory (see `hypervisor { baseImages }`).
+    pub(crate) base_image: Option<String>,
+    /// Boot this kernel.
+    pub(crate) kernel: Option<KernelBootInput>,
+    /// Start it at once.
+    #[graphql(default = true)]
+    pub(crate) start: bool,
+}
+
+impl CreateVmInput {
+    /// The core's spec for the VM with this id; sizes that cannot be sizes are `INVALID`.
+    pub(crate) fn into_spec(self, id: String) -> ApiResult<CreateVmSpec> {
+        let memory_mib = u64::try_from(self.memory_mib)
+            .map_err(|_| crate::error::ApiError::invalid("memoryMib must be positive"))?;
+        let vcpus = u32::try_from(self.vcpus)
+            .map_err(|_| crate::error::ApiError::invalid("vcpus must be positive"))?;
+        Ok(CreateVmSpec {
+            id: Some(id),
+            name: self.name,
+            memory_mib,
+            vcpus,
+            base_image: self.base_image.filter(|b| !b.is_empty()),
+            kernel: self.kernel.map(|k| KernelBootSpec {
+                kernel: k.kernel,
+                initrd: k.initrd,
+                cmdline: k.cmdline,
+            }),
+            start: self.start,
+        })
+    }
+}
+
+/// What a power action did.
+#[derive(SimpleObject)]
+pub struct PowerActionResult {
+    /// The VM after the call.
+    pub(crate) vm: Vm,
+    /// `powerOn`, `shutdown`, `powerOff`, `reboot`, `suspend`, `resume`.
+    pub(crate) action: String,
+    /// How it reached the VM: `libvirt`, `acpi` (the guest decides) or `agent` (our agent's
+    /// Shutdown).
+    pub(crate) via: String,
+    /// The power state right after the call (a shutdown is RUNNING until the guest powered
+    /// off; `vms:update` says when).
+    pub(crate) power_state: PowerState,
+}
+
+/// What `attachAgentChannel` did.
+#[derive(SimpleObject)]
+pub struct AgentChannel {
+    /// Host side of the VM's agent channel.
+    pub(crate) socket: String,
+    /// Hot-plugged into the running domain now.
+    pub(crate) attached_live: bool,
+    /// Added to the persistent definition.
+    pub(crate) attached_config: bool,
+}
+
+/// The hypervisor behind this host.
+#[derive(SimpleObject)]
+pub struct Hypervisor {
+    /// `disabled`, `connecting`, `connected` or `disconnected`.
+    pub(crate) state: String,
+    /// libvirt's URI (none when disabled).
+    pub(crate) uri: Option<String>,
+    /// Why it is not connected.
+    pub(crate) reason: Option<String>,
+    /// qcow2 files of the image directory `createVm` can use.
+    pub(crate) base_images: Vec<String>,
+}
+
+impl From<lifecycle::HypervisorInfo> for Hypervisor {
+    fn from(info: lifecycle::HypervisorInfo) -> Self {
+        use lifecycle::HypervisorState as H;
+        let state = info.state.as_str().to_owned();
+        let (uri, reason) = match info.state {
+            H::Disabled => (None, None),
+            H::Connecting { uri } | H::Connected { uri } => (Some(uri), None),
+            H::Disconnected { uri, reason } => (Some(uri), Some(reason)),
+        };
+        Self {
+            state,
+            uri,
+            reason,
+            base_images: info.base_images,
+        }
+    }
 }
 
 /// A point of a series.

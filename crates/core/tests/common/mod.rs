@@ -300,6 +300,9 @@ pub fn silent() -> GuestFn {
 pub fn test_config(socket_dir: &Path) -> CoreConfig {
     let mut c = CoreConfig {
         socket_dir: socket_dir.to_owned(),
+        // Tests that want libvirt name their throwaway daemon; the others must not find a
+        // system one.
+        libvirt: infinibay_core::config::LIBVIRT_DISABLED.to_owned(),
         ..CoreConfig::default()
     };
     c.discovery.rescan_interval_secs = 1.0;

@@ -18,6 +18,25 @@ pub struct Cli {
     pub command: CliCommand,
 }
 
+/// `infinibay channel-xml <uuid>`.
+#[derive(Debug, clap::Args)]
+pub struct ChannelXmlArgs {
+    /// The domain's UUID (the VM's id).
+    pub uuid: uuid::Uuid,
+    /// Configuration (socket directory) as for `serve`.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Print the channel XML for `args.uuid` in the configured socket directory.
+pub fn channel_xml(args: &ChannelXmlArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let config = args.config.load().context("configuration")?;
+    let xml = infinibay_core::libvirt::agent_channel_xml(&config.core.socket_dir, args.uuid)?;
+    println!("{xml}");
+    Ok(())
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
@@ -29,8 +48,12 @@ pub enum CliCommand {
     User(user::UserArgs),
     /// Log in to an infinibay server; the token is kept in ~/.config/infinibay/token.
     Login(remote::LoginArgs),
-    /// VMs over the API: list, show, exec, metrics (`--json` for JSON).
+    /// VMs over the API: list, show, exec, metrics, create, start, shutdown, poweroff, reboot,
+    /// suspend, resume, delete, attach-channel (`--json` for JSON).
     Vm(remote::VmArgs),
+    /// Print the `<channel>` XML that binds a domain's agent port in the socket directory (add
+    /// it with `virsh edit` or `virsh attach-device`; or use `infinibay vm attach-channel`).
+    ChannelXml(ChannelXmlArgs),
     /// Everything on this machine: the server in a fresh data dir and N real agents.
     Demo(crate::demo::DemoArgs),
 }

@@ -71,6 +71,74 @@ pub enum VmAction {
         #[arg(long, default_value_t = 24)]
         hours: i32,
     },
+    /// Create a VM in libvirt (you become its owner): a disk over a base image, or a kernel.
+    Create {
+        /// Name.
+        name: String,
+        /// RAM in MiB.
+        #[arg(long, default_value_t = 1024)]
+        memory: i32,
+        /// Virtual CPUs.
+        #[arg(long, default_value_t = 1)]
+        vcpus: i32,
+        /// A qcow2 file of the host's image directory (see `infinibay vm images`).
+        #[arg(long, required_unless_present = "kernel")]
+        base_image: Option<String>,
+        /// Boot this kernel (a file of the image directory).
+        #[arg(long, requires = "initrd")]
+        kernel: Option<String>,
+        /// The kernel's initrd (a file of the image directory).
+        #[arg(long, requires = "kernel")]
+        initrd: Option<String>,
+        /// Kernel command line.
+        #[arg(long, default_value = "", requires = "kernel")]
+        cmdline: String,
+        /// Define it without starting it.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// The hypervisor: libvirt's state and the base images `create` can use.
+    Images,
+    /// Start a VM that is shut off.
+    Start {
+        /// VM id.
+        id: String,
+    },
+    /// Ask the guest to shut down (through its agent when online, else ACPI).
+    Shutdown {
+        /// VM id.
+        id: String,
+    },
+    /// Force the power off.
+    Poweroff {
+        /// VM id.
+        id: String,
+    },
+    /// ACPI reboot.
+    Reboot {
+        /// VM id.
+        id: String,
+    },
+    /// Pause the vCPUs.
+    Suspend {
+        /// VM id.
+        id: String,
+    },
+    /// Resume a paused VM.
+    Resume {
+        /// VM id.
+        id: String,
+    },
+    /// Delete a VM: its domain (destroyed if running), sockets, disk overlay and record.
+    Delete {
+        /// VM id.
+        id: String,
+    },
+    /// Adopt an existing domain: hot-plug the agent's channel into it.
+    AttachChannel {
+        /// VM id.
+        id: String,
+    },
 }
 
 /// Run `infinibay login`.
@@ -95,7 +163,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-const VM_FIELDS: &str = "id name status lastSeen department owner { id username } ipAddresses \
+const VM_FIELDS: &str = "id name status powerState domainName lastSeen department owner { id username } ipAddresses \
     agent { agentVersion os osVersion hostname } \
     latestMetrics { at cpuPercent memUsedKb memTotalKb diskReadBps diskWriteBps netRxBps netTxBps load1 uptimeSeconds }";
 
@@ -122,16 +190,17 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                 println!("{}", json_for_terminal(&vms)?);
             } else {
                 println!(
-                    "{:<38} {:<20} {:<8} {:>6} {:>10} OWNER",
-                    "ID", "NAME", "STATUS", "CPU%", "MEM MB"
+                    "{:<38} {:<20} {:<8} {:<8} {:>6} {:>10} OWNER",
+                    "ID", "NAME", "POWER", "AGENT", "CPU%", "MEM MB"
                 );
                 for vm in vms.as_array().into_iter().flatten() {
                     let m = vm.get("latestMetrics");
                     let num = |k: &str| m.and_then(|m| m.get(k)).and_then(Value::as_f64);
                     println!(
-                        "{:<38} {:<20} {:<8} {:>6} {:>10} {}",
+                        "{:<38} {:<20} {:<8} {:<8} {:>6} {:>10} {}",
                         for_terminal(text(vm, "id")),
                         for_terminal(text(vm, "name")),
+                        for_terminal(text(vm, "powerState")),
                         for_terminal(text(vm, "status")),
                         num("cpuPercent")
                             .map(|c| format!("{c:.1}"))
@@ -247,6 +316,138 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        VmAction::Create {
+            name,
+            memory,
+            vcpus,
+            base_image,
+            kernel,
+            initrd,
+            cmdline,
+            no_start,
+        } => {
+            let kernel = match (kernel, initrd) {
+                (Some(kernel), Some(initrd)) => {
+                    json!({"kernel": kernel, "initrd": initrd, "cmdline": cmdline})
+                }
+                _ => Value::Null,
+            };
+            let input = json!({
+                "name": name, "memoryMib": memory, "vcpus": vcpus,
+                "baseImage": base_image, "kernel": kernel, "start": !no_start,
+            });
+            let data = api
+                .query(
+                    &format!(
+                        "mutation($input: CreateVmInput!) {{ createVm(input: $input) {{ {VM_FIELDS} }} }}"
+                    ),
+                    json!({"input": input}),
+                )
+                .await?;
+            let vm = data.get("createVm").cloned().unwrap_or(Value::Null);
+            if args.json {
+                println!("{}", json_for_terminal(&vm)?);
+            } else {
+                println!(
+                    "created {} ({}), power state {}",
+                    for_terminal(text(&vm, "id")),
+                    for_terminal(text(&vm, "name")),
+                    for_terminal(text(&vm, "powerState"))
+                );
+            }
+        }
+        VmAction::Images => {
+            let data = api
+                .query(
+                    "query { hypervisor { state uri reason baseImages } }",
+                    json!({}),
+                )
+                .await?;
+            let hypervisor = data.get("hypervisor").cloned().unwrap_or(Value::Null);
+            if args.json {
+                println!("{}", json_for_terminal(&hypervisor)?);
+            } else {
+                let reason = for_terminal(text(&hypervisor, "reason"));
+                println!(
+                    "libvirt: {} {}{}",
+                    for_terminal(text(&hypervisor, "state")),
+                    for_terminal(text(&hypervisor, "uri")),
+                    if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({reason})")
+                    }
+                );
+                for image in hypervisor["baseImages"].as_array().into_iter().flatten() {
+                    println!("{}", for_terminal(image.as_str().unwrap_or("")));
+                }
+            }
+        }
+        VmAction::Start { id } => power(&api, "powerOn", &id, args.json).await?,
+        VmAction::Shutdown { id } => power(&api, "shutdown", &id, args.json).await?,
+        VmAction::Poweroff { id } => power(&api, "powerOff", &id, args.json).await?,
+        VmAction::Reboot { id } => power(&api, "reboot", &id, args.json).await?,
+        VmAction::Suspend { id } => power(&api, "suspend", &id, args.json).await?,
+        VmAction::Resume { id } => power(&api, "resume", &id, args.json).await?,
+        VmAction::Delete { id } => {
+            api.query(
+                "mutation($id: ID!) { deleteVm(vmId: $id) }",
+                json!({"id": id}),
+            )
+            .await?;
+            if args.json {
+                println!("{}", json!({"deleted": id}));
+            } else {
+                println!("deleted {id}");
+            }
+        }
+        VmAction::AttachChannel { id } => {
+            let data = api
+                .query(
+                    "mutation($id: ID!) { attachAgentChannel(vmId: $id) { socket attachedLive attachedConfig } }",
+                    json!({"id": id}),
+                )
+                .await?;
+            let done = data
+                .get("attachAgentChannel")
+                .cloned()
+                .unwrap_or(Value::Null);
+            if args.json {
+                println!("{}", json_for_terminal(&done)?);
+            } else {
+                println!(
+                    "agent channel at {} (hot-plugged now: {}, in the definition: {})",
+                    for_terminal(text(&done, "socket")),
+                    done["attachedLive"],
+                    done["attachedConfig"]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A power action (`mutation` is its GraphQL name), printed as the state it left.
+async fn power(api: &Client, mutation: &str, id: &str, json_out: bool) -> anyhow::Result<()> {
+    let data = api
+        .query(
+            &format!(
+                "mutation($id: ID!) {{ {mutation}(vmId: $id) {{ action via powerState vm {{ id name status }} }} }}"
+            ),
+            json!({"id": id}),
+        )
+        .await?;
+    let done = data.get(mutation).cloned().unwrap_or(Value::Null);
+    if json_out {
+        println!("{}", json_for_terminal(&done)?);
+    } else {
+        println!(
+            "{} {}: done via {}, power state now {}",
+            for_terminal(text(&done, "action")),
+            id,
+            for_terminal(text(&done, "via")),
+            for_terminal(text(&done, "powerState"))
+        );
     }
     Ok(())
 }

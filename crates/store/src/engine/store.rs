@@ -15,8 +15,8 @@ use crate::protocol::message::VmIdentification;
 use crate::users::UserStore;
 use crate::{
     CommandLogEntry, Inventory, InventoryKind, MaintenanceReport, MetricSample, MetricSeries,
-    Resolution, Result, Retention, ServiceStateChange, Store, StoreError, VmErrorRecord, VmRecord,
-    VmStatusUpdate, VmTelemetry,
+    NameSource, Resolution, Result, Retention, ServiceStateChange, Store, StoreError,
+    VmErrorRecord, VmRecord, VmStatusUpdate, VmTelemetry,
 };
 use infinibay_console::TicketStore;
 
@@ -148,6 +148,33 @@ where
             .collect::<Result<Vec<_>>>()?;
         sorted.sort_by(|a, b| a.vm_id.cmp(b.vm_id));
         self.update_agents(&sorted).await
+    }
+
+    async fn set_vm_names(&self, names: &[(String, String)], source: NameSource) -> Result<u64> {
+        // A person's name always wins; the hypervisor's only over the agent's or the id, and
+        // rows that already say the same are not rewritten.
+        let statement = match source {
+            NameSource::Person => "UPDATE vms SET name = $2, name_source = $3 WHERE id = $1",
+            NameSource::Hypervisor => {
+                "UPDATE vms SET name = $2, name_source = $3 WHERE id = $1                  AND name_source <> 'user' AND (name <> $2 OR name_source <> $3)"
+            }
+        };
+        let mut sorted: Vec<&(String, String)> = names.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tx = self.begin(TxKind::Plain).await?;
+        let mut changed = 0;
+        for (id, name) in sorted {
+            changed += sqlx::query(statement)
+                .bind(id.as_str())
+                .bind(name.as_str())
+                .bind(source.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx("set_vm_names"))?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(ctx("set_vm_names: commit"))?;
+        Ok(changed)
     }
 
     async fn set_vm_owner(

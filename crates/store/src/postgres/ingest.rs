@@ -137,9 +137,9 @@ impl Batches for PgStore {
         let hostnames: Vec<&str> = agents.iter().map(|a| a.hostname).collect();
         Ok(sqlx::query(
             "UPDATE vms SET agent = u.agent::jsonb, \
-             name = CASE WHEN vms.name_source <> 'user' AND u.hostname <> '' \
+             name = CASE WHEN vms.name_source NOT IN ('user', 'libvirt') AND u.hostname <> '' \
                          THEN u.hostname ELSE vms.name END, \
-             name_source = CASE WHEN vms.name_source <> 'user' AND u.hostname <> '' \
+             name_source = CASE WHEN vms.name_source NOT IN ('user', 'libvirt') AND u.hostname <> '' \
                                 THEN 'agent' ELSE vms.name_source END \
              FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(id, agent, hostname) \
              WHERE vms.id = u.id",

@@ -139,9 +139,9 @@ impl Batches for SqliteStore {
         self.update_vms(
             "set_vm_agents",
             "agent = u.column2, \
-             name = CASE WHEN vms.name_source <> 'user' AND u.column3 <> '' \
+             name = CASE WHEN vms.name_source NOT IN ('user', 'libvirt') AND u.column3 <> '' \
                          THEN u.column3 ELSE vms.name END, \
-             name_source = CASE WHEN vms.name_source <> 'user' AND u.column3 <> '' \
+             name_source = CASE WHEN vms.name_source NOT IN ('user', 'libvirt') AND u.column3 <> '' \
                                 THEN 'agent' ELSE vms.name_source END",
             agents,
             |query, a| query.bind(a.vm_id).bind(a.agent.as_str()).bind(a.hostname),
