@@ -17,7 +17,8 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// without a code, and this type must only become one through its own conversion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `VM_OFFLINE`, `TIMEOUT`, `INVALID`, `INTERNAL`.
+    /// `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `VM_OFFLINE`, `VM_UNREACHABLE`, `TIMEOUT`,
+    /// `INVALID`, `INTERNAL`.
     pub code: &'static str,
     /// For people.
     pub message: String,
@@ -92,6 +93,7 @@ impl From<infinibay_control::CommandError> for ApiError {
             C::Timeout { .. } => "TIMEOUT",
             C::TooManyPending { .. } | C::NoSuchCommand(..) => "INTERNAL",
             C::Invalid(_) => "INVALID",
+            C::Unreachable(..) => "VM_UNREACHABLE",
         };
         Self::new(code, e.to_string())
     }
@@ -99,6 +101,10 @@ impl From<infinibay_control::CommandError> for ApiError {
 
 impl From<infinibay_control::ControlError> for ApiError {
     fn from(e: infinibay_control::ControlError) -> Self {
-        Self::internal(e)
+        use infinibay_control::ControlError as C;
+        match e {
+            C::Unreachable(..) => Self::new("VM_UNREACHABLE", e.to_string()),
+            C::Storage(_) => Self::internal(e),
+        }
     }
 }

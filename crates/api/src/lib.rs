@@ -37,7 +37,7 @@ use infinibay_control::VmControl;
 use infinibay_store::Store;
 
 pub use error::{ApiError, ApiResult};
-pub use state::{Api, ApiSettings};
+pub use state::{Api, ApiSettings, ExtraMetrics};
 
 use realtime::Realtime;
 
@@ -65,5 +65,6 @@ pub fn settings_for(data_dir: PathBuf, secret: Vec<u8>) -> ApiSettings {
         token_ttl: auth::DEFAULT_TOKEN_TTL,
         revocation_sweep: Duration::from_secs(5),
         event_limit_per_minute: 100,
+        extra_metrics: None,
     }
 }

@@ -29,7 +29,13 @@ pub struct ApiSettings {
     pub revocation_sweep: Duration,
     /// Client events per user, per event type, per minute.
     pub event_limit_per_minute: u32,
+    /// More `/metrics` lines from the process that serves the API (`infinibay api`: its NATS
+    /// connection and the fleet's nodes).
+    pub extra_metrics: Option<ExtraMetrics>,
 }
+
+/// Writes more Prometheus lines into `/metrics`.
+pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 impl std::fmt::Debug for ApiSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +94,16 @@ impl Api {
     /// The core.
     pub fn control(&self) -> &dyn VmControl {
         self.inner.control.as_ref()
+    }
+
+    /// The live status of a VM the core does not know: `None` (the store's status stands) in
+    /// one process, offline when VMs are served by nodes that can die without saying so
+    /// ([`VmControl::unknown_vms_are_offline`]).
+    pub fn status_of_unknown_vms(&self) -> Option<infinibay_store::VmStatus> {
+        self.inner
+            .control
+            .unknown_vms_are_offline()
+            .then_some(infinibay_store::VmStatus::Offline)
     }
 
     /// The store.

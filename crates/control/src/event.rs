@@ -82,6 +82,14 @@ pub enum StatusReason {
     /// The host is stopping.
     #[serde(rename = "shutdown")]
     Shutdown,
+    /// The node that serves the VM stopped sending heartbeats (scale-out: the API concludes
+    /// it, since a node that died could not say so).
+    #[serde(rename = "node unreachable")]
+    NodeUnreachable,
+    /// The node's list of its VMs, fetched again after a gap (a node restart, a NATS outage),
+    /// says so: the event that changed it was missed.
+    #[serde(rename = "resync")]
+    Resync,
 }
 
 impl StatusReason {
@@ -95,6 +103,8 @@ impl StatusReason {
             Self::WriteFailed => "write failed",
             Self::SocketRemoved => "socket removed",
             Self::Shutdown => "shutdown",
+            Self::NodeUnreachable => "node unreachable",
+            Self::Resync => "resync",
         }
     }
 }

@@ -42,6 +42,9 @@ pub enum ControlError {
     /// The core's storage refused or failed.
     #[error("storage failed: {0}")]
     Storage(String),
+    /// No process serves the VM now (scale-out: no node answers for it, or NATS is down).
+    #[error("VM {0} is unreachable: {1}")]
+    Unreachable(String, String),
 }
 
 /// What the API may ask of the core: list and watch VMs, subscribe to samples and events, send
@@ -84,4 +87,13 @@ pub trait VmControl: Send + Sync + 'static {
 
     /// The core's counters.
     async fn stats(&self) -> CoreStats;
+
+    /// Whether a VM that [`VmControl::vm`] does not know is offline. `false` (the embedded
+    /// core): the store's status is the truth, because the one core that writes it writes
+    /// `offline` when it loses a VM or stops. `true` (scale-out, `infinibay api`): VMs are
+    /// served by nodes that can die without writing anything, so a VM no live node serves is
+    /// offline whatever the store last heard.
+    fn unknown_vms_are_offline(&self) -> bool {
+        false
+    }
 }

@@ -13,6 +13,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use infinibay_cluster::ClusterConfig;
 use infinibay_core::config::CoreConfig;
 
 /// Prefix of the environment variables read as configuration.
@@ -20,7 +21,7 @@ pub const ENV_PREFIX: &str = "INFINIBAY_";
 
 /// `INFINIBAY_*` variables that belong to other parts of the system, not to this
 /// configuration: the config file's path, the first administrator's password, the CLI's
-/// server, token and password inputs, the test suite's PostgreSQL URL, and the guest agent's
+/// server, token and password inputs, the test suite's PostgreSQL and NATS servers, and the guest agent's
 /// VM id (set on machines running both).
 const NOT_SETTINGS: &[&str] = &[
     "CONFIG",
@@ -30,6 +31,8 @@ const NOT_SETTINGS: &[&str] = &[
     "SERVER",
     "TOKEN",
     "TEST_PG_URL",
+    "TEST_NATS_URL",
+    "TEST_NATS_SERVER",
     "VM_ID",
 ];
 
@@ -58,14 +61,17 @@ pub enum ConfigError {
 }
 
 /// The whole configuration of the host: where it listens and keeps its state, which database,
-/// and the core's sections (`socket_dir`, `[discovery]`, `[connection]`, `[ingest]`, `[store]`,
-/// `[maintenance]`, `[commands]`) at the same places in the file.
+/// the core's sections (`socket_dir`, `[discovery]`, `[connection]`, `[ingest]`, `[store]`,
+/// `[maintenance]`, `[commands]`) at the same places in the file, and `[cluster]` (NATS, for
+/// `infinibay node` and `infinibay api`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     /// HTTP listen address, data directory and database.
     pub process: ProcessConfig,
     /// The core's settings.
     pub core: CoreConfig,
+    /// Scale-out: NATS and liveness (`[cluster]`).
+    pub cluster: ClusterConfig,
 }
 
 /// The host process's own settings (the file's top-level `listen`, `data_dir`, `database`).
@@ -91,8 +97,11 @@ impl Default for ProcessConfig {
     }
 }
 
-/// Top-level keys of the file that belong to [`ProcessConfig`]; the rest are the core's.
+/// Top-level keys of the file that belong to [`ProcessConfig`]; the rest are the core's (but
+/// [`CLUSTER_KEY`]).
 const PROCESS_KEYS: [&str; 3] = ["listen", "data_dir", "database"];
+/// The section of [`ClusterConfig`].
+const CLUSTER_KEY: &str = "cluster";
 
 /// Values given on the command line; `None` keeps the lower layers' value.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -105,6 +114,10 @@ pub struct Overrides {
     pub socket_dir: Option<PathBuf>,
     /// `--database`.
     pub database: Option<String>,
+    /// `--nats`.
+    pub nats_url: Option<String>,
+    /// `--node-id`.
+    pub node_id: Option<String>,
 }
 
 impl Config {
@@ -157,8 +170,18 @@ impl Config {
         if let Some(url) = &overrides.database {
             config.process.database = Some(url.clone());
         }
+        if let Some(url) = &overrides.nats_url {
+            config.cluster.nats_url = url.clone();
+        }
+        if let Some(id) = &overrides.node_id {
+            config.cluster.node_id = Some(id.clone());
+        }
         config
             .core
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config
+            .cluster
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(config)
@@ -168,6 +191,10 @@ impl Config {
     fn to_table(&self) -> Result<toml::Table, toml::ser::Error> {
         let mut table = toml::Table::try_from(&self.core)?;
         table.extend(toml::Table::try_from(&self.process)?);
+        table.insert(
+            CLUSTER_KEY.to_owned(),
+            toml::Value::Table(toml::Table::try_from(&self.cluster)?),
+        );
         Ok(table)
     }
 
@@ -182,6 +209,12 @@ impl Config {
         let process: ProcessConfig = toml::Value::Table(process)
             .try_into()
             .map_err(|e: toml::de::Error| e.to_string())?;
+        let cluster: ClusterConfig = match table.remove(CLUSTER_KEY) {
+            Some(value) => value
+                .try_into()
+                .map_err(|e: toml::de::Error| format!("[cluster]: {e}"))?,
+            None => ClusterConfig::default(),
+        };
         let core: CoreConfig =
             toml::Value::Table(table)
                 .try_into()
@@ -189,7 +222,11 @@ impl Config {
                     // The core's message lists only its own keys; name the process's too.
                     format!("{e} (or one of the top-level {})", PROCESS_KEYS.join(", "))
                 })?;
-        Ok(Self { process, core })
+        Ok(Self {
+            process,
+            core,
+            cluster,
+        })
     }
 
     /// The database URL: the configured one, else an SQLite file in the data directory.
@@ -287,6 +324,15 @@ pub struct ConfigArgs {
 impl ConfigArgs {
     /// Build the configuration from the file, the process environment and these flags.
     pub fn load(&self) -> Result<Config, ConfigError> {
+        self.load_with(None, None)
+    }
+
+    /// [`ConfigArgs::load`] with the scale-out flags (`--nats`, `--node-id`) on top.
+    pub fn load_with(
+        &self,
+        nats_url: Option<String>,
+        node_id: Option<String>,
+    ) -> Result<Config, ConfigError> {
         Config::load(
             self.config.as_deref(),
             std::env::vars(),
@@ -295,6 +341,8 @@ impl ConfigArgs {
                 data_dir: self.data_dir.clone(),
                 socket_dir: self.socket_dir.clone(),
                 database: self.database.clone(),
+                nats_url,
+                node_id,
             },
         )
     }
@@ -370,6 +418,37 @@ mod tests {
         assert!(
             Config::load(None, env(&[("INFINIBAY_NOPE", "1")]), &Overrides::default()).is_err()
         );
+    }
+
+    #[test]
+    fn the_cluster_section_reads_from_file_env_and_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[cluster]\nnats_url = \"nats://file:4222\"\nliveness_window_secs = 9\n",
+        )
+        .expect("write config");
+        let c = Config::load(
+            Some(&file),
+            env(&[("INFINIBAY_CLUSTER__HEARTBEAT_INTERVAL_SECS", "2")]),
+            &Overrides {
+                node_id: Some("hv-7".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("config loads");
+        assert_eq!(c.cluster.nats_url, "nats://file:4222");
+        assert_eq!(c.cluster.liveness_window_secs, 9.0);
+        assert_eq!(c.cluster.heartbeat_interval_secs, 2.0);
+        assert_eq!(c.cluster.node_id.as_deref(), Some("hv-7"));
+        let err = Config::load(
+            None,
+            env(&[("INFINIBAY_CLUSTER__NODE_ID", "a.b")]),
+            &Overrides::default(),
+        )
+        .expect_err("a dotted node id is refused");
+        assert!(err.to_string().contains("node_id"), "{err}");
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             listen: Some(address),
             data_dir: Some(data_dir.clone()),
             socket_dir: Some(socket_dir.clone()),
-            database: None,
+            ..Overrides::default()
         },
     )
     .context("demo configuration")?;

@@ -159,15 +159,7 @@ pub async fn run_with_store(
     shutdown: impl Future<Output = ()> + Send + 'static,
     extra: impl FnOnce(&Core) -> Router,
 ) -> Result<(), StartError> {
-    match infinibay_core::system::raise_nofile_limit() {
-        Ok((before, after)) if before != after => {
-            tracing::info!(target: "infinibay::host", "open-files limit raised from {before} to {after}")
-        }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(target: "infinibay::host", "cannot raise the open-files limit: {e}")
-        }
-    }
+    raise_open_files_limit();
     let token = CancellationToken::new();
     let host = Core::start(config.core, store, token.clone());
     tokio::spawn(async move {
@@ -179,6 +171,19 @@ pub async fn run_with_store(
         tracing::info!(target: "infinibay::http", "listening on http://{addr}");
     }
     serve(host, listener, app).await
+}
+
+/// One socket per VM (and one per console): raise the open-files limit to its hard maximum.
+pub fn raise_open_files_limit() {
+    match infinibay_core::system::raise_nofile_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(target: "infinibay::host", "open-files limit raised from {before} to {after}")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(target: "infinibay::host", "cannot raise the open-files limit: {e}")
+        }
+    }
 }
 
 /// The API's routes on a running core: it reaches the core only through the

@@ -18,6 +18,7 @@ fn host_config(env: &TestEnv) -> infinibay::Config {
             ..Default::default()
         },
         core: env.config(),
+        ..Default::default()
     }
 }
 

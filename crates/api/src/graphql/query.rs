@@ -38,11 +38,12 @@ impl QueryRoot {
             .into_iter()
             .map(|v| (v.id, v.status))
             .collect();
+        let unknown = api.status_of_unknown_vms();
         Ok(all
             .into_iter()
             .filter(|vm| authz::can_see_vm(&user, vm))
             .map(|vm| {
-                let status = live.get(&vm.id).copied();
+                let status = live.get(&vm.id).copied().or(unknown);
                 Vm::new(vm, status)
             })
             .collect())

@@ -321,7 +321,12 @@ impl Vm {
 
 /// A stored VM with its live status asked of the core.
 pub(crate) async fn vm_object(api: &Api, record: VmRecord) -> Vm {
-    let live_status = api.control().vm(&record.id).await.map(|v| v.status);
+    let live_status = api
+        .control()
+        .vm(&record.id)
+        .await
+        .map(|v| v.status)
+        .or(api.status_of_unknown_vms());
     Vm::new(record, live_status)
 }
 

@@ -113,6 +113,7 @@ impl Server {
                 ..ProcessConfig::default()
             },
             core: core_common::test_config(&sockets),
+            ..Config::default()
         };
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
