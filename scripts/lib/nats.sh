@@ -11,6 +11,8 @@
 # come in parts anyway; larger messages mean fewer of them). Its log is in
 # $NATS_THROWAWAY_DIR/server.log. Tests that kill NATS start their own server with the same
 # binary (INFINIBAY_TEST_NATS_SERVER), never this shared one.
+# With NATS_THROWAWAY_MONITOR=1 the server also serves its monitoring endpoint (/varz: message
+# counters) on another free port, exported as NATS_THROWAWAY_MONITOR_URL (benchmarks).
 
 nats__free_port() {
     local port tries=0
@@ -35,7 +37,14 @@ nats_throwaway_start() {
     port=$(nats__free_port) || return 1
     NATS_THROWAWAY_DIR=$(mktemp -d "${TMPDIR:-/tmp}/infinibay-nats.XXXXXX") || return 1
     printf 'max_payload: 8MB\n' >"$NATS_THROWAWAY_DIR/nats.conf"
-    "$bin" -a 127.0.0.1 -p "$port" -c "$NATS_THROWAWAY_DIR/nats.conf" \
+    local monitor=()
+    if [ "${NATS_THROWAWAY_MONITOR:-0}" = 1 ]; then
+        local mport
+        mport=$(nats__free_port) || return 1
+        monitor=(-m "$mport")
+        export NATS_THROWAWAY_MONITOR_URL="http://127.0.0.1:$mport"
+    fi
+    "$bin" -a 127.0.0.1 -p "$port" -c "$NATS_THROWAWAY_DIR/nats.conf" "${monitor[@]}" \
         -l "$NATS_THROWAWAY_DIR/server.log" &
     NATS_THROWAWAY_PID=$!
     for i in $(seq 100); do
@@ -64,5 +73,6 @@ nats_throwaway_stop() {
     if [ -n "${NATS_THROWAWAY_DIR:-}" ]; then
         rm -rf "$NATS_THROWAWAY_DIR"
     fi
-    unset NATS_THROWAWAY_PID NATS_THROWAWAY_DIR INFINIBAY_TEST_NATS_URL INFINIBAY_TEST_NATS_SERVER
+    unset NATS_THROWAWAY_PID NATS_THROWAWAY_DIR INFINIBAY_TEST_NATS_URL INFINIBAY_TEST_NATS_SERVER \
+        NATS_THROWAWAY_MONITOR_URL
 }
