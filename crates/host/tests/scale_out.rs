@@ -4,7 +4,8 @@
 //!
 //! The cluster is expensive to start, so one test walks through the issue's cases in order,
 //! each a function named for what it proves; the node A and API A kills come last in their
-//! turn so that the earlier cases have the whole fleet.
+//! turn so that the earlier cases have the whole fleet. A second test stops a PostgreSQL of
+//! its own under a node.
 //!
 //! Needs `INFINIBAY_TEST_PG_URL` (`scripts/lib/postgres.sh`), `nats-server` (on PATH, or
 //! `INFINIBAY_TEST_NATS_SERVER`) and `npm ci --prefix tests/node`.
@@ -679,4 +680,214 @@ async fn two_nodes_and_two_api_replicas_over_nats_and_postgres_serve_one_fleet_a
     for sim in std::mem::take(&mut fleet.sims) {
         sim.shutdown().await;
     }
+}
+
+/// A PostgreSQL server of this test's own (it is stopped and started again), started with
+/// `scripts/lib/postgres.sh`.
+struct OwnPostgres {
+    url: String,
+    dir: PathBuf,
+    pg_ctl: String,
+    port: String,
+    run_as: Vec<String>,
+}
+
+impl OwnPostgres {
+    fn start() -> Self {
+        let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lib/postgres.sh");
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -e; export PG_THROWAWAY_OPTS='-c fsync=off'; source '{}'; pg_throwaway_start >/dev/null; \
+                 echo \"$INFINIBAY_TEST_PG_URL|$PG_THROWAWAY_DIR|$PG_THROWAWAY_PG_CTL|${{PG_THROWAWAY_AS[*]}}\"",
+                lib.display()
+            ))
+            .output()
+            .expect("bash runs");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            out.status.success(),
+            "a PostgreSQL of the test's own: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let parts: Vec<&str> = text.split('|').collect();
+        let [url, dir, pg_ctl, run_as] = parts[..] else {
+            panic!("unexpected output of pg_throwaway_start: {text}")
+        };
+        let port = url
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map(|(port, _)| port.to_owned())
+            .expect("a port in the URL");
+        Self {
+            url: url.to_owned(),
+            dir: PathBuf::from(dir),
+            pg_ctl: pg_ctl.to_owned(),
+            port,
+            run_as: run_as.split_whitespace().map(str::to_owned).collect(),
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> bool {
+        let mut cmd = match self.run_as.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&self.pg_ctl);
+                c
+            }
+            None => Command::new(&self.pg_ctl),
+        };
+        cmd.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Stop at once, as a crash would.
+    fn kill(&self) {
+        assert!(
+            self.pg_ctl(&["-m", "immediate", "-w", "stop"]),
+            "PostgreSQL stops"
+        );
+    }
+
+    fn restart(&self) {
+        let options = format!(
+            "-k {} -h 127.0.0.1 -p {} -c max_connections=200 -c fsync=off",
+            self.dir.display(),
+            self.port
+        );
+        let log = self.dir.join("server.log");
+        let log = log.to_string_lossy();
+        assert!(
+            self.pg_ctl(&["-l", &log, "-w", "-t", "60", "-o", &options, "start"]),
+            "PostgreSQL starts again"
+        );
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_down_a_node_keeps_a_bounded_backlog_says_so_and_live_data_still_flows() {
+    use futures_util::StreamExt;
+
+    let dir = tempfile::Builder::new()
+        .prefix("ibscalepg")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let postgres = OwnPostgres::start();
+    let nats = Nats::start(dir.path());
+    let sockets = dir.path().join("sockets");
+    std::fs::create_dir_all(&sockets).expect("socket dir");
+    // 1 Hz, as guests send: the writer's per-VM queue (16 samples) must outlast one failed
+    // write attempt (the pool's 5 s) for nothing to be coalesced away before the backlog.
+    let mut args = SimArgs::new(1, &sockets);
+    args.interval = Duration::from_secs(1);
+    args.stats_every = Duration::ZERO;
+    args.seed = rand::random::<u64>();
+    let sim = Simulator::start(&args).await.expect("simulator");
+    let vm = sim.vms()[0].id.to_string();
+    let socket_dir = sockets.to_string_lossy().into_owned();
+    let node = spawn_role(
+        "node",
+        "node-pg",
+        &nats.url(),
+        &postgres.url,
+        dir.path(),
+        &["--node-id", "node-pg", "--socket-dir", &socket_dir],
+    );
+    wait_for("the node healthy", Duration::from_secs(30), || async {
+        healthz(&node.url).await.filter(|(code, _)| *code == 200)
+    })
+    .await;
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to NATS");
+    let mut live = client
+        .subscribe(format!("infinibay.vm.{vm}.metrics"))
+        .await
+        .expect("subscribe");
+    wait_for("samples stored", Duration::from_secs(20), || async {
+        (stored_sample_times(&postgres.url, &vm).await.len() > 2).then_some(())
+    })
+    .await;
+
+    let down_at = chrono::Utc::now();
+    postgres.kill();
+    let (_, body) = wait_for(
+        "/healthz says the store refuses writes and keeps a backlog",
+        Duration::from_secs(15),
+        || async {
+            healthz(&node.url).await.filter(|(code, b)| {
+                *code == 503
+                    && b["queue"]["store_failing"] == json!(true)
+                    && b["queue"]["backlog_samples"]
+                        .as_u64()
+                        .is_some_and(|n| n > 0)
+            })
+        },
+    )
+    .await;
+    assert!(
+        body["problems"].to_string().contains("backlog"),
+        "the problem is named: {body}"
+    );
+    // Live data flows over NATS meanwhile.
+    let mut arrived = 0;
+    let listen = Instant::now();
+    while arrived < 3 && listen.elapsed() < Duration::from_secs(6) {
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), live.next()).await {
+            arrived += 1;
+        }
+    }
+    assert_eq!(arrived, 3, "samples published while PostgreSQL is down");
+    let text = metrics(&node.url).await;
+    let backlog = text
+        .lines()
+        .find_map(|l| l.strip_prefix("infinibay_store_backlog_samples "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(backlog.is_some_and(|n| n > 0.0), "/metrics: {text}");
+
+    postgres.restart();
+    let up_at = chrono::Utc::now();
+    wait_for(
+        "the backlog written once PostgreSQL is back",
+        Duration::from_secs(30),
+        || async {
+            healthz(&node.url)
+                .await
+                .filter(|(code, b)| *code == 200 && b["queue"]["backlog_samples"] == json!(0))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let times = stored_sample_times(&postgres.url, &vm).await;
+    let around: Vec<_> = times
+        .iter()
+        .filter(|t| **t >= down_at - chrono::Duration::seconds(2))
+        .collect();
+    assert!(
+        around.last().is_some_and(|t| **t > up_at),
+        "samples after the outage are stored"
+    );
+    let widest = around
+        .windows(2)
+        .map(|w| *w[1] - *w[0])
+        .max()
+        .unwrap_or_default();
+    assert!(
+        widest < chrono::Duration::milliseconds(1_900),
+        "a gap of {widest} in the stored samples across the PostgreSQL outage ({down_at} – {up_at}), samples every second: the backlog did not hold them"
+    );
+    drop(node);
+    sim.shutdown().await;
 }
