@@ -42,6 +42,19 @@ const css = names.find((f) => /^app-[A-Z0-9]+\.css$/.test(f));
 if (!js || !css) throw new Error(`unexpected build outputs: ${names.join(', ')}`);
 const template = await readFile(join(here, 'src/index.html'), 'utf8');
 files.set('index.html', Buffer.from(template.replace('%APP_JS%', js).replace('%APP_CSS%', css)));
+// GraphiQL (web/graphiql, built first by scripts/build-web) beside the dashboard's assets, and
+// its page dist/graphiql.html, which the server answers GET /graphql with when api.graphiql is
+// on.
+const graphiqlNames = await readdir(join(here, 'graphiql/dist')).catch(() => []);
+for (const name of graphiqlNames) {
+  files.set(join('assets/graphiql', name), await readFile(join(here, 'graphiql/dist', name)));
+}
+const graphiqlJs = graphiqlNames.find((f) => /^graphiql-[A-Z0-9]+\.js$/.test(f));
+const graphiqlCss = graphiqlNames.find((f) => /^graphiql-[A-Z0-9]+\.css$/.test(f));
+if (graphiqlJs && graphiqlCss) {
+  const page = await readFile(join(here, 'graphiql/src/graphiql.html'), 'utf8');
+  files.set('graphiql.html', Buffer.from(page.replace('%GRAPHIQL_JS%', graphiqlJs).replace('%GRAPHIQL_CSS%', graphiqlCss)));
+}
 
 async function existing(dir) {
   const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);

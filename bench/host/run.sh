@@ -190,7 +190,8 @@ start_consumer() { # name vms interval flood
     [[ -n ${DB_URL:-} ]] && db_args=(--database "$DB_URL")
     # scripts/lib/postgres.sh exports INFINIBAY_TEST_PG_URL, which the host's INFINIBAY_*
     # configuration refuses as an unknown field.
-    env -u INFINIBAY_TEST_PG_URL "$HOST_BIN" serve --socket-dir "$SOCKDIR" --data-dir "$data" --listen "127.0.0.1:$HOST_PORT" \
+    # /metrics on a free port (the default 127.0.0.1:9464 may be taken; nothing here scrapes it).
+    env -u INFINIBAY_TEST_PG_URL INFINIBAY_API__METRICS_LISTEN=127.0.0.1:0 "$HOST_BIN" serve --socket-dir "$SOCKDIR" --data-dir "$data" --listen "127.0.0.1:$HOST_PORT" \
       "${db_args[@]}" >"$WORK/host-$name.out" 2>"$WORK/host-$name.err" &
   else
     CONSUMER_KIND="drain"
@@ -311,7 +312,7 @@ run_sustain() { # name store
   wait_for_sockets "$dir" "$SUSTAIN_VMS" 60
   local db_args=()
   [[ $store == postgres ]] && db_args=(--database "$DB_URL")
-  env -u INFINIBAY_TEST_PG_URL "$HOST_BIN" serve --config "$WORK/sustain.toml" --socket-dir "$dir" --data-dir "$data" \
+  env -u INFINIBAY_TEST_PG_URL INFINIBAY_API__METRICS_LISTEN=127.0.0.1:0 "$HOST_BIN" serve --config "$WORK/sustain.toml" --socket-dir "$dir" --data-dir "$data" \
     --listen "127.0.0.1:$HOST_PORT" "${db_args[@]}" >"$WORK/host-$name.out" 2>"$WORK/host-$name.err" &
   local host=$!; PIDS+=("$host")
   local deadline=$((SECONDS + 60)) online=0

@@ -29,6 +29,8 @@ SUBS_B="${SUBS_B:-5}"
 MEASURE_S="${MEASURE_S:-20}"
 USERS="${USERS:-60}"             # admin accounts: keeps subscribes under 100/min per user (1000×5/60 ≈ 84)
 PORT="${PORT:-18180}"
+# /metrics is served on its own listener (api.metrics_listen), not on the API's port.
+METRICS_PORT="${METRICS_PORT:-$((PORT + 1))}"
 OUT_MD="${OUT_MD:-$ROOT/bench/results/realtime.md}"
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
@@ -56,7 +58,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-scrape() { curl -fs "http://127.0.0.1:$PORT/metrics" | grep '^infinibay_realtime_publish_seconds_bucket' >"$1" || true; }
+scrape() { curl -fs "http://127.0.0.1:$METRICS_PORT/metrics" | grep '^infinibay_realtime_publish_seconds_bucket' >"$1" || true; }
 
 run_phase() { # name vms subs kind clients
   local name="$1" vms="$2" subs="$3" kind="$4" clients="$5"
@@ -65,7 +67,7 @@ run_phase() { # name vms subs kind clients
   export INFINIBAY_ADMIN_PASSWORD="bench-admin-password"
   "$SIM_BIN" --threads "$(nproc)" --vms "$vms" --interval 1 --socket-dir "$dir/s" --stats-every 0 >"$dir/sim.log" 2>&1 &
   PIDS+=($!)
-  RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$dir/d" --socket-dir "$dir/s" >"$dir/serve.log" 2>&1 &
+  INFINIBAY_API__METRICS_LISTEN="127.0.0.1:$METRICS_PORT" RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$dir/d" --socket-dir "$dir/s" >"$dir/serve.log" 2>&1 &
   local serve_pid=$!; PIDS+=($serve_pid)
   for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
   for i in $(seq 1 "$USERS"); do

@@ -90,6 +90,7 @@ fn content_type(path: &str) -> &'static str {
         "png" => "image/png",
         "ico" => "image/x-icon",
         "woff2" => "font/woff2",
+        "woff" => "font/woff",
         "txt" | "LICENSE" => "text/plain; charset=utf-8",
         _ => "application/octet-stream",
     }

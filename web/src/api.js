@@ -115,7 +115,7 @@ export const Q = {
   users: `query U { users { ${USER_FIELDS} } }`,
   createUser: `mutation C($input: CreateUserInput!) { createUser(input: $input) { ${USER_FIELDS} } }`,
   deleteUser: `mutation D($id: ID!) { deleteUser(id: $id) }`,
-  setPassword: `mutation SP($id: ID!, $password: String!) { setUserPassword(id: $id, password: $password) }`,
+  setPassword: `mutation SP($id: ID!, $password: String!, $currentPassword: String) { setUserPassword(id: $id, password: $password, currentPassword: $currentPassword) }`,
   grant: `mutation G($id: ID!, $permission: String!) { grantPermission(id: $id, permission: $permission) { ${USER_FIELDS} } }`,
   setOwner: `mutation O($vmId: ID!, $userId: ID, $department: String) {
     setVmOwner(vmId: $vmId, userId: $userId, department: $department) { id owner { id username } department } }`,

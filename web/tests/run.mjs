@@ -163,7 +163,9 @@ async function startWorld() {
 
   // The first start with an empty database creates the ADMIN `admin` with this password.
   const host = start('infinibay', BINS.host, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, '--socket-dir', socketDir], {
-    env: { ...process.env, INFINIBAY_ADMIN_PASSWORD: ADMIN.password, RUST_LOG: process.env.RUST_LOG ?? 'info' },
+    // /metrics on a free port of its own (not the default 127.0.0.1:9464, which another host may
+    // hold); GraphiQL on, for its scenario.
+    env: { ...process.env, INFINIBAY_ADMIN_PASSWORD: ADMIN.password, INFINIBAY_API__METRICS_LISTEN: '127.0.0.1:0', INFINIBAY_API__GRAPHIQL: 'true', RUST_LOG: process.env.RUST_LOG ?? 'info' },
   });
   await until('infinibay serve to answer /healthz', async () => {
     if (host.exitCode !== null) {
@@ -503,6 +505,39 @@ async function main() {
     // The server disconnects her socket / refuses her token; the page returns to the login.
     await alice.waitForSelector('form.login', { timeout: 40000 });
     await shot(alice, 'user-session-ended');
+  });
+
+  await scenario('GraphiQL loads only from this server under the dashboard CSP and gets the schema', async () => {
+    const { page, errors } = admin;
+    const violations = [];
+    const elsewhere = [];
+    const onConsole = (m) => { if (/Content Security Policy/i.test(m.text())) violations.push(m.text()); };
+    const onRequest = (r) => { if (!r.url().startsWith(base) && !r.url().startsWith('data:')) elsewhere.push(r.url()); };
+    page.on('console', onConsole);
+    page.on('request', onRequest);
+    try {
+      const errorsBefore = errors.length;
+      const schemaAnswer = page.waitForResponse((r) => r.url() === `${base}/graphql` && r.request().method() === 'POST'
+        && (r.request().postData() ?? '').includes('IntrospectionQuery'));
+      const response = await page.goto(`${base}/graphql`);
+      const csp = response.headers()['content-security-policy'] ?? '';
+      const dashboardCsp = (await fetch(`${base}/`)).headers.get('content-security-policy');
+      if (csp !== dashboardCsp) throw new Error(`GraphiQL's CSP ${JSON.stringify(csp)} is not the dashboard's ${JSON.stringify(dashboardCsp)}`);
+      await page.waitForSelector('.graphiql-container');
+      // It loads the schema (within the server's depth limit).
+      const schema = await (await schemaAnswer).json();
+      if (!schema?.data?.__schema) throw new Error(`GraphiQL's schema query was refused: ${JSON.stringify(schema.errors ?? schema).slice(0, 300)}`);
+      // Its fonts are files from this origin (the CSP allows no data: fonts).
+      const fonts = await page.evaluate(async () => { await document.fonts.ready; return [...document.fonts].filter((f) => f.status === 'loaded').length; });
+      await shot(page, 'graphiql');
+      if (!fonts) throw new Error('no font of GraphiQL loaded');
+      if (violations.length) throw new Error(`CSP violations: ${violations.join(' | ')}`);
+      if (elsewhere.length) throw new Error(`requests elsewhere: ${elsewhere.join(', ')}`);
+      if (errors.length > errorsBefore) throw new Error(`page errors: ${errors.slice(errorsBefore).join(' | ')}`);
+    } finally {
+      page.off('console', onConsole);
+      page.off('request', onRequest);
+    }
   });
 
   await scenario('a VM that goes away turns offline in the list', async () => {

@@ -49,6 +49,9 @@ pub enum AuthError {
     /// Wrong user name or password (one message for both).
     #[error("invalid username or password")]
     BadCredentials,
+    /// Too many password checks are running and waiting ([`crate::password_work`]).
+    #[error("too many logins in progress; retry in a moment")]
+    Busy,
     /// The database failed.
     #[error("authentication unavailable: {0}")]
     Unavailable(String),
@@ -103,6 +106,18 @@ pub fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, SecretError> {
         }
         Err(e) => Err(err(e)),
     }
+}
+
+/// What [`Authenticator::check_password`] found.
+#[derive(Debug, Clone)]
+pub enum PasswordCheck {
+    /// The password is the user's.
+    Valid(UserRecord),
+    /// It is not (or there is no such user).
+    Wrong {
+        /// Whether the user exists (the login throttle counts accounts only then).
+        user_exists: bool,
+    },
 }
 
 /// Issues and checks tokens against the user table. Cheap to clone.
@@ -163,32 +178,42 @@ impl Authenticator {
         username: &str,
         password: &str,
     ) -> Result<(String, UserRecord), AuthError> {
+        match self.check_password(username, password).await? {
+            PasswordCheck::Valid(user) => {
+                let token = self.issue(&user)?;
+                Ok((token, user))
+            }
+            PasswordCheck::Wrong { .. } => Err(AuthError::BadCredentials),
+        }
+    }
+
+    /// Whether `password` is `username`'s, under the process's argon2 gate
+    /// ([`crate::password_work`]; [`AuthError::Busy`] when it is full). An unknown user costs
+    /// the same verification as a wrong password, so that timing does not reveal names.
+    pub async fn check_password(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<PasswordCheck, AuthError> {
         let user = self
             .store
             .users()
             .user_by_name(username)
             .await
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
-        let hash = user.as_ref().map(|u| u.password_hash.clone());
-        let password = password.to_owned();
-        // argon2 takes tens of milliseconds: off the async workers. An unknown user costs the
-        // same as a wrong password so that timing does not reveal names.
-        let ok = tokio::task::spawn_blocking(move || match hash {
-            Some(h) => crate::users::verify_password(&password, &h),
-            None => {
-                let _ = crate::users::verify_password(&password, dummy_hash());
-                false
-            }
+        let hash = match &user {
+            Some(u) => u.password_hash.clone(),
+            None => dummy_hash().to_owned(),
+        };
+        let matches = crate::password_work::verify(password.to_owned(), hash)
+            .await
+            .map_err(|_| AuthError::Busy)?;
+        Ok(match user {
+            Some(user) if matches => PasswordCheck::Valid(user),
+            user => PasswordCheck::Wrong {
+                user_exists: user.is_some(),
+            },
         })
-        .await
-        .unwrap_or(false);
-        match user {
-            Some(user) if ok => {
-                let token = self.issue(&user)?;
-                Ok((token, user))
-            }
-            _ => Err(AuthError::BadCredentials),
-        }
     }
 
     /// Decode a token (signature, expiry) without looking at the database.

@@ -18,7 +18,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     /// `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `VM_OFFLINE`, `VM_UNREACHABLE`, `TIMEOUT`,
-    /// `INVALID`, `INTERNAL`.
+    /// `INVALID`, `RATE_LIMITED`, `INTERNAL`.
     pub code: &'static str,
     /// For people.
     pub message: String,
@@ -40,6 +40,10 @@ impl ApiError {
     pub fn invalid(what: impl Into<String>) -> Self {
         Self::new("INVALID", what)
     }
+    /// `RATE_LIMITED`: the caller asked too much too fast; retrying later works.
+    pub fn rate_limited(why: impl Into<String>) -> Self {
+        Self::new("RATE_LIMITED", why)
+    }
     /// `INTERNAL` (logged; the message says what failed, not the details).
     pub fn internal(what: impl std::fmt::Display) -> Self {
         tracing::warn!(target: "infinibay::api", "internal error: {what}");
@@ -51,6 +55,7 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::Unavailable(m) => Self::internal(m),
+            AuthError::Busy => Self::rate_limited(AuthError::Busy.to_string()),
             other => Self::new("UNAUTHENTICATED", other.to_string()),
         }
     }
@@ -94,6 +99,7 @@ impl From<infinibay_control::CommandError> for ApiError {
             C::TooManyPending { .. } | C::NoSuchCommand(..) => "INTERNAL",
             C::Invalid(_) => "INVALID",
             C::Unreachable(..) => "VM_UNREACHABLE",
+            C::Forbidden(_) => "FORBIDDEN",
         };
         Self::new(code, e.to_string())
     }

@@ -17,14 +17,19 @@ pub use infinibay_control as control;
 pub mod auth;
 pub mod authz;
 pub mod client;
+pub mod connections;
 pub mod error;
 pub mod graphql;
 pub mod histogram;
+pub mod limits;
+pub mod login_throttle;
+pub mod password_work;
 pub mod realtime;
 pub mod rest;
 pub mod sessions;
 mod state;
 pub mod users;
+pub mod work_limiter;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,20 +56,26 @@ pub fn router(
 ) -> Router {
     let api = Api::new(control, store, settings);
     let (realtime, io_layer) = Realtime::start(api.clone(), stop);
+    // GraphQL reads its body under the same cap itself (limits::read_body); this covers axum's
+    // own extractors on any route.
+    let body_limit = axum::extract::DefaultBodyLimit::max(api.limits().max_body_bytes);
     Router::new()
         .merge(graphql::routes(api.clone(), realtime.clone()))
         .merge(rest::routes(api, realtime))
         .layer(io_layer)
+        .layer(body_limit)
 }
 
-/// Defaults for [`ApiSettings`], with the data directory and the JWT secret.
+/// Defaults for [`ApiSettings`], with the data directory and the JWT secret (and the `[api]`
+/// section's defaults: set `limits` to the configured one).
 pub fn settings_for(data_dir: PathBuf, secret: Vec<u8>) -> ApiSettings {
     ApiSettings {
         data_dir,
         secret,
         token_ttl: auth::DEFAULT_TOKEN_TTL,
         revocation_sweep: Duration::from_secs(5),
-        event_limit_per_minute: 100,
         extra_metrics: None,
+        limits: limits::ApiConfig::default(),
+        graphiql_page: None,
     }
 }

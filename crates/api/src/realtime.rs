@@ -25,6 +25,7 @@ use super::auth::{AuthError, bearer};
 use super::authz;
 use super::histogram::{Histogram, PUBLISH_BUCKETS};
 use super::state::Api;
+use super::work_limiter::Principal;
 use infinibay_control::event::{BusEvent, Filter, Received};
 
 const TARGET: &str = "infinibay::realtime";
@@ -38,6 +39,17 @@ pub const ADMIN_ROOM: &str = "admin";
 pub fn vm_room(vm_id: &str) -> String {
     format!("vm:{vm_id}")
 }
+
+/// The rate limiter's one key for every event the server does not handle: unknown events are
+/// limited together, whatever names the client makes up.
+const UNKNOWN_EVENTS: &str = "(unknown events)";
+
+/// Longest event name answered with its name; a longer one is refused as such (the name is
+/// the client's, and was echoed back and kept as a limiter key).
+pub const MAX_EVENT_NAME: usize = 64;
+
+/// A user and one of the event names the limiter counts.
+type EventKey = (i64, &'static str);
 
 /// Internal room of all sockets of one user (revocation).
 fn uid_room(user_id: i64) -> String {
@@ -73,8 +85,9 @@ pub struct Realtime {
     /// `metricsUpdate` publication delays.
     delays: Mutex<PublishDelays>,
     io: SocketIo,
-    /// (user, event) → (window start, count).
-    limits: Mutex<HashMap<(i64, String), (Instant, u32)>>,
+    /// (user, event) → (window start, count); events are [`CLIENT_EVENTS`] and
+    /// [`UNKNOWN_EVENTS`], so this holds at most three entries per user.
+    limits: Mutex<HashMap<EventKey, (Instant, u32)>>,
     /// VMs already announced with `vms:create` (seeded from the store at start).
     seen: Mutex<HashSet<String>>,
     /// Users by id (namespaces of owners and admins for lifecycle events).
@@ -111,12 +124,21 @@ impl Ack {
 
 impl Realtime {
     /// Register the namespace handlers and start the fan-out and the revocation sweep; both
-    /// stop with the host. The layer serves `/socket.io/`.
+    /// stop with the host. The layer serves `/socket.io/`. A polling request's payload and a
+    /// WebSocket message or frame are capped at `api.max_message_bytes`, and a socket must `CONNECT` (authenticate) within
+    /// `api.handshake_timeout_secs`.
     pub fn start(api: Api, stop: CancellationToken) -> (Arc<Self>, SocketIoLayer) {
+        let limits = api.limits();
         let (layer, io) = SocketIo::builder()
             .ping_interval(Duration::from_secs(25))
             .ping_timeout(Duration::from_secs(20))
             .max_buffer_size(1024)
+            .max_payload(limits.max_message_bytes as u64)
+            // The WebSocket transport's own caps (tungstenite's defaults are 64 MiB messages,
+            // 16 MiB frames), read before the socket has authenticated.
+            .ws_max_message_size(limits.max_message_bytes)
+            .ws_max_frame_size(limits.max_message_bytes)
+            .connect_timeout(limits.handshake_timeout())
             .build_layer();
         let realtime = Arc::new(Self {
             api,
@@ -149,13 +171,12 @@ impl Realtime {
     }
 
     /// Whether `user` may send one more `event` now (100 per minute per event type by
-    /// default, over all of the user's sockets).
-    fn allow(&self, user_id: i64, event: &str, per_minute: u32) -> bool {
+    /// default, over all of the user's sockets; `event` is one of [`CLIENT_EVENTS`] or
+    /// [`UNKNOWN_EVENTS`]).
+    fn allow(&self, user_id: i64, event: &'static str, per_minute: u32) -> bool {
         let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let slot = limits
-            .entry((user_id, event.to_owned()))
-            .or_insert((now, 0));
+        let slot = limits.entry((user_id, event)).or_insert((now, 0));
         if now.duration_since(slot.0) >= Duration::from_secs(60) {
             *slot = (now, 0);
         }
@@ -323,8 +344,15 @@ async fn authenticate_socket(
         .or(from_header)
         .filter(|t| !t.is_empty())
         .ok_or(AuthError::Missing)?;
+    let peer = crate::limits::peer_in(&s.req_parts().extensions);
+    // The user table is read in the user's database turn (crate::work_limiter).
+    let _turn = api
+        .turn(api.principal(Some(&token), peer))
+        .await
+        .map_err(|e| AuthError::Unavailable(e.message))?;
     let user = api.auth().authenticate(&token).await?;
     let claims = api.auth().decode(&token)?;
+    crate::connections::mark_authenticated(&s.req_parts().extensions);
     s.extensions.insert(SocketUser {
         user,
         issued_ms: claims.iat_ms.unwrap_or(claims.iat.saturating_mul(1000)),
@@ -357,7 +385,7 @@ async fn on_connect(rt: Arc<Realtime>, s: SocketRef) {
             "timestamp": Utc::now().to_rfc3339(),
         }),
     );
-    let limit = rt.api.settings().event_limit_per_minute;
+    let limit = rt.api.limits().event_limit_per_minute;
     let for_sub = rt.clone();
     s.on(
         CLIENT_EVENTS[0],
@@ -397,8 +425,13 @@ async fn on_connect(rt: Arc<Realtime>, s: SocketRef) {
             let rt = for_other.clone();
             async move {
                 let reply = match s.extensions.get::<SocketUser>() {
-                    Some(su) if !rt.allow(su.user.id, &event, limit) => Ack::err("rate limited"),
-                    _ => Ack::err(format!("unknown event `{event}`")),
+                    Some(su) if !rt.allow(su.user.id, UNKNOWN_EVENTS, limit) => {
+                        Ack::err("rate limited")
+                    }
+                    _ if event.len() > MAX_EVENT_NAME => Ack::err(format!(
+                        "event name longer than {MAX_EVENT_NAME} bytes refused"
+                    )),
+                    _ => Ack::err(format!("unknown event `{}`", event.escape_debug())),
                 };
                 let _ = ack.send(&reply);
             }
@@ -430,6 +463,10 @@ async fn subscribe_vm(rt: &Realtime, s: &SocketRef, arg: &Value, limit: u32) -> 
     }
     let Some(vm_id) = vm_id_arg(arg) else {
         return Ack::err("vmId required");
+    };
+    let _turn = match api.turn(Principal::User(su.user.id)).await {
+        Ok(turn) => turn,
+        Err(e) => return Ack::err(e.message),
     };
     // The user may have changed since the socket connected: ask the store again.
     let user = match api.store().users().get_user(su.user.id).await {

@@ -1,5 +1,6 @@
-//! REST: `/metrics` (Prometheus text) and the agent downloads `/infiniservice/{platform}/…`
-//! behind a bearer token or a per-VM install token.
+//! REST: `/metrics` (Prometheus text, only on the metrics listener: `api.metrics_listen`,
+//! optionally behind `api.metrics_token`) and the agent downloads `/infiniservice/{platform}/…`
+//! behind a bearer token or a per-VM install token (revoked with its issuer's access).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -23,15 +24,16 @@ use super::state::Api;
 /// Who may use a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteAuth {
-    /// Anyone (bind the listener privately).
-    Public,
+    /// Only on the metrics listener ([`metrics_only`]), with `api.metrics_token` when one is
+    /// set; `404` on the main listener.
+    MetricsListener,
     /// A valid user token (or a per-VM install token).
     Authenticated,
 }
 
 /// Every route [`routes`] serves (the authorization matrix test enumerates this list).
 pub const ROUTES: &[(&str, RouteAuth)] = &[
-    ("/metrics", RouteAuth::Public),
+    ("/metrics", RouteAuth::MetricsListener),
     ("/infiniservice/{platform}/binary", RouteAuth::Authenticated),
     ("/infiniservice/{platform}/script", RouteAuth::Authenticated),
 ];
@@ -52,10 +54,30 @@ struct RestState {
     realtime: Arc<Realtime>,
 }
 
+/// Put in the requests of the metrics listener by [`metrics_only`]: `/metrics` answers only
+/// there.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsListener;
+
+/// The router of the metrics listener: `app` (the whole API, so that `/metrics` sees the same
+/// state) with every path but `/metrics` answered `404`.
+pub fn metrics_only(app: Router) -> Router {
+    app.layer(axum::middleware::from_fn(
+        |mut request: axum::extract::Request, next: axum::middleware::Next| async move {
+            if request.uri().path() != ROUTES[0].0 {
+                return StatusCode::NOT_FOUND.into_response();
+            }
+            request.extensions_mut().insert(MetricsListener);
+            next.run(request).await
+        },
+    ))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match self.code {
             "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
+            "RATE_LIMITED" => StatusCode::TOO_MANY_REQUESTS,
             "FORBIDDEN" => StatusCode::FORBIDDEN,
             "NOT_FOUND" => StatusCode::NOT_FOUND,
             "INVALID" => StatusCode::BAD_REQUEST,
@@ -285,32 +307,157 @@ fn write_histogram(
     let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {}", h.count);
 }
 
-async fn metrics(State(state): State<RestState>) -> Response {
+/// The limits' counters: database pool and turns, connections not yet authenticated, logins.
+fn render_limits(api: &Api, tracker: Option<&crate::connections::ConnectionTracker>) -> String {
+    let mut out = String::with_capacity(2048);
+    let mut gauge = |name: &str, kind: &str, help: &str, labelled: &[(&str, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in labelled {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        }
+    };
+    if let Some(pool) = api.store().pool_stats() {
+        gauge(
+            "infinibay_db_pool_connections",
+            "gauge",
+            "Reader pool connections: max, open, busy (busy = max: the next query waits)",
+            &[
+                ("state=\"max\"", f64::from(pool.max)),
+                ("state=\"open\"", f64::from(pool.open)),
+                ("state=\"busy\"", f64::from(pool.busy())),
+            ],
+        );
+    }
+    let work = api.work().stats();
+    gauge(
+        "infinibay_api_db_turns",
+        "gauge",
+        "API requests holding (running) or waiting for (waiting) their user's database turn",
+        &[
+            ("state=\"running\"", work.running as f64),
+            ("state=\"waiting\"", work.waiting as f64),
+        ],
+    );
+    let (hashing, hash_waiting) = crate::password_work::in_progress();
+    gauge(
+        "infinibay_api_password_hashes",
+        "gauge",
+        "argon2 hashes running, and password checks waiting for one",
+        &[
+            ("state=\"running\"", hashing as f64),
+            ("state=\"waiting\"", hash_waiting as f64),
+        ],
+    );
+    let (accounts, addresses) = api.throttle().tracked();
+    gauge(
+        "infinibay_api_login_failures_tracked",
+        "gauge",
+        "Accounts and client addresses with recent failed logins",
+        &[
+            ("key=\"account\"", accounts as f64),
+            ("key=\"address\"", addresses as f64),
+        ],
+    );
+    gauge(
+        "infinibay_graphql_ws_connections",
+        "gauge",
+        "Open graphql-ws connections",
+        &[("", api.sessions().len() as f64)],
+    );
+    let mut refused = vec![("reason=\"db_queue_full\"", work.refused as f64)];
+    if let Some(tracker) = tracker {
+        gauge(
+            "infinibay_http_unauthenticated_connections",
+            "gauge",
+            "Connections on which no request has authenticated yet",
+            &[("", tracker.unauthenticated() as f64)],
+        );
+        refused.push((
+            "reason=\"unauthenticated_connections\"",
+            tracker.refused() as f64,
+        ));
+    }
+    gauge(
+        "infinibay_api_refused_total",
+        "counter",
+        "Requests and connections refused by a limit",
+        &refused,
+    );
+    out
+}
+
+async fn metrics(
+    State(state): State<RestState>,
+    listener: Option<axum::Extension<MetricsListener>>,
+    tracker: Option<axum::Extension<crate::connections::ConnectionTracker>>,
+    headers: HeaderMap,
+) -> Response {
+    // Every VM's figures: never on the main listener, which users and guests' networks reach.
+    if listener.is_none() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if let Some(expected) = state.api.limits().metrics_token.as_deref() {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(bearer);
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "metrics token required\n",
+            )
+                .into_response();
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render_metrics(&state.api, &state.realtime).await,
+        render_metrics(&state.api, &state.realtime).await
+            + &render_limits(&state.api, tracker.as_ref().map(|t| &t.0)),
     )
         .into_response()
+}
+
+/// Whether two secrets are equal, in a time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct InstallClaims {
     #[serde(rename = "installVm")]
     install_vm: String,
+    /// The user who asked for it: the token lives only as long as their access.
+    #[serde(rename = "issuedBy")]
+    issued_by: i64,
+    /// Issued at, milliseconds (compared with the issuer's last password change).
+    #[serde(rename = "iatMs")]
+    iat_ms: i64,
     iat: i64,
     exp: i64,
 }
 
-/// A 24-hour token that only downloads the agent (never an API token: no `userId`).
-pub fn issue_install_token(api: &Api, vm_id: &str) -> Result<String, ApiError> {
-    let now = Utc::now().timestamp();
+/// A 24-hour token that only downloads the agent (never an API token: no `userId`). It stops
+/// working when `issuer` is deleted, changes password, or may no longer see the VM.
+pub fn issue_install_token(
+    api: &Api,
+    vm_id: &str,
+    issuer: &infinibay_store::UserRecord,
+) -> Result<String, ApiError> {
+    let now = Utc::now();
     let claims = InstallClaims {
         install_vm: vm_id.to_owned(),
-        iat: now,
-        exp: now + 24 * 3600,
+        issued_by: issuer.id,
+        iat_ms: now.timestamp_millis(),
+        iat: now.timestamp(),
+        exp: now.timestamp() + 24 * 3600,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -320,14 +467,29 @@ pub fn issue_install_token(api: &Api, vm_id: &str) -> Result<String, ApiError> {
     .map_err(ApiError::internal)
 }
 
-fn install_token_valid(api: &Api, token: &str) -> bool {
+/// Whether an install token holds: signature and expiry, and its issuer still exists, has not
+/// changed password since, and may still see the VM (tokens from before issuers were recorded
+/// do not decode and are refused).
+async fn install_token_valid(api: &Api, token: &str) -> bool {
     let validation = Validation::new(Algorithm::HS256);
-    jsonwebtoken::decode::<InstallClaims>(
+    let Ok(decoded) = jsonwebtoken::decode::<InstallClaims>(
         token,
         &DecodingKey::from_secret(&api.settings().secret),
         &validation,
+    ) else {
+        return false;
+    };
+    let claims = decoded.claims;
+    let Ok(Some(issuer)) = api.store().users().get_user(claims.issued_by).await else {
+        return false;
+    };
+    if claims.iat_ms < issuer.password_changed_at.timestamp_millis() {
+        return false;
+    }
+    matches!(
+        api.store().get_vm(&claims.install_vm).await,
+        Ok(Some(vm)) if crate::authz::can_see_vm(&issuer, &vm)
     )
-    .is_ok()
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,7 +503,7 @@ async fn download_allowed(
     query: &TokenQuery,
 ) -> Result<(), ApiError> {
     if let Some(t) = query.token.as_deref()
-        && install_token_valid(api, t)
+        && install_token_valid(api, t).await
     {
         return Ok(());
     }
@@ -405,8 +567,21 @@ async fn download<const SCRIPT: bool>(
     Path(platform): Path<String>,
     Query(query): Query<TokenQuery>,
     headers: HeaderMap,
+    connection: Option<axum::Extension<crate::connections::Connection>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
 ) -> Result<Response, ApiError> {
+    let peer = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| {
+        crate::limits::canonical(addr.ip())
+    });
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let turn = api.turn(api.principal(token, peer)).await?;
     download_allowed(&api, &headers, &query).await?;
+    drop(turn);
+    if let Some(axum::Extension(connection)) = connection {
+        connection.authenticated();
+    }
     check_platform(&platform)?;
     let windows = platform.starts_with("windows");
     let files = api.settings().data_dir.join("infiniservice");

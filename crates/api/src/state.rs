@@ -1,5 +1,6 @@
 //! What every API surface shares: the core's interface, the store, the authenticator, the VM owner cache, the command
-//! latency histogram and the open graphql-ws sessions.
+//! latency histogram, the open graphql-ws sessions, and the limits (login throttle, database
+//! turns per user).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,7 +14,10 @@ use super::auth::{self, AuthError, Authenticator};
 use super::authz;
 use super::error::ApiError;
 use super::histogram::{Histogram, LATENCY_BUCKETS};
+use super::limits::ApiConfig;
+use super::login_throttle::{LoginThrottle, ThrottlePolicy};
 use super::sessions::Sessions;
+use super::work_limiter::{Principal, WorkLimiter, WorkPermit};
 
 /// Start-up settings of the API.
 #[derive(Clone)]
@@ -27,11 +31,14 @@ pub struct ApiSettings {
     /// How often open real-time connections are checked against the user table (catches
     /// `infinibay user delete|passwd` run beside a running server).
     pub revocation_sweep: Duration,
-    /// Client events per user, per event type, per minute.
-    pub event_limit_per_minute: u32,
     /// More `/metrics` lines from the process that serves the API (`infinibay api`: its NATS
     /// connection and the fleet's nodes).
     pub extra_metrics: Option<ExtraMetrics>,
+    /// The `[api]` section: limits, GraphiQL, the metrics listener.
+    pub limits: ApiConfig,
+    /// GraphiQL's page from the dashboard's web build (`infinibay_dashboard::graphiql_page`),
+    /// answered on `GET /graphql` when `api.graphiql` is on; `None`: the build is missing.
+    pub graphiql_page: Option<&'static [u8]>,
 }
 
 /// Writes more Prometheus lines into `/metrics`.
@@ -59,6 +66,10 @@ pub(crate) struct Inner {
     pub latency: Mutex<HashMap<&'static str, Histogram>>,
     /// Open graphql-ws connections (revocation closes them).
     pub sessions: Sessions,
+    /// Failed logins per account and address.
+    pub throttle: LoginThrottle,
+    /// Database turns per user.
+    pub work: WorkLimiter,
 }
 
 /// The shared API state. Cheap to clone.
@@ -78,6 +89,13 @@ impl Api {
     /// VM records and users.
     pub fn new(control: Arc<dyn VmControl>, store: Arc<dyn Store>, settings: ApiSettings) -> Self {
         let auth = Authenticator::new(&settings.secret, settings.token_ttl, store.clone());
+        let limits = &settings.limits;
+        crate::password_work::configure(
+            limits.password_hash_concurrency,
+            limits.password_hash_queue,
+        );
+        let throttle = LoginThrottle::new(ThrottlePolicy::from_config(limits));
+        let work = WorkLimiter::new(limits.db_concurrency_per_user, limits.db_queue_per_user);
         Self {
             inner: Arc::new(Inner {
                 control,
@@ -87,6 +105,8 @@ impl Api {
                 owners: RwLock::new(HashMap::new()),
                 latency: Mutex::new(HashMap::new()),
                 sessions: Sessions::default(),
+                throttle,
+                work,
             }),
         }
     }
@@ -119,6 +139,92 @@ impl Api {
     /// Settings.
     pub fn settings(&self) -> &ApiSettings {
         &self.inner.settings
+    }
+
+    /// The `[api]` section.
+    pub fn limits(&self) -> &ApiConfig {
+        &self.inner.settings.limits
+    }
+
+    /// Failed logins per account and address.
+    pub fn throttle(&self) -> &LoginThrottle {
+        &self.inner.throttle
+    }
+
+    /// Database turns per user.
+    pub fn work(&self) -> &WorkLimiter {
+        &self.inner.work
+    }
+
+    /// One of `principal`'s database turns (`RATE_LIMITED` when too many of its requests
+    /// already wait).
+    pub async fn turn(&self, principal: Principal) -> Result<WorkPermit, ApiError> {
+        self.inner.work.acquire(principal).await
+    }
+
+    /// Whose turn a request with this bearer token (or none) from `peer` takes: the token's
+    /// user when its signature holds (checked without the database), else the address.
+    pub fn principal(&self, token: Option<&str>, peer: Option<std::net::IpAddr>) -> Principal {
+        let user = token
+            .and_then(|t| self.inner.auth.decode(auth::bearer(t)).ok())
+            .and_then(|claims| claims.user_id.parse::<i64>().ok());
+        match (user, peer) {
+            (Some(id), _) => Principal::User(id),
+            (None, Some(ip)) => Principal::Address(ip),
+            (None, None) => Principal::Unknown,
+        }
+    }
+
+    /// A login from `peer`, throttled ([`crate::login_throttle`]): a closed account or address
+    /// is answered `RATE_LIMITED` before any database or argon2 work, a failure is counted and
+    /// logged, a success clears the account and the address.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<(String, UserRecord), ApiError> {
+        self.inner
+            .throttle
+            .check(username, peer)
+            .map_err(|t| ApiError::rate_limited(t.message()))?;
+        match self.inner.auth.check_password(username, password).await? {
+            auth::PasswordCheck::Valid(user) => {
+                self.inner.throttle.succeeded(username, peer);
+                let token = self.inner.auth.issue(&user)?;
+                Ok((token, user))
+            }
+            auth::PasswordCheck::Wrong { user_exists } => {
+                self.inner.throttle.failed(username, user_exists, peer);
+                Err(AuthError::BadCredentials.into())
+            }
+        }
+    }
+
+    /// Whether `password` is `user`'s current password, under the same throttle as a login
+    /// (a stolen token must not become a way to guess it): `FORBIDDEN` when it is not,
+    /// `RATE_LIMITED` while the account or address is closed.
+    pub async fn confirm_password(
+        &self,
+        user: &UserRecord,
+        password: &str,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<(), ApiError> {
+        let name = &user.username;
+        self.inner
+            .throttle
+            .check(name, peer)
+            .map_err(|t| ApiError::rate_limited(t.message()))?;
+        match self.inner.auth.check_password(name, password).await? {
+            auth::PasswordCheck::Valid(found) if found.id == user.id => {
+                self.inner.throttle.succeeded(name, peer);
+                Ok(())
+            }
+            _ => {
+                self.inner.throttle.failed(name, true, peer);
+                Err(ApiError::new("FORBIDDEN", "the current password is wrong"))
+            }
+        }
     }
 
     /// The user behind a bearer token.

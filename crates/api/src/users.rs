@@ -137,10 +137,7 @@ pub async fn create_user(store: &dyn Store, input: CreateUser) -> Result<UserRec
         .department
         .map(|d| d.trim().to_owned())
         .filter(|d| !d.is_empty());
-    let password = input.password;
-    let password_hash = tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| UserError::Hash(e.to_string()))??;
+    let password_hash = crate::password_work::hash(input.password).await?;
     let user = NewUser {
         username: input.username,
         password_hash,
@@ -155,10 +152,7 @@ pub async fn create_user(store: &dyn Store, input: CreateUser) -> Result<UserRec
 /// Set a new password; tokens issued before now stop working.
 pub async fn set_password(store: &dyn Store, id: i64, password: &str) -> Result<(), UserError> {
     check_password(password)?;
-    let password = password.to_owned();
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| UserError::Hash(e.to_string()))??;
+    let hash = crate::password_work::hash(password.to_owned()).await?;
     Ok(store.users().set_password(id, &hash, Utc::now()).await?)
 }
 

@@ -7,7 +7,7 @@
 //! | `latest_sample` | a request to the VM's subject (its node's registry) |
 //! | `latest_samples` | every live node's list, page by page |
 //! | `subscribe` | a NATS subscription on the filter's subjects; status events from the directory |
-//! | `execute`, `cancel_command`, `delete_vm` | a request to the VM's subject: nobody subscribed is "no responders", answered `Unreachable` at once |
+//! | `execute`, `log_refused`, `cancel_command`, `delete_vm` | a request to the VM's subject: nobody subscribed is "no responders", answered `Unreachable` at once |
 //! | `stats` | the live nodes' heartbeat counters, added up |
 
 use std::sync::Arc;
@@ -193,6 +193,33 @@ impl VmControl for NatsControl {
         self.vm_request::<Result<CommandResponse, CommandError>>(vm_id, &request, wait)
             .await
             .map_err(|e| e.into_command_error(vm_id))?
+    }
+
+    async fn log_refused(
+        &self,
+        vm_id: &str,
+        command: CommandSpec,
+        issued_by: Option<i64>,
+        reason: &str,
+    ) {
+        // The node serving the VM writes it; a VM no node serves has nobody to log it (as a
+        // VM the embedded core does not know).
+        let request = VmRequest::LogRefused {
+            command,
+            issued_by,
+            reason: reason.to_owned(),
+        };
+        if let Err(e) = self
+            .vm_request::<()>(vm_id, &request, self.directory.request_timeout())
+            .await
+        {
+            let why = match e {
+                Unanswered::UnknownVm => "no such VM".to_owned(),
+                Unanswered::Rpc(e) => e.to_string(),
+                Unanswered::Failed(m) => m,
+            };
+            tracing::debug!(target: "infinibay::cluster", vm = %vm_id, "refused command not logged: {why}");
+        }
     }
 
     async fn cancel_command(&self, vm_id: &str, command_id: &str) -> Result<(), CommandError> {

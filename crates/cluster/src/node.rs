@@ -283,6 +283,14 @@ async fn answer_vm(core: &Core, vm_id: &str, payload: &[u8]) -> Option<Bytes> {
         }
         VmRequest::Cancel { command_id } => reply(Ok(core.cancel_command(vm_id, &command_id))),
         VmRequest::Delete => reply(Ok(VmControl::delete_vm(core, vm_id).await)),
+        VmRequest::LogRefused {
+            command,
+            issued_by,
+            reason,
+        } => {
+            VmControl::log_refused(core, vm_id, command, issued_by, &reason).await;
+            reply(Ok(()))
+        }
     }
 }
 

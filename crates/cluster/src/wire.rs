@@ -83,6 +83,16 @@ pub enum VmRequest {
     },
     /// Forget the VM and delete what is stored about it → `Result<bool, ControlError>`.
     Delete,
+    /// Write a command the API refused to the command log (the node's core is its one
+    /// writer) → `()`.
+    LogRefused {
+        /// The command as the user asked for it.
+        command: CommandSpec,
+        /// Who asked.
+        issued_by: Option<i64>,
+        /// Why the API refused it.
+        reason: String,
+    },
 }
 
 /// A request to one node, on `infinibay.rpc.node.<node>`.

@@ -128,6 +128,9 @@ pub enum CommandError {
     /// its connection to NATS): the command was not sent.
     #[error("VM {0} is unreachable: {1}")]
     Unreachable(String, String),
+    /// The user may not send it (the API's authorization refused it; only logged).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl CommandError {
@@ -144,6 +147,7 @@ impl CommandError {
             Self::NoSuchCommand(..) => "no_such_command",
             Self::Invalid(_) => "invalid",
             Self::Unreachable(..) => "unreachable",
+            Self::Forbidden(_) => "forbidden",
         }
     }
 }

@@ -77,6 +77,18 @@ pub trait VmControl: Send + Sync + 'static {
         issued_by: Option<i64>,
     ) -> Result<CommandResponse, CommandError>;
 
+    /// Write a command the API refused before asking the core (the user may not command this
+    /// VM, or not this kind of command) to the command log, with the user and `reason`: the
+    /// core is the log's one writer, and a refused attempt belongs in the audit trail. A VM
+    /// the core does not know has nothing to log it under.
+    async fn log_refused(
+        &self,
+        vm_id: &str,
+        command: CommandSpec,
+        issued_by: Option<i64>,
+        reason: &str,
+    );
+
     /// Ask the guest to stop a running command (its id is the response's and the log's).
     async fn cancel_command(&self, vm_id: &str, command_id: &str) -> Result<(), CommandError>;
 

@@ -92,6 +92,19 @@ impl CommandCenter {
         self.start_logged(command, log)?.wait(Some(wait)).await
     }
 
+    /// Log a command the API refused (authorization) before it reached the core: one entry
+    /// in the command log's shape, `{"host_error": "forbidden: <reason>", "code": "forbidden"}`.
+    pub fn log_refused(
+        &self,
+        vm_id: &str,
+        spec: CommandSpec,
+        issued_by: Option<i64>,
+        reason: &str,
+    ) {
+        let log = LogContext::new(vm_id, issued_by, spec);
+        self.refuse(&log, CommandError::Forbidden(reason.to_owned()));
+    }
+
     fn start_logged(
         &self,
         command: Command,

@@ -331,6 +331,16 @@ impl VmControl for Core {
         self.commands.execute(vm_id, command, issued_by).await
     }
 
+    async fn log_refused(
+        &self,
+        vm_id: &str,
+        command: CommandSpec,
+        issued_by: Option<i64>,
+        reason: &str,
+    ) {
+        self.commands.log_refused(vm_id, command, issued_by, reason);
+    }
+
     async fn cancel_command(&self, vm_id: &str, command_id: &str) -> Result<(), CommandError> {
         Core::cancel_command(self, vm_id, command_id)
     }

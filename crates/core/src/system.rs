@@ -23,6 +23,17 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
     Ok((before, limit.rlim_cur))
 }
 
+/// Files this process creates are private from now on: mode `0600` (`0700` directories)
+/// whatever mode the creator asks for, because the process's umask takes away group and other
+/// (`077`). The data directory holds the database (password hashes, command output), its WAL
+/// and shared memory, and the signing secret; SQLite creates the WAL and `-shm` files later,
+/// with the mode it likes, so the umask is what keeps them private. Returns the previous mask.
+pub fn restrict_umask() -> u32 {
+    // SAFETY: umask has no failure mode and touches only this process's mask.
+    let previous: libc::mode_t = unsafe { libc::umask(0o077) };
+    previous
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -42,6 +42,16 @@ pub fn assets() -> &'static [Asset] {
     ASSETS
 }
 
+/// GraphiQL's page (`web/dist/graphiql.html`, naming its hashed bundle under
+/// `/assets/graphiql/`), when the web build has it. The API answers `GET /graphql` with it when
+/// `api.graphiql` is on; the host hands it over (`ApiSettings::graphiql_page`).
+pub fn graphiql_page() -> Option<&'static [u8]> {
+    ASSETS
+        .iter()
+        .find(|asset| asset.path == "graphiql.html")
+        .map(|asset| asset.bytes)
+}
+
 /// Content-Security-Policy of the page: scripts only from this origin, no inline script, so
 /// even a markup injection could not run code. Inline styles stay allowed because uPlot sizes
 /// its canvas through style attributes.

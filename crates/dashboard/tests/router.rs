@@ -195,7 +195,10 @@ async fn the_embedded_build_matches_web_dist() {
                     .iter()
                     .filter(|other| other.path != asset.path)
                     .any(|other| contains(other.bytes, name.as_bytes()));
-            assert!(referenced, "neither index.html nor another asset references {name}");
+            assert!(
+                referenced,
+                "neither index.html nor another asset references {name}"
+            );
             let served = get(router(), &format!("/{}", asset.path), None).await;
             assert_eq!(served.status, StatusCode::OK);
             assert!(
@@ -244,5 +247,7 @@ async fn merging_the_dashboard_into_a_layered_app_loses_its_fallback_layer() {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|window| window == needle)
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }

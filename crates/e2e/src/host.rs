@@ -180,6 +180,9 @@ impl HostProcess {
             .arg("--listen")
             .arg(listen.to_string())
             .args(&options.extra_args)
+            // /metrics on a port of its own choosing: hosts of tests running side by side
+            // would otherwise all want the default 127.0.0.1:9464.
+            .env("INFINIBAY_API__METRICS_LISTEN", "127.0.0.1:0")
             .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)

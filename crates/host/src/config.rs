@@ -13,6 +13,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use infinibay_api::limits::ApiConfig;
 use infinibay_cluster::ClusterConfig;
 use infinibay_core::config::CoreConfig;
 
@@ -62,8 +63,8 @@ pub enum ConfigError {
 
 /// The whole configuration of the host: where it listens and keeps its state, which database,
 /// the core's sections (`socket_dir`, `[discovery]`, `[connection]`, `[ingest]`, `[store]`,
-/// `[maintenance]`, `[commands]`) at the same places in the file, and `[cluster]` (NATS, for
-/// `infinibay node` and `infinibay api`).
+/// `[maintenance]`, `[commands]`) at the same places in the file, the API's `[api]`, and
+/// `[cluster]` (NATS, for `infinibay node` and `infinibay api`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     /// HTTP listen address, data directory and database.
@@ -72,6 +73,8 @@ pub struct Config {
     pub core: CoreConfig,
     /// Scale-out: NATS and liveness (`[cluster]`).
     pub cluster: ClusterConfig,
+    /// The user-facing side: limits, GraphiQL, the metrics listener (`[api]`).
+    pub api: ApiConfig,
 }
 
 /// The host process's own settings (the file's top-level `listen`, `data_dir`, `database`).
@@ -98,10 +101,13 @@ impl Default for ProcessConfig {
 }
 
 /// Top-level keys of the file that belong to [`ProcessConfig`]; the rest are the core's (but
-/// [`CLUSTER_KEY`]).
+/// [`API_SECTION`] and [`CLUSTER_KEY`]).
 const PROCESS_KEYS: [&str; 3] = ["listen", "data_dir", "database"];
 /// The section of [`ClusterConfig`].
 const CLUSTER_KEY: &str = "cluster";
+
+/// The section of the file that belongs to [`ApiConfig`].
+const API_SECTION: &str = "api";
 
 /// Values given on the command line; `None` keeps the lower layers' value.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -184,6 +190,7 @@ impl Config {
             .cluster
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.api.validate().map_err(ConfigError::Invalid)?;
         Ok(config)
     }
 
@@ -194,6 +201,10 @@ impl Config {
         table.insert(
             CLUSTER_KEY.to_owned(),
             toml::Value::Table(toml::Table::try_from(&self.cluster)?),
+        );
+        table.insert(
+            API_SECTION.to_owned(),
+            toml::Value::Table(toml::Table::try_from(&self.api)?),
         );
         Ok(table)
     }
@@ -215,6 +226,12 @@ impl Config {
                 .map_err(|e: toml::de::Error| format!("[cluster]: {e}"))?,
             None => ClusterConfig::default(),
         };
+        let api: ApiConfig = match table.remove(API_SECTION) {
+            Some(section) => section
+                .try_into()
+                .map_err(|e: toml::de::Error| format!("[{API_SECTION}]: {e}"))?,
+            None => ApiConfig::default(),
+        };
         let core: CoreConfig =
             toml::Value::Table(table)
                 .try_into()
@@ -225,6 +242,7 @@ impl Config {
         Ok(Self {
             process,
             core,
+            api,
             cluster,
         })
     }
@@ -368,6 +386,40 @@ mod tests {
         assert_eq!(c.core.ingest.burst, 50);
         assert_eq!(c.core.ingest.rate_per_sec, 10.0);
         assert_eq!(c.core.connection.missed_pings, 3);
+        assert!(!c.api.graphiql);
+        assert_eq!(c.api.metrics_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.api.max_body_bytes, 2 * 1024 * 1024);
+    }
+
+    #[test]
+    fn the_api_section_is_read_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[api]\ngraphiql = true\nmetrics_listen = \"127.0.0.1:9999\"\n",
+        )
+        .expect("write config");
+        let c = Config::load(
+            Some(&file),
+            env(&[("INFINIBAY_API__MAX_BODY_BYTES", "4096")]),
+            &Overrides::default(),
+        )
+        .expect("config loads");
+        assert!(c.api.graphiql);
+        assert_eq!(c.api.metrics_listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(c.api.max_body_bytes, 4096);
+        std::fs::write(&file, "[api]\nmax_body_bites = 1\n").expect("write");
+        let err = Config::load(Some(&file), env(&[]), &Overrides::default())
+            .expect_err("a typo in [api] fails");
+        assert!(err.to_string().contains("max_body_bites"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("INFINIBAY_API__WS_CONNECTIONS_PER_USER", "0")]),
+            &Overrides::default(),
+        )
+        .expect_err("a limit of zero fails");
+        assert!(err.to_string().contains("ws_connections_per_user"), "{err}");
     }
 
     #[test]

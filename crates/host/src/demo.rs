@@ -82,12 +82,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("preparing the API")?;
     let api_settings = prepared.settings;
 
+    // The metrics listener's default port, or any free one: the demo must not fail because
+    // another host runs on this machine.
+    let metrics = match crate::serve::bind_metrics(config.api.metrics_listen).await {
+        Ok(l) => l,
+        Err(_) => crate::serve::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .context("cannot bind any local port for /metrics")?,
+    };
+    let metrics_address = metrics.local_addr().context("listener has no address")?;
+
     let agents = start_agents(&agent_binary, &args, &data_dir, &socket_dir).await?;
 
     println!();
     println!("  Infinibay demo is running");
     println!("  dashboard   http://{address}/");
     println!("  GraphQL     http://{address}/graphql");
+    println!("  metrics     http://{metrics_address}/metrics");
     println!("  user        admin");
     println!("  password    {admin_password}");
     println!(
@@ -117,8 +128,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
         }
     };
+    let listeners = crate::serve::Listeners {
+        http: listener,
+        metrics: Some(metrics),
+    };
     let result =
-        crate::serve::run_with_store(config, prepared.store, listener, shutdown, move |core| {
+        crate::serve::run_with_store(config, prepared.store, listeners, shutdown, move |core| {
             infinibay_dashboard::mount(crate::serve::api_router(core, api_settings))
         })
         .await;

@@ -41,6 +41,7 @@ pub async fn check(config: &Config) -> Vec<Finding> {
     let who = ProcessIdentity::current();
     findings.push(ok(format!("running as {}", who.describe())));
     check_socket_dir(config, &who, &mut findings);
+    check_data_dir(config, &mut findings);
     check_database(config, &mut findings).await;
     match infinibay_core::system::raise_nofile_limit() {
         Ok((_, after)) if after < 4096 => findings.push(problem(
@@ -136,6 +137,62 @@ fn check_socket_dir(config: &Config, who: &ProcessIdentity, findings: &mut Vec<F
     }
 }
 
+/// The data directory holds the password hashes, the command log and the JWT secret: it must
+/// be `0700` and its files `0600` (`serve` makes them so at start; a copy or a restore may
+/// not have).
+fn check_data_dir(config: &Config, findings: &mut Vec<Finding>) {
+    let dir = &config.process.data_dir;
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            findings.push(ok(format!(
+                "data directory {} does not exist yet (serve creates it 0700)",
+                dir.display()
+            )));
+            return;
+        }
+        Err(e) => {
+            findings.push(problem(
+                format!("data directory {} is not accessible: {e}", dir.display()),
+                "check its owner and permissions (it must belong to the service user)",
+            ));
+            return;
+        }
+    };
+    let mut loose = Vec::new();
+    let dir_mode = meta.permissions().mode() & 0o777;
+    if dir_mode & 0o077 != 0 {
+        loose.push(format!("{} is {dir_mode:04o}", dir.display()));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut files: Vec<_> = entries
+            .flatten()
+            .filter_map(|e| Some((e.path(), e.metadata().ok()?)))
+            .filter(|(_, m)| m.is_file() && m.permissions().mode() & 0o077 != 0)
+            .map(|(p, m)| format!("{} is {:04o}", p.display(), m.permissions().mode() & 0o777))
+            .collect();
+        files.sort();
+        loose.extend(files);
+    }
+    if loose.is_empty() {
+        findings.push(ok(format!(
+            "data directory {} is private (0700, files 0600)",
+            dir.display()
+        )));
+    } else {
+        findings.push(problem(
+            format!(
+                "data directory is readable by others: {} (database, password hashes, command output, JWT secret)",
+                loose.join(", ")
+            ),
+            format!(
+                "chmod 700 {0} && find {0} -maxdepth 1 -type f -exec chmod 600 {{}} + (infinibay serve also does it at start)",
+                dir.display()
+            ),
+        ));
+    }
+}
+
 async fn check_database(config: &Config, findings: &mut Vec<Finding>) {
     match crate::serve::open_store(config).await {
         Ok(store) => findings.push(ok(format!(
@@ -170,4 +227,38 @@ pub fn print(findings: &[Finding], out: &mut impl Write) -> std::io::Result<usiz
         writeln!(out, "{problems} problem(s) found")?;
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_readable_by_others_is_a_problem_and_a_private_one_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("mkdir");
+        let chmod = |p: &std::path::Path, mode| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+        };
+        chmod(&data, 0o755);
+        std::fs::write(data.join("infinibay.db-wal"), b"x").expect("write");
+        chmod(&data.join("infinibay.db-wal"), 0o644);
+        let mut config = Config::default();
+        config.process.data_dir = data.clone();
+        let mut findings = Vec::new();
+        check_data_dir(&config, &mut findings);
+        assert_eq!(findings.len(), 1);
+        assert!(findings[0].problem, "{findings:?}");
+        assert!(findings[0].message.contains("0755"), "{findings:?}");
+        assert!(
+            findings[0].message.contains("infinibay.db-wal is 0644"),
+            "{findings:?}"
+        );
+        chmod(&data, 0o700);
+        chmod(&data.join("infinibay.db-wal"), 0o600);
+        let mut findings = Vec::new();
+        check_data_dir(&config, &mut findings);
+        assert!(!findings[0].problem, "{findings:?}");
+    }
 }

@@ -37,6 +37,9 @@ async fn healthz(State(host): State<Core>) -> (StatusCode, Json<serde_json::Valu
             "vms": stats.vms,
             "online": stats.online,
             "queue": stats.queue,
+            // The reader pool: `busy` = `max` means the next query waits (see /metrics for
+            // the API's own queue of requests waiting for their user's database turn).
+            "db_pool": host.store().pool_stats(),
         })),
     )
 }

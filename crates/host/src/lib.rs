@@ -17,6 +17,8 @@ pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod http;
+pub mod listener;
+pub mod logging;
 pub mod roles;
 pub mod serve;
 

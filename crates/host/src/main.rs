@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use infinibay::cli::{Cli, CliCommand};
 use infinibay::config::ConfigArgs;
@@ -27,9 +26,13 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
+    // Whatever this process creates (the database, its WAL and -shm, the secret) is private,
+    // whatever umask it was started with.
+    infinibay::core::system::restrict_umask();
     // RUST_LOG filters per component target: infinibay::watcher, infinibay::connection,
     // infinibay::ingest, infinibay::store, infinibay::commands, infinibay::maintenance, …
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // (the WebSocket libraries stay at info: below it they log tokens).
+    let filter = infinibay::logging::filter(std::env::var("RUST_LOG").ok().as_deref());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -67,7 +70,10 @@ fn main() -> ExitCode {
 
 async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = args.load().context("configuration")?;
-    let listener = infinibay::serve::bind(config.process.listen).await?;
+    let listeners = infinibay::serve::Listeners {
+        http: infinibay::serve::bind(config.process.listen).await?,
+        metrics: Some(infinibay::serve::bind_metrics(config.api.metrics_listen).await?),
+    };
     let prepared = infinibay::serve::prepare(&config).await?;
     if let Some(banner) = prepared
         .first_admin
@@ -81,7 +87,7 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     infinibay::serve::run_with_store(
         config,
         prepared.store,
-        listener,
+        listeners,
         shutdown_signal(),
         move |core| {
             // `mount` keeps the API router's fallback (Socket.IO answers there), see the crate.

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::serve::ListenerExt;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +18,30 @@ use infinibay_api::{ApiSettings, settings_for};
 use infinibay_core::Core;
 use infinibay_store::Store;
 
+use infinibay_api::connections::ConnectionTracker;
+use infinibay_api::limits::ApiConfig;
+
 use crate::config::Config;
+use crate::listener::{self, ServeOptions};
+
+/// The listeners `serve` serves: the main one (API, dashboard, `/healthz`) and the metrics
+/// one (`/metrics` only). A missing metrics listener is bound at `api.metrics_listen`.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The main listener (`listen`).
+    pub http: TcpListener,
+    /// The metrics listener (`api.metrics_listen`), when already bound.
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(http: TcpListener) -> Self {
+        Self {
+            http,
+            metrics: None,
+        }
+    }
+}
 
 /// Why the host could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -57,27 +79,96 @@ pub enum StartError {
 
 /// Bind the listen address, explaining the usual failures.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    bind_named(addr, "--listen / INFINIBAY_LISTEN").await
+}
+
+/// Bind the metrics listener (`api.metrics_listen`), explaining the usual failures.
+pub async fn bind_metrics(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    bind_named(addr, "api.metrics_listen / INFINIBAY_API__METRICS_LISTEN").await
+}
+
+async fn bind_named(addr: SocketAddr, setting: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|e| {
         let reason = match e.kind() {
-            ErrorKind::AddrInUse => "address already in use (another infinibay or another service runs there; stop it or choose another --listen / INFINIBAY_LISTEN)".to_owned(),
-            ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges; choose another --listen)".to_owned(),
-            ErrorKind::AddrNotAvailable => "address not available on this machine (check --listen)".to_owned(),
+            ErrorKind::AddrInUse => format!("address already in use (another infinibay or another service runs there; stop it or choose another {setting})"),
+            ErrorKind::PermissionDenied => format!("permission denied (ports below 1024 need privileges; choose another {setting})"),
+            ErrorKind::AddrNotAvailable => format!("address not available on this machine (check {setting})"),
             _ => e.to_string(),
         };
         StartError::Listen { addr, reason }
     })
 }
 
-/// Create the data directory if needed and prove it writable.
+/// Create the data directory if needed, make it private and prove it writable: the directory
+/// `0700`, every file directly in it `0600` (the SQLite database, its `-wal` and `-shm`, the
+/// JWT secret), whatever the umask was when they were created. Subdirectories (the agent
+/// downloads) are left as they are.
 pub fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
     let err = |source| StartError::DataDir {
         path: dir.to_owned(),
         source,
     };
     std::fs::create_dir_all(dir).map_err(err)?;
+    make_private(dir).map_err(err)?;
     let probe = dir.join(format!(".infinibay-write-test-{}", std::process::id()));
     std::fs::write(&probe, b"ok").map_err(err)?;
     std::fs::remove_file(&probe).map_err(err)?;
+    Ok(())
+}
+
+/// `dir` `0700` and its files `0600`, where they were looser. A file that vanishes meanwhile
+/// (SQLite's `-shm` at a close) is no error, nor one this user may not chmod.
+pub fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tighten = |path: &Path, meta: &std::fs::Metadata, mode: u32| -> std::io::Result<()> {
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    };
+    tighten(dir, &std::fs::metadata(dir)?, 0o700)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if meta.is_file() {
+            match tighten(&entry.path(), &meta, 0o600) {
+                // A file of another user (one only they may chmod) is out of others' reach
+                // anyway once the directory is 0700; `doctor` still names it.
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied) => {
+                }
+                other => other?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An SQLite database outside the data directory (`--database sqlite:///elsewhere/x.db`)
+/// and its `-wal`, `-shm`, `-journal`: `0600` where they were looser.
+fn make_sqlite_private(url: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        return Ok(());
+    };
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path.contains(":memory:") {
+        return Ok(());
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = PathBuf::from(format!("{path}{suffix}"));
+        match std::fs::metadata(&file) {
+            Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
@@ -101,6 +192,9 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
         prepare_data_dir(&config.process.data_dir)?;
     }
     let url = config.database_url();
+    if let Err(e) = make_sqlite_private(&url) {
+        tracing::warn!(target: "infinibay::host", "cannot make the database files private: {e}");
+    }
     let store = infinibay_store::open_with_retention(&url, config.core.maintenance.retention())
         .await
         .map_err(|source| StartError::Database {
@@ -114,23 +208,47 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     Ok(store)
 }
 
-/// Serve `app` on `listener` until `host` is shut down, then wait for the host to stop.
-pub async fn serve(host: Core, listener: TcpListener, app: Router) -> Result<(), StartError> {
+/// Serve `app` on the main listener and its `/metrics` on the metrics listener until `host`
+/// is shut down, then wait for the host to stop.
+pub async fn serve(
+    host: Core,
+    listeners: (TcpListener, TcpListener),
+    app: Router,
+    api: &ApiConfig,
+) -> Result<(), StartError> {
     let token = host_shutdown(&host);
-    // Real-time frames are small writes on long-lived sockets: with Nagle's algorithm one
-    // could wait for the client's delayed ACK (40–200 ms), which is what a live chart shows.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(target: "infinibay::http", "TCP_NODELAY not set: {e}");
-        }
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(token.clone().cancelled_owned())
-        .await;
+    let (http, metrics) = listeners;
+    let tracker = ConnectionTracker::new(
+        api.unauthenticated_connections_per_address,
+        api.unauthenticated_connections,
+    );
+    let metrics_app = infinibay_api::rest::metrics_only(app.clone());
+    let metrics_task = tokio::spawn(listener::serve(
+        metrics,
+        metrics_app,
+        ServeOptions {
+            header_timeout: api.header_timeout(),
+            tracker: tracker.clone(),
+            admit: false,
+        },
+        token.clone(),
+    ));
+    listener::serve(
+        http,
+        app,
+        ServeOptions {
+            header_timeout: api.header_timeout(),
+            tracker,
+            admit: true,
+        },
+        token.clone(),
+    )
+    .await;
     // Whatever ended the HTTP side ends the host.
     token.cancel();
+    let _ = metrics_task.await;
     host.stopped().await;
-    served.map_err(StartError::Http)
+    Ok(())
 }
 
 fn host_shutdown(host: &Core) -> CancellationToken {
@@ -142,12 +260,12 @@ fn host_shutdown(host: &Core) -> CancellationToken {
 /// completes.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     extra: impl FnOnce(&Core) -> Router,
 ) -> Result<(), StartError> {
     let store = open_store(&config).await?;
-    run_with_store(config, store, listener, shutdown, extra).await
+    run_with_store(config, store, listeners, shutdown, extra).await
 }
 
 /// [`run`] on a store the caller already opened ([`prepare`] opens it to create the first
@@ -155,10 +273,15 @@ pub async fn run(
 pub async fn run_with_store(
     config: Config,
     store: Arc<dyn Store>,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     extra: impl FnOnce(&Core) -> Router,
 ) -> Result<(), StartError> {
+    let Listeners { http, metrics } = listeners.into();
+    let metrics = match metrics {
+        Some(l) => l,
+        None => bind_metrics(config.api.metrics_listen).await?,
+    };
     raise_open_files_limit();
     let token = CancellationToken::new();
     let host = Core::start(config.core, store, token.clone());
@@ -167,10 +290,13 @@ pub async fn run_with_store(
         token.cancel();
     });
     let app = crate::http::router(host.clone()).merge(extra(&host));
-    if let Ok(addr) = listener.local_addr() {
+    if let Ok(addr) = http.local_addr() {
         tracing::info!(target: "infinibay::http", "listening on http://{addr}");
     }
-    serve(host, listener, app).await
+    if let Ok(addr) = metrics.local_addr() {
+        tracing::info!(target: "infinibay::http", "metrics on http://{addr}/metrics");
+    }
+    serve(host, (http, metrics), app, &config.api).await
 }
 
 /// One socket per VM (and one per console): raise the open-files limit to its hard maximum.
@@ -230,8 +356,11 @@ pub async fn prepare_with_admin_password(
     let secret = auth::load_or_create_secret(data_dir)?;
     let store = open_store(config).await?;
     let first_admin = users::ensure_first_admin(store.as_ref(), admin_password).await?;
+    let mut settings = settings_for(data_dir.clone(), secret);
+    settings.limits = config.api.clone();
+    settings.graphiql_page = infinibay_dashboard::graphiql_page();
     Ok(Prepared {
-        settings: settings_for(data_dir.clone(), secret),
+        settings,
         first_admin,
         store,
     })
@@ -270,6 +399,32 @@ mod tests {
         let addr = taken.local_addr().expect("addr");
         let err = bind(addr).await.expect_err("port is taken");
         assert!(err.to_string().contains("address already in use"), "{err}");
+    }
+
+    #[test]
+    fn the_data_dir_and_its_files_become_private_whatever_they_were() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("mkdir");
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        for name in ["infinibay.db", "infinibay.db-wal", "infinibay.db-shm"] {
+            std::fs::write(data.join(name), b"x").expect("write");
+            std::fs::set_permissions(data.join(name), std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+        }
+        std::fs::create_dir(data.join("infiniservice")).expect("subdir");
+        prepare_data_dir(&data).expect("prepare");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        for name in ["infinibay.db", "infinibay.db-wal", "infinibay.db-shm"] {
+            assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+        }
+        assert_eq!(
+            mode(&data.join("infiniservice")),
+            0o755,
+            "subdirectories are left alone"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! server with a simulated VM. A new root field, event or route without a rule here fails.
 
 mod api_common;
+mod sio_client;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use api_common::{Server, error_code};
 use infinibay::api;
 use infinibay::store::{Inventory, InventoryKind, NewUser, Role};
+use sio_client::{SioClient, SioConnect};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Caller {
@@ -313,111 +315,6 @@ fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
-/// A minimal Engine.IO v4 / Socket.IO v5 client over WebSocket, enough for connect, events
-/// with acknowledgements and pings.
-struct SioClient {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    next_ack: u32,
-}
-
-enum SioConnect {
-    Connected(Box<SioClient>, Value),
-    Refused(String),
-}
-
-impl SioClient {
-    async fn connect(server: &Server, token: Option<&str>) -> SioConnect {
-        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(url.into_client_request().expect("request"))
-                .await
-                .expect("socket.io websocket");
-        let open = Self::read(&mut ws).await;
-        assert!(open.starts_with('0'), "engine.io open packet, got {open}");
-        let auth = match token {
-            Some(t) => format!("40{}", json!({"token": t})),
-            None => "40".to_owned(),
-        };
-        ws.send(Message::text(auth)).await.expect("connect packet");
-        let mut client = SioClient { ws, next_ack: 1 };
-        loop {
-            let packet = client.recv().await;
-            // `recv` strips the engine.io `4`: `4{…}` is CONNECT_ERROR, `2[…]` an EVENT.
-            if let Some(rest) = packet.strip_prefix('4') {
-                let v: Value = serde_json::from_str(rest).unwrap_or(Value::Null);
-                return SioConnect::Refused(
-                    v.get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned(),
-                );
-            }
-            if let Some(rest) = packet.strip_prefix('2') {
-                let v: Value = serde_json::from_str(rest).unwrap_or(Value::Null);
-                if v.get(0) == Some(&json!("connected")) {
-                    return SioConnect::Connected(
-                        Box::new(client),
-                        v.get(1).cloned().unwrap_or(Value::Null),
-                    );
-                }
-            }
-        }
-    }
-
-    async fn read(
-        ws: &mut tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-    ) -> String {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-                .await
-                .expect("socket.io answer within 10 s")
-                .expect("socket.io stream open")
-                .expect("socket.io frame");
-            if let Ok(t) = msg.to_text()
-                && !t.is_empty()
-            {
-                return t.to_owned();
-            }
-        }
-    }
-
-    /// The next Socket.IO packet, answering engine.io pings.
-    async fn recv(&mut self) -> String {
-        loop {
-            let text = Self::read(&mut self.ws).await;
-            if text == "2" {
-                self.ws.send(Message::text("3")).await.expect("pong");
-                continue;
-            }
-            if let Some(packet) = text.strip_prefix('4') {
-                return packet.to_owned();
-            }
-        }
-    }
-
-    /// Emit `event` with `arg` and wait for its acknowledgement.
-    async fn emit_ack(&mut self, event: &str, arg: Value) -> Value {
-        let id = self.next_ack;
-        self.next_ack += 1;
-        self.ws
-            .send(Message::text(format!("42{id}{}", json!([event, arg]))))
-            .await
-            .expect("emit");
-        let prefix = format!("3{id}");
-        loop {
-            let packet = self.recv().await;
-            if let Some(rest) = packet.strip_prefix(&prefix) {
-                let v: Value = serde_json::from_str(rest).expect("ack JSON");
-                return v.get(0).cloned().unwrap_or(Value::Null);
-            }
-        }
-    }
-}
-
 fn socket_rule(event: &str) -> Option<Rule> {
     match event {
         "subscribe:vm" => Some(Rule::VmScoped),
@@ -507,7 +404,7 @@ async fn every_query_mutation_subscription_event_and_route_obeys_the_rule_set() 
     // ----- Socket.IO: connecting, then every client event.
     for caller in CALLERS {
         let token = tokens.of(caller);
-        let connected = SioClient::connect(&server, token).await;
+        let connected = SioClient::connect(server.addr, token).await;
         let authenticated = matches!(caller, Caller::Admin | Caller::Owner | Caller::Other);
         match (connected, authenticated) {
             (SioConnect::Connected(mut client, info), true) => {
@@ -584,7 +481,8 @@ async fn every_query_mutation_subscription_event_and_route_obeys_the_rule_set() 
             let status = req.send().await.expect("GET").status().as_u16();
             let authenticated = matches!(caller, Caller::Admin | Caller::Owner | Caller::Other);
             let want = match auth {
-                api::rest::RouteAuth::Public => 200,
+                // Not on the main listener, whoever asks (its own listener is checked below).
+                api::rest::RouteAuth::MetricsListener => 404,
                 api::rest::RouteAuth::Authenticated if authenticated => 200,
                 api::rest::RouteAuth::Authenticated => 401,
             };
@@ -595,6 +493,18 @@ async fn every_query_mutation_subscription_event_and_route_obeys_the_rule_set() 
                 ));
             }
         }
+    }
+
+    // The metrics listener serves `/metrics` and nothing else.
+    let status =
+        |url: String| async move { reqwest::get(url).await.expect("GET").status().as_u16() };
+    checked += 2;
+    if status(server.metrics_url.clone()).await != 200 {
+        failures.push("GET /metrics on the metrics listener: not 200".into());
+    }
+    let graphql_there = server.metrics_url.replace("/metrics", "/graphql");
+    if status(graphql_there).await != 404 {
+        failures.push("the metrics listener serves more than /metrics".into());
     }
 
     assert!(
@@ -650,6 +560,27 @@ async fn an_install_token_downloads_the_agent_without_a_user_token() {
         .gql(Some(&install), "query { me { id } }", json!({}))
         .await;
     assert_eq!(error_code(&r).as_deref(), Some("UNAUTHENTICATED"), "{r}");
+    // It lives as long as its issuer's access: a password change revokes it.
+    let admin = server.login(&server.admin).await;
+    let r = server
+        .gql(
+            Some(&admin),
+            "mutation($id: ID!) { setUserPassword(id: $id, password: \"a-brand-new-pw\") }",
+            json!({"id": server.owner.record.id.to_string()}),
+        )
+        .await;
+    assert_eq!(r["data"]["setUserPassword"], json!(true), "{r}");
+    let revoked = reqwest::get(format!(
+        "{}/infiniservice/linux/binary?token={install}",
+        server.url
+    ))
+    .await
+    .expect("GET");
+    assert_eq!(
+        revoked.status().as_u16(),
+        401,
+        "the issuer changed password: the install token is revoked"
+    );
     server.stop().await;
 }
 
@@ -677,36 +608,72 @@ async fn tokens_issued_before_a_password_change_are_refused_and_commands_are_log
         )
         .await;
     assert_eq!(error_code(&r).as_deref(), Some("INVALID"), "{r}");
+    // An UNSAFE command the owner may not send is refused, and logged with the reason.
+    let r = server
+        .gql(
+            Some(&owner),
+            "mutation($id: ID!) { executeVmCommand(vmId: $id, command: {type: UNSAFE, argv: [\"id\"]}) { success } }",
+            json!({"id": server.vm_id}),
+        )
+        .await;
+    assert_eq!(error_code(&r).as_deref(), Some("FORBIDDEN"), "{r}");
     let mut logged = Value::Null;
     for _ in 0..50 {
         logged = server
             .gql(
                 Some(&admin),
-                "query($id: ID!) { commandLogs(vmId: $id) { kind success user { username } } }",
+                "query($id: ID!) { commandLogs(vmId: $id) { kind success response user { username } } }",
                 json!({"id": server.vm_id}),
             )
             .await;
         if logged["data"]["commandLogs"]
             .as_array()
-            .is_some_and(|l| l.len() >= 2)
+            .is_some_and(|l| l.len() >= 3)
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let logs = logged["data"]["commandLogs"].as_array().expect("logs");
-    assert!(logs.len() >= 2, "{logged}");
+    assert!(logs.len() >= 3, "{logged}");
     assert!(
         logs.iter().all(|l| l["user"]["username"] == json!("owner")),
         "{logged}"
     );
+    let forbidden = logs
+        .iter()
+        .find(|l| l["response"]["code"] == json!("forbidden"))
+        .unwrap_or_else(|| panic!("no refused command in the log: {logged}"));
+    assert_eq!(forbidden["kind"], json!("unsafe"), "{logged}");
+    assert_eq!(forbidden["success"], json!(false), "{logged}");
+    assert!(
+        forbidden["response"]["host_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unsafe_commands")),
+        "the reason is logged: {logged}"
+    );
 
-    // The owner changes their own password: the old token stops working at once.
+    // The owner changes their own password: without the current one, or with a wrong one,
+    // it is refused; with it, the old token stops working at once.
+    let change = "mutation($id: ID!, $current: String) { setUserPassword(id: $id, password: \"a-brand-new-pw\", currentPassword: $current) }";
+    let own_id = server.owner.record.id.to_string();
+    let r = server
+        .gql(Some(&owner), change, json!({"id": own_id}))
+        .await;
+    assert_eq!(error_code(&r).as_deref(), Some("INVALID"), "{r}");
     let r = server
         .gql(
             Some(&owner),
-            "mutation($id: ID!) { setUserPassword(id: $id, password: \"a-brand-new-pw\") }",
-            json!({"id": server.owner.record.id.to_string()}),
+            change,
+            json!({"id": own_id, "current": "not-the-password"}),
+        )
+        .await;
+    assert_eq!(error_code(&r).as_deref(), Some("FORBIDDEN"), "{r}");
+    let r = server
+        .gql(
+            Some(&owner),
+            change,
+            json!({"id": own_id, "current": api_common::PASSWORD}),
         )
         .await;
     assert_eq!(r["data"]["setUserPassword"], json!(true), "{r}");
@@ -746,7 +713,7 @@ async fn tokens_issued_before_a_password_change_are_refused_and_commands_are_log
 async fn socket_events_beyond_100_a_minute_are_refused_without_a_disconnect() {
     let server = Server::start(1, Duration::from_millis(500)).await;
     let owner = server.login(&server.owner).await;
-    let SioConnect::Connected(mut client, _) = SioClient::connect(&server, Some(&owner)).await
+    let SioConnect::Connected(mut client, _) = SioClient::connect(server.addr, Some(&owner)).await
     else {
         panic!("owner connects");
     };
@@ -766,7 +733,7 @@ async fn socket_events_beyond_100_a_minute_are_refused_without_a_disconnect() {
 async fn metrics_exposition_has_vm_gauges_and_host_counters() {
     let server = Server::start(1, Duration::from_millis(250)).await;
     let scrape = || async {
-        let response = reqwest::get(format!("{}/metrics", server.url)).await;
+        let response = reqwest::get(server.metrics_url.clone()).await;
         let text = response.expect("GET /metrics").text().await;
         text.expect("text")
     };
@@ -877,7 +844,7 @@ async fn deleting_a_vm_closes_its_connection_and_it_stays_gone() {
         .await;
     assert_eq!(r["data"]["vm"], Value::Null, "{r}");
     assert_eq!(r["data"]["vms"], json!([]), "{r}");
-    let metrics = reqwest::get(format!("{}/metrics", server.url))
+    let metrics = reqwest::get(server.metrics_url.clone())
         .await
         .expect("GET /metrics")
         .text()

@@ -32,9 +32,12 @@ fn setup() -> Setup {
     let sockets = dir.path().join("s");
     std::fs::create_dir(&sockets).expect("mkdir");
     open(&sockets, 0o755);
+    // The data directory belongs to the service user (here nobody) and is private, as `serve`
+    // wants it (it makes its data directory 0700, which only the owner may do).
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("mkdir");
-    open(&data, 0o777);
+    std::os::unix::fs::chown(&data, Some(65534), Some(65534)).expect("chown data to nobody");
+    open(&data, 0o700);
     let socket = sockets.join(format!("vm-{}.sock", uuid::Uuid::new_v4()));
     let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
     open(&socket, 0o660);
@@ -82,6 +85,8 @@ fn eacces_is_one_actionable_line_then_silence_while_retrying() {
     let start = || {
         as_nobody(&s.bin)
             .arg("serve")
+            // Not the default 127.0.0.1:9464: the tests run side by side.
+            .env("INFINIBAY_API__METRICS_LISTEN", "127.0.0.1:0")
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--socket-dir")
@@ -197,6 +202,7 @@ fn serve_refuses_a_taken_port_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(env!("CARGO_BIN_EXE_infinibay"))
         .arg("serve")
+        .env("INFINIBAY_API__METRICS_LISTEN", "127.0.0.1:0")
         .arg("--listen")
         .arg(addr.to_string())
         .arg("--socket-dir")
@@ -215,6 +221,7 @@ fn serve_reports_an_unreachable_database_without_its_password() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(env!("CARGO_BIN_EXE_infinibay"))
         .arg("serve")
+        .env("INFINIBAY_API__METRICS_LISTEN", "127.0.0.1:0")
         .arg("--listen")
         .arg("127.0.0.1:0")
         .arg("--socket-dir")

@@ -132,6 +132,8 @@ async fn fresh_database() -> String {
 struct Role {
     proc: Proc,
     url: String,
+    /// Where its `/metrics` answers: an API's own metrics listener, a node's one listener.
+    metrics_url: String,
 }
 
 fn spawn_role(
@@ -143,6 +145,7 @@ fn spawn_role(
     extra: &[&str],
 ) -> Role {
     let port = free_port();
+    let metrics_port = free_port();
     let data_dir = dir.join(format!("data-{name}"));
     std::fs::create_dir_all(&data_dir).expect("data dir");
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
@@ -160,6 +163,10 @@ fn spawn_role(
             LIVENESS_SECS.to_string(),
         )
         .env("INFINIBAY_DISCOVERY__RESCAN_INTERVAL_SECS", "1")
+        .env(
+            "INFINIBAY_API__METRICS_LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
         .env("RUST_LOG", "info")
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
@@ -171,6 +178,11 @@ fn spawn_role(
             child,
         },
         url: format!("http://127.0.0.1:{port}"),
+        metrics_url: if role == "api" {
+            format!("http://127.0.0.1:{metrics_port}")
+        } else {
+            format!("http://127.0.0.1:{port}")
+        },
     }
 }
 
@@ -552,11 +564,21 @@ async fn stored_sample_times(database: &str, vm: &str) -> Vec<chrono::DateTime<c
 async fn nats_killed_and_restarted_everything_recovers_and_the_store_has_no_gap(fleet: &mut Fleet) {
     let node_b = fleet.nodes[1].url.clone();
     let (api_a, api_b) = (fleet.api(0).to_owned(), fleet.api(1).to_owned());
+    let metrics_of = |url: &str| {
+        fleet
+            .nodes
+            .iter()
+            .chain(fleet.apis.iter())
+            .find(|r| r.url == url)
+            .map(|r| r.metrics_url.clone())
+            .expect("a role of the fleet")
+    };
+    let metrics_urls = [metrics_of(&node_b), metrics_of(&api_b)];
     let down_at = chrono::Utc::now();
     fleet.nats.kill();
 
     // The outage shows on /healthz and /metrics of both kinds of process.
-    for url in [&node_b, &api_b] {
+    for (url, metrics_url) in [&node_b, &api_b].into_iter().zip(&metrics_urls) {
         let (code, body) = wait_for(
             &format!("{url} /healthz says NATS is down"),
             Duration::from_secs(10),
@@ -568,10 +590,10 @@ async fn nats_killed_and_restarted_everything_recovers_and_the_store_has_no_gap(
         )
         .await;
         assert_eq!(body["status"], json!("degraded"), "{code} {body}");
-        let text = metrics(url).await;
+        let text = metrics(metrics_url).await;
         assert!(
             text.lines().any(|l| l == "infinibay_nats_connected 0"),
-            "{url}/metrics: {text}"
+            "{metrics_url}/metrics: {text}"
         );
     }
     // History is still served while live data is not.

@@ -18,6 +18,11 @@ fn host_config(env: &TestEnv) -> infinibay::Config {
             ..Default::default()
         },
         core: env.config(),
+        // Any free port: tests run side by side, and a host may run on this machine.
+        api: infinibay::api::limits::ApiConfig {
+            metrics_listen: "127.0.0.1:0".parse().expect("address"),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

@@ -302,6 +302,24 @@ pub struct MaintenanceReport {
     pub pruned: u64,
 }
 
+/// A connection pool's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PoolStats {
+    /// Connections the pool may open.
+    pub max: u32,
+    /// Connections open now.
+    pub open: u32,
+    /// Open and idle (the rest are running a query).
+    pub idle: u32,
+}
+
+impl PoolStats {
+    /// Connections running a query.
+    pub fn busy(&self) -> u32 {
+        self.open.saturating_sub(self.idle)
+    }
+}
+
 /// The storage contract both backends implement: one method per operation, each taking a
 /// batch where a caller may have many (one VM is a batch of one).
 #[async_trait]
@@ -311,6 +329,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<()>;
+
+    /// The reader pool now (the connections queries use): a pool whose every connection is
+    /// busy makes the next query wait. `/metrics` and `/healthz` show it. `None` when the
+    /// implementation has no pool.
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
 
     /// How many [`Store::insert_samples`] batches a writer should run at once: 1 where the
     /// backend serialises writes anyway (SQLite), more where a batch is bound by round trips

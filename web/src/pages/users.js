@@ -22,16 +22,22 @@ export function usersPage({ user: me }) {
 
   function passwordCell(u) {
     const input = h('input', { type: 'password', placeholder: 'new password', autocomplete: 'new-password', class: 'narrow', 'aria-label': `New password for ${u.username}` });
+    // Changing one's own password needs the current one (the server refuses it otherwise).
+    const current = u.id === me.id
+      ? h('input', { type: 'password', placeholder: 'current password', autocomplete: 'current-password', class: 'narrow', 'aria-label': 'Your current password' })
+      : null;
     return h('form', {
       class: 'inline',
       onSubmit: (e) => {
         e.preventDefault();
-        if (!input.value) return;
+        if (!input.value || (current && !current.value)) return;
         const password = input.value;
+        const currentPassword = current ? current.value : null;
         input.value = '';
-        act(() => gql(Q.setPassword, { id: u.id, password }), `Password of ${u.username} changed; their open sessions end.`);
+        if (current) current.value = '';
+        act(() => gql(Q.setPassword, { id: u.id, password, currentPassword }), `Password of ${u.username} changed; their open sessions end.`);
       },
-    }, input, h('button', { type: 'submit', class: 'small' }, 'Set'));
+    }, ...(current ? [current] : []), input, h('button', { type: 'submit', class: 'small' }, 'Set'));
   }
 
   const table = createTable({

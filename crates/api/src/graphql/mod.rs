@@ -4,15 +4,19 @@
 //!
 //! By concern: [`types`] (objects, enums, inputs and their conversions), [`query`],
 //! [`mutation`], [`subscription`] (the roots), [`schema`] (the roots assembled), [`transport`]
-//! (HTTP and graphql-ws), and [`context`] (what resolvers take from a request).
+//! (HTTP), [`ws`] (one graphql-ws connection and its limits), [`guards`] (limits of every
+//! operation: one login per request, database turns), and [`context`] (what resolvers take
+//! from a request).
 
 pub mod context;
+pub mod guards;
 pub mod mutation;
 pub mod query;
 pub mod schema;
 pub mod subscription;
 pub mod transport;
 pub mod types;
+pub mod ws;
 
 pub use context::Caller;
 pub use schema::{ApiSchema, schema, sdl};

@@ -6,6 +6,7 @@ use async_graphql::{Context, ID, Object};
 use chrono::Utc;
 
 use super::context::{admin, api, caller, parse_user_id, realtime};
+use super::guards::Peer;
 use super::types::{
     AuthPayload, CommandInput, CommandResponse, CommandType, CreateUserInput, User, Vm, vm_object,
 };
@@ -19,7 +20,8 @@ pub struct MutationRoot;
 
 #[Object]
 impl MutationRoot {
-    /// Exchange a user name and password for a token.
+    /// Exchange a user name and password for a token. One per request; failures are
+    /// throttled per account and per client address (`RATE_LIMITED`).
     async fn login(
         &self,
         ctx: &Context<'_>,
@@ -27,13 +29,11 @@ impl MutationRoot {
         password: String,
     ) -> ApiResult<AuthPayload> {
         let api = api(ctx)?;
-        match api.auth().login(&username, &password).await {
-            Ok((token, user)) => Ok(AuthPayload {
-                token,
-                user: User::from(&user),
-            }),
-            Err(e) => Err(ApiError::from(e)),
-        }
+        let (token, user) = api.login(&username, &password, peer(ctx)).await?;
+        Ok(AuthPayload {
+            token,
+            user: User::from(&user),
+        })
     }
 
     /// Run a command on a VM (seed 001), waiting for its response. The host checks it, sends
@@ -51,7 +51,14 @@ impl MutationRoot {
             .get_vm(&vm_id)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("VM {} not found", vm_id.as_str())))?;
-        authz::require_command(&user, &vm, command.kind == CommandType::Unsafe)?;
+        if let Err(denied) = authz::require_command(&user, &vm, command.kind == CommandType::Unsafe)
+        {
+            // The core writes the command log; a refused attempt belongs in it too.
+            api.control()
+                .log_refused(&vm_id, command.into(), Some(user.id), &denied.to_string())
+                .await;
+            return Err(denied.into());
+        }
         let started = Instant::now();
         let outcome = api
             .control()
@@ -93,17 +100,28 @@ impl MutationRoot {
         Ok(true)
     }
 
-    /// Set a password (ADMIN, or the user themself); older tokens stop working.
+    /// Set a password (ADMIN, or the user themself); older tokens stop working. Changing
+    /// one's own password needs the current one (`currentPassword`), checked and throttled
+    /// like a login: a stolen token must not be enough to take the account over.
     async fn set_user_password(
         &self,
         ctx: &Context<'_>,
         id: ID,
         password: String,
+        current_password: Option<String>,
     ) -> ApiResult<bool> {
         let user = caller(ctx)?;
         let id = parse_user_id(&id)?;
         authz::require_self_or_admin(&user, id)?;
         let api = api(ctx)?;
+        if id == user.id {
+            let Some(current) = current_password else {
+                return Err(ApiError::invalid(
+                    "changing your own password needs `currentPassword`",
+                ));
+            };
+            api.confirm_password(&user, &current, peer(ctx)).await?;
+        }
         users::set_password(api.store().as_ref(), id, &password).await?;
         realtime(ctx)?.revoke_user(id).await;
         Ok(true)
@@ -189,4 +207,9 @@ impl MutationRoot {
         realtime(ctx)?.vm_deleted(&vm).await;
         Ok(true)
     }
+}
+
+/// The request's client address (see [`Peer`]).
+fn peer(ctx: &Context<'_>) -> Option<std::net::IpAddr> {
+    ctx.data_opt::<Peer>().and_then(|p| p.0)
 }

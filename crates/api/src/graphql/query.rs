@@ -142,10 +142,11 @@ impl QueryRoot {
     }
 
     /// A token that lets the VM's install script download the agent (`?token=` on
-    /// `/infiniservice/…`), valid 24 h. Owner or ADMIN.
+    /// `/infiniservice/…`), valid 24 h. Owner or ADMIN; it stops working when its issuer is
+    /// deleted, changes password or may no longer see the VM.
     async fn vm_install_token(&self, ctx: &Context<'_>, vm_id: ID) -> ApiResult<String> {
         let api = vm_scope(ctx, &vm_id).await?;
-        issue_install_token(api, &vm_id)
+        issue_install_token(api, &vm_id, &caller(ctx)?)
     }
 }
 

@@ -8,6 +8,7 @@ use super::context::{GqlResult, caller};
 use super::types::{MetricsSnapshot, VmStatusEvent};
 use crate::error::ApiError;
 use crate::state::Api;
+use crate::work_limiter::Principal;
 use infinibay_control::event::{BusEvent, Filter, Subscription, Topic};
 
 /// Subscriptions.
@@ -81,7 +82,12 @@ impl SubscriptionRoot {
             async move {
                 let user = user?;
                 match api {
-                    Some(api) => api.visible_vm(&user, &vm).await.map(|_| ()),
+                    // The check reads the store: in the subscriber's database turn, so that
+                    // 20,000 subscriptions queue behind their own user and nobody else.
+                    Some(api) => {
+                        let _turn = api.turn(Principal::User(user.id)).await?;
+                        api.visible_vm(&user, &vm).await.map(|_| ())
+                    }
                     None => Err(ApiError::internal("API state missing")),
                 }
             }

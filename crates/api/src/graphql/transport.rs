@@ -1,27 +1,33 @@
-//! GraphQL over HTTP: GraphiQL on a plain GET, queries and mutations by POST, and graphql-ws
-//! on a WebSocket upgrade of `/graphql` (and `/graphql/ws`), whose connections close when their
-//! user's access is revoked.
+//! GraphQL over HTTP: queries and mutations by POST, graphql-ws on a WebSocket upgrade of
+//! `/graphql` (and `/graphql/ws`), and GraphiQL on a plain GET when `api.graphiql` is on.
+//!
+//! A POST's body is read under `api.max_body_bytes` and `api.body_timeout_secs`
+//! ([`crate::limits::read_body`]); its caller's database turn is taken before the token is
+//! even checked against the user table ([`crate::work_limiter`]). WebSocket messages are
+//! capped at `api.max_message_bytes`; the connection itself is [`super::ws`]'s.
 
 use std::sync::Arc;
 
-use async_graphql::Data;
-use async_graphql::http::{GraphiQLSource, WebSocketProtocols};
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use async_graphql::http::WebSocketProtocols;
+use async_graphql_axum::GraphQLResponse;
 use axum::Router;
 use axum::extract::{FromRequestParts, State, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
 use super::context::Caller;
+use super::guards::{Peer, TurnHeld, server_error};
 use super::schema::{ApiSchema, schema};
 use crate::auth::bearer;
+use crate::connections::{Connection, mark_authenticated};
+use crate::error::ApiError;
+use crate::limits::{peer_of, read_body};
 use crate::realtime::Realtime;
-use crate::sessions::{Bearer, REVOKED_CLOSE_CODE, REVOKED_CLOSE_REASON};
 use crate::state::Api;
 
-/// `/graphql` (GraphiQL on a plain GET, graphql-ws on a WebSocket upgrade, POST) and
-/// `/graphql/ws` (graphql-ws only).
+/// `/graphql` (POST; graphql-ws on a WebSocket upgrade; GraphiQL on a plain GET when enabled)
+/// and `/graphql/ws` (graphql-ws only).
 pub fn routes(api: Api, realtime: Arc<Realtime>) -> Router {
     let schema = schema(api.clone(), realtime);
     Router::new()
@@ -30,13 +36,54 @@ pub fn routes(api: Api, realtime: Arc<Realtime>) -> Router {
         .with_state((api, schema))
 }
 
-async fn graphiql() -> impl IntoResponse {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql")
-            .finish(),
-    )
+/// The dashboard's Content-Security-Policy (`crates/dashboard`, `CSP`), on GraphiQL's page
+/// too: scripts only from this origin, none inline. (The hostile-user tests compare the two
+/// headers.)
+const GRAPHIQL_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                            img-src 'self' data:; connect-src 'self'; object-src 'none'; \
+                            base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+/// GraphiQL, when `api.graphiql` is on; otherwise `404` (and introspection is off too, see
+/// [`super::schema`]). The page (the web build's `graphiql.html`, [`ApiSettings`]) loads
+/// GraphiQL from this server's `/assets/graphiql/` (built into the dashboard by
+/// `scripts/build-web`), never from a CDN, under the dashboard's CSP.
+///
+/// [`ApiSettings`]: crate::ApiSettings
+fn graphiql(api: &Api) -> Response {
+    if !api.limits().graphiql {
+        return (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "GraphiQL is off (api.graphiql = false); the schema is in docs/api.md\n",
+        )
+            .into_response();
+    }
+    let Some(page) = api.settings().graphiql_page else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "GraphiQL is on (api.graphiql = true) but this binary was built without the web \
+             build: run scripts/build-web, then cargo build -p infinibay\n",
+        )
+            .into_response();
+    };
+    let mut response = Html(page).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(GRAPHIQL_CSP),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
 /// GraphQL clients (Apollo, urql, graphql-ws) expect subscriptions on the same URL as queries:
@@ -44,156 +91,125 @@ async fn graphiql() -> impl IntoResponse {
 async fn graphql_get(state: State<(Api, ApiSchema)>, request: axum::extract::Request) -> Response {
     let wants_websocket = request
         .headers()
-        .get(axum::http::header::UPGRADE)
+        .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if !wants_websocket {
-        return graphiql().await.into_response();
+        return graphiql(&state.0.0);
     }
     let (mut parts, _body) = request.into_parts();
-    let headers = parts.headers.clone();
     match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(upgrade) => graphql_ws(state, headers, upgrade).await,
+        Ok(upgrade) => upgrade_ws(state, parts, upgrade).await,
         Err(rejection) => rejection.into_response(),
     }
 }
 
-fn header_token(headers: &HeaderMap) -> Option<String> {
+async fn graphql_ws(state: State<(Api, ApiSchema)>, request: axum::extract::Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade_ws(state, parts, upgrade).await,
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+pub(super) fn header_token(headers: &HeaderMap) -> Option<String> {
     headers
-        .get(axum::http::header::AUTHORIZATION)
+        .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(|v| bearer(v).to_owned())
         .filter(|t| !t.is_empty())
 }
 
-async fn caller_for(api: &Api, token: Option<String>) -> Caller {
-    Caller(api.authenticate(token.as_deref()).await)
+/// A JSON error answer shaped like a GraphQL response (what GraphQL clients can show).
+fn refusal(status: StatusCode, e: ApiError) -> Response {
+    let response = async_graphql::Response::from_errors(vec![server_error(e)]);
+    (status, axum::Json(response)).into_response()
 }
 
 async fn graphql_post(
     State((api, schema)): State<(Api, ApiSchema)>,
-    headers: HeaderMap,
-    request: GraphQLRequest,
-) -> GraphQLResponse {
-    let caller = caller_for(&api, header_token(&headers)).await;
-    schema
-        .execute(request.into_inner().data(caller))
-        .await
-        .into()
+    request: axum::extract::Request,
+) -> Response {
+    let peer = peer_of(&request);
+    let (parts, body) = request.into_parts();
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    // JSON only: async-graphql's multipart uploads would spool files to disk for a schema
+    // that takes none.
+    if !content_type
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("application/")
+    {
+        return refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::invalid("send GraphQL requests as application/json"),
+        );
+    }
+    let limits = api.limits();
+    let bytes = match read_body(body, limits.max_body_bytes, limits.body_timeout()).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                ApiError::invalid(format!(
+                    "not a GraphQL request (one JSON object with `query`): {e}"
+                )),
+            );
+        }
+    };
+    drop(bytes);
+    let token = header_token(&parts.headers);
+    // The caller's turn before the user table is asked whether the token still holds.
+    let turn = match api.turn(api.principal(token.as_deref(), peer)).await {
+        Ok(turn) => turn,
+        Err(e) => return refusal(StatusCode::TOO_MANY_REQUESTS, e),
+    };
+    let caller = Caller(api.authenticate(token.as_deref()).await);
+    if caller.0.is_ok() {
+        mark_authenticated(&parts.extensions);
+    }
+    let response = schema
+        .execute(request.data(caller).data(Peer(peer)).data(TurnHeld))
+        .await;
+    drop(turn);
+    GraphQLResponse::from(response).into_response()
 }
 
-async fn graphql_ws(
+async fn upgrade_ws(
     State((api, schema)): State<(Api, ApiSchema)>,
-    headers: HeaderMap,
+    parts: axum::http::request::Parts,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // What async-graphql-axum's `GraphQLProtocol` extracts (its field is private).
-    let protocol = headers
-        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+    let protocol = parts
+        .headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
         .and_then(|list| {
             list.split(',')
                 .find_map(|p| p.trim().parse::<WebSocketProtocols>().ok())
         });
     let Some(protocol) = protocol else {
-        return axum::http::StatusCode::BAD_REQUEST.into_response();
+        return StatusCode::BAD_REQUEST.into_response();
     };
-    let header = header_token(&headers);
+    let opening = super::ws::Opening {
+        header_token: header_token(&parts.headers),
+        peer: crate::limits::peer_in(&parts.extensions),
+        connection: parts.extensions.get::<Connection>().cloned(),
+        protocol,
+    };
+    let limit = api.limits().max_message_bytes;
     upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| serve_ws(api, schema, protocol, header, socket))
-}
-
-/// Unregisters a graphql-ws connection however its task ends.
-struct OpenSession {
-    api: Api,
-    id: u64,
-}
-
-impl Drop for OpenSession {
-    fn drop(&mut self) {
-        self.api.sessions().close(self.id);
-    }
-}
-
-/// async-graphql-axum's `GraphQLWebSocket::serve`, plus a way out: when the connection's
-/// user is deleted or changes password, every subscription on it ends and the socket is
-/// closed with [`REVOKED_CLOSE_CODE`].
-async fn serve_ws(
-    api: Api,
-    schema: ApiSchema,
-    protocol: WebSocketProtocols,
-    header: Option<String>,
-    socket: axum::extract::ws::WebSocket,
-) {
-    use axum::extract::ws::{CloseFrame, Message};
-    use futures_util::{SinkExt, StreamExt};
-
-    let (id, revoked) = api.sessions().open();
-    let _open = OpenSession {
-        api: api.clone(),
-        id,
-    };
-    let (mut sink, stream) = socket.split();
-    let input = stream
-        .take_while(|m| std::future::ready(m.is_ok()))
-        .filter_map(|m| {
-            std::future::ready(match m {
-                Ok(m @ (Message::Text(_) | Message::Binary(_))) => Some(m.into_data()),
-                _ => None,
-            })
-        });
-    let for_init = api.clone();
-    let connection = async_graphql::http::WebSocket::new(schema, input, protocol)
-        .on_connection_init(move |payload| async move {
-            let token = payload_token(&payload).or(header);
-            let caller = caller_for(&for_init, token.clone()).await;
-            if let (Ok(user), Some(token)) = (&caller.0, token)
-                && let Ok(claims) = for_init.auth().decode(&token)
-            {
-                for_init.sessions().authenticated(
-                    id,
-                    Bearer {
-                        user_id: user.id,
-                        issued_ms: claims.iat_ms.unwrap_or(claims.iat.saturating_mul(1000)),
-                        expires: claims.exp,
-                    },
-                );
-            }
-            let mut data = Data::default();
-            data.insert(caller);
-            Ok(data)
-        });
-    futures_util::pin_mut!(connection);
-    loop {
-        let outgoing = tokio::select! {
-            next = connection.next() => match next {
-                Some(async_graphql::http::WsMessage::Text(text)) => Message::Text(text.into()),
-                Some(async_graphql::http::WsMessage::Close(code, reason)) => {
-                    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
-                }
-                None => break,
-            },
-            () = revoked.cancelled() => {
-                let close = Message::Close(Some(CloseFrame {
-                    code: REVOKED_CLOSE_CODE,
-                    reason: REVOKED_CLOSE_REASON.into(),
-                }));
-                let _ = sink.send(close).await;
-                break;
-            }
-        };
-        if sink.send(outgoing).await.is_err() {
-            break;
-        }
-    }
-}
-
-/// `{"Authorization": "Bearer …"}`, `{"authorization": …}` or `{"token": "…"}`.
-fn payload_token(payload: &serde_json::Value) -> Option<String> {
-    ["Authorization", "authorization", "token"]
-        .iter()
-        .find_map(|k| payload.get(*k).and_then(|v| v.as_str()))
-        .map(|v| bearer(v).to_owned())
-        .filter(|t| !t.is_empty())
+        .on_upgrade(move |socket| super::ws::serve(api, schema, opening, socket))
 }

@@ -111,6 +111,8 @@ pub struct AgentOpts {
     pub received: Arc<Mutex<Vec<String>>>,
     /// Whether to answer commands at all.
     pub answer_commands: bool,
+    /// The `data` of the answer to `SystemInfo` (default `{"hostname": "fake-guest"}`).
+    pub system_info: Option<serde_json::Value>,
 }
 
 impl Default for AgentOpts {
@@ -122,6 +124,7 @@ impl Default for AgentOpts {
             claimed_id: None,
             received: Arc::new(Mutex::new(Vec::new())),
             answer_commands: true,
+            system_info: None,
         }
     }
 }
@@ -203,7 +206,7 @@ async fn run_agent(stream: UnixStream, opts: AgentOpts) {
                             opts.received.lock().await.push(c.id.clone());
                             if !opts.answer_commands { sleeping.push(c.id); None } else {
                                 let data = match c.command_type {
-                                    SafeAction::SystemInfo => Some(serde_json::json!({"hostname": "fake-guest"})),
+                                    SafeAction::SystemInfo => Some(opts.system_info.clone().unwrap_or_else(|| serde_json::json!({"hostname": "fake-guest"}))),
                                     _ => None,
                                 };
                                 Some(GuestMessage::Response(CommandResponse {

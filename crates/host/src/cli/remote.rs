@@ -119,7 +119,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                 .await?;
             let vms = data.get("vms").cloned().unwrap_or(Value::Null);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&vms)?);
+                println!("{}", json_for_terminal(&vms)?);
             } else {
                 println!(
                     "{:<38} {:<20} {:<8} {:>6} {:>10} OWNER",
@@ -130,18 +130,20 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                     let num = |k: &str| m.and_then(|m| m.get(k)).and_then(Value::as_f64);
                     println!(
                         "{:<38} {:<20} {:<8} {:>6} {:>10} {}",
-                        text(vm, "id"),
-                        text(vm, "name"),
-                        text(vm, "status"),
+                        for_terminal(text(vm, "id")),
+                        for_terminal(text(vm, "name")),
+                        for_terminal(text(vm, "status")),
                         num("cpuPercent")
                             .map(|c| format!("{c:.1}"))
                             .unwrap_or_else(|| "-".into()),
                         num("memUsedKb")
                             .map(|k| format!("{:.0}", k / 1024.0))
                             .unwrap_or_else(|| "-".into()),
-                        vm.pointer("/owner/username")
-                            .and_then(Value::as_str)
-                            .unwrap_or("-"),
+                        for_terminal(
+                            vm.pointer("/owner/username")
+                                .and_then(Value::as_str)
+                                .unwrap_or("-")
+                        ),
                     );
                 }
             }
@@ -157,7 +159,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
             if vm.is_null() {
                 bail!("no VM {id}");
             }
-            println!("{}", serde_json::to_string_pretty(&vm)?);
+            println!("{}", json_for_terminal(&vm)?);
         }
         VmAction::Exec {
             id,
@@ -186,15 +188,19 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                 .await?;
             let r = data.get("executeVmCommand").cloned().unwrap_or(Value::Null);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                println!("{}", json_for_terminal(&r)?);
             } else {
-                print!("{}", text(&r, "stdout"));
-                eprint!("{}", text(&r, "stderr"));
+                print!("{}", for_terminal(text(&r, "stdout")));
+                eprint!("{}", for_terminal(text(&r, "stderr")));
                 if let Some(d) = r.get("data").filter(|d| !d.is_null()) {
-                    println!("{}", serde_json::to_string_pretty(d)?);
+                    println!("{}", json_for_terminal(d)?);
                 }
                 if let Some(e) = r.get("error").filter(|e| !e.is_null()) {
-                    eprintln!("error: {} ({})", text(e, "message"), text(e, "code"));
+                    eprintln!(
+                        "error: {} ({})",
+                        for_terminal(text(e, "message")),
+                        for_terminal(text(e, "code"))
+                    );
                 }
                 if r.get("success").and_then(Value::as_bool) != Some(true) {
                     bail!(
@@ -214,7 +220,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                 .await?;
             let points = data.get("getVmMetrics").cloned().unwrap_or(Value::Null);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&points)?);
+                println!("{}", json_for_terminal(&points)?);
             } else {
                 println!(
                     "{:<25} {:>7} {:>7} {:>7} {:>10} {:>7}",
@@ -224,7 +230,7 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
                     let n = |k: &str| p.get(k).and_then(Value::as_f64).unwrap_or(0.0);
                     println!(
                         "{:<25} {:>7.1} {:>7.1} {:>7.1} {:>10.0} {:>7}",
-                        text(p, "at"),
+                        for_terminal(text(p, "at")),
                         n("cpuAvg"),
                         n("cpuMin"),
                         n("cpuMax"),
@@ -240,4 +246,81 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
 
 fn text<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Guest text as a terminal may show it: control characters (C0 but tab, newline and carriage
+/// return; DEL; C1, e.g. U+009B, the one-character CSI of 8-bit terminals) become visible
+/// `\u{…}` escapes instead of commands to the terminal. The host already strips them from
+/// command output; this is the CLI not trusting the server with its terminal.
+pub fn for_terminal(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && !matches!(c, '\t' | '\n' | '\r');
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Pretty JSON with C1 control characters escaped as `\u00XX`, like serde_json escapes the C0
+/// ones (ESC included) and unlike what it does for C1: raw, a guest's U+009B in a command's
+/// `data` reached the terminal as a CSI. Still valid JSON (the characters are only ever inside
+/// strings).
+pub fn json_for_terminal(value: &Value) -> serde_json::Result<String> {
+    let text = serde_json::to_string_pretty(value)?;
+    let is_c1 = |c: char| ('\u{80}'..='\u{9f}').contains(&c);
+    if !text.contains(is_c1) {
+        return Ok(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if is_c1(c) {
+            use std::fmt::Write as _;
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c1_and_other_control_characters_never_reach_the_terminal_raw() {
+        let hostile = "ok\u{1b}[2J\u{9b}2J\u{85}\u{7f}\tend\r\n";
+        let shown = for_terminal(hostile);
+        assert!(
+            !shown.contains(['\u{1b}', '\u{9b}', '\u{85}', '\u{7f}']),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\\u{9b}") && shown.contains("\\u{1b}"),
+            "{shown}"
+        );
+        assert!(shown.ends_with("\tend\r\n"), "layout is kept: {shown}");
+        assert!(matches!(
+            for_terminal("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+
+        let data = serde_json::json!({"out": "a\u{1b}b\u{9b}c\u{9f}d\u{a0}e"});
+        let json = json_for_terminal(&data).expect("json");
+        assert!(!json.contains(['\u{1b}', '\u{9b}', '\u{9f}']), "{json}");
+        assert!(
+            json.contains("\\u001b") && json.contains("\\u009b") && json.contains("\\u009f"),
+            "{json}"
+        );
+        assert!(json.contains('\u{a0}'), "printable non-ASCII stays: {json}");
+        let back: Value = serde_json::from_str(&json).expect("still JSON");
+        assert_eq!(back, data, "and the same JSON");
+    }
 }

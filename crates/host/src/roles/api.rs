@@ -49,6 +49,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RoleError> {
     require_postgres(&config, "api")?;
+    // `/metrics` on its own listener, as under `serve` (`api.metrics_listen`).
+    let metrics = crate::serve::bind_metrics(config.api.metrics_listen).await?;
     let name = listener
         .local_addr()
         .map(|a| format!("infinibay-api {a}"))
@@ -112,7 +114,7 @@ pub async fn run(
         .with_state(health)
         // `mount` keeps the API router's fallback (Socket.IO answers there).
         .merge(infinibay_dashboard::mount(api));
-    let served = serve_http(listener, app, stop.clone()).await;
+    let served = serve_http(listener, Some(metrics), app, &config.api, stop.clone()).await;
     stop.cancel();
     tracing::info!(target: "infinibay::host", "API replica stopped");
     served.map_err(RoleError::from)

@@ -9,12 +9,15 @@ pub mod node;
 use std::future::Future;
 
 use axum::Router;
-use axum::serve::ListenerExt;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use infinibay_api::connections::ConnectionTracker;
+use infinibay_api::limits::ApiConfig;
+
 use crate::config::Config;
+use crate::listener::{self, ServeOptions};
 use crate::serve::{StartError, mask_password};
 
 /// Why a role could not start.
@@ -71,24 +74,54 @@ fn require_postgres(config: &Config, role: &'static str) -> Result<(), RoleError
     }
 }
 
-/// Serve `app` until `stop` is cancelled (small real-time writes: no Nagle delay).
+/// Serve `app` on `http` (and `/metrics` of the same app on `metrics`, when given) until `stop`
+/// is cancelled, through the same accept loop as `serve`: header timeouts and the bound on
+/// connections not yet authenticated (`[api]`).
 async fn serve_http(
-    listener: TcpListener,
+    http: TcpListener,
+    metrics: Option<TcpListener>,
     app: Router,
+    api: &ApiConfig,
     stop: CancellationToken,
 ) -> Result<(), StartError> {
-    if let Ok(addr) = listener.local_addr() {
+    if let Ok(addr) = http.local_addr() {
         tracing::info!(target: "infinibay::http", "listening on http://{addr}");
     }
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(target: "infinibay::http", "TCP_NODELAY not set: {e}");
+    let tracker = ConnectionTracker::new(
+        api.unauthenticated_connections_per_address,
+        api.unauthenticated_connections,
+    );
+    let metrics_task = metrics.map(|metrics| {
+        if let Ok(addr) = metrics.local_addr() {
+            tracing::info!(target: "infinibay::http", "metrics on http://{addr}/metrics");
         }
+        tokio::spawn(listener::serve(
+            metrics,
+            infinibay_api::rest::metrics_only(app.clone()),
+            ServeOptions {
+                header_timeout: api.header_timeout(),
+                tracker: tracker.clone(),
+                admit: false,
+            },
+            stop.clone(),
+        ))
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-        .map_err(StartError::Http)
+    listener::serve(
+        http,
+        app,
+        ServeOptions {
+            header_timeout: api.header_timeout(),
+            tracker,
+            admit: true,
+        },
+        stop.clone(),
+    )
+    .await;
+    stop.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    Ok(())
 }
 
 /// Cancel `token` when `shutdown` completes.

@@ -92,7 +92,8 @@ pub async fn run(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state);
-    let served = serve_http(listener, app, core_stop.clone()).await;
+    // Only /healthz and /metrics: both on the node's one (private) listener.
+    let served = serve_http(listener, None, app, &config.api, core_stop.clone()).await;
     core_stop.cancel();
     core.stopped().await;
     server_stop.cancel();

@@ -30,6 +30,8 @@ pub struct TestUser {
 pub struct Server {
     pub url: String,
     pub addr: SocketAddr,
+    /// `/metrics` lives on its own listener.
+    pub metrics_url: String,
     pub data_dir: PathBuf,
     pub vm_id: String,
     pub store: Arc<dyn Store>,
@@ -113,6 +115,7 @@ impl Server {
                 ..ProcessConfig::default()
             },
             core: core_common::test_config(&sockets),
+            api: settings.limits.clone(),
             ..Config::default()
         };
 
@@ -120,12 +123,20 @@ impl Server {
             .await
             .expect("bind a free port");
         let addr = listener.local_addr().expect("addr");
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free port for /metrics");
+        let metrics_addr = metrics.local_addr().expect("addr");
+        let listeners = infinibay::serve::Listeners {
+            http: listener,
+            metrics: Some(metrics),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            if let Err(e) = infinibay::serve::run(config, listener, shutdown, move |core| {
+            if let Err(e) = infinibay::serve::run(config, listeners, shutdown, move |core| {
                 infinibay::serve::api_router(core, settings)
             })
             .await
@@ -136,6 +147,7 @@ impl Server {
         let server = Self {
             url: format!("http://{addr}"),
             addr,
+            metrics_url: format!("http://{metrics_addr}/metrics"),
             data_dir,
             vm_id,
             store,

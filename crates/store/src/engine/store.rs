@@ -86,6 +86,15 @@ where
         B::CONCURRENT_BATCHES
     }
 
+    fn pool_stats(&self) -> Option<crate::PoolStats> {
+        let reader = &self.core().reader;
+        Some(crate::PoolStats {
+            max: reader.options().get_max_connections(),
+            open: reader.size(),
+            idle: u32::try_from(reader.num_idle()).unwrap_or(u32::MAX),
+        })
+    }
+
     fn users(&self) -> &dyn UserStore {
         self
     }
