@@ -106,7 +106,9 @@ for a in $(seq 0 $((APIS - 1))); do
   mkdir -p "$WORK/d-api$a"
   if ((a > 0)); then cp "$WORK/d-api0/jwt-secret" "$WORK/d-api$a/jwt-secret"; fi
   port=$(free_port)
-  "$BIN" api --nats "$NATS" --database "$DB" --data-dir "$WORK/d-api$a" \
+  # Each replica's /metrics listener on a port of its own (the default is one fixed port).
+  INFINIBAY_API__METRICS_LISTEN="127.0.0.1:$(free_port)" \
+    "$BIN" api --nats "$NATS" --database "$DB" --data-dir "$WORK/d-api$a" \
     --listen "127.0.0.1:$port" >"$WORK/api$a.log" 2>&1 &
   API_PIDS+=($!); PIDS+=($!); API_URLS+=("http://127.0.0.1:$port")
   for _ in $(seq 300); do curl -fs "${API_URLS[$a]}/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
