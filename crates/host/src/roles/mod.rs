@@ -13,11 +13,9 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use infinibay_api::connections::ConnectionTracker;
 use infinibay_api::limits::ApiConfig;
 
 use crate::config::Config;
-use crate::listener::{self, ServeOptions};
 use crate::serve::{StartError, mask_password};
 
 /// Why a role could not start.
@@ -75,8 +73,7 @@ fn require_postgres(config: &Config, role: &'static str) -> Result<(), RoleError
 }
 
 /// Serve `app` on `http` (and `/metrics` of the same app on `metrics`, when given) until `stop`
-/// is cancelled, through the same accept loop as `serve`: header timeouts and the bound on
-/// connections not yet authenticated (`[api]`).
+/// is cancelled, through the same accept loop as `serve`.
 async fn serve_http(
     http: TcpListener,
     metrics: Option<TcpListener>,
@@ -87,40 +84,10 @@ async fn serve_http(
     if let Ok(addr) = http.local_addr() {
         tracing::info!(target: "infinibay::http", "listening on http://{addr}");
     }
-    let tracker = ConnectionTracker::new(
-        api.unauthenticated_connections_per_address,
-        api.unauthenticated_connections,
-    );
-    let metrics_task = metrics.map(|metrics| {
-        if let Ok(addr) = metrics.local_addr() {
-            tracing::info!(target: "infinibay::http", "metrics on http://{addr}/metrics");
-        }
-        tokio::spawn(listener::serve(
-            metrics,
-            infinibay_api::rest::metrics_only(app.clone()),
-            ServeOptions {
-                header_timeout: api.header_timeout(),
-                tracker: tracker.clone(),
-                admit: false,
-            },
-            stop.clone(),
-        ))
-    });
-    listener::serve(
-        http,
-        app,
-        ServeOptions {
-            header_timeout: api.header_timeout(),
-            tracker,
-            admit: true,
-        },
-        stop.clone(),
-    )
-    .await;
-    stop.cancel();
-    if let Some(task) = metrics_task {
-        let _ = task.await;
+    if let Some(addr) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
+        tracing::info!(target: "infinibay::http", "metrics on http://{addr}/metrics");
     }
+    crate::serve::serve_listeners(http, metrics, app, api, stop).await;
     Ok(())
 }
 
