@@ -4,6 +4,13 @@
 #   sudo ./install-linux.sh normal <VM_ID>
 #   sudo ./install-linux.sh debug  <VM_ID>     # same, with log_level = "debug"
 #
+# It needs nothing but the agent binary beside it, so it works as downloaded from the host
+# (inside the VM; TOKEN from GraphQL `vmInstallToken(vmId)`, valid 24 h; docs/api.md):
+#
+#   curl -fsSo install-linux.sh "$HOST/infiniservice/linux/script?token=$TOKEN"
+#   curl -fsSo infiniservice    "$HOST/infiniservice/linux/binary?token=$TOKEN"
+#   sudo bash install-linux.sh normal <VM_ID>
+#
 # - the binary: ./infiniservice next to this script, or INFINISERVICE_BINARY=PATH;
 #   installed to /opt/infiniservice/infiniservice, linked from /usr/local/bin/infiniservice.
 #   Only the size-optimised build ships (`cargo build -p infiniservice --profile agent`,
@@ -11,11 +18,12 @@
 #   build is refused unless INFINISERVICE_ALLOW_ANY_BUILD=1 (development only);
 # - /etc/infiniservice/config.toml: written with the VM id; an existing file is kept (the
 #   operator's policy stays) and only its `vm_id` line is updated;
-# - the systemd unit: ./infiniservice.service next to this script (or INFINISERVICE_UNIT=PATH),
-#   installed to /etc/systemd/system, enabled and (re)started when systemd runs;
+# - the systemd unit: deploy/infiniservice.service, embedded in this script (`write_unit`; a
+#   test keeps the two identical), or INFINISERVICE_UNIT=PATH; installed to /etc/systemd/system,
+#   enabled and (re)started when systemd runs (and systemctl is there);
 # - everything is logged to /var/log/infiniservice_install.log.
 #
-# DESTDIR=/some/dir installs under that directory instead of / and skips systemctl (for
+# DESTDIR=/some/dir installs under that directory instead of / and never runs systemctl (for
 # packaging and for testing this script without touching the machine).
 set -euo pipefail
 
@@ -41,7 +49,7 @@ fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 destdir="${DESTDIR:-}"
 binary="${INFINISERVICE_BINARY:-$here/infiniservice}"
-unit_src="${INFINISERVICE_UNIT:-$here/infiniservice.service}"
+unit_src="${INFINISERVICE_UNIT:-}"
 opt_dir="$destdir/opt/infiniservice"
 etc_dir="$destdir/etc/infiniservice"
 config="$etc_dir/config.toml"
@@ -61,16 +69,79 @@ log() {
     echo "$line" >>"$log_file"
     echo "install-linux: $*" >&2
 }
+staged=""
 fail() {
     log "ERROR: $*"
+    [ -z "$staged" ] || rm -f "$staged"
     exit 1
+}
+# The unit, verbatim deploy/infiniservice.service (quoted heredoc: nothing is expanded).
+write_unit() {
+    cat <<'INFINISERVICE_UNIT'
+# InfiniService guest agent (Linux). Installed by deploy/install-linux.sh, which carries this
+# file verbatim (`write_unit`, so that the script works alone): change both; the host's test
+# crates/host/tests/demo.rs fails when they differ.
+#
+# Hardening: the agent's job is to act as root on behalf of the host (systemctl, apt-get/dnf,
+# kill, power-off, and, when the operator enables them, arbitrary commands). Every command runs
+# as a child of this unit and inherits its sandbox, so only settings that break none of those
+# actions are applied. The real safety lines are the agent's policy (unsafe commands off by
+# default, allow/deny lists of safe actions) and the channel (reachable only from the host).
+# Each choice is explained in docs/agent.md ("Hardening"); in short:
+#   kept off on purpose: ProtectSystem/ProtectHome (package installs write /usr, /etc, /var;
+#   commands may work in /home), ProtectKernelModules (kernel upgrades run depmod and
+#   update-initramfs), ProtectKernelTunables/ProtectClock/ProtectHostname (admin commands and
+#   package scripts set sysctls, time, hostname), NoNewPrivileges/RestrictSUIDSGID (SELinux
+#   transitions of rpm scriptlets; packages install setuid binaries), PrivateTmp (commands
+#   share /tmp with the admin), PrivateNetwork/RestrictAddressFamilies (apt/dnf download),
+#   MemoryDenyWriteExecute/SystemCallArchitectures (JITs and i386 binaries in commands).
+[Unit]
+Description=InfiniService guest agent (Infinibay)
+# The port appears when virtio_console is loaded; until then the agent exits with a clear
+# message and systemd retries (Restart= below), so no hard dependency on the device unit.
+After=systemd-modules-load.service local-fs.target
+StartLimitIntervalSec=0
+
+[Service]
+Type=simple
+ExecStart=/opt/infiniservice/infiniservice --config /etc/infiniservice/config.toml
+Restart=always
+RestartSec=5
+# SIGTERM to the agent only: it SIGKILLs the process group of every running command itself;
+# whatever escaped its group (setsid) is killed by systemd after the timeout.
+KillMode=mixed
+TimeoutStopSec=10
+User=root
+# Harmless for every action the agent offers:
+LockPersonality=yes
+RestrictRealtime=yes
+# Bounds a runaway command (fork bomb) without limiting normal package operations.
+TasksMax=512
+# Commands (apt upgrade, scans) yield to the guest's workload.
+CPUWeight=50
+IOWeight=50
+# A core dump could hold command output or environment values the agent never logs.
+LimitCORE=0
+UMask=0022
+StandardOutput=journal
+StandardError=journal
+SyslogIdentifier=infiniservice
+
+[Install]
+WantedBy=multi-user.target
+INFINISERVICE_UNIT
 }
 
 log "installing InfiniService (mode $mode, VM $vm_id)"
 [ -f "$binary" ] || fail "agent binary not found at $binary (set INFINISERVICE_BINARY)"
-[ -f "$unit_src" ] || fail "systemd unit not found at $unit_src (set INFINISERVICE_UNIT)"
+[ -z "$unit_src" ] || [ -f "$unit_src" ] || fail "systemd unit not found at $unit_src (INFINISERVICE_UNIT)"
+# Copy first, then check the copy: a downloaded binary has no execute bit. Renamed into place
+# only after the running agent stopped, so a crash mid-copy never leaves half a binary there.
+mkdir -p "$opt_dir"
+staged="$opt_dir/infiniservice.new"
+install -m 0755 "$binary" "$staged"
 # The memory budget (bench/results/agent.md) holds for the size-optimised build only.
-build="$("$binary" --version 2>/dev/null || true)"
+build="$("$staged" --version 2>/dev/null || true)"
 case "$build" in
     *"(opt-level s)"*) log "build: $build" ;;
     *)
@@ -83,19 +154,26 @@ case "$build" in
 esac
 
 # Stop a running agent first: the port can be opened by one process only.
+# Without systemd, or without systemctl, the files are installed and nothing is started.
 systemd_running=false
-if [ -z "$destdir" ] && [ -d /run/systemd/system ]; then
-    systemd_running=true
-    if systemctl is-active --quiet infiniservice.service; then
-        log "stopping the running agent"
-        systemctl stop infiniservice.service
+not_started=""
+if [ -z "$destdir" ]; then
+    if [ ! -d /run/systemd/system ]; then
+        not_started="systemd is not running here"
+    elif ! command -v systemctl >/dev/null; then
+        not_started="WARNING: systemd runs but systemctl is not on PATH ($PATH)"
+    else
+        systemd_running=true
+        if systemctl is-active --quiet infiniservice.service; then
+            log "stopping the running agent"
+            systemctl stop infiniservice.service
+        fi
     fi
 fi
 
-mkdir -p "$opt_dir" "$etc_dir" "$unit_dir" "$(dirname "$bin_link")"
-# Copy then rename: a crash mid-copy never leaves a half-written binary in place.
-install -m 0755 "$binary" "$opt_dir/infiniservice.new"
-mv -f "$opt_dir/infiniservice.new" "$opt_dir/infiniservice"
+mkdir -p "$etc_dir" "$unit_dir" "$(dirname "$bin_link")"
+mv -f "$staged" "$opt_dir/infiniservice"
+staged=""
 ln -sfn /opt/infiniservice/infiniservice "$bin_link"
 log "binary installed to /opt/infiniservice/infiniservice ($(wc -c <"$opt_dir/infiniservice") bytes)"
 
@@ -135,8 +213,15 @@ EOF
     log "wrote $config"
 fi
 
-install -m 0644 "$unit_src" "$unit_dir/infiniservice.service"
-log "unit installed to /etc/systemd/system/infiniservice.service"
+if [ -n "$unit_src" ]; then
+    install -m 0644 "$unit_src" "$unit_dir/infiniservice.service"
+    log "unit $unit_src installed to /etc/systemd/system/infiniservice.service"
+else
+    write_unit >"$unit_dir/infiniservice.service.new"
+    chmod 0644 "$unit_dir/infiniservice.service.new"
+    mv -f "$unit_dir/infiniservice.service.new" "$unit_dir/infiniservice.service"
+    log "unit installed to /etc/systemd/system/infiniservice.service"
+fi
 
 if [ "$systemd_running" = true ]; then
     systemctl daemon-reload
@@ -150,7 +235,7 @@ if [ "$systemd_running" = true ]; then
         "$opt_dir/infiniservice" --config /etc/infiniservice/config.toml --diagnose >>"$log_file" 2>&1 || true
         fail "see journalctl -u infiniservice and $log_file"
     fi
-elif [ -z "$destdir" ]; then
-    log "systemd is not running here: unit installed but not started"
+elif [ -n "$not_started" ]; then
+    log "$not_started: unit installed but not started"
 fi
 log "done"

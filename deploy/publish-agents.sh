@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Put the agents where `infinibay serve` offers them for download
-# (`GET /infiniservice/{linux,windows}/binary` and `/script`, docs/api.md): the size-optimised
-# builds (the only ones that ship) and the installers, under the host's data directory.
+# (`GET /infiniservice/{linux,windows}/binary`, `/script`, and `/infiniservice/windows/msi`,
+# docs/api.md): the size-optimised builds (the only ones that ship) and the installers, under
+# the host's data directory.
 #
 #   deploy/publish-agents.sh DATA_DIR              the Linux agent and install-linux.sh
 #   deploy/publish-agents.sh DATA_DIR --windows    also infiniservice.exe, its MSI and
 #                                                  install-windows.ps1 (scripts/build-windows)
 #
-# Layout written (what crates/host/src/api/rest.rs reads):
+# Layout written (what crates/api/src/rest.rs reads):
 #   DATA_DIR/infiniservice/binaries/linux/infiniservice
 #   DATA_DIR/infiniservice/binaries/windows/infiniservice.exe   (+ infiniservice.msi beside it)
 #   DATA_DIR/infiniservice/scripts/install-linux.sh, install-windows.ps1

@@ -6,34 +6,11 @@
 // env: SERVER, VM_ID, OWNER_USER/OWNER_PASS, OTHER_USER/OTHER_PASS, ADMIN_USER/ADMIN_PASS,
 //      VICTIM_USER/VICTIM_PASS
 import { io } from "socket.io-client";
+import { env, gql, login } from "./api.mjs";
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`missing env ${k}`);
-  return v;
-};
 const SERVER = env("SERVER");
 const VM_ID = env("VM_ID");
 const results = {};
-
-async function gql(query, variables, token) {
-  const res = await fetch(`${SERVER}/graphql`, {
-    method: "POST",
-    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
-    body: JSON.stringify({ query, variables }),
-  });
-  const body = await res.json();
-  if (body.errors) throw new Error(`GraphQL: ${JSON.stringify(body.errors)}`);
-  return body.data;
-}
-
-async function login(user, pass) {
-  const d = await gql(
-    "mutation($u:String!,$p:String!){login(username:$u,password:$p){token user{id username role}}}",
-    { u: user, p: pass },
-  );
-  return d.login;
-}
 
 function connect(token) {
   return new Promise((resolve, reject) => {

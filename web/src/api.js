@@ -106,7 +106,7 @@ export const Q = {
   processes: `query P($vmId: ID!) { vmProcesses(vmId: $vmId) { pid ppid name cmdline user state cpuPercent memoryKb startTime } }`,
   ports: `query Po($vmId: ID!) { vmPorts(vmId: $vmId) { port protocol localAddress state processId processName } }`,
   applications: `query A($vmId: ID!) { vmApplications(vmId: $vmId) { name version sizeKb architecture } }`,
-  services: `query S($vmId: ID!) { vmServices(vmId: $vmId) { name description loadState activeState subState enabled } }`,
+  services: `query S($vmId: ID!) { vmServices(vmId: $vmId) { name description loadState activeState subState enabled startType } }`,
   commandLogs: `query L($vmId: ID!, $limit: Int) { commandLogs(vmId: $vmId, limit: $limit) {
     id kind command success durationMs createdAt user { username } } }`,
   execute: `mutation X($vmId: ID!, $command: CommandInput!) { executeVmCommand(vmId: $vmId, command: $command) {
@@ -117,6 +117,17 @@ export const Q = {
   deleteUser: `mutation D($id: ID!) { deleteUser(id: $id) }`,
   setPassword: `mutation SP($id: ID!, $password: String!, $currentPassword: String) { setUserPassword(id: $id, password: $password, currentPassword: $currentPassword) }`,
   grant: `mutation G($id: ID!, $permission: String!) { grantPermission(id: $id, permission: $permission) { ${USER_FIELDS} } }`,
+  vmErrors: `query E($vmId: ID!, $limit: Int) { vmErrors(vmId: $vmId, limit: $limit) { at code message details } }`,
+  vmAlerts: `query VA($vmId: ID, $limit: Int) { alerts(vmId: $vmId, limit: $limit) {
+    id ruleId kind subject message value threshold raisedAt resolvedAt } }`,
+  vmTelemetry: `query T($vmId: ID!) { vmTelemetry(vmId: $vmId) { interval collectors updatedAt appliedAt } }`,
+  setTelemetry: `mutation ST($vmId: ID!, $interval: Int!, $collectors: [String!]!) {
+    setVmTelemetry(vmId: $vmId, interval: $interval, collectors: $collectors) {
+      settings { interval collectors updatedAt appliedAt } applied pendingReason } }`,
+  alertRules: `query AR { alertRules { id vmId kind threshold mountPoint durationSeconds webhookUrls createdAt } }`,
+  createAlertRule: `mutation CAR($input: AlertRuleInput!) { createAlertRule(input: $input) { id } }`,
+  deleteAlertRule: `mutation DAR($id: ID!) { deleteAlertRule(id: $id) }`,
+  renameVm: `mutation R($vmId: ID!, $name: String!) { renameVm(vmId: $vmId, name: $name) { id name } }`,
   setOwner: `mutation O($vmId: ID!, $userId: ID, $department: String) {
     setVmOwner(vmId: $vmId, userId: $userId, department: $department) { id owner { id username } department } }`,
 };

@@ -111,7 +111,10 @@ export function createChart(spec) {
     el,
     /** Replace all points: xs in epoch seconds, one array per series. */
     set(xs, ...ys) {
-      data = [xs, ...ys];
+      // Copies: callers hand the same `xs` to several charts, and `push` appends in place —
+      // on a shared array the first chart's push made every other chart's next point look
+      // old, so only that chart moved (issue 15, item 13).
+      data = [xs.slice(), ...ys.map((y) => y.slice())];
       publish();
     },
     /** Add one point and drop the ones older than `keepFrom` (epoch seconds). */

@@ -38,7 +38,7 @@ export class Live {
     this.socket.on('connected', (hello) => {
       this.namespace = hello?.namespace;
     });
-    for (const event of ['metricsUpdate', 'vm:online', 'vm:offline']) {
+    for (const event of ['metricsUpdate', 'vm:online', 'vm:offline', 'vm:error', 'vm:command', 'alert:raised', 'alert:resolved']) {
       this.socket.on(event, (payload) => this.dispatch(event, payload));
     }
     // VM lifecycle events are named after the user's room: `<namespace>:vms:<action>`.
@@ -52,7 +52,10 @@ export class Live {
     this.dispatch('state', state);
   }
 
-  /** Listen to 'metricsUpdate', 'vm:online', 'vm:offline', 'vms' (lifecycle) or 'state'. */
+  /**
+   * Listen to 'metricsUpdate', 'vm:online', 'vm:offline', 'vm:error', 'vm:command',
+   * 'alert:raised', 'alert:resolved', 'vms' (lifecycle) or 'state'.
+   */
   on(event, fn) {
     if (!this.handlers.has(event)) this.handlers.set(event, new Set());
     this.handlers.get(event).add(fn);

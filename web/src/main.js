@@ -9,6 +9,7 @@ import { vmListPage } from './pages/vms.js';
 import { vmPage } from './pages/vm.js';
 import { usersPage } from './pages/users.js';
 import { ownershipPage } from './pages/ownership.js';
+import { alertRulesPage } from './pages/alert-rules.js';
 
 const root = document.getElementById('app');
 let live = null;
@@ -21,6 +22,7 @@ const ROUTES = [
   { pattern: /^#\/vm\/([^/]+)(?:\/([a-z]+))?$/, page: (ctx, m) => vmPage(ctx, decodeURIComponent(m[1]), m[2] ?? 'charts') },
   { pattern: /^#\/admin\/users$/, page: (ctx) => usersPage(ctx), admin: true },
   { pattern: /^#\/admin\/vms$/, page: (ctx) => ownershipPage(ctx), admin: true },
+  { pattern: /^#\/admin\/alerts$/, page: (ctx) => alertRulesPage(ctx), admin: true },
 ];
 
 function header(user) {
@@ -34,7 +36,7 @@ function header(user) {
     h('a', { class: 'brand', href: '#/vms' }, 'infinibay'),
     h('nav', null,
       link('#/vms', 'Virtual machines'),
-      user.role === 'ADMIN' ? [link('#/admin/users', 'Users'), link('#/admin/vms', 'Ownership')] : null),
+      user.role === 'ADMIN' ? [link('#/admin/users', 'Users'), link('#/admin/vms', 'Ownership'), link('#/admin/alerts', 'Alert rules')] : null),
     h('div', { class: 'who' },
       state,
       h('span', { class: 'user', dataset: { testid: 'current-user' } }, user.username),

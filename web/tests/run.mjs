@@ -354,6 +354,83 @@ async function main() {
     await until('the 24 h history', async () => /of history/.test(await admin.page.textContent('[data-testid=history-status]')), 20000);
   });
 
+  await scenario('every chart on the VM page moves forward with each metricsUpdate', async () => {
+    if (!simVmId) throw new Error('no simulated VM');
+    // Back to the 15-minute range: its history load is what the live points extend.
+    await admin.page.click('button[data-range="15m"]');
+    await admin.page.waitForSelector('button[data-range="15m"].active');
+    await until('the 15 min history', async () => /of history/.test(await admin.page.textContent('[data-testid=history-status]')), 20000);
+    const charts = ['cpu', 'memory', 'disk', 'network', 'cores'];
+    const lastAt = (name) => admin.page.getAttribute(`[data-chart=${name}]`, 'data-last-at');
+    for (let round = 1; round <= 2; round += 1) {
+      const before = {};
+      for (const name of charts) before[name] = Date.parse((await lastAt(name)) || 0);
+      for (const name of charts) {
+        await until(`the ${name} chart's last point to move forward (round ${round})`,
+          async () => Date.parse((await lastAt(name)) || 0) > before[name], 20000);
+      }
+    }
+  });
+
+  await scenario("a VM's alerts, agent errors, collection settings and name show and change on its page", async () => {
+    if (!simVmId) throw new Error('no simulated VM');
+    const token = await adminToken();
+    await admin.page.goto(`${base}/#/vm/${encodeURIComponent(simVmId)}/health`);
+    await admin.page.waitForSelector('table[data-table=alerts]');
+    await admin.page.waitForSelector('table[data-table=vm-errors]');
+    // An alert raised now (CPU above a tiny threshold at once) appears live (alert:raised).
+    const { createAlertRule: rule } = await graphql(
+      'mutation($id: ID) { createAlertRule(input: {vmId: $id, kind: CPU, threshold: 0.01, durationSeconds: 0}) { id } }',
+      { id: simVmId }, token);
+    try {
+      await until('the raised alert in the alerts table', async () =>
+        (await admin.page.$$('table[data-table=alerts] tbody tr[data-key]')).length > 0, 15000);
+      await until('the alert shown open', async () =>
+        /open/.test(await admin.page.textContent('table[data-table=alerts] tbody')), 5000);
+    } finally {
+      await graphql('mutation($id: ID!) { deleteAlertRule(id: $id) }', { id: rule.id }, token);
+    }
+    // Deleting the rule resolves its alert, live (alert:resolved).
+    await until('the alert shown resolved', async () =>
+      /resolved/.test(await admin.page.textContent('table[data-table=alerts] tbody')), 15000);
+    // Collection settings: set from the page, stored, read back.
+    await admin.page.fill('[data-testid=telemetry-form] input[name=interval]', '3');
+    await admin.page.click('[data-testid=telemetry-form] button[type=submit]');
+    await until('the settings saved', async () =>
+      /3 s|not applied yet/.test(await admin.page.textContent('[data-testid=telemetry-status]')), 15000);
+    const { vmTelemetry } = await graphql('query($id: ID!) { vmTelemetry(vmId: $id) { interval collectors } }', { id: simVmId }, token);
+    if (vmTelemetry?.interval !== 3) throw new Error(`stored settings: ${JSON.stringify(vmTelemetry)}`);
+    // A display name chosen here shows in the header.
+    await admin.page.fill('[data-testid=rename-form] input[name=name]', 'browser-named VM');
+    await admin.page.click('[data-testid=rename-form] button[type=submit]');
+    await until('the new name in the header', async () =>
+      (await admin.page.textContent('[data-testid=vm-name]')) === 'browser-named VM', 10000);
+    // Back to a 1 s interval: later scenarios count on live samples.
+    await graphql('mutation($id: ID!) { setVmTelemetry(vmId: $id, interval: 1, collectors: ["system_metrics", "process_snapshot", "port_usage", "application_usage", "service_inventory"]) { applied } }', { id: simVmId }, token);
+    await shot(admin.page, 'vm-health');
+  });
+
+  await scenario('an admin creates and deletes an alert rule on the alert rules page; a bad threshold is refused', async () => {
+    await admin.page.click('header nav a[href="#/admin/alerts"]');
+    await admin.page.waitForSelector('[data-testid=rule-form]');
+    const rows = async () => (await admin.page.$$('table[data-table=alert-rules] tbody tr[data-key]')).length;
+    const before = await rows();
+    await admin.page.selectOption('[data-testid=rule-form] select[name=kind]', 'CPU');
+    await admin.page.fill('[data-testid=rule-form] input[name=threshold]', '150');
+    await admin.page.click('[data-testid=rule-form] button[type=submit]');
+    await until('the refusal', async () => /INVALID/.test(await admin.page.textContent('[data-testid=rules-flash]')), 10000);
+    if ((await rows()) !== before) throw new Error('a refused rule appeared in the table');
+    await admin.page.selectOption('[data-testid=rule-form] select[name=kind]', 'MEMORY');
+    await admin.page.fill('[data-testid=rule-form] input[name=threshold]', '99.5');
+    await admin.page.click('[data-testid=rule-form] button[type=submit]');
+    await until('the new rule in the table', async () => (await rows()) === before + 1, 10000);
+    await shot(admin.page, 'alert-rules');
+    const del = 'table[data-table=alert-rules] tbody tr[data-key] button';
+    await admin.page.click(del);
+    await admin.page.click(del);
+    await until('the rule deleted', async () => (await rows()) === before, 10000);
+  });
+
   await scenario('a service restart runs from the services table', async () => {
     if (!simVmId) throw new Error('no simulated VM');
     const page = admin.page;
@@ -361,6 +438,10 @@ async function main() {
     const firstRow = 'table[data-table=services] tbody tr[data-key]';
     await page.waitForSelector(firstRow, { timeout: 30000 });
     const service = await page.getAttribute(firstRow, 'data-key');
+    // The simulator's first service (service-000) is disabled: the Start column shows the
+    // agent's startType.
+    const start = (await page.textContent(`${firstRow} td[data-col=start]`))?.trim();
+    if (start !== 'disabled') throw new Error(`start type of ${service}: ${JSON.stringify(start)}`);
     const restart = `${firstRow} td[data-col=actions] button:has-text("Restart")`;
     await page.click(restart);
     await page.waitForSelector(`${firstRow} td[data-col=actions] button.armed`);

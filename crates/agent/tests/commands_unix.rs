@@ -155,7 +155,7 @@ fn power_and_package_changes_are_forbidden_by_policy() {
 }
 
 #[test]
-fn option_like_package_name_is_invalid() {
+fn option_like_names_and_windows_only_service_names_are_invalid() {
     let agent = Agent::start(false, "");
     let mut host = agent.connect();
     host.send_json(safe(
@@ -166,8 +166,18 @@ fn option_like_package_name_is_invalid() {
         "svc",
         json!({"action":"ServiceControl","service":"--all","operation":"stop"}),
     ));
+    // The protocol lets a Windows instance name through (for Windows guests); the Linux agent
+    // answers `invalid` itself: it is no systemd unit name.
+    host.send_json(safe(
+        "win",
+        json!({"action":"ServiceControl","service":"MSSQL$SQLEXPRESS","operation":"status"}),
+    ));
     assert_eq!(error_code(&host.response("opt", T)), Some("invalid"));
     assert_eq!(error_code(&host.response("svc", T)), Some("invalid"));
+    let windows_only = host.response("win", T);
+    assert_eq!(error_code(&windows_only), Some("invalid"));
+    let message = windows_only.error.map(|e| e.message).unwrap_or_default();
+    assert!(message.contains("systemd unit name"), "{message}");
 }
 
 #[test]

@@ -110,6 +110,8 @@ impl From<infinibay_control::ControlError> for ApiError {
         use infinibay_control::ControlError as C;
         match e {
             C::Unreachable(..) => Self::new("VM_UNREACHABLE", e.to_string()),
+            C::Invalid(m) => Self::invalid(m),
+            C::NotFound(m) => Self::not_found(m),
             C::Storage(_) => Self::internal(e),
         }
     }

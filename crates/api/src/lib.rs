@@ -25,6 +25,7 @@ pub mod limits;
 pub mod login_throttle;
 pub mod password_work;
 pub mod realtime;
+pub mod refusals;
 pub mod rest;
 pub mod sessions;
 mod state;
@@ -54,16 +55,71 @@ pub fn router(
     settings: ApiSettings,
     stop: CancellationToken,
 ) -> Router {
+    let cors = cors_layer(&settings.cors_origins);
     let api = Api::new(control, store, settings);
     let (realtime, io_layer) = Realtime::start(api.clone(), stop);
     // GraphQL reads its body under the same cap itself (limits::read_body); this covers axum's
     // own extractors on any route.
     let body_limit = axum::extract::DefaultBodyLimit::max(api.limits().max_body_bytes);
-    Router::new()
+    let router = Router::new()
         .merge(graphql::routes(api.clone(), realtime.clone()))
-        .merge(rest::routes(api, realtime))
+        .merge(rest::routes(api.clone(), realtime))
         .layer(io_layer)
         .layer(body_limit)
+        .layer(axum::middleware::from_fn_with_state(
+            api,
+            refusals::log_refused_upgrades,
+        ));
+    match cors {
+        // Outside the Socket.IO layer, so that its polling transport gets the headers too.
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// Why a CORS origin was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("CORS origin `{0}` is not an origin (expected http(s)://host[:port], nothing after it)")]
+pub struct BadOrigin(pub String);
+
+/// Check one configured CORS origin: `http` or `https`, a host, an optional port, no path.
+pub fn check_origin(origin: &str) -> Result<(), BadOrigin> {
+    let bad = || BadOrigin(origin.to_owned());
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(bad)?;
+    let valid = !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if valid && axum::http::HeaderValue::from_str(origin).is_ok() {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+/// The CORS layer for `origins` (credentials allowed, so never `*`); `None` when empty.
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter(|o| check_origin(o).is_ok())
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    if list.is_empty() {
+        return None;
+    }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(list))
+            .allow_credentials(true)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 /// Defaults for [`ApiSettings`], with the data directory and the JWT secret (and the `[api]`
@@ -77,5 +133,6 @@ pub fn settings_for(data_dir: PathBuf, secret: Vec<u8>) -> ApiSettings {
         extra_metrics: None,
         limits: limits::ApiConfig::default(),
         graphiql_page: None,
+        cors_origins: Vec::new(),
     }
 }

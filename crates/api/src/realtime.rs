@@ -232,24 +232,54 @@ impl Realtime {
 
     /// `<namespace>:vms:<action>` to the owner's room and each admin's room.
     async fn lifecycle(&self, owner: Option<i64>, action: &str, vm: &Value) {
+        self.announce(owner, "vms", action, vm).await;
+    }
+
+    /// `<namespace>:<resource>:<action>` (seed 003's shape) to each admin's room and to
+    /// `also`'s room: the VM's owner, or the user an account event is about.
+    async fn announce(&self, also: Option<i64>, resource: &str, action: &str, data: &Value) {
         let payload = json!({
             "status": "success",
             "error": Value::Null,
-            "data": vm,
+            "data": data,
             "timestamp": Utc::now().to_rfc3339(),
         });
         let mut namespaces = self.admin_namespaces();
-        if let Some(ns) = owner.and_then(|o| self.namespace_of(o))
+        if let Some(ns) = also.and_then(|o| self.namespace_of(o))
             && !namespaces.contains(&ns)
         {
             namespaces.push(ns);
         }
         for ns in namespaces {
-            let event = format!("{ns}:vms:{action}");
+            let event = format!("{ns}:{resource}:{action}");
             if let Err(e) = self.io.to(ns).emit(&event, &payload).await {
-                tracing::debug!(target: TARGET, "lifecycle emit failed: {e}");
+                tracing::debug!(target: TARGET, "{resource} emit failed: {e}");
             }
         }
+    }
+
+    /// A VM's record changed (renamed, its collection settings set): `vms:update` to its
+    /// owner and the admins.
+    pub async fn vm_updated(&self, vm: &VmRecord) {
+        self.lifecycle(vm.owner_id, "update", &vm_json(vm)).await;
+    }
+
+    /// An account was created, changed or deleted (`create`, `update`, `delete`):
+    /// `<namespace>:users:<action>` to the admins and to the user themself (a deleted user is
+    /// no longer known here and their sockets are already closed: admins only). Never carries
+    /// the password hash.
+    pub async fn user_changed(&self, action: &str, user: &UserRecord) {
+        // The users map is what `announce` reads namespaces from: a new account must be in it.
+        self.reload_users().await;
+        self.announce(Some(user.id), "users", action, &user_json(user))
+            .await;
+    }
+
+    /// A department came into being (`create`): `<namespace>:departments:<action>` to the
+    /// admins.
+    pub async fn department_changed(&self, action: &str, name: &str) {
+        self.announce(None, "departments", action, &json!({ "name": name }))
+            .await;
     }
 
     /// A VM changed owner: sockets that may no longer see it leave its room; old and new
@@ -286,6 +316,18 @@ impl Realtime {
     }
 }
 
+fn user_json(u: &UserRecord) -> Value {
+    let role = match u.role {
+        infinibay_store::Role::Admin => "ADMIN",
+        infinibay_store::Role::User => "USER",
+    };
+    json!({
+        "id": u.id.to_string(), "username": u.username, "role": role,
+        "department": u.department, "permissions": u.permissions,
+        "createdAt": u.created_at.to_rfc3339(),
+    })
+}
+
 fn vm_json(vm: &VmRecord) -> Value {
     json!({
         "id": vm.id, "name": vm.name, "status": vm.status.as_str(),
@@ -299,7 +341,19 @@ fn install(rt: &Arc<Realtime>, stop: CancellationToken) {
     let for_connect = rt.clone();
     let middleware = move |s: SocketRef, TryData(auth): TryData<Value>| {
         let rt = for_auth.clone();
-        async move { authenticate_socket(&rt.api, &s, auth.ok()).await }
+        async move {
+            let outcome = authenticate_socket(&rt.api, &s, auth.ok()).await;
+            if let Err(e) = &outcome {
+                let parts = s.req_parts();
+                rt.api.refusals().note(
+                    "socket.io",
+                    &e.to_string(),
+                    super::refusals::remote_of(&parts.extensions),
+                    parts.uri.path(),
+                );
+            }
+            outcome
+        }
     };
     let handler = move |s: SocketRef| {
         let rt = for_connect.clone();
@@ -583,7 +637,49 @@ async fn fan_out(rt: Arc<Realtime>) {
                     tracing::debug!(target: TARGET, "status emit failed: {e}");
                 }
             }
-            BusEvent::Agent(_) | BusEvent::Inventory(_) | BusEvent::Error(_) => {}
+            BusEvent::Error(error) => {
+                let payload = json!({
+                    "vmId": error.vm_id,
+                    "code": error.code,
+                    "error": error.message,
+                    "details": error.details,
+                    "timestamp": error.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                });
+                let mut rooms = vec![vm_room(&vm_id), ADMIN_ROOM.to_owned()];
+                if let Some(ns) = api.owner_of(&vm_id).await.and_then(|o| rt.namespace_of(o)) {
+                    rooms.push(ns);
+                }
+                if let Err(e) = rt.io.to(rooms).emit("vm:error", &payload).await {
+                    tracing::debug!(target: TARGET, "vm:error emit failed: {e}");
+                }
+            }
+            BusEvent::CommandEnded(ended) => {
+                let payload = json!({
+                    "id": ended.id,
+                    "vmId": ended.vm_id,
+                    "user": ended.user_id.map(|u| u.to_string()),
+                    "kind": ended.kind.as_str(),
+                    "status": ended.status.as_str(),
+                    "code": ended.code,
+                    "durationMs": ended.duration_ms,
+                    "timestamp": ended.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                });
+                if let Err(e) = rt.io.to(vm_room(&vm_id)).emit("vm:command", &payload).await {
+                    tracing::debug!(target: TARGET, "vm:command emit failed: {e}");
+                }
+            }
+            BusEvent::Alert(alert) => {
+                let payload = infinibay_control::alert::alert_json(&alert.alert);
+                let mut rooms = vec![vm_room(&vm_id), ADMIN_ROOM.to_owned()];
+                if let Some(ns) = api.owner_of(&vm_id).await.and_then(|o| rt.namespace_of(o)) {
+                    rooms.push(ns);
+                }
+                let name = alert.transition.event_name();
+                if let Err(e) = rt.io.to(rooms).emit(name, &payload).await {
+                    tracing::debug!(target: TARGET, "{name} emit failed: {e}");
+                }
+            }
+            BusEvent::Agent(_) | BusEvent::Inventory(_) => {}
         }
     }
 }

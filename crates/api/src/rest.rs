@@ -1,6 +1,7 @@
 //! REST: `/metrics` (Prometheus text, only on the metrics listener: `api.metrics_listen`,
 //! optionally behind `api.metrics_token`) and the agent downloads `/infiniservice/{platform}/…`
-//! behind a bearer token or a per-VM install token (revoked with its issuer's access).
+//! and `/infiniservice/windows/msi` behind a bearer token or a per-VM install token (revoked
+//! with its issuer's access).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub const ROUTES: &[(&str, RouteAuth)] = &[
     ("/metrics", RouteAuth::MetricsListener),
     ("/infiniservice/{platform}/binary", RouteAuth::Authenticated),
     ("/infiniservice/{platform}/script", RouteAuth::Authenticated),
+    ("/infiniservice/windows/msi", RouteAuth::Authenticated),
 ];
 
 /// The routes.
@@ -44,6 +46,7 @@ pub fn routes(api: Api, realtime: Arc<Realtime>) -> Router {
         .route(ROUTES[0].0, get(metrics))
         .route(ROUTES[1].0, get(download::<false>))
         .route(ROUTES[2].0, get(download::<true>))
+        .route(ROUTES[3].0, get(download_msi))
         .with_state(RestState { api, realtime })
 }
 
@@ -607,4 +610,19 @@ async fn download<const SCRIPT: bool>(
         ),
     };
     stream_file(path, content_type, name).await
+}
+
+/// `/infiniservice/windows/msi`: the Windows agent's MSI (`deploy/publish-agents.sh --windows`
+/// puts it beside `infiniservice.exe`), for the same tokens as the binary.
+async fn download_msi(
+    State(RestState { api, .. }): State<RestState>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    download_allowed(&api, &headers, &query).await?;
+    let path = api
+        .settings()
+        .data_dir
+        .join("infiniservice/binaries/windows/infiniservice.msi");
+    stream_file(path, "application/x-msi", "infiniservice.msi").await
 }

@@ -39,6 +39,9 @@ pub struct ApiSettings {
     /// GraphiQL's page from the dashboard's web build (`infinibay_dashboard::graphiql_page`),
     /// answered on `GET /graphql` when `api.graphiql` is on; `None`: the build is missing.
     pub graphiql_page: Option<&'static [u8]>,
+    /// Origins (`https://host[:port]`) whose pages may call the API from a browser, with
+    /// credentials (seed 003 serves its frontend from `FRONTEND_URL`). Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 /// Writes more Prometheus lines into `/metrics`.
@@ -70,6 +73,8 @@ pub(crate) struct Inner {
     pub throttle: LoginThrottle,
     /// Database turns per user.
     pub work: WorkLimiter,
+    /// Refused WebSocket upgrades and Socket.IO connections, deduplicated.
+    pub refusals: crate::refusals::RefusalLog,
 }
 
 /// The shared API state. Cheap to clone.
@@ -107,6 +112,7 @@ impl Api {
                 sessions: Sessions::default(),
                 throttle,
                 work,
+                refusals: crate::refusals::RefusalLog::default(),
             }),
         }
     }
@@ -124,6 +130,11 @@ impl Api {
             .control
             .unknown_vms_are_offline()
             .then_some(infinibay_store::VmStatus::Offline)
+    }
+
+    /// The log of refused connections.
+    pub fn refusals(&self) -> &crate::refusals::RefusalLog {
+        &self.inner.refusals
     }
 
     /// The store.

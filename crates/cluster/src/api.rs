@@ -7,6 +7,8 @@
 //! | `latest_sample` | a request to the VM's subject (its node's registry) |
 //! | `latest_samples` | every live node's list, page by page |
 //! | `subscribe` | a NATS subscription on the filter's subjects; status events from the directory |
+//! | `create_alert_rule` (one VM's), `set_telemetry` | a request to the VM's subject |
+//! | `delete_alert_rule` | every live node is asked; the one holding the rule deletes it |
 //! | `execute`, `log_refused`, `cancel_command`, `delete_vm` | a request to the VM's subject: nobody subscribed is "no responders", answered `Unreachable` at once |
 //! | `stats` | the live nodes' heartbeat counters, added up |
 
@@ -19,9 +21,11 @@ use serde::de::DeserializeOwned;
 use infinibay_control::command::WAIT_MARGIN;
 use infinibay_control::event::{Filter, Subscription, Topic};
 use infinibay_control::{
-    CommandError, CommandSpec, ControlError, CoreStats, VmControl, VmSnapshot,
+    CommandError, CommandSpec, ControlError, CoreStats, NewAlertRule, TelemetryOutcome,
+    TelemetryRequest, VmControl, VmSnapshot,
 };
 use infinibay_protocol::message::CommandResponse;
+use infinibay_store::AlertRule;
 use infinibay_store::MetricSample;
 
 use crate::bus::NatsBus;
@@ -92,6 +96,23 @@ impl NatsControl {
         let decoded: Result<T, WireError> =
             wire::decode("VM answer", &answer).map_err(|e| Unanswered::Failed(e.to_string()))?;
         decoded.map_err(|e| Unanswered::Failed(e.to_string()))
+    }
+}
+
+impl NatsControl {
+    /// A VM request whose failure to get an answer is a [`ControlError`].
+    async fn vm_control_request<T: DeserializeOwned>(
+        &self,
+        vm_id: &str,
+        request: &VmRequest,
+    ) -> Result<T, ControlError> {
+        self.vm_request::<T>(vm_id, request, self.directory.request_timeout())
+            .await
+            .map_err(|e| match e {
+                Unanswered::UnknownVm => ControlError::NotFound(format!("no VM {vm_id}")),
+                Unanswered::Rpc(e) => ControlError::Unreachable(vm_id.to_owned(), e.to_string()),
+                Unanswered::Failed(m) => ControlError::Unreachable(vm_id.to_owned(), m),
+            })
     }
 }
 
@@ -220,6 +241,63 @@ impl VmControl for NatsControl {
             };
             tracing::debug!(target: "infinibay::cluster", vm = %vm_id, "refused command not logged: {why}");
         }
+    }
+
+    async fn create_alert_rule(
+        &self,
+        rule: NewAlertRule,
+        created_by: Option<i64>,
+    ) -> Result<AlertRule, ControlError> {
+        // A rule is evaluated by the core that serves its VM. A fleet-wide rule would need
+        // every node to load it (and new nodes to find it): refused plainly rather than
+        // evaluated by one node only.
+        let Some(vm_id) = rule.vm_id.clone() else {
+            return Err(ControlError::Invalid(
+                "infinibay api (scale-out) takes alert rules for one VM only: give a vmId".into(),
+            ));
+        };
+        let request = VmRequest::CreateAlertRule { rule, created_by };
+        self.vm_control_request(&vm_id, &request).await?
+    }
+
+    async fn delete_alert_rule(&self, rule_id: &str) -> Result<bool, ControlError> {
+        // The rule lives in the core of the node that serves its VM: every live node is
+        // asked, and the one that holds it deletes it.
+        let mut deleted = false;
+        for node in self.directory.alive_nodes() {
+            let answer: Result<Result<bool, ControlError>, String> = node_request(
+                self.link(),
+                &node,
+                NodeRequest::DeleteAlertRule {
+                    rule_id: rule_id.to_owned(),
+                },
+                self.directory.request_timeout(),
+            )
+            .await;
+            match answer {
+                Ok(result) => deleted |= result?,
+                Err(e) => {
+                    return Err(ControlError::Unreachable(
+                        format!("node {node}"),
+                        format!("alert rule {rule_id} not deleted: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn set_telemetry(
+        &self,
+        vm_id: &str,
+        request: TelemetryRequest,
+        updated_by: Option<i64>,
+    ) -> Result<TelemetryOutcome, ControlError> {
+        let request = VmRequest::SetTelemetry {
+            request,
+            updated_by,
+        };
+        self.vm_control_request(vm_id, &request).await?
     }
 
     async fn cancel_command(&self, vm_id: &str, command_id: &str) -> Result<(), CommandError> {

@@ -493,6 +493,7 @@ fn empty_stats() -> CoreStats {
         online: 0,
         totals: Default::default(),
         queue: Default::default(),
+        alerts: Default::default(),
     }
 }
 

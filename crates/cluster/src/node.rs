@@ -283,6 +283,17 @@ async fn answer_vm(core: &Core, vm_id: &str, payload: &[u8]) -> Option<Bytes> {
         }
         VmRequest::Cancel { command_id } => reply(Ok(core.cancel_command(vm_id, &command_id))),
         VmRequest::Delete => reply(Ok(VmControl::delete_vm(core, vm_id).await)),
+        VmRequest::CreateAlertRule { rule, created_by } => reply(Ok(VmControl::create_alert_rule(
+            core, rule, created_by,
+        )
+        .await)),
+        VmRequest::SetTelemetry {
+            request,
+            updated_by,
+        } => reply(Ok(VmControl::set_telemetry(
+            core, vm_id, request, updated_by,
+        )
+        .await)),
         VmRequest::LogRefused {
             command,
             issued_by,
@@ -309,7 +320,7 @@ async fn serve_node_requests(
         };
         let inner2 = inner.clone();
         inner.tasks.spawn(async move {
-            let answer = answer_node(&inner2, &message.payload);
+            let answer = answer_node(&inner2, &message.payload).await;
             send(&inner2, reply_to, answer).await;
         });
     }
@@ -318,7 +329,7 @@ async fn serve_node_requests(
 /// Items per page at most; the page is also cut to fit the server's message size.
 const PAGE_ITEMS: usize = 2_000;
 
-fn answer_node(inner: &Inner, payload: &[u8]) -> Option<Bytes> {
+async fn answer_node(inner: &Inner, payload: &[u8]) -> Option<Bytes> {
     let request = match wire::decode::<NodeRequest>("node request", payload) {
         Ok(r) => r,
         Err(e) => return reply::<()>(Err(WireError::BadRequest(e.to_string()))),
@@ -345,6 +356,9 @@ fn answer_node(inner: &Inner, payload: &[u8]) -> Option<Bytes> {
     }
     match request {
         NodeRequest::Whoami => reply(Ok(heartbeat(inner))),
+        NodeRequest::DeleteAlertRule { rule_id } => {
+            reply(Ok(VmControl::delete_alert_rule(&inner.core, &rule_id).await))
+        }
         NodeRequest::Vms { after } => {
             let all = inner.core.vms();
             let (items, next) = cut(all, after.as_deref(), |v| &v.id);

@@ -83,6 +83,21 @@ pub enum VmRequest {
     },
     /// Forget the VM and delete what is stored about it → `Result<bool, ControlError>`.
     Delete,
+    /// Store an alert rule for this VM and evaluate it → `Result<AlertRule, ControlError>`.
+    CreateAlertRule {
+        /// The rule (its `vm_id` is this VM).
+        rule: infinibay_control::NewAlertRule,
+        /// Who set it.
+        created_by: Option<i64>,
+    },
+    /// Store the VM's collection settings and send them to its agent →
+    /// `Result<TelemetryOutcome, ControlError>`.
+    SetTelemetry {
+        /// The settings.
+        request: infinibay_control::TelemetryRequest,
+        /// Who set them.
+        updated_by: Option<i64>,
+    },
     /// Write a command the API refused to the command log (the node's core is its one
     /// writer) → `()`.
     LogRefused {
@@ -99,6 +114,12 @@ pub enum VmRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum NodeRequest {
+    /// Delete an alert rule (its open alerts resolved) if this node's core holds it →
+    /// `Result<bool, ControlError>`.
+    DeleteAlertRule {
+        /// The rule's id.
+        rule_id: String,
+    },
     /// A page of its VMs, by id after `after` → `Page<VmSnapshot>`.
     Vms {
         /// Last id of the previous page.

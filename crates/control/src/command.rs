@@ -173,6 +173,52 @@ impl CommandKind {
     }
 }
 
+/// How a command ended, as `vm:command` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandStatus {
+    /// The guest answered with success.
+    Success,
+    /// The guest answered with a failure (its `error.code`, or a non-zero exit).
+    Failed,
+    /// No answer: refused before it left, timed out, or the VM went away
+    /// ([`CommandError::code`]).
+    Error,
+}
+
+impl CommandStatus {
+    /// `success`, `failed` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failed => "failed",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// A command ended, whatever became of it (seed 001's `vm:command`): published by the core
+/// once per command of a known VM, when it writes the command's log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandEvent {
+    /// The command's id (the log entry's).
+    pub id: String,
+    /// VM.
+    pub vm_id: String,
+    /// The user who issued it.
+    pub user_id: Option<i64>,
+    /// Safe or unsafe.
+    pub kind: CommandKind,
+    /// How it ended.
+    pub status: CommandStatus,
+    /// The guest's error code (`failed`) or the host's ([`CommandError::code`], `error`).
+    pub code: Option<String>,
+    /// From issue to end.
+    pub duration_ms: i64,
+    /// Host time it ended.
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
 /// How much longer than the guest's own timeout the host waits, so that the guest's `timeout`
 /// answer arrives first.
 pub const WAIT_MARGIN: Duration = Duration::from_secs(3);

@@ -1,5 +1,6 @@
 //! What the core publishes and how to receive it: events with NATS-shaped subjects
-//! (`infinibay.vm.<id>.metrics`, `.status`, `.inventory`, `.error`, `.agent`), filters that read
+//! (`infinibay.vm.<id>.metrics`, `.status`, `.inventory`, `.error`, `.agent`, `.command_ended`,
+//! `.alert`), filters that read
 //! NATS-style patterns (`*` for one token, `>` for the rest), and the subscription a consumer
 //! holds. Every event serialises and deserialises (it is what a NATS bus carries); the
 //! in-process transport is the core's bus.
@@ -12,6 +13,9 @@ use tokio::sync::{broadcast, mpsc};
 
 use infinibay_protocol::message::VmIdentification;
 use infinibay_store::{Inventory, MetricSample, VmErrorRecord, VmStatus};
+
+use crate::alert::AlertEvent;
+use crate::command::CommandEvent;
 
 /// First tokens of every VM subject.
 pub const SUBJECT_PREFIX: &str = "infinibay.vm";
@@ -30,16 +34,23 @@ pub enum Topic {
     Error,
     /// The agent identified itself.
     Agent,
+    /// A command ended (answered, failed or refused). Not `command`: that subject is the
+    /// commands' request/reply ([`command_subject`]).
+    CommandEnded,
+    /// An alert was raised or resolved.
+    Alert,
 }
 
 impl Topic {
     /// All topics.
-    pub const ALL: [Topic; 5] = [
+    pub const ALL: [Topic; 7] = [
         Topic::Metrics,
         Topic::Status,
         Topic::Inventory,
         Topic::Error,
         Topic::Agent,
+        Topic::CommandEnded,
+        Topic::Alert,
     ];
 
     /// Subject token.
@@ -50,6 +61,8 @@ impl Topic {
             Self::Inventory => "inventory",
             Self::Error => "error",
             Self::Agent => "agent",
+            Self::CommandEnded => "command_ended",
+            Self::Alert => "alert",
         }
     }
 }
@@ -164,6 +177,10 @@ pub enum BusEvent {
     Error(Arc<VmErrorRecord>),
     /// Agent identification.
     Agent(Arc<AgentEvent>),
+    /// A command ended (`vm:command`).
+    CommandEnded(Arc<CommandEvent>),
+    /// An alert was raised or resolved (`alert:raised`, `alert:resolved`).
+    Alert(Arc<AlertEvent>),
 }
 
 impl BusEvent {
@@ -175,6 +192,8 @@ impl BusEvent {
             Self::Inventory(i) => &i.vm_id,
             Self::Error(e) => &e.vm_id,
             Self::Agent(a) => &a.vm_id,
+            Self::CommandEnded(c) => &c.vm_id,
+            Self::Alert(a) => &a.alert.vm_id,
         }
     }
 
@@ -186,6 +205,8 @@ impl BusEvent {
             Self::Inventory(_) => Topic::Inventory,
             Self::Error(_) => Topic::Error,
             Self::Agent(_) => Topic::Agent,
+            Self::CommandEnded(_) => Topic::CommandEnded,
+            Self::Alert(_) => Topic::Alert,
         }
     }
 

@@ -9,7 +9,9 @@
 //!   subscriptions that receive it, with NATS-shaped subjects and patterns;
 //! - [`command`]: a command as a user asks for it ([`CommandSpec`]), the checked [`Command`] and
 //!   why one produced no response ([`CommandError`]);
-//! - [`vm`]: the live state and counters of VMs.
+//! - [`vm`]: the live state and counters of VMs;
+//! - [`alert`]: alert rules as an administrator asks for them, and alert events;
+//! - [`telemetry`]: collection settings as a user asks for them.
 //!
 //! **What each side must never do.** The API never opens a guest socket, never writes what the
 //! core writes (samples, statuses, inventories, VM errors, the command log) and never reaches
@@ -20,8 +22,10 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod command;
 pub mod event;
+pub mod telemetry;
 pub mod vm;
 
 use std::sync::Arc;
@@ -30,11 +34,13 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use infinibay_protocol::message::CommandResponse;
-use infinibay_store::MetricSample;
+use infinibay_store::{AlertRule, MetricSample};
 
-pub use command::{Command, CommandError, CommandKind, CommandSpec};
+pub use alert::{AlertEvent, AlertTransition, NewAlertRule};
+pub use command::{Command, CommandError, CommandEvent, CommandKind, CommandSpec, CommandStatus};
 pub use event::{BusEvent, Filter, Received, StatusEvent, StatusReason, Subscription, Topic};
-pub use vm::{CoreStats, QueueStats, VmSnapshot, VmStats, VmTotals};
+pub use telemetry::{TelemetryOutcome, TelemetryRequest};
+pub use vm::{AlertStats, CoreStats, QueueStats, VmSnapshot, VmStats, VmTotals};
 
 /// Why a call on [`VmControl`] failed, for the calls that are not commands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -45,6 +51,12 @@ pub enum ControlError {
     /// No process serves the VM now (scale-out: no node answers for it, or NATS is down).
     #[error("VM {0} is unreachable: {1}")]
     Unreachable(String, String),
+    /// The request is malformed or out of range; nothing was stored.
+    #[error("{0}")]
+    Invalid(String),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// What the API may ask of the core: list and watch VMs, subscribe to samples and events, send
@@ -108,4 +120,24 @@ pub trait VmControl: Send + Sync + 'static {
     fn unknown_vms_are_offline(&self) -> bool {
         false
     }
+    /// Check and store an alert rule set by `created_by` (an administrator: the API decides
+    /// that), and evaluate it from the next sample or event on. `Invalid` (out of range, too
+    /// many rules) and `NotFound` (no such VM) store nothing.
+    async fn create_alert_rule(
+        &self,
+        rule: NewAlertRule,
+        created_by: Option<i64>,
+    ) -> Result<AlertRule, ControlError>;
+
+    /// Delete an alert rule; its open alerts are resolved. `true` when it existed.
+    async fn delete_alert_rule(&self, rule_id: &str) -> Result<bool, ControlError>;
+
+    /// Check and store a VM's collection settings, send them to its agent as `configure` now
+    /// (waiting briefly for the answer) and again whenever the agent connects.
+    async fn set_telemetry(
+        &self,
+        vm_id: &str,
+        request: TelemetryRequest,
+        updated_by: Option<i64>,
+    ) -> Result<TelemetryOutcome, ControlError>;
 }

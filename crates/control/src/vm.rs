@@ -42,6 +42,8 @@ pub struct VmStats {
     pub messages: u64,
     /// Lines that could not be decoded.
     pub decode_errors: u64,
+    /// `system_metrics` refused (no cpu or memory, wrong types): nothing of them is stored.
+    pub samples_rejected: u64,
     /// Values sanitising had to change.
     pub sanitized_fixes: u64,
     /// Responses whose id matched no pending command of this VM.
@@ -69,6 +71,8 @@ pub struct VmTotals {
     pub messages: u64,
     /// Lines that could not be decoded.
     pub decode_errors: u64,
+    /// `system_metrics` refused.
+    pub samples_rejected: u64,
     /// Values sanitising changed.
     pub sanitized_fixes: u64,
     /// Responses with unknown ids.
@@ -90,6 +94,30 @@ pub struct CoreStats {
     pub totals: VmTotals,
     /// The storage queue.
     pub queue: QueueStats,
+    /// The alert engine and its webhook delivery.
+    pub alerts: AlertStats,
+}
+
+/// Counters of the alert engine and its webhook delivery since the core started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertStats {
+    /// Rules being evaluated now.
+    pub rules: usize,
+    /// Alerts raised.
+    pub raised: u64,
+    /// Alerts resolved.
+    pub resolved: u64,
+    /// Webhook notifications delivered (a 2xx answer).
+    pub notifications_delivered: u64,
+    /// Webhook notifications given up after every attempt failed.
+    pub notifications_failed: u64,
+    /// Delivery attempts retried after a failure.
+    pub notification_retries: u64,
+    /// Notifications held back by the rate bound (one per rule and VM per interval; the newest
+    /// held one is sent when the interval ends).
+    pub notifications_deferred: u64,
+    /// Notifications dropped because the delivery queue was full.
+    pub notifications_dropped: u64,
 }
 
 /// A copy of the queue's counters and current sizes.
@@ -113,6 +141,8 @@ pub struct QueueStats {
     pub errors_dropped: u64,
     /// Command log entries dropped.
     pub command_logs_dropped: u64,
+    /// Alert changes (raised, resolved) dropped because the queue was full.
+    pub alert_changes_dropped: u64,
     /// Store calls that failed.
     pub write_failures: u64,
     /// Flushes done.

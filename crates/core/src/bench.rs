@@ -56,7 +56,24 @@ pub async fn bench_socket(
     let sink = tokio::spawn(async move { while written.recv().await.is_some() {} });
     let mut decoder = infinibay_protocol::GuestStreamDecoder::new(config.ingest.max_line_bytes);
     let bus_dyn: Arc<dyn Bus> = bus.clone();
-    let mut ingest = Ingest::new(vm.clone(), queue.clone(), bus_dyn, outbound, DEDUP_PERIOD);
+    // No rules: the per-sample check is the empty rule set's, as on a host without alerts.
+    let (notifier, _deliveries) = crate::alerts::webhook::channel(&config.alerts);
+    let alerts = Arc::new(crate::alerts::AlertEngine::new(
+        &config.alerts,
+        Arc::new(crate::registry::Registry::default()),
+        queue.clone(),
+        bus_dyn.clone(),
+        Arc::new(notifier),
+    ));
+    let mut ingest = Ingest::new(
+        vm.clone(),
+        queue.clone(),
+        bus_dyn,
+        outbound,
+        alerts,
+        Default::default(),
+        DEDUP_PERIOD,
+    );
     let mut bucket = TokenBucket::new(config.ingest.burst, 1e12);
     let mut buffer = vec![0u8; config.ingest.read_buffer_bytes.max(2048)];
     let mut report = IngestReport::default();

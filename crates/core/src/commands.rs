@@ -6,7 +6,11 @@
 //! commands pending on the *same* VM's connection; anything else is dropped and counted.
 //!
 //! This is the command log's one writer: every command to a known VM is logged once, through
-//! the store queue, in one shape (see `LogContext`), whether it was answered, failed or refused.
+//! the store queue, in one shape (see `LogContext`), whether it was answered, failed or refused,
+//! and announced once on the bus as it is logged (`CommandEnded`, Socket.IO's `vm:command`).
+//!
+//! `configure` (collection settings) travels the same way, correlated by id, but is not a
+//! command of the log: [`CommandCenter::configure`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,35 +20,48 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use infinibay_protocol::message::{Cancel, CommandResponse};
+use infinibay_protocol::message::{Cancel, CommandResponse, Configure};
 use infinibay_protocol::{HostMessage, encode_line};
 use infinibay_store::{CommandLogEntry, VmStatus};
 
+use crate::bus::Bus;
 use crate::registry::{PendingSlot, Registry, VmCounters, VmEntry};
 use crate::store_writer::StoreQueue;
-use infinibay_control::command::{Command, CommandError, CommandSpec};
+use infinibay_control::command::{Command, CommandError, CommandEvent, CommandSpec, CommandStatus};
+use infinibay_control::event::BusEvent;
 
 const TARGET: &str = "infinibay::commands";
 
 /// Sends commands and routes their responses. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CommandCenter {
     registry: Arc<Registry>,
     queue: Arc<StoreQueue>,
+    bus: Arc<dyn Bus>,
     default_timeout: Duration,
     max_pending_per_vm: usize,
+}
+
+impl std::fmt::Debug for CommandCenter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandCenter")
+            .field("default_timeout", &self.default_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CommandCenter {
     pub(crate) fn new(
         registry: Arc<Registry>,
         queue: Arc<StoreQueue>,
+        bus: Arc<dyn Bus>,
         default_timeout: Duration,
         max_pending_per_vm: usize,
     ) -> Self {
         Self {
             registry,
             queue,
+            bus,
             default_timeout,
             max_pending_per_vm,
         }
@@ -110,12 +127,14 @@ impl CommandCenter {
         command: Command,
         log: LogContext,
     ) -> Result<PendingCommand, CommandError> {
-        match self.send_now(&log.id, &log.vm_id, command) {
+        let message = command.into_message(log.id.clone());
+        match self.send_now(&log.id, &log.vm_id, &message) {
             Ok((vm, rx)) => Ok(PendingCommand {
                 vm,
                 log,
                 rx: Some(rx),
                 queue: self.queue.clone(),
+                bus: self.bus.clone(),
                 default_timeout: self.default_timeout,
             }),
             Err(e) => Err(self.refuse(&log, e)),
@@ -127,25 +146,49 @@ impl CommandCenter {
     fn refuse(&self, log: &LogContext, error: CommandError) -> CommandError {
         tracing::debug!(target: TARGET, vm = %log.vm_id, id = %log.id, "command refused: {error}");
         if self.registry.get(&log.vm_id).is_some() {
-            self.queue.push_command_log(log.entry(&Err(error.clone())));
+            log.finish(&Err(error.clone()), &self.queue, self.bus.as_ref());
         }
         error
     }
 
-    /// Queue the command on the VM's connection and register it as waiting.
+    /// Send `configure` (with a fresh id) and wait at most `timeout` for the agent's answer,
+    /// which carries the effective settings. Not a command of the log.
+    pub async fn configure(
+        &self,
+        vm_id: &str,
+        mut configure: Configure,
+        timeout: Duration,
+    ) -> Result<CommandResponse, CommandError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        configure.id = Some(id.clone());
+        let (vm, rx) = self.send_now(&id, vm_id, &HostMessage::Configure(configure))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CommandError::Disconnected(vm_id.to_owned(), id)),
+            Err(_) => {
+                vm.live().pending.remove(&id);
+                Err(CommandError::Timeout {
+                    vm: vm_id.to_owned(),
+                    id,
+                    after: timeout,
+                })
+            }
+        }
+    }
+
+    /// Queue the message on the VM's connection and register its id as waiting.
     fn send_now(
         &self,
         id: &str,
         vm_id: &str,
-        command: Command,
+        message: &HostMessage,
     ) -> Result<(Arc<VmEntry>, Reply), CommandError> {
         let vm = self
             .registry
             .get(vm_id)
             .ok_or_else(|| CommandError::UnknownVm(vm_id.to_owned()))?;
-        let kind = command.kind().as_str();
-        let message = command.into_message(id.to_owned());
-        let line = encode_line(&message).map_err(|e| CommandError::Invalid(e.to_string()))?;
+        let kind = message.kind();
+        let line = encode_line(message).map_err(|e| CommandError::Invalid(e.to_string()))?;
         let (reply, rx) = oneshot::channel();
         {
             let mut live = vm.live();
@@ -234,6 +277,36 @@ impl LogContext {
         }
     }
 
+    /// Log the command's end and announce it (`CommandEnded`).
+    fn finish(
+        &self,
+        outcome: &Result<CommandResponse, CommandError>,
+        queue: &StoreQueue,
+        bus: &dyn Bus,
+    ) -> CommandLogEntry {
+        let entry = self.entry(outcome);
+        let (status, code) = match outcome {
+            Ok(r) if r.success => (CommandStatus::Success, None),
+            Ok(r) => (
+                CommandStatus::Failed,
+                r.error.as_ref().map(|e| e.code.as_str().to_owned()),
+            ),
+            Err(e) => (CommandStatus::Error, Some(e.code().to_owned())),
+        };
+        bus.publish(BusEvent::CommandEnded(Arc::new(CommandEvent {
+            id: entry.id.clone(),
+            vm_id: entry.vm_id.clone(),
+            user_id: entry.user_id,
+            kind: self.spec.kind,
+            status,
+            code,
+            duration_ms: entry.duration_ms,
+            at: Utc::now(),
+        })));
+        queue.push_command_log(entry.clone());
+        entry
+    }
+
     fn entry(&self, outcome: &Result<CommandResponse, CommandError>) -> CommandLogEntry {
         let duration_ms = self.started.elapsed().as_millis().min(i64::MAX as u128) as i64;
         let (response, success) = match outcome {
@@ -259,13 +332,22 @@ impl LogContext {
 
 /// A command on its way. Dropping it forgets the command (a late response is then counted as
 /// unmatched).
-#[derive(Debug)]
 pub struct PendingCommand {
     vm: Arc<VmEntry>,
     log: LogContext,
     rx: Option<Reply>,
     queue: Arc<StoreQueue>,
+    bus: Arc<dyn Bus>,
     default_timeout: Duration,
+}
+
+impl std::fmt::Debug for PendingCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCommand")
+            .field("vm", &self.vm.id())
+            .field("id", &self.log.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PendingCommand {
@@ -314,14 +396,13 @@ impl PendingCommand {
     }
 
     fn record(&self, outcome: &Result<CommandResponse, CommandError>) {
-        let entry = self.log.entry(outcome);
+        let entry = self.log.finish(outcome, &self.queue, self.bus.as_ref());
         match outcome {
             Ok(r) => tracing::debug!(target: TARGET, vm = self.vm.id(), id = %entry.id,
                 success = r.success, duration_ms = entry.duration_ms, "command answered"),
             Err(e) => tracing::info!(target: TARGET, vm = self.vm.id(), id = %entry.id,
                 duration_ms = entry.duration_ms, "command failed: {e}"),
         }
-        self.queue.push_command_log(entry);
     }
 }
 

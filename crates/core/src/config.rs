@@ -25,6 +25,8 @@ pub struct CoreConfig {
     pub maintenance: MaintenanceConfig,
     /// Commands to guests.
     pub commands: CommandConfig,
+    /// The alert engine and webhook delivery.
+    pub alerts: AlertConfig,
 }
 
 impl Default for CoreConfig {
@@ -37,6 +39,7 @@ impl Default for CoreConfig {
             store: StoreConfig::default(),
             maintenance: MaintenanceConfig::default(),
             commands: CommandConfig::default(),
+            alerts: AlertConfig::default(),
         }
     }
 }
@@ -71,6 +74,22 @@ impl CoreConfig {
             (
                 "commands.default_timeout_secs",
                 self.commands.default_timeout_secs,
+            ),
+            (
+                "alerts.notify_interval_secs",
+                self.alerts.notify_interval_secs,
+            ),
+            (
+                "alerts.check_interval_secs",
+                self.alerts.check_interval_secs,
+            ),
+            (
+                "alerts.webhook_timeout_secs",
+                self.alerts.webhook_timeout_secs,
+            ),
+            (
+                "alerts.webhook_backoff_secs",
+                self.alerts.webhook_backoff_secs,
             ),
         ];
         for (name, value) in positive {
@@ -114,6 +133,19 @@ impl CoreConfig {
             (
                 "commands.max_pending_per_vm",
                 self.commands.max_pending_per_vm,
+            ),
+            (
+                "alerts.webhook_attempts",
+                self.alerts.webhook_attempts as usize,
+            ),
+            ("alerts.webhook_queue", self.alerts.webhook_queue),
+            (
+                "alerts.webhook_concurrency",
+                self.alerts.webhook_concurrency,
+            ),
+            (
+                "alerts.pending_changes_max",
+                self.alerts.pending_changes_max,
             ),
         ];
         for (name, value) in counts {
@@ -293,6 +325,45 @@ impl Default for CommandConfig {
         Self {
             default_timeout_secs: 30.0,
             max_pending_per_vm: 32,
+        }
+    }
+}
+
+/// The alert engine and webhook delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertConfig {
+    /// At most one webhook notification per rule and VM in this many seconds; a newer one
+    /// waits for the end of the interval, replacing any older one waiting (default 300).
+    pub notify_interval_secs: f64,
+    /// How often timed conditions are checked (agent offline long enough, no new guest error
+    /// for long enough) and held notifications sent, seconds (default 1).
+    pub check_interval_secs: f64,
+    /// Per webhook request, seconds (default 5).
+    pub webhook_timeout_secs: f64,
+    /// Attempts per notification and URL before it is given up (default 4).
+    pub webhook_attempts: u32,
+    /// Wait before the first retry, doubled for each next one, seconds (default 1).
+    pub webhook_backoff_secs: f64,
+    /// Notifications waiting for delivery before new ones are dropped (default 256).
+    pub webhook_queue: usize,
+    /// Webhook requests in flight at once (default 4).
+    pub webhook_concurrency: usize,
+    /// Alert changes waiting for storage before new ones are dropped (default 1,000).
+    pub pending_changes_max: usize,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        Self {
+            notify_interval_secs: 300.0,
+            check_interval_secs: 1.0,
+            webhook_timeout_secs: 5.0,
+            webhook_attempts: 4,
+            webhook_backoff_secs: 1.0,
+            webhook_queue: 256,
+            webhook_concurrency: 4,
+            pending_changes_max: 1_000,
         }
     }
 }

@@ -163,6 +163,8 @@ async fn session(
         shared.queue.clone(),
         shared.bus.clone(),
         tx.clone(),
+        shared.alerts.clone(),
+        shared.telemetry.clone(),
         DEDUP_PERIOD,
     );
     let rate = config.ingest.rate_per_sec;

@@ -11,10 +11,14 @@ use tokio_util::task::TaskTracker;
 
 use infinibay_control::command::{Command, CommandError, CommandSpec};
 use infinibay_control::event::{Filter, Subscription};
-use infinibay_control::{ControlError, CoreStats, VmControl, VmSnapshot};
+use infinibay_control::{
+    ControlError, CoreStats, NewAlertRule, TelemetryOutcome, TelemetryRequest, VmControl,
+    VmSnapshot,
+};
 use infinibay_protocol::message::CommandResponse;
-use infinibay_store::{MetricSample, Store, StoreError};
+use infinibay_store::{AlertRule, MetricSample, Store, StoreError};
 
+use crate::alerts::{AlertEngine, PowerState, RuleError, webhook};
 use crate::bus::{Bus, InProcessBus};
 use crate::commands::{CommandCenter, PendingCommand};
 use crate::config::{CoreConfig, secs};
@@ -23,6 +27,7 @@ use crate::health::{StoreHealth, StoreProbe, probe_store};
 use crate::registry::Registry;
 use crate::shared::Shared;
 use crate::store_writer::StoreQueue;
+use crate::telemetry::{TelemetryBook, TelemetryError};
 
 /// The running core: cheap to clone.
 #[derive(Clone)]
@@ -61,18 +66,32 @@ impl Core {
         shutdown: CancellationToken,
     ) -> Self {
         let registry = Arc::new(Registry::default());
-        let queue = Arc::new(StoreQueue::new(config.store.clone()));
+        let queue = Arc::new(StoreQueue::with_alert_bound(
+            config.store.clone(),
+            config.alerts.pending_changes_max,
+        ));
         let commands = CommandCenter::new(
             registry.clone(),
             queue.clone(),
+            bus.clone(),
             secs(config.commands.default_timeout_secs),
             config.commands.max_pending_per_vm,
         );
+        let (notifier, deliveries) = webhook::channel(&config.alerts);
+        let alerts = Arc::new(AlertEngine::new(
+            &config.alerts,
+            registry.clone(),
+            queue.clone(),
+            bus.clone(),
+            Arc::new(notifier),
+        ));
         let shared = Arc::new(Shared {
             config,
             registry,
             queue,
             bus,
+            alerts,
+            telemetry: Arc::new(TelemetryBook::default()),
             identity: ProcessIdentity::current(),
             tasks: TaskTracker::new(),
             shutdown,
@@ -107,6 +126,22 @@ impl Core {
             background_stop.clone(),
         ));
         background.spawn(report_stats(shared.clone(), background_stop.clone()));
+        background.spawn(deliveries.run(background_stop.clone()));
+        {
+            // Rules and open alerts, then the timed checks; the settings agents are sent.
+            let (shared, store, stop) = (shared.clone(), store.clone(), background_stop.clone());
+            background.spawn(async move {
+                if let Err(e) = shared.alerts.load(store.as_ref()).await {
+                    tracing::error!(target: "infinibay::alerts",
+                        "cannot read alert rules ({e}); no alert is evaluated until one is set");
+                }
+                shared
+                    .telemetry
+                    .load(store.as_ref(), &shared.registry)
+                    .await;
+                shared.alerts.clone().run_timers(stop).await;
+            });
+        }
         let store_health = Arc::new(StoreHealth::default());
         background.spawn(probe_store(
             store.clone(),
@@ -200,7 +235,12 @@ impl Core {
     /// that scan, because samples read or queued before the connection closed would register
     /// it again. `true` when the core knew it.
     pub async fn delete_vm(&self, id: &str) -> Result<bool, StoreError> {
+        let socket = self.shared.registry.get(id).map(|vm| vm.socket_path());
         let known = self.shared.registry.forget(id);
+        self.shared.telemetry.forget(id);
+        if let Some(path) = socket {
+            remove_socket(id, &path);
+        }
         self.store.delete_vm(id).await?;
         let after = secs(self.shared.config.discovery.rescan_interval_secs.max(0.1))
             + Duration::from_secs(2);
@@ -225,6 +265,12 @@ impl Core {
     /// The core's counters.
     pub fn stats(&self) -> CoreStats {
         stats_of(&self.shared)
+    }
+
+    /// Use a hypervisor's knowledge of which VMs run for "agent offline while the VM is
+    /// running" alerts (without it, a VM whose socket file exists counts as running).
+    pub fn set_power_state(&self, power: Arc<dyn PowerState>) {
+        self.shared.alerts.set_power_state(power);
     }
 
     /// Send a command and wait for its response (`None`: the configured default timeout, 30 s).
@@ -274,6 +320,35 @@ fn stats_of(shared: &Shared) -> CoreStats {
         online: totals.online,
         totals,
         queue: shared.queue.stats(),
+        alerts: shared.alerts.stats(),
+    }
+}
+
+/// `deleteVm` removes the VM's socket (seed 001), so that it is not found again; only a socket
+/// (or a link to one) is removed, never another kind of file.
+fn remove_socket(vm_id: &str, path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| {
+        m.file_type().is_socket()
+            || (m.file_type().is_symlink()
+                && std::fs::metadata(path).is_ok_and(|t| t.file_type().is_socket()))
+    });
+    if !is_socket {
+        return;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(target: "infinibay::watcher", vm = vm_id,
+            path = %path.display(), "socket of a deleted VM removed"),
+        Err(e) => tracing::warn!(target: "infinibay::watcher", vm = vm_id,
+            "cannot remove the socket {} of a deleted VM: {e}", path.display()),
+    }
+}
+
+fn rule_error(e: RuleError) -> ControlError {
+    match e {
+        RuleError::Invalid(m) => ControlError::Invalid(m),
+        RuleError::NotFound(m) => ControlError::NotFound(m),
+        RuleError::Storage(m) => ControlError::Storage(m),
     }
 }
 
@@ -353,5 +428,49 @@ impl VmControl for Core {
 
     async fn stats(&self) -> CoreStats {
         Core::stats(self)
+    }
+
+    async fn create_alert_rule(
+        &self,
+        rule: NewAlertRule,
+        created_by: Option<i64>,
+    ) -> Result<AlertRule, ControlError> {
+        self.shared
+            .alerts
+            .create_rule(self.store.as_ref(), rule, created_by)
+            .await
+            .map_err(rule_error)
+    }
+
+    async fn delete_alert_rule(&self, rule_id: &str) -> Result<bool, ControlError> {
+        self.shared
+            .alerts
+            .delete_rule(self.store.as_ref(), rule_id)
+            .await
+            .map_err(rule_error)
+    }
+
+    async fn set_telemetry(
+        &self,
+        vm_id: &str,
+        request: TelemetryRequest,
+        updated_by: Option<i64>,
+    ) -> Result<TelemetryOutcome, ControlError> {
+        self.shared
+            .telemetry
+            .set(
+                self.store.as_ref(),
+                &self.shared.registry,
+                &self.commands,
+                vm_id,
+                request,
+                updated_by,
+            )
+            .await
+            .map_err(|e| match e {
+                TelemetryError::Invalid(m) => ControlError::Invalid(m),
+                TelemetryError::NotFound(m) => ControlError::NotFound(m),
+                TelemetryError::Storage(m) => ControlError::Storage(m),
+            })
     }
 }

@@ -22,11 +22,13 @@ use infinibay_protocol::{
 };
 use infinibay_store::{Inventory, InventoryKind, MetricSample, VmErrorRecord, VmStatus};
 
+use crate::alerts::AlertEngine;
 use crate::bus::Bus;
 use crate::commands::deliver_response;
 use crate::diag::{Deduper, Occurrence};
 use crate::registry::{VmCounters, VmEntry};
 use crate::store_writer::StoreQueue;
+use crate::telemetry::TelemetryBook;
 use infinibay_control::event::{AgentEvent, BusEvent, StatusReason, Topic};
 
 const TARGET: &str = "infinibay::ingest";
@@ -140,6 +142,8 @@ pub(crate) struct Ingest {
     queue: Arc<StoreQueue>,
     bus: Arc<dyn Bus>,
     outbound: mpsc::Sender<Vec<u8>>,
+    alerts: Arc<AlertEngine>,
+    telemetry: Arc<TelemetryBook>,
     limits: Limits,
     dedup: Deduper,
     /// A valid message arrived on this connection.
@@ -154,6 +158,8 @@ impl Ingest {
         queue: Arc<StoreQueue>,
         bus: Arc<dyn Bus>,
         outbound: mpsc::Sender<Vec<u8>>,
+        alerts: Arc<AlertEngine>,
+        telemetry: Arc<TelemetryBook>,
         dedup_period: Duration,
     ) -> Self {
         Self {
@@ -161,6 +167,8 @@ impl Ingest {
             queue,
             bus,
             outbound,
+            alerts,
+            telemetry,
             limits: Limits::default(),
             dedup: Deduper::new(dedup_period),
             proved_useful: false,
@@ -180,6 +188,23 @@ impl Ingest {
     fn on_decode_error(&mut self, error: &DecodeError) {
         VmCounters::bump(&self.vm.counters.decode_errors);
         let vm = self.vm.id();
+        // A sample refused whole (seed 001 refuses one without cpu or memory): nothing of it
+        // is stored or charted, rather than zeros. Said once per VM; the counter keeps count.
+        if let DecodeError::InvalidMessage { kind, message, .. } = error
+            && matches!(kind.as_str(), "system_metrics" | "metrics")
+        {
+            if self
+                .vm
+                .counters
+                .samples_rejected
+                .fetch_add(1, Ordering::Relaxed)
+                == 0
+            {
+                tracing::warn!(target: TARGET, vm,
+                    "system_metrics refused, nothing of it stored ({message}); further refused samples of this VM are only counted (samples_rejected)");
+            }
+            return;
+        }
         match self.dedup.record(error.label()) {
             Occurrence::First => {
                 tracing::warn!(target: TARGET, vm, kind = error.label(), "invalid line from guest: {error}")
@@ -242,6 +267,7 @@ impl Ingest {
             // Its body was taken into `sample` above.
             GuestMessage::SystemMetrics(_) => {
                 if let Some(sample) = sample {
+                    self.alerts.on_sample(&self.vm, &sample);
                     // The queue, the VM's newest and the bus share one sample; the bus gets it
                     // only when someone listens (with 10,000 VMs and no dashboard open, nobody
                     // does).
@@ -314,6 +340,8 @@ impl Ingest {
             VmCounters::bump(&self.vm.counters.pings_dropped);
         }
         self.vm.live().agent = Some(id.clone());
+        self.telemetry
+            .on_identification(&self.vm, id.protocol_version);
         self.queue.set_agent(&vm_id, id.clone());
         self.bus.publish(BusEvent::Agent(Arc::new(AgentEvent {
             vm_id,
@@ -346,6 +374,9 @@ impl Ingest {
         self.bus.publish(BusEvent::Inventory(Arc::new(inventory)));
     }
 
+    /// An error the agent reported: logged (deduplicated per connection), stored, pushed as
+    /// `vm:error` when stored (what a client is told is what `vmErrors` will list), and checked
+    /// against `guest_error` alert rules.
     fn on_guest_error(&mut self, e: GuestError, now: DateTime<Utc>) {
         let record = VmErrorRecord {
             vm_id: self.vm.id().to_owned(),
@@ -354,8 +385,20 @@ impl Ingest {
             message: e.error,
             details: e.details,
         };
-        self.queue.push_error(record.clone());
-        self.bus.publish(BusEvent::Error(Arc::new(record)));
+        let vm = self.vm.id();
+        let code = record.code.as_deref().unwrap_or("-");
+        match self.dedup.record("guest_error") {
+            Occurrence::First => tracing::warn!(target: TARGET, vm, code = %code.escape_debug(),
+                "the agent reports an error: {}", record.message.escape_debug()),
+            Occurrence::Summary(n) => tracing::warn!(target: TARGET, vm,
+                "the agent reported {n} more errors; latest ({}): {}",
+                code.escape_debug(), record.message.escape_debug()),
+            Occurrence::Suppressed => {}
+        }
+        self.alerts.on_guest_error(&self.vm, &record);
+        if self.queue.push_error(record.clone()) {
+            self.bus.publish(BusEvent::Error(Arc::new(record)));
+        }
     }
 
     /// Note a rate-limit pause: logged once per connection, then summarised.

@@ -21,6 +21,7 @@ pub use infinibay_control as control;
 pub use infinibay_protocol as protocol;
 pub use infinibay_store as store;
 
+pub mod alerts;
 pub mod backoff;
 #[cfg(feature = "bench")]
 pub mod bench;
@@ -40,7 +41,9 @@ mod shared;
 pub mod store_writer;
 #[allow(unsafe_code)]
 pub mod system;
+mod telemetry;
 
+pub use alerts::PowerState;
 pub use bus::{Bus, InProcessBus};
 pub use commands::PendingCommand;
 pub use config::CoreConfig;

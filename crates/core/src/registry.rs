@@ -34,6 +34,8 @@ pub struct VmCounters {
     pub messages: AtomicU64,
     /// Lines that could not be decoded.
     pub decode_errors: AtomicU64,
+    /// `system_metrics` refused (no cpu or memory, or fields of the wrong type).
+    pub samples_rejected: AtomicU64,
     /// Values sanitising had to change.
     pub sanitized_fixes: AtomicU64,
     /// Responses whose id matched no pending command of this VM.
@@ -61,6 +63,7 @@ impl VmCounters {
             connections: get(&self.connections),
             messages: get(&self.messages),
             decode_errors: get(&self.decode_errors),
+            samples_rejected: get(&self.samples_rejected),
             sanitized_fixes: get(&self.sanitized_fixes),
             unmatched_responses: get(&self.unmatched_responses),
             read_pauses: get(&self.read_pauses),
@@ -80,6 +83,9 @@ pub(crate) struct PendingSlot {
 #[derive(Debug)]
 pub(crate) struct Live {
     pub status: VmStatus,
+    /// Host time of the last status change (or of first sight): how long the agent has been
+    /// offline, for alerts.
+    pub status_since: DateTime<Utc>,
     pub last_seen: Option<DateTime<Utc>>,
     /// The newest sample since the host started: the one home of this fact (`/metrics`, the
     /// API's `latestMetrics`); the store persists it only to outlive a restart.
@@ -99,6 +105,9 @@ pub struct VmEntry {
     id: String,
     socket_path: Mutex<PathBuf>,
     pub(crate) live: Mutex<Live>,
+    /// What the alert engine watches of this VM (its own lock: evaluating rules never holds
+    /// the live state's).
+    pub(crate) alerts: Mutex<crate::alerts::VmAlertState>,
     /// Counters.
     pub counters: VmCounters,
 }
@@ -115,6 +124,7 @@ impl VmEntry {
             socket_path: Mutex::new(socket_path),
             live: Mutex::new(Live {
                 status: VmStatus::Offline,
+                status_since: Utc::now(),
                 last_seen: None,
                 latest: None,
                 agent: None,
@@ -122,6 +132,7 @@ impl VmEntry {
                 pending: HashMap::new(),
                 socket_present: true,
             }),
+            alerts: Mutex::new(crate::alerts::VmAlertState::default()),
             counters: VmCounters::default(),
         }
     }
@@ -144,6 +155,10 @@ impl VmEntry {
         lock(&self.live)
     }
 
+    pub(crate) fn alert_state(&self) -> MutexGuard<'_, crate::alerts::VmAlertState> {
+        lock(&self.alerts)
+    }
+
     /// Set the VM's status; on a change, queue it for storage and publish `vm:online` /
     /// `vm:offline`. Returns whether it changed.
     pub(crate) fn set_status(
@@ -160,6 +175,7 @@ impl VmEntry {
                 return false;
             }
             live.status = status;
+            live.status_since = now;
             if status == VmStatus::Online {
                 live.last_seen = Some(now);
             }
@@ -278,6 +294,11 @@ impl Registry {
         lock(&self.vms).get(id).cloned()
     }
 
+    /// Every VM entry, in no order (the alert engine's timed checks).
+    pub(crate) fn entries(&self) -> Vec<Arc<VmEntry>> {
+        lock(&self.vms).values().cloned().collect()
+    }
+
     /// All VMs, ordered by id.
     pub fn snapshots(&self) -> Vec<VmSnapshot> {
         let entries: Vec<Arc<VmEntry>> = lock(&self.vms).values().cloned().collect();
@@ -309,6 +330,7 @@ impl Registry {
             let s = e.counters.snapshot();
             t.messages += s.messages;
             t.decode_errors += s.decode_errors;
+            t.samples_rejected += s.samples_rejected;
             t.sanitized_fixes += s.sanitized_fixes;
             t.unmatched_responses += s.unmatched_responses;
             t.read_pauses += s.read_pauses;

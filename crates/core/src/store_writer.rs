@@ -9,6 +9,7 @@
 //! - inventories: only the latest per (VM, kind) is stored anyway, so a newer one replaces a
 //!   waiting one; new keys beyond `pending_inventory_items_max` items are dropped;
 //! - VM errors and command log entries: capped per VM and in all; beyond, new ones are dropped;
+//! - alert changes (raised, resolved): capped in all, in order; beyond, new ones are dropped;
 //! - VM registrations, agent info and status: one entry per VM, the newest wins.
 //!
 //! Every drop is counted ([`QueueStats`]). The writer takes everything waiting at once, writes
@@ -33,8 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 use infinibay_protocol::message::VmIdentification;
 use infinibay_store::{
-    CommandLogEntry, Inventory, InventoryKind, MetricSample, Store, VmErrorRecord, VmStatus,
-    VmStatusUpdate,
+    AlertChange, CommandLogEntry, Inventory, InventoryKind, MetricSample, Store, VmErrorRecord,
+    VmStatus, VmStatusUpdate,
 };
 
 use infinibay_control::vm::QueueStats;
@@ -72,6 +73,7 @@ struct Pending {
     errors: VecDeque<VmErrorRecord>,
     errors_per_vm: HashMap<String, usize>,
     command_logs: VecDeque<CommandLogEntry>,
+    alert_changes: Vec<AlertChange>,
 }
 
 impl Pending {
@@ -83,6 +85,7 @@ impl Pending {
             && self.inventories.is_empty()
             && self.errors.is_empty()
             && self.command_logs.is_empty()
+            && self.alert_changes.is_empty()
     }
 }
 
@@ -98,6 +101,7 @@ struct Counters {
     inventories_written: AtomicU64,
     errors_dropped: AtomicU64,
     command_logs_dropped: AtomicU64,
+    alert_changes_dropped: AtomicU64,
     write_failures: AtomicU64,
     flushes: AtomicU64,
 }
@@ -107,6 +111,7 @@ struct Counters {
 #[derive(Debug)]
 pub struct StoreQueue {
     limits: StoreConfig,
+    pending_alert_changes_max: usize,
     pending: Mutex<Pending>,
     /// Samples whose write failed, oldest first (only the writer touches it).
     backlog: Mutex<VecDeque<MetricSample>>,
@@ -119,8 +124,18 @@ pub struct StoreQueue {
 impl StoreQueue {
     /// An empty queue with these bounds.
     pub fn new(limits: StoreConfig) -> Self {
+        Self::with_alert_bound(
+            limits,
+            crate::config::AlertConfig::default().pending_changes_max,
+        )
+    }
+
+    /// An empty queue with these bounds, holding at most `pending_alert_changes_max` alert
+    /// changes.
+    pub fn with_alert_bound(limits: StoreConfig, pending_alert_changes_max: usize) -> Self {
         Self {
             limits,
+            pending_alert_changes_max,
             pending: Mutex::new(Pending::default()),
             backlog: Mutex::new(VecDeque::new()),
             failing: AtomicBool::new(false),
@@ -210,8 +225,8 @@ impl StoreQueue {
         p.inventories.insert(key, (inventory, items));
     }
 
-    /// Queue a VM error; dropped when the VM or the queue is over its bound.
-    pub fn push_error(&self, error: VmErrorRecord) {
+    /// Queue a VM error; dropped (and `false`) when the VM or the queue is over its bound.
+    pub fn push_error(&self, error: VmErrorRecord) -> bool {
         let mut p = self.lock();
         let for_vm = p.errors_per_vm.get(&error.vm_id).copied().unwrap_or(0);
         if p.errors.len() >= self.limits.pending_errors_max
@@ -219,10 +234,26 @@ impl StoreQueue {
         {
             drop(p);
             self.counters.errors_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         *p.errors_per_vm.entry(error.vm_id.clone()).or_default() += 1;
         p.errors.push_back(error);
+        true
+    }
+
+    /// Queue an alert raised or resolved, in order; dropped (and `false`) when the queue
+    /// holds its bound already.
+    pub fn push_alert_change(&self, change: AlertChange) -> bool {
+        let mut p = self.lock();
+        if p.alert_changes.len() >= self.pending_alert_changes_max {
+            drop(p);
+            self.counters
+                .alert_changes_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        p.alert_changes.push(change);
+        true
     }
 
     /// Queue a command log entry.
@@ -256,6 +287,7 @@ impl StoreQueue {
             inventories_written: get(&c.inventories_written),
             errors_dropped: get(&c.errors_dropped),
             command_logs_dropped: get(&c.command_logs_dropped),
+            alert_changes_dropped: get(&c.alert_changes_dropped),
             write_failures: get(&c.write_failures),
             flushes: get(&c.flushes),
             pending_samples,
@@ -359,6 +391,22 @@ impl StoreQueue {
             }
             *p.errors_per_vm.entry(error.vm_id.clone()).or_default() += 1;
             p.errors.push_front(error);
+        }
+        // Alert changes in their order: the given-back ones are older than what arrived
+        // meanwhile; beyond the bound the oldest are dropped and counted.
+        if !rest.alert_changes.is_empty() {
+            let newer = std::mem::replace(&mut p.alert_changes, rest.alert_changes);
+            p.alert_changes.extend(newer);
+            let over = p
+                .alert_changes
+                .len()
+                .saturating_sub(self.pending_alert_changes_max);
+            if over > 0 {
+                p.alert_changes.drain(..over);
+                self.counters
+                    .alert_changes_dropped
+                    .fetch_add(over as u64, Ordering::Relaxed);
+            }
         }
         for entry in rest.command_logs.into_iter().rev() {
             if p.command_logs.len() >= self.limits.pending_command_logs_max {
@@ -613,6 +661,14 @@ async fn write_pending(
             .await
             .map_err(failed("log_command"))?;
         pending.command_logs.pop_front();
+    }
+    if !pending.alert_changes.is_empty() {
+        store
+            .alerts()
+            .record_alerts(&pending.alert_changes)
+            .await
+            .map_err(failed("record_alerts"))?;
+        pending.alert_changes.clear();
     }
     // Status last: `insert_samples` advances last_seen, and an offline status written before a
     // late sample of the same batch must not be overwritten by it.

@@ -25,6 +25,10 @@ use crate::{Error, Result};
 pub const WINE64: &str = "/usr/lib/wine/wine64";
 const WINESERVER: &str = "/usr/lib/wine/wineserver";
 
+/// How long the prefix's first program may take to start: wine's start-up in a fresh prefix
+/// (wineboot, the service manager, device hosts) on a loaded machine.
+const KEEPALIVE_READY_WITHIN: Duration = Duration::from_secs(180);
+
 /// Environment variable naming a prebuilt `infiniservice.exe` to use instead of building one.
 pub const WINDOWS_AGENT_ENV: &str = "IB_E2E_WINDOWS_AGENT";
 
@@ -117,14 +121,45 @@ impl WinePrefix {
             .stdout(log.try_clone().map_err(Error::io("log handle"))?)
             .stderr(log);
         prefix.server = Some(TiedChild::spawn(server)?);
-        // A cmd waiting for a line that never comes.
+        // A cmd waiting for a line that never comes. It is the prefix's first program: the
+        // first one starts wineboot, which starts the service manager, and both inherit its
+        // stderr. So wine's messages about services, and what a service itself writes to
+        // stderr, land in `wine-services.log` (the failure reports print it), not in the
+        // output file of whichever program happened to come first.
         let mut keepalive = prefix.command("cmd.exe");
         keepalive
-            .args(["/c", "set /p never="])
+            .args(["/c", "echo ready& set /p never="])
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        prefix.keepalive = Some(TiedChild::spawn(keepalive)?);
+            .stdout(Stdio::piped())
+            .stderr(prefix.log_file("wine-services.log")?);
+        let mut keepalive = TiedChild::spawn(keepalive)?;
+        // cmd runs its command once wine's start-up (wineboot) is done.
+        let stdout = keepalive.child().stdout.take();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            let Some(stdout) = stdout else { return };
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let _ = ready_tx.send(lines.next().and_then(|line| line.ok()));
+            // Keep reading, so that cmd never writes into a closed pipe.
+            for _ in lines {}
+        });
+        let ready = KEEPALIVE_READY_WITHIN;
+        match ready_rx.recv_timeout(ready) {
+            Ok(Some(line)) if line.trim() == "ready" => {}
+            other => {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "the prefix's first program (cmd) starting; it printed {other:?}; \
+                         wine-services.log:\n{}",
+                        fs::read_to_string(prefix.log_dir.join("wine-services.log"))
+                            .unwrap_or_default()
+                    ),
+                    after: ready,
+                });
+            }
+        }
+        prefix.keepalive = Some(keepalive);
         Ok(prefix)
     }
 
@@ -141,7 +176,9 @@ impl WinePrefix {
     fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("WINEPREFIX", self.dir.display().to_string()),
-            ("WINEDEBUG", "-all".into()),
+            // Wine's own errors (not its fixme noise) go with each program's stderr, so that a
+            // failure's logs say what wine refused.
+            ("WINEDEBUG", "-all,err+all".into()),
             ("WINEDLLOVERRIDES", "mscoree,mshtml=".into()),
         ]
     }
@@ -194,8 +231,17 @@ impl WinePrefix {
                 break status;
             }
             if started.elapsed() > timeout {
+                // What it printed before it hung is the clue to why it hung.
+                let printed = |path: &Path| {
+                    String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned()
+                };
                 return Err(Error::Timeout {
-                    what: format!("wine64 {program} {}", args.join(" ")),
+                    what: format!(
+                        "wine64 {program} {}\n--- its stdout ---\n{}\n--- its stderr ---\n{}",
+                        args.join(" "),
+                        printed(&out_path),
+                        printed(&err_path)
+                    ),
                     after: started.elapsed(),
                 });
             }

@@ -88,6 +88,30 @@ pub struct ProcessConfig {
     /// Database URL (`sqlite://…` or `postgres://…`); default: SQLite file in `data_dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// Browser origins allowed to call the API with credentials (`cors_origins = [...]`, or
+    /// `INFINIBAY_CORS_ORIGINS=https://a,https://b`); empty (the default): CORS off.
+    #[serde(default, deserialize_with = "list_or_commas")]
+    pub cors_origins: Vec<String>,
+}
+
+/// A list of strings, or one string of comma-separated items (as an environment variable
+/// gives it).
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCommas {
+        List(Vec<String>),
+        Commas(String),
+    }
+    Ok(match ListOrCommas::deserialize(d)? {
+        ListOrCommas::List(l) => l,
+        ListOrCommas::Commas(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 impl Default for ProcessConfig {
@@ -96,13 +120,14 @@ impl Default for ProcessConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             database: None,
+            cors_origins: Vec::new(),
         }
     }
 }
 
 /// Top-level keys of the file that belong to [`ProcessConfig`]; the rest are the core's (but
 /// [`API_SECTION`] and [`CLUSTER_KEY`]).
-const PROCESS_KEYS: [&str; 3] = ["listen", "data_dir", "database"];
+const PROCESS_KEYS: [&str; 4] = ["listen", "data_dir", "database", "cors_origins"];
 /// The section of [`ClusterConfig`].
 const CLUSTER_KEY: &str = "cluster";
 
@@ -191,6 +216,9 @@ impl Config {
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.api.validate().map_err(ConfigError::Invalid)?;
+        for origin in &config.process.cors_origins {
+            infinibay_api::check_origin(origin).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         Ok(config)
     }
 
@@ -450,6 +478,43 @@ mod tests {
         assert_eq!(c.core.ingest.burst, 7);
         assert_eq!(c.core.ingest.rate_per_sec, 4.0);
         assert_eq!(c.core.connection.ping_interval_secs, 2.0);
+    }
+
+    #[test]
+    fn cors_origins_are_off_by_default_read_from_a_list_or_commas_and_checked() {
+        let none = Config::load(None, env(&[]), &Overrides::default()).expect("defaults");
+        assert!(none.process.cors_origins.is_empty());
+        let from_env = Config::load(
+            None,
+            env(&[(
+                "INFINIBAY_CORS_ORIGINS",
+                "https://app.example, http://localhost:3000",
+            )]),
+            &Overrides::default(),
+        )
+        .expect("origins from the environment");
+        assert_eq!(
+            from_env.process.cors_origins,
+            vec!["https://app.example", "http://localhost:3000"]
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "cors_origins = [\"https://app.example:8443\"]\n").expect("write");
+        let from_file =
+            Config::load(Some(&file), env(&[]), &Overrides::default()).expect("origins in a file");
+        assert_eq!(
+            from_file.process.cors_origins,
+            vec!["https://app.example:8443"]
+        );
+        for bad in ["*", "app.example", "https://app.example/path", "ftp://x"] {
+            let err = Config::load(
+                None,
+                env(&[("INFINIBAY_CORS_ORIGINS", bad)]),
+                &Overrides::default(),
+            )
+            .expect_err("not an origin");
+            assert!(err.to_string().contains("CORS origin"), "{bad}: {err}");
+        }
     }
 
     #[test]

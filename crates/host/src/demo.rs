@@ -3,8 +3,9 @@
 //! A fresh data directory (SQLite), the server on the usual port, and N real `infiniservice`
 //! agents in `--listen-unix` mode: each binds a socket in the host's socket directory exactly as
 //! QEMU would for a VM, so discovery, handshake, metrics and commands are the real ones and the
-//! numbers are this machine's. Everything is stopped (agents killed, the temporary directory
-//! removed) on Ctrl-C.
+//! numbers are this machine's. The agent it runs and the installers are published for download
+//! (`/infiniservice/linux/binary`, `…/script`), as `deploy/publish-agents.sh` does for a real
+//! host. Everything is stopped (agents killed, the temporary directory removed) on Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,19 @@ use rand::Rng;
 use tokio::process::{Child, Command};
 
 use crate::config::{Config, Overrides};
+
+/// The installers the download routes serve, built into this binary from `deploy/` so that the
+/// demo can publish them wherever it runs.
+const INSTALLERS: [(&str, &str); 2] = [
+    (
+        "install-linux.sh",
+        include_str!("../../../deploy/install-linux.sh"),
+    ),
+    (
+        "install-windows.ps1",
+        include_str!("../../../deploy/install-windows.ps1"),
+    ),
+];
 
 /// Flags of `infinibay demo`.
 #[derive(Debug, Clone, Args)]
@@ -62,6 +76,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let socket_dir = data_dir.join("sockets");
     std::fs::create_dir_all(&socket_dir)
         .with_context(|| format!("cannot create {}", socket_dir.display()))?;
+    publish_downloads(&data_dir, &agent_binary)?;
 
     let listener = bind(args.listen).await?;
     let address = listener.local_addr().context("listener has no address")?;
@@ -92,7 +107,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let metrics_address = metrics.local_addr().context("listener has no address")?;
 
-    let agents = start_agents(&agent_binary, &args, &data_dir, &socket_dir).await?;
+    let (agents, vm_ids) = start_agents(&agent_binary, &args, &data_dir, &socket_dir).await?;
+    name_demo_vms(prepared.store.as_ref(), &vm_ids).await?;
 
     println!();
     println!("  Infinibay demo is running");
@@ -106,6 +122,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         agents.len(),
         args.interval,
         socket_dir.display()
+    );
+    println!(
+        "  downloads   http://{address}/infiniservice/linux/binary and …/script \
+         (a user token, or ?token= from vmInstallToken)"
     );
     match &temporary {
         Some(_) => println!("  data        {} (removed on exit)", data_dir.display()),
@@ -168,6 +188,35 @@ fn find_agent(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Put the agent the demo runs and the installers where the download routes read them, in the
+/// layout of `deploy/publish-agents.sh`: `<data>/infiniservice/binaries/linux/infiniservice`
+/// and `<data>/infiniservice/scripts/`. Each file is written beside its place and renamed, so
+/// that a download never sees half of one.
+fn publish_downloads(data_dir: &Path, agent: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = data_dir.join("infiniservice");
+    let place = |relative: &str, mode: u32, write: &dyn Fn(&Path) -> std::io::Result<()>| {
+        let path = root.join(relative);
+        let staged = path.with_extension("new");
+        let result = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| write(&staged))
+            .and_then(|()| std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode)))
+            .and_then(|()| std::fs::rename(&staged, &path));
+        result.with_context(|| format!("cannot publish {}", path.display()))
+    };
+    place("binaries/linux/infiniservice", 0o755, &|to| {
+        std::fs::copy(agent, to).map(|_| ())
+    })?;
+    for (name, text) in INSTALLERS {
+        place(&format!("scripts/{name}"), 0o644, &|to| {
+            std::fs::write(to, text)
+        })?;
+    }
+    Ok(())
+}
+
 async fn bind(requested: Option<SocketAddr>) -> anyhow::Result<tokio::net::TcpListener> {
     let default = SocketAddr::from(([127, 0, 0, 1], 8080));
     match crate::serve::bind(requested.unwrap_or(default)).await {
@@ -196,8 +245,9 @@ async fn start_agents(
     args: &DemoArgs,
     data_dir: &Path,
     socket_dir: &Path,
-) -> anyhow::Result<Vec<Child>> {
+) -> anyhow::Result<(Vec<Child>, Vec<String>)> {
     let mut agents = Vec::with_capacity(usize::from(args.vms));
+    let mut vm_ids = Vec::with_capacity(usize::from(args.vms));
     for index in 1..=args.vms {
         let vm_id = uuid::Uuid::new_v4();
         let config_path = data_dir.join(format!("agent-{index}.toml"));
@@ -228,6 +278,7 @@ async fn start_agents(
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         agents.push(child);
+        vm_ids.push(vm_id.to_string());
     }
     // An agent that dies at once (bad binary, bad config) is reported now, not discovered later.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -240,12 +291,70 @@ async fn start_agents(
             );
         }
     }
-    Ok(agents)
+    Ok((agents, vm_ids))
+}
+
+/// The demo's display name of its `index`-th VM (from 1): every agent runs on this machine and
+/// would otherwise be named after it.
+pub fn demo_vm_name(index: usize) -> String {
+    format!("demo-vm-{index}")
+}
+
+/// Register the demo's VMs with their own names before their agents are first seen (a chosen
+/// name, which the agents' host name does not replace; `renameVm` changes it).
+async fn name_demo_vms(
+    store: &dyn infinibay_store::Store,
+    vm_ids: &[String],
+) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let register: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        vm_ids.iter().map(|id| (id.clone(), now)).collect();
+    store
+        .upsert_vms(&register)
+        .await
+        .context("registering the demo VMs")?;
+    for (index, id) in vm_ids.iter().enumerate() {
+        store
+            .set_vm_name(id, &demo_vm_name(index + 1))
+            .await
+            .context("naming a demo VM")?;
+    }
+    Ok(())
 }
 
 async fn stop_agents(agents: Vec<Child>) {
     for mut agent in agents {
         let _ = agent.start_kill();
         let _ = agent.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_demo_vm_is_registered_under_its_own_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("demo.db").display());
+        let store = infinibay_store::open(&url).await.expect("open store");
+        let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        name_demo_vms(store.as_ref(), &ids).await.expect("named");
+        // Every agent then says it is this machine; the names stay.
+        let this_machine = infinibay_protocol::samples::identification("the-demo-machine");
+        let agents: Vec<_> = ids
+            .iter()
+            .map(|id| (id.clone(), this_machine.clone()))
+            .collect();
+        store
+            .set_vm_agents(&agents)
+            .await
+            .expect("agents identified");
+        let mut names: Vec<String> = Vec::new();
+        for id in &ids {
+            let vm = store.get_vm(id).await.expect("read").expect("registered");
+            names.push(vm.name);
+        }
+        assert_eq!(names, vec!["demo-vm-1", "demo-vm-2", "demo-vm-3"]);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 
 use infinibay_core::diag::{KVM_GROUP_HINT, Ownership, ProcessIdentity};
 use infinibay_core::discover::scan;
@@ -35,12 +36,12 @@ fn problem(message: String, fix: impl Into<String>) -> Finding {
     }
 }
 
-/// Run every check.
-pub async fn check(config: &Config) -> Vec<Finding> {
+/// Run every check; with `fix`, remove the stale sockets found.
+pub async fn check(config: &Config, fix: bool) -> Vec<Finding> {
     let mut findings = Vec::new();
     let who = ProcessIdentity::current();
     findings.push(ok(format!("running as {}", who.describe())));
-    check_socket_dir(config, &who, &mut findings);
+    check_socket_dir(config, &who, fix, &mut findings);
     check_data_dir(config, &mut findings);
     check_database(config, &mut findings).await;
     match infinibay_core::system::raise_nofile_limit() {
@@ -57,7 +58,12 @@ pub async fn check(config: &Config) -> Vec<Finding> {
     findings
 }
 
-fn check_socket_dir(config: &Config, who: &ProcessIdentity, findings: &mut Vec<Finding>) {
+fn check_socket_dir(
+    config: &Config,
+    who: &ProcessIdentity,
+    fix: bool,
+    findings: &mut Vec<Finding>,
+) {
     let dir = &config.core.socket_dir;
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
@@ -134,6 +140,84 @@ fn check_socket_dir(config: &Config, who: &ProcessIdentity, findings: &mut Vec<F
         ));
     } else if !sockets.is_empty() {
         findings.push(ok("every VM socket may be opened by this user".into()));
+    }
+    let mut openable: Vec<_> = sockets
+        .values()
+        .filter(|p| !denied.iter().any(|(d, _)| d == *p))
+        .cloned()
+        .collect();
+    openable.sort();
+    check_stale(&openable, fix, findings);
+}
+
+/// Sockets nobody listens on any more: the file of a VM whose QEMU is gone (seed 000). A
+/// connection to them is refused; a live QEMU accepts (or queues) it, and sees it close.
+fn stale_sockets(sockets: &[PathBuf]) -> Vec<PathBuf> {
+    sockets
+        .iter()
+        .filter(|p| {
+            matches!(
+                std::os::unix::net::UnixStream::connect(p),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            )
+        })
+        .cloned()
+        .collect()
+}
+
+fn check_stale(sockets: &[PathBuf], fix: bool, findings: &mut Vec<Finding>) {
+    let stale = stale_sockets(sockets);
+    if stale.is_empty() {
+        return;
+    }
+    let listed = |paths: &[PathBuf]| {
+        let mut text = paths
+            .iter()
+            .take(10)
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if paths.len() > 10 {
+            text.push_str(&format!(" and {} more", paths.len() - 10));
+        }
+        text
+    };
+    if !fix {
+        findings.push(problem(
+            format!(
+                "{} stale socket(s) of VMs that no longer run (nothing listens): {}",
+                stale.len(),
+                listed(&stale)
+            ),
+            "infinibay doctor --fix removes them",
+        ));
+        return;
+    }
+    let mut removed = Vec::new();
+    let mut failed = Vec::new();
+    for path in stale {
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => removed.push(path),
+            Err(e) => failed.push((path, e)),
+        }
+    }
+    if !removed.is_empty() {
+        findings.push(ok(format!(
+            "removed {} stale socket(s): {}",
+            removed.len(),
+            listed(&removed)
+        )));
+    }
+    if let Some((path, e)) = failed.first() {
+        findings.push(problem(
+            format!(
+                "cannot remove {} stale socket(s), e.g. {}: {e}",
+                failed.len(),
+                path.display()
+            ),
+            "run doctor --fix as a user who may write the socket directory",
+        ));
     }
 }
 

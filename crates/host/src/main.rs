@@ -120,9 +120,9 @@ async fn api(args: infinibay::cli::ApiArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn doctor(args: ConfigArgs) -> anyhow::Result<ExitCode> {
-    let config = args.load().context("configuration")?;
-    let findings = infinibay::doctor::check(&config).await;
+async fn doctor(args: infinibay::cli::DoctorArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config.load().context("configuration")?;
+    let findings = infinibay::doctor::check(&config, args.fix).await;
     let problems = infinibay::doctor::print(&findings, &mut std::io::stdout())?;
     Ok(if problems == 0 {
         ExitCode::SUCCESS

@@ -376,6 +376,7 @@ pub async fn prepare_with_admin_password(
     let mut settings = settings_for(data_dir.clone(), secret);
     settings.limits = config.api.clone();
     settings.graphiql_page = infinibay_dashboard::graphiql_page();
+    settings.cors_origins = config.process.cors_origins.clone();
     Ok(Prepared {
         settings,
         first_admin,

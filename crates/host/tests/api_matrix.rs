@@ -189,7 +189,11 @@ async fn graphql_case(
         ("QueryRoot", "me") => ("query { me { id username role } }".into(), json!({}), Rule::Authenticated),
         ("QueryRoot", "vms") => ("query { vms { id name status owner { username } latestMetrics { cpuPercent } } }".into(), json!({}), Rule::Authenticated),
         ("QueryRoot", "vm") => ("query($id: ID!) { vm(id: $id) { id status agent { os } ipAddresses } }".into(), json!({"id": vm}), Rule::VmScoped),
-        ("QueryRoot", "getVmMetrics") => ("query($id: ID!) { getVmMetrics(vmId: $id) { at cpuAvg samples } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "getVmMetrics") => ("query($id: ID!) { getVmMetrics(vmId: $id) { id timestamp cpuUsage memoryUsed memoryTotal diskUsage networkStats } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "vmErrors") => ("query($id: ID!) { vmErrors(vmId: $id) { at code message } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "vmTelemetry") => ("query($id: ID!) { vmTelemetry(vmId: $id) { interval collectors } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "alerts") => ("query($id: ID) { alerts(vmId: $id) { id kind raisedAt resolvedAt } }".into(), json!({"id": vm}), Rule::VmScoped),
+        ("QueryRoot", "alertRules") => ("query { alertRules { id kind threshold } }".into(), json!({}), Rule::AdminOnly),
         ("QueryRoot", "vmMetrics") => (
             "query($id: ID!, $f: DateTime!, $t: DateTime!) { vmMetrics(vmId: $id, from: $f, to: $t) { resolution points { at cpuAvg } } }".into(),
             json!({"id": vm, "f": (now - chrono::Duration::hours(1)).to_rfc3339(), "t": now.to_rfc3339()}),
@@ -239,6 +243,26 @@ async fn graphql_case(
             server.scratch_vm(&id, Some(server.owner.record.id)).await;
             ("mutation($id: ID!) { deleteVm(vmId: $id) }".into(), json!({"id": id}), Rule::AdminOnly)
         }
+        ("MutationRoot", "renameVm") => (
+            "mutation($id: ID!, $n: String!) { renameVm(vmId: $id, name: $n) { id name } }".into(),
+            json!({"id": vm, "n": format!("renamed by {tag}")}),
+            Rule::VmScoped,
+        ),
+        ("MutationRoot", "setVmTelemetry") => (
+            "mutation($id: ID!) { setVmTelemetry(vmId: $id, interval: 1, collectors: [\"system_metrics\"]) { settings { interval } } }".into(),
+            json!({"id": vm}),
+            Rule::VmScoped,
+        ),
+        ("MutationRoot", "createAlertRule") => (
+            "mutation($id: ID) { createAlertRule(input: {vmId: $id, kind: CPU, threshold: 99.5, durationSeconds: 60}) { id } }".into(),
+            json!({"id": vm}),
+            Rule::AdminOnly,
+        ),
+        ("MutationRoot", "deleteAlertRule") => (
+            "mutation { deleteAlertRule(id: \"no-such-rule\") }".into(),
+            json!({}),
+            Rule::AdminOnly,
+        ),
         ("SubscriptionRoot", "vmMetrics") => ("subscription($id: ID!) { vmMetrics(vmId: $id) { at cpuPercent } }".into(), json!({"id": vm}), Rule::VmScoped),
         ("SubscriptionRoot", "vmStatus") => ("subscription { vmStatus { vmId status } }".into(), json!({}), Rule::Authenticated),
         _ => return None,
@@ -463,6 +487,9 @@ async fn every_query_mutation_subscription_event_and_route_obeys_the_rule_set() 
     let binaries = server.data_dir.join("infiniservice/binaries/linux");
     std::fs::create_dir_all(&binaries).expect("binaries dir");
     std::fs::write(binaries.join("infiniservice"), b"\x7fELF agent bytes").expect("binary");
+    let windows = server.data_dir.join("infiniservice/binaries/windows");
+    std::fs::create_dir_all(&windows).expect("windows binaries dir");
+    std::fs::write(windows.join("infiniservice.msi"), b"\xd0\xcf\x11\xe0 msi").expect("msi");
     let scripts = server.data_dir.join("infiniservice/scripts");
     std::fs::create_dir_all(&scripts).expect("scripts dir");
     std::fs::write(
@@ -550,6 +577,38 @@ async fn an_install_token_downloads_the_agent_without_a_user_token() {
     );
     let forged = reqwest::get(format!(
         "{}/infiniservice/linux/binary?token=forged",
+        server.url
+    ))
+    .await
+    .expect("GET");
+    assert_eq!(forged.status().as_u16(), 401);
+
+    // The MSI: the same tokens, from beside infiniservice.exe; 404 until it is published.
+    let msi_url = format!("{}/infiniservice/windows/msi?token={install}", server.url);
+    let missing = reqwest::get(&msi_url).await.expect("GET");
+    assert_eq!(missing.status().as_u16(), 404);
+    let windows = server.data_dir.join("infiniservice/binaries/windows");
+    std::fs::create_dir_all(&windows).expect("dir");
+    // An MSI is an OLE compound file: its signature, then bytes.
+    let mut msi = vec![0xd0, 0xcf, 0x11, 0xe0, 0xa1, 0xb1, 0x1a, 0xe1];
+    msi.extend((0..100_000u32).map(|i| (i % 253) as u8));
+    std::fs::write(windows.join("infiniservice.msi"), &msi).expect("msi");
+    let got = reqwest::get(&msi_url).await.expect("GET");
+    assert_eq!(got.status().as_u16(), 200);
+    let header = |name: &str| {
+        got.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(header("content-type").as_deref(), Some("application/x-msi"));
+    assert_eq!(
+        header("content-disposition").as_deref(),
+        Some("attachment; filename=\"infiniservice.msi\"")
+    );
+    assert_eq!(got.bytes().await.expect("body").as_ref(), msi.as_slice());
+    let forged = reqwest::get(format!(
+        "{}/infiniservice/windows/msi?token=forged",
         server.url
     ))
     .await
@@ -818,6 +877,47 @@ async fn a_stored_inventory_row_that_does_not_read_is_reported_beside_the_rows_t
     assert_eq!(error_code(&r).as_deref(), Some("INTERNAL"), "{r}");
     let message = r["errors"][0]["message"].as_str().unwrap_or_default();
     assert!(message.contains("1 of 3 rows"), "{r}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_start_type_is_served_and_rows_stored_before_it_read_as_null() {
+    let server = Server::start(1, Duration::from_millis(500)).await;
+    let admin = server.login(&server.admin).await;
+    let vm = "1f0e0d0c-0b0a-4908-8706-050403020101";
+    server.scratch_vm(vm, None).await;
+    server
+        .store
+        .replace_inventories(&[Inventory {
+            vm_id: vm.to_owned(),
+            kind: InventoryKind::Services,
+            received_at: chrono::Utc::now(),
+            items: json!([
+                // A Windows agent's record: a start type, no load state.
+                {"name": "MSSQL$SQLEXPRESS", "active_state": "active", "sub_state": "running",
+                 "enabled": true, "start_type": "auto-delayed"},
+                // A record stored from an agent that predates `start_type`.
+                {"name": "ssh.service", "load_state": "loaded", "active_state": "active",
+                 "sub_state": "running", "enabled": true},
+            ]),
+        }])
+        .await
+        .expect("store an inventory");
+    let r = server
+        .gql(
+            Some(&admin),
+            "query($id: ID!) { vmServices(vmId: $id) { name loadState enabled startType } }",
+            json!({"id": vm}),
+        )
+        .await;
+    assert_eq!(
+        r["data"]["vmServices"],
+        json!([
+            {"name": "MSSQL$SQLEXPRESS", "loadState": null, "enabled": true, "startType": "auto-delayed"},
+            {"name": "ssh.service", "loadState": "loaded", "enabled": true, "startType": null},
+        ]),
+        "{r}"
+    );
     server.stop().await;
 }
 

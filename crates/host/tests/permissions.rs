@@ -238,3 +238,50 @@ fn serve_reports_an_unreachable_database_without_its_password() {
     assert!(stderr.contains("infinibay:***@127.0.0.1:1"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "password leaked: {stderr}");
 }
+
+#[test]
+fn doctor_lists_stale_sockets_and_fix_removes_only_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sockets = dir.path().join("s");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&sockets).expect("mkdir");
+    let live = sockets.join(format!("vm-{}.sock", uuid::Uuid::new_v4()));
+    let _listener = std::os::unix::net::UnixListener::bind(&live).expect("bind live");
+    // A VM whose QEMU is gone: the file stays, nothing listens.
+    let stale = sockets.join(format!("vm-{}.sock", uuid::Uuid::new_v4()));
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind stale"));
+    assert!(stale.exists());
+    let doctor = |fix: bool| {
+        output_retrying(|| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_infinibay"));
+            c.arg("doctor")
+                .arg("--socket-dir")
+                .arg(&sockets)
+                .arg("--data-dir")
+                .arg(&data);
+            if fix {
+                c.arg("--fix");
+            }
+            c
+        })
+    };
+    let out = doctor(false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a stale socket is a problem:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("1 stale socket(s)") && stdout.contains(&stale.display().to_string()),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&live.display().to_string()), "{stdout}");
+    assert!(stale.exists(), "without --fix nothing is removed");
+
+    let out = doctor(true);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("removed 1 stale socket(s)"), "{stdout}");
+    assert!(!stale.exists(), "the stale socket is gone");
+    assert!(live.exists(), "a socket someone listens on stays");
+}

@@ -80,9 +80,8 @@ struct LegacyData {
 
 #[derive(Deserialize)]
 struct LegacySystem {
-    #[serde(default)]
+    // Required, as in v1 (`MetricsBody`): a sample without them is refused, never zeros.
     cpu: CpuMetrics,
-    #[serde(default)]
     memory: LegacyMemory,
     #[serde(default)]
     disk: DiskMetrics,
@@ -100,9 +99,7 @@ struct LegacySystem {
 
 #[derive(Deserialize, Default)]
 struct LegacyMemory {
-    #[serde(default)]
     total_kb: u64,
-    #[serde(default)]
     used_kb: u64,
     #[serde(default)]
     available_kb: u64,
@@ -324,6 +321,7 @@ pub(crate) fn metrics_into(
                 .windows_services
                 .iter()
                 .filter_map(|s| {
+                    let start_type = text(s, "start_type").map(|t| start_type_in_our_words(&t));
                     Some(ServiceInfo {
                         name: text(s, "name")?,
                         description: text(s, "display_name"),
@@ -332,12 +330,32 @@ pub(crate) fn metrics_into(
                             .or_else(|| text(s, "status"))
                             .map(|x| x.to_ascii_lowercase()),
                         sub_state: None,
-                        enabled: text(s, "start_type").map(|t| {
-                            matches!(t.to_ascii_lowercase().as_str(), "automatic" | "auto")
-                        }),
+                        enabled: start_type.as_deref().map(starts_at_boot),
+                        start_type,
                     })
                 })
                 .collect(),
         }));
     }
+}
+
+/// The original agent's Windows start type (WMI's `StartMode`, or the Services console's
+/// words) in the words our Windows agent uses; anything else is kept, lower-cased.
+fn start_type_in_our_words(word: &str) -> String {
+    let lower = word.trim().to_ascii_lowercase();
+    let ours = match lower.as_str() {
+        "auto" | "automatic" | "auto_start" => "auto",
+        "automatic (delayed start)" | "auto-delayed" | "delayed" => "auto-delayed",
+        "manual" | "demand" | "demand_start" => "manual",
+        "disabled" => "disabled",
+        "boot" | "boot_start" => "boot",
+        "system" | "system_start" => "system",
+        _ => return lower,
+    };
+    ours.to_owned()
+}
+
+/// Whether a Windows start type (in our words) starts the service at boot.
+fn starts_at_boot(start_type: &str) -> bool {
+    matches!(start_type, "auto" | "auto-delayed" | "boot" | "system")
 }

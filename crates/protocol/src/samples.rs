@@ -197,6 +197,7 @@ pub fn typical_services(count: usize) -> ServiceInventory {
                 active_state: Some(if i % 4 == 0 { "inactive" } else { "active" }.into()),
                 sub_state: Some(if i % 4 == 0 { "dead" } else { "running" }.into()),
                 enabled: Some(i % 4 != 0),
+                start_type: Some(if i % 4 == 0 { "disabled" } else { "enabled" }.into()),
             })
             .collect(),
     }

@@ -334,6 +334,7 @@ fn service(f: &mut Fixer<'_>, s: &mut ServiceInfo) {
     f.opt_short(&mut s.load_state);
     f.opt_short(&mut s.active_state);
     f.opt_short(&mut s.sub_state);
+    f.opt_short(&mut s.start_type);
 }
 
 fn response(f: &mut Fixer<'_>, r: &mut CommandResponse) {

@@ -81,6 +81,53 @@ fn legacy_metrics_split_into_identification_metrics_processes_and_ports() {
     assert_eq!(ports.ports[0].protocol, "tcp");
 }
 
+/// The capture has no Windows services (it is from a Linux guest); these records have the
+/// fields the original agent's Windows build writes (`name`, `display_name`, `state`,
+/// `start_type`), in the console's words and WMI's.
+#[test]
+fn legacy_windows_services_keep_their_start_type_in_our_words() {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&fixture("metrics_full_redacted_pretty.json")).expect("json");
+    value["data"]["system"]["windows_services"] = serde_json::json!([
+        {"name":"Spooler","display_name":"Print Spooler","state":"Running","start_type":"Automatic"},
+        {"name":"MSSQL$SQLEXPRESS","display_name":"SQL Server (SQLEXPRESS)","state":"Stopped","start_type":"Manual"},
+        {"name":"BITS","state":"Running","start_type":"Automatic (Delayed Start)"},
+        {"name":"Fax","state":"Stopped","start_type":"Disabled"},
+        {"name":"odd","state":"Stopped","start_type":"Sometimes"},
+    ]);
+    let mut line = serde_json::to_vec(&value).expect("serializes");
+    line.push(b'\n');
+    let messages: Vec<GuestMessage> = decode_stream(&line)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("decodes");
+    let Some(GuestMessage::ServiceInventory(inventory)) = messages.last() else {
+        panic!("no service inventory: {messages:?}")
+    };
+    let summary: Vec<_> = inventory
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.start_type.as_deref(),
+                s.enabled,
+                s.load_state.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("Spooler", Some("auto"), Some(true), None),
+            ("MSSQL$SQLEXPRESS", Some("manual"), Some(false), None),
+            ("BITS", Some("auto-delayed"), Some(true), None),
+            ("Fax", Some("disabled"), Some(false), None),
+            ("odd", Some("sometimes"), Some(false), None),
+        ]
+    );
+}
+
 #[test]
 fn later_legacy_metrics_on_a_connection_are_read_as_rates() {
     let mut twice = metrics_line();

@@ -26,6 +26,11 @@ fn name() -> impl Strategy<Value = String> {
     "[a-z][a-z0-9._-]{0,15}"
 }
 
+/// Windows service names: instance names with `$`, spaces, parentheses, braces, non-ASCII.
+fn windows_service_name() -> impl Strategy<Value = String> {
+    "[A-Za-z{!][A-Za-z0-9 $(){}_.é-]{0,20}"
+}
+
 fn timestamp() -> impl Strategy<Value = Timestamp> {
     // Whole milliseconds: the precision we write.
     (0i64..4_000_000_000_000).prop_map(|ms| {
@@ -258,14 +263,16 @@ fn guest_message() -> impl Strategy<Value = GuestMessage> {
         of(text()),
         of(text()),
         of(any::<bool>()),
+        of(text()),
     )
-        .prop_map(|(name, d, l, a, s, e)| ServiceInfo {
+        .prop_map(|(name, d, l, a, s, e, t)| ServiceInfo {
             name,
             description: d,
             load_state: l,
             active_state: a,
             sub_state: s,
             enabled: e,
+            start_type: t,
         });
     let code = prop_oneof![
         Just(ErrorCode::Forbidden),
@@ -358,7 +365,7 @@ fn safe_action() -> impl Strategy<Value = SafeAction> {
     ];
     prop_oneof![
         Just(SafeAction::ServiceList),
-        (name(), op)
+        (prop_oneof![name(), windows_service_name()], op)
             .prop_map(|(service, operation)| SafeAction::ServiceControl { service, operation }),
         Just(SafeAction::PackageList),
         name().prop_map(|query| SafeAction::PackageSearch { query }),
@@ -599,6 +606,37 @@ fn every_known_safe_action_is_covered_by_the_strategy() {
     assert_eq!(KNOWN_SAFE_ACTIONS.len(), 14);
 }
 
+/// `start_type` came after v1 first shipped: an older agent's record (without it) still decodes,
+/// and a field a receiver does not know is skipped, which is how an older host reads a newer
+/// agent's `start_type`.
+#[test]
+fn a_services_start_type_is_optional_and_unknown_service_fields_are_skipped() {
+    let decode_services = |line: &str| match decode_guest_line(line.as_bytes()) {
+        Ok(messages) => match messages.as_slice() {
+            [GuestMessage::ServiceInventory(inventory)] => inventory.services.clone(),
+            other => panic!("{line}: decoded as {other:?}"),
+        },
+        Err(e) => panic!("{line}: {e:?}"),
+    };
+    let older = decode_services(
+        r#"{"type":"service_inventory","services":[{"name":"ssh.service","load_state":"loaded","enabled":true}]}"#,
+    );
+    assert_eq!(older[0].start_type, None);
+    assert_eq!(older[0].enabled, Some(true));
+    let newer = decode_services(
+        r#"{"type":"service_inventory","services":[{"name":"MSSQL$SQLEXPRESS","start_type":"auto-delayed","enabled":true,"recovery":"restart"}]}"#,
+    );
+    assert_eq!(newer[0].start_type.as_deref(), Some("auto-delayed"));
+    assert_eq!(newer[0].load_state, None);
+    // Written only when known: an older receiver sees no new key for an agent that has none.
+    let line = encode_line(&GuestMessage::ServiceInventory(ServiceInventory {
+        timestamp: None,
+        services: older,
+    }))
+    .expect("encodes");
+    assert!(!String::from_utf8_lossy(&line).contains("start_type"));
+}
+
 /// Lines the fast path picks up by their prefix but cannot parse must give exactly the errors
 /// of the full path: the right variant, the kind, and the id of a response.
 #[test]
@@ -627,6 +665,48 @@ fn invalid_lines_starting_like_v1_messages_keep_their_precise_errors() {
             Err(e) => assert!(expected(&e), "{line}: unexpected error {e:?}"),
             Ok(m) => panic!("{line}: decoded as {m:?}"),
         }
+    }
+}
+
+/// Seed 001 refuses a sample without `cpu` or `memory`; reading it as zeros would put invented
+/// 0 % points into charts and roll-ups. Missing `usage_percent`, `total_kb` or `used_kb` is the
+/// same invention, and refused too; the v1 fast path, the full path and the original agent's
+/// dialect agree.
+#[test]
+fn a_system_metrics_without_cpu_or_memory_is_refused_not_read_as_zeros() {
+    use infinibay_protocol::DecodeError;
+    let cpu = r#""cpu":{"usage_percent":12.5}"#;
+    let memory = r#""memory":{"total_kb":1000,"used_kb":400}"#;
+    let refused = [
+        format!(r#"{{"type":"system_metrics","metrics":{{{memory}}}}}"#),
+        format!(r#"{{"type":"system_metrics","metrics":{{{cpu}}}}}"#),
+        format!(r#"{{"type":"system_metrics","metrics":{{"cpu":{{}},{memory}}}}}"#),
+        format!(r#"{{"type":"system_metrics","metrics":{{{cpu},"memory":{{"total_kb":1000}}}}}}"#),
+        format!(r#"{{"timestamp":1,"type":"system_metrics","metrics":{{{memory}}}}}"#),
+        r#"{"type":"metrics","data":{"system":{"memory":{"total_kb":1,"used_kb":1}}}}"#.to_owned(),
+    ];
+    for line in &refused {
+        match decode_guest_line(line.as_bytes()) {
+            Err(DecodeError::InvalidMessage { kind, message, .. }) => {
+                assert!(
+                    kind == "system_metrics" || kind == "metrics",
+                    "{line}: {kind}"
+                );
+                assert!(message.contains("missing field"), "{line}: {message}");
+            }
+            other => panic!("{line}: expected a refusal, got {other:?}"),
+        }
+    }
+    let whole = format!(r#"{{"type":"system_metrics","metrics":{{{cpu},{memory}}}}}"#);
+    match decode_guest_line(whole.as_bytes())
+        .expect("a complete sample decodes")
+        .as_slice()
+    {
+        [GuestMessage::SystemMetrics(m)] => {
+            assert_eq!(m.metrics.cpu.usage_percent, 12.5);
+            assert_eq!(m.metrics.memory.used_kb, 400);
+        }
+        other => panic!("decoded as {other:?}"),
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use infinibay_protocol::message::command::{ServiceNaming, check_service_name};
 use infinibay_protocol::message::{
     CommandResponse, Configure, ErrorCode, Pong, SafeAction, SafeCommand, UnsafeCommand,
 };
@@ -188,7 +189,19 @@ fn success(
 
 fn safe_command(command: SafeCommand, source: &mut SampleSource) -> CommandResponse {
     let id = command.id;
-    if let Err(reason) = command.command_type.validate() {
+    // The simulated guest is a Debian one: its service names are systemd's, as on a real
+    // Linux agent.
+    let systemd_name = |action: &SafeAction| match action {
+        SafeAction::ServiceControl { service, .. } => {
+            check_service_name(service, ServiceNaming::Systemd)
+        }
+        _ => Ok(()),
+    };
+    if let Err(reason) = command
+        .command_type
+        .validate()
+        .and_then(|()| systemd_name(&command.command_type))
+    {
         let mut response = CommandResponse::failure(id, ErrorCode::Invalid, reason);
         response.command_type = Some("safe".into());
         return response;

@@ -33,12 +33,15 @@ pub(crate) enum Plan {
 }
 
 /// Tables holding rows of one VM by its id, deleted with the VM.
-pub(crate) const VM_ID_TABLES: [&str; 5] = [
+pub(crate) const VM_ID_TABLES: [&str; 8] = [
     "vm_latest_sample",
     "vm_inventory",
     "service_history",
     "command_log",
     "vm_errors",
+    "alerts",
+    "alert_rules",
+    "vm_telemetry",
 ];
 
 /// Tables holding rows of one VM by its integer key, deleted with the VM.
@@ -123,6 +126,8 @@ pub(crate) async fn maintain<M: MaintenanceOps>(
         ("service_history", "at", events_cutoff),
         ("vm_errors", "at", events_cutoff),
         ("command_log", "created_at", events_cutoff),
+        // Resolved alerts only: an open one has no `resolved_at` and is never older.
+        ("alerts", "resolved_at", events_cutoff),
     ] {
         loop {
             let deleted = db.prune_batch(table, column, cutoff, batch).await?;

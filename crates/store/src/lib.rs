@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use infinibay_protocol as protocol;
 
+pub mod alerts;
 mod common;
 mod engine;
 mod hot;
@@ -24,6 +25,7 @@ pub mod postgres;
 pub mod sqlite;
 pub mod users;
 
+pub use alerts::{AlertChange, AlertKind, AlertQuery, AlertRecord, AlertRule, AlertStore};
 pub use open::{open, open_with_retention};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -256,6 +258,25 @@ pub struct VmErrorRecord {
     pub details: Option<String>,
 }
 
+/// What the host asks one VM's agent to collect and how often (`setVmTelemetry`): sent to the
+/// agent as `configure` when it is set and again on every reconnect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmTelemetry {
+    /// VM.
+    pub vm_id: String,
+    /// Seconds between samples.
+    pub interval_secs: u32,
+    /// The collectors that run (`system_metrics`, `process_snapshot`, `port_usage`,
+    /// `application_usage`, `service_inventory`), sorted; the others are off.
+    pub collectors: Vec<String>,
+    /// Who set it.
+    pub updated_by: Option<i64>,
+    /// When.
+    pub updated_at: DateTime<Utc>,
+    /// When the agent last confirmed these settings; `None` until it has.
+    pub applied_at: Option<DateTime<Utc>>,
+}
+
 /// A status write of one VM, as [`Store::set_vm_statuses`] takes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmStatusUpdate {
@@ -276,7 +297,8 @@ pub struct Retention {
     pub minute: chrono::Duration,
     /// Hour rollups (default 1 year).
     pub hour: chrono::Duration,
-    /// Service state changes, VM errors and command log entries (default 90 days).
+    /// Service state changes, VM errors, command log entries and resolved alerts (default 90
+    /// days).
     pub events: chrono::Duration,
 }
 
@@ -345,6 +367,9 @@ pub trait Store: Send + Sync + 'static {
     /// Users, departments and permissions of the same database.
     fn users(&self) -> &dyn UserStore;
 
+    /// Alert rules and records of the same database.
+    fn alerts(&self) -> &dyn AlertStore;
+
     // ----- VMs ---------------------------------------------------------------------------
 
     /// Register VMs on first sight (`(id, first seen)`), a few thousand per transaction;
@@ -368,6 +393,9 @@ pub trait Store: Send + Sync + 'static {
         owner_id: Option<i64>,
         department: Option<&str>,
     ) -> Result<()>;
+    /// Give a VM the display name a person chose (`NotFound` when the VM does not exist); the
+    /// agent's host name no longer replaces it.
+    async fn set_vm_name(&self, id: &str, name: &str) -> Result<()>;
     /// One VM.
     async fn get_vm(&self, id: &str) -> Result<Option<VmRecord>>;
     /// All VMs, ordered by id.
@@ -388,6 +416,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ServiceStateChange>>;
     /// Append VM errors.
     async fn insert_vm_errors(&self, errors: &[VmErrorRecord]) -> Result<()>;
+
+    // ----- Collection settings -----------------------------------------------------------
+
+    /// Store a VM's collection settings (replacing earlier ones; `applied_at` as given).
+    async fn set_vm_telemetry(&self, telemetry: &VmTelemetry) -> Result<()>;
+    /// Note that the agent confirmed the VM's settings at `at` (nothing when none are stored).
+    async fn mark_vm_telemetry_applied(&self, vm_id: &str, at: DateTime<Utc>) -> Result<()>;
+    /// The collection settings of one VM (`Some`), or of every VM (`None`), by VM id.
+    async fn vm_telemetry(&self, vm_id: Option<&str>) -> Result<Vec<VmTelemetry>>;
 
     // ----- Commands ------------------------------------------------------------------------
 

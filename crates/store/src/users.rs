@@ -99,8 +99,8 @@ pub trait UserStore: Send + Sync {
     async fn revoke_permission(&self, id: i64, permission: &str) -> Result<()>;
     /// Delete a user; their VMs lose their owner (`NotFound` when the user does not exist).
     async fn delete_user(&self, id: i64) -> Result<()>;
-    /// Create a department (idempotent).
-    async fn ensure_department(&self, name: &str, now: DateTime<Utc>) -> Result<()>;
+    /// Create a department (idempotent); `true` when it did not exist before.
+    async fn ensure_department(&self, name: &str, now: DateTime<Utc>) -> Result<bool>;
     /// All department names, sorted.
     async fn list_departments(&self) -> Result<Vec<String>>;
 }

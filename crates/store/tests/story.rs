@@ -11,8 +11,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use infinibay_store::protocol::samples::{Jitter, identification, small_metrics};
 use infinibay_store::{
-    CommandLogEntry, Inventory, InventoryKind, MetricSample, MetricSeries, Resolution, Retention,
-    Store, StoreError, VmErrorRecord, VmStatus, VmStatusUpdate,
+    AlertChange, AlertKind, AlertQuery, AlertRecord, AlertRule, CommandLogEntry, Inventory,
+    InventoryKind, MetricSample, MetricSeries, Resolution, Retention, Store, StoreError,
+    VmErrorRecord, VmStatus, VmStatusUpdate, VmTelemetry,
 };
 use serde_json::json;
 
@@ -1192,6 +1193,237 @@ mod story {
             .points;
         assert_eq!(stays.len(), 150, "the other VM lost nothing");
     }
+
+    fn rule(id: &str, vm: Option<&str>, kind: AlertKind, created_at: DateTime<Utc>) -> AlertRule {
+        AlertRule {
+            id: id.into(),
+            vm_id: vm.map(str::to_owned),
+            kind,
+            threshold: kind.has_threshold().then_some(90.0),
+            mount_point: (kind == AlertKind::Disk).then(|| "/".to_owned()),
+            duration_secs: 60,
+            webhook_urls: vec!["http://127.0.0.1:9/hook".into()],
+            created_by: Some(1),
+            created_at,
+        }
+    }
+
+    fn raised(id: &str, vm: &str, rule_id: &str, at: DateTime<Utc>) -> AlertRecord {
+        AlertRecord {
+            id: id.into(),
+            rule_id: rule_id.into(),
+            vm_id: vm.into(),
+            kind: AlertKind::Cpu,
+            subject: None,
+            message: format!("cpu above 90 % ({id})"),
+            value: Some(97.5),
+            threshold: Some(90.0),
+            raised_at: at,
+            resolved_at: None,
+        }
+    }
+
+    pub async fn alert_rules_and_records_are_kept_raised_then_resolved(store: Arc<dyn Store>) {
+        let t = now_ms();
+        register(&store, "vm-a", t).await;
+        register(&store, "vm-b", t).await;
+        store
+            .set_vm_owner("vm-b", Some(7), None)
+            .await
+            .expect("owner of vm-b");
+        let alerts = store.alerts();
+        let global = rule("r-global", None, AlertKind::Cpu, t);
+        let disk = rule(
+            "r-disk",
+            Some("vm-a"),
+            AlertKind::Disk,
+            t + Duration::seconds(1),
+        );
+        alerts.insert_alert_rule(&global).await.expect("rule");
+        alerts.insert_alert_rule(&disk).await.expect("rule");
+        assert!(matches!(
+            alerts.insert_alert_rule(&global).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            alerts.alert_rules().await.expect("rules"),
+            vec![global.clone(), disk.clone()]
+        );
+
+        let a1 = raised("a1", "vm-a", "r-global", t);
+        let a2 = raised("a2", "vm-b", "r-global", t + Duration::seconds(1));
+        let resolved_at = t + Duration::seconds(5);
+        alerts
+            .record_alerts(&[
+                AlertChange::Raised(a1.clone()),
+                AlertChange::Raised(a2.clone()),
+                AlertChange::Resolved {
+                    id: "a1".into(),
+                    at: resolved_at,
+                },
+                // Resolving twice keeps the first time; resolving an unknown id is a no-op.
+                AlertChange::Resolved {
+                    id: "a1".into(),
+                    at: resolved_at + Duration::seconds(9),
+                },
+                AlertChange::Resolved {
+                    id: "nope".into(),
+                    at: resolved_at,
+                },
+            ])
+            .await
+            .expect("record");
+        let all = alerts
+            .alerts(&AlertQuery {
+                limit: 10,
+                ..AlertQuery::default()
+            })
+            .await
+            .expect("alerts");
+        let a1_resolved = AlertRecord {
+            resolved_at: Some(resolved_at),
+            ..a1.clone()
+        };
+        assert_eq!(all, vec![a2.clone(), a1_resolved.clone()], "newest first");
+        let open = alerts
+            .alerts(&AlertQuery {
+                open_only: true,
+                limit: 10,
+                ..AlertQuery::default()
+            })
+            .await
+            .expect("open");
+        assert_eq!(open, vec![a2.clone()]);
+        let of_a = alerts
+            .alerts(&AlertQuery {
+                vm_id: Some("vm-a".into()),
+                limit: 10,
+                ..AlertQuery::default()
+            })
+            .await
+            .expect("of vm-a");
+        assert_eq!(of_a, vec![a1_resolved]);
+        let of_owner = alerts
+            .alerts(&AlertQuery {
+                owner_id: Some(7),
+                limit: 10,
+                ..AlertQuery::default()
+            })
+            .await
+            .expect("of owner 7");
+        assert_eq!(of_owner, vec![a2.clone()]);
+
+        // A deleted rule's alerts stay; a deleted VM takes its rules and alerts along.
+        assert!(alerts.delete_alert_rule("r-global").await.expect("delete"));
+        assert!(!alerts.delete_alert_rule("r-global").await.expect("again"));
+        store.delete_vm("vm-a").await.expect("delete vm-a");
+        assert!(alerts.alert_rules().await.expect("rules").is_empty());
+        let left = alerts
+            .alerts(&AlertQuery {
+                limit: 10,
+                ..AlertQuery::default()
+            })
+            .await
+            .expect("alerts");
+        assert_eq!(left, vec![a2]);
+    }
+
+    pub async fn resolved_alerts_are_pruned_and_open_ones_are_kept(store: Arc<dyn Store>) {
+        let now = now_ms();
+        let old = now - Duration::days(100);
+        register(&store, "vm-a", old).await;
+        store
+            .alerts()
+            .record_alerts(&[
+                AlertChange::Raised(raised("old-resolved", "vm-a", "r", old)),
+                AlertChange::Resolved {
+                    id: "old-resolved".into(),
+                    at: old + Duration::seconds(1),
+                },
+                AlertChange::Raised(raised("old-open", "vm-a", "r", old)),
+            ])
+            .await
+            .expect("record");
+        store
+            .maintain(now, Retention::default(), 1000)
+            .await
+            .expect("maintain");
+        let left: Vec<String> = store
+            .alerts()
+            .alerts(&AlertQuery {
+                limit: 10,
+                ..AlertQuery::default()
+            })
+            .await
+            .expect("alerts")
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(left, vec!["old-open".to_owned()]);
+    }
+
+    pub async fn collection_settings_and_chosen_names_are_kept(store: Arc<dyn Store>) {
+        let t = now_ms();
+        register(&store, "vm-a", t).await;
+        let settings = VmTelemetry {
+            vm_id: "vm-a".into(),
+            interval_secs: 5,
+            collectors: vec!["process_snapshot".into(), "system_metrics".into()],
+            updated_by: Some(1),
+            updated_at: t,
+            applied_at: None,
+        };
+        store.set_vm_telemetry(&settings).await.expect("set");
+        assert_eq!(
+            store.vm_telemetry(None).await.expect("get"),
+            vec![settings.clone()]
+        );
+        let applied = t + Duration::seconds(2);
+        store
+            .mark_vm_telemetry_applied("vm-a", applied)
+            .await
+            .expect("applied");
+        let changed = VmTelemetry {
+            interval_secs: 30,
+            collectors: vec!["system_metrics".into()],
+            updated_at: t + Duration::seconds(3),
+            ..settings
+        };
+        store.set_vm_telemetry(&changed).await.expect("replace");
+        assert_eq!(
+            store.vm_telemetry(None).await.expect("get"),
+            vec![changed.clone()]
+        );
+        assert_eq!(
+            store.vm_telemetry(Some("vm-a")).await.expect("one"),
+            vec![changed]
+        );
+        assert!(
+            store
+                .vm_telemetry(Some("vm-b"))
+                .await
+                .expect("none")
+                .is_empty()
+        );
+
+        // A name a person chose survives the agent's host name.
+        store
+            .set_vm_name("vm-a", "billing db")
+            .await
+            .expect("rename");
+        store
+            .set_vm_agents(&[("vm-a".into(), identification("guest-hostname"))])
+            .await
+            .expect("agent");
+        let vm = store.get_vm("vm-a").await.expect("get").expect("exists");
+        assert_eq!(vm.name, "billing db");
+        assert!(matches!(
+            store.set_vm_name("vm-nope", "x").await,
+            Err(StoreError::NotFound(_))
+        ));
+        store.delete_vm("vm-a").await.expect("delete");
+        assert!(store.vm_telemetry(None).await.expect("get").is_empty());
+    }
 }
 
 macro_rules! both_backends {
@@ -1246,7 +1478,10 @@ both_backends!(
     delete_vm_removes_everything_about_it,
     concurrent_batches_all_land,
     thousands_of_vms_register_and_change_status_in_batches,
-    events_older_than_their_retention_are_pruned_in_batches;
+    events_older_than_their_retention_are_pruned_in_batches,
+    alert_rules_and_records_are_kept_raised_then_resolved,
+    resolved_alerts_are_pruned_and_open_ones_are_kept,
+    collection_settings_and_chosen_names_are_kept;
     reopening: latest_sample_and_last_seen_survive_a_reopen,
     delete_vm_racing_sample_batches_leaves_no_orphan_rows,
 );

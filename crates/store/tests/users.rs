@@ -165,8 +165,8 @@ mod story {
             users.delete_user(carol.id).await,
             Err(StoreError::NotFound(_))
         ));
-        users.ensure_department("ops", now).await.expect("again");
-        users.ensure_department("dev", now).await.expect("new");
+        assert!(!users.ensure_department("ops", now).await.expect("again"));
+        assert!(users.ensure_department("dev", now).await.expect("new"));
         assert_eq!(
             users.list_departments().await.expect("list"),
             vec!["dev".to_owned(), "ops".to_owned()]

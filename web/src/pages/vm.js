@@ -9,6 +9,7 @@ import { epochSeconds, summarize } from '../live.js';
 import { createTable, filterInput } from '../table.js';
 import { badge } from './vms.js';
 import { consoleTab } from './console.js';
+import { healthTab } from './health.js';
 
 const RANGES = [
   { key: '15m', label: '15 min', seconds: 15 * 60 },
@@ -31,6 +32,7 @@ const TABS = [
   { key: 'services', label: 'Services' },
   { key: 'command', label: 'Command' },
   { key: 'console', label: 'Console' },
+  { key: 'health', label: 'Alerts & settings' },
 ];
 
 /** Safe actions with a parameter template (the original agent's shapes). */
@@ -125,7 +127,8 @@ export function vmPage({ user, live }, vmId, initialTab) {
       services: servicesTab,
       command: commandTab,
       console: consoleTab,
-    }[key]({ vmId, vm, user, live });
+      health: healthTab,
+    }[key]({ vmId, vm, user, live, onRenamed: (name) => { vm.name = name; renderHead(); } });
     tabCleanup = view.destroy ?? null;
     replace(body, view.el);
   }
@@ -367,6 +370,14 @@ function applicationsTab({ vmId }) {
   return inventoryTab({ vmId, query: Q.applications, field: 'vmApplications', table, title: 'Applications' });
 }
 
+/** How a service starts: the OS's own word (systemd's unit-file state, the Windows start type);
+ * from agents that predate `startType`, whether it starts at boot. */
+function startType(s) {
+  if (s.startType) return s.startType;
+  if (s.enabled === null || s.enabled === undefined) return '';
+  return s.enabled ? 'enabled' : 'disabled';
+}
+
 function servicesTab({ vmId }) {
   const result = h('div', { class: 'result-slot' });
   let view = null;
@@ -381,12 +392,12 @@ function servicesTab({ vmId }) {
     rowKey: (s) => s.name,
     initialSort: { key: 'name' },
     empty: 'No service inventory from this VM yet.',
-    searchText: (s) => `${s.name} ${s.description ?? ''} ${s.activeState ?? ''}`,
+    searchText: (s) => `${s.name} ${s.description ?? ''} ${s.activeState ?? ''} ${startType(s)}`,
     columns: [
       { key: 'name', label: 'Service', value: (s) => s.name, class: 'strong' },
       { key: 'desc', label: 'Description', value: (s) => s.description ?? '' },
       { key: 'active', label: 'State', value: (s) => `${s.activeState ?? ''} ${s.subState ?? ''}`.trim(), cell: (s) => h('span', { class: `svc svc-${String(s.activeState ?? 'unknown').replace(/[^a-z]/g, '')}` }, [s.activeState, s.subState].filter(Boolean).join(' / ') || '—') },
-      { key: 'enabled', label: 'Enabled', value: (s) => (s.enabled === null || s.enabled === undefined ? '' : s.enabled ? 'yes' : 'no') },
+      { key: 'start', label: 'Start', value: startType, class: 'mono' },
       {
         key: 'actions', label: 'Actions', value: () => '',
         cell: (s) => h('span', { class: 'actions' },

@@ -3,11 +3,13 @@
 //! [`crate::authz`]; errors carry `extensions.code`.
 //!
 //! By concern: [`types`] (objects, enums, inputs and their conversions), [`query`],
-//! [`mutation`], [`subscription`] (the roots), [`schema`] (the roots assembled), [`transport`]
-//! (HTTP), [`ws`] (one graphql-ws connection and its limits), [`guards`] (limits of every
-//! operation: one login per request, database turns), and [`context`] (what resolvers take
-//! from a request).
+//! [`mutation`], [`subscription`] (the roots), [`vms`] (one VM's seed-shaped metrics, errors,
+//! collection settings and name), [`alerts`] (rules and alerts), [`schema`] (the roots
+//! assembled: each concern's queries and mutations merged), [`transport`] (HTTP), [`ws`] (one
+//! graphql-ws connection and its limits), [`guards`] (limits of every operation: one login per
+//! request, database turns), and [`context`] (what resolvers take from a request).
 
+pub mod alerts;
 pub mod context;
 pub mod guards;
 pub mod mutation;
@@ -16,6 +18,7 @@ pub mod schema;
 pub mod subscription;
 pub mod transport;
 pub mod types;
+pub mod vms;
 pub mod ws;
 
 pub use context::Caller;

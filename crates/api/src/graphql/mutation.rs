@@ -18,7 +18,7 @@ use infinibay_control::CommandError;
 /// Mutations.
 pub struct MutationRoot;
 
-#[Object]
+#[Object(name = "CoreMutations")]
 impl MutationRoot {
     /// Exchange a user name and password for a token. One per request; failures are
     /// throttled per account and per client address (`RATE_LIMITED`).
@@ -74,6 +74,16 @@ impl MutationRoot {
     /// Create a user (ADMIN).
     async fn create_user(&self, ctx: &Context<'_>, input: CreateUserInput) -> ApiResult<User> {
         let (_, api) = admin(ctx)?;
+        let wanted = input
+            .department
+            .as_deref()
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned);
+        let new_department = match &wanted {
+            Some(d) => !api.store().users().list_departments().await?.contains(d),
+            None => false,
+        };
         let created = users::create_user(
             api.store().as_ref(),
             CreateUser {
@@ -85,6 +95,11 @@ impl MutationRoot {
             },
         )
         .await?;
+        let realtime = realtime(ctx)?;
+        if new_department && let Some(d) = &created.department {
+            realtime.department_changed("create", d).await;
+        }
+        realtime.user_changed("create", &created).await;
         Ok(User::from(&created))
     }
 
@@ -95,8 +110,13 @@ impl MutationRoot {
         if id == user.id {
             return Err(ApiError::invalid("you cannot delete yourself"));
         }
+        let deleted = api.store().users().get_user(id).await?;
         api.store().users().delete_user(id).await?;
-        realtime(ctx)?.revoke_user(id).await;
+        let realtime = realtime(ctx)?;
+        realtime.revoke_user(id).await;
+        if let Some(deleted) = deleted {
+            realtime.user_changed("delete", &deleted).await;
+        }
         Ok(true)
     }
 
@@ -123,7 +143,11 @@ impl MutationRoot {
             api.confirm_password(&user, &current, peer(ctx)).await?;
         }
         users::set_password(api.store().as_ref(), id, &password).await?;
-        realtime(ctx)?.revoke_user(id).await;
+        let realtime = realtime(ctx)?;
+        realtime.revoke_user(id).await;
+        if let Some(changed) = api.store().users().get_user(id).await? {
+            realtime.user_changed("update", &changed).await;
+        }
         Ok(true)
     }
 
@@ -144,6 +168,7 @@ impl MutationRoot {
             .get_user(id)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("user {id}")))?;
+        realtime(ctx)?.user_changed("update", &updated).await;
         Ok(User::from(&updated))
     }
 
@@ -176,9 +201,10 @@ impl MutationRoot {
         let department = department
             .map(|d| d.trim().to_owned())
             .filter(|d| !d.is_empty());
-        if let Some(d) = &department {
-            store.users().ensure_department(d, Utc::now()).await?;
-        }
+        let new_department = match &department {
+            Some(d) => store.users().ensure_department(d, Utc::now()).await?,
+            None => false,
+        };
         store
             .set_vm_owner(&vm_id, owner, department.as_deref())
             .await?;
@@ -187,7 +213,11 @@ impl MutationRoot {
             .get_vm(&vm_id)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("VM {} not found", vm_id.as_str())))?;
-        realtime(ctx)?
+        let realtime = realtime(ctx)?;
+        if new_department && let Some(d) = &department {
+            realtime.department_changed("create", d).await;
+        }
+        realtime
             .owner_changed(&vm_id, before.owner_id, &after)
             .await;
         Ok(vm_object(api, after).await)

@@ -12,6 +12,7 @@ use super::context::{admin, api, caller, vm_scope};
 use super::types::{
     Application, CommandLog, MetricPoint, MetricSeries, Port, Process, Service, User, Vm, vm_object,
 };
+// `getVmMetrics` (seed 001's shape) is in `super::vms`.
 use crate::authz;
 use crate::error::{ApiError, ApiResult};
 use crate::rest::issue_install_token;
@@ -19,7 +20,7 @@ use crate::rest::issue_install_token;
 /// Queries.
 pub struct QueryRoot;
 
-#[Object]
+#[Object(name = "CoreQueries")]
 impl QueryRoot {
     /// The caller.
     async fn me(&self, ctx: &Context<'_>) -> ApiResult<User> {
@@ -58,23 +59,6 @@ impl QueryRoot {
             Err(e) if e.code == "NOT_FOUND" => Ok(None),
             Err(e) => Err(e),
         }
-    }
-
-    /// The last `hours` of metrics (seed 001), resolution picked by the store.
-    async fn get_vm_metrics(
-        &self,
-        ctx: &Context<'_>,
-        vm_id: ID,
-        #[graphql(default = 24)] hours: i32,
-    ) -> ApiResult<Vec<MetricPoint>> {
-        let api = vm_scope(ctx, &vm_id).await?;
-        if !(1..=24 * 366).contains(&hours) {
-            return Err(ApiError::invalid("hours must be 1–8784"));
-        }
-        let to = Utc::now();
-        let from = to - chrono::Duration::hours(hours.into());
-        let series = api.store().metrics_series(&vm_id, from, to, 500).await?;
-        Ok(series.points.iter().map(MetricPoint::from).collect())
     }
 
     /// A series between two instants, at most about `maxPoints` points.

@@ -411,10 +411,15 @@ pub struct Application {
 pub struct Service {
     pub(crate) name: String,
     pub(crate) description: Option<String>,
+    /// systemd's load state (`loaded`, `not-found`); null on Windows.
     pub(crate) load_state: Option<String>,
     pub(crate) active_state: Option<String>,
     pub(crate) sub_state: Option<String>,
     pub(crate) enabled: Option<bool>,
+    /// How the service starts, in its OS's words: systemd's unit-file state (`enabled`,
+    /// `disabled`, `static`, `masked`, …) or the Windows start type (`auto`, `auto-delayed`,
+    /// `manual`, `disabled`, `boot`, `system`); null from agents that predate it.
+    pub(crate) start_type: Option<String>,
 }
 
 impl From<ProcessInfo> for Process {
@@ -466,6 +471,7 @@ impl From<ServiceInfo> for Service {
             active_state: s.active_state,
             sub_state: s.sub_state,
             enabled: s.enabled,
+            start_type: s.start_type,
         }
     }
 }

@@ -113,6 +113,11 @@ pub struct AgentOpts {
     pub answer_commands: bool,
     /// The `data` of the answer to `SystemInfo` (default `{"hostname": "fake-guest"}`).
     pub system_info: Option<serde_json::Value>,
+    /// When set, the cpu value of every sample (as `f64::to_bits`) instead of `cpu_for(seq)`.
+    pub cpu: Option<Arc<AtomicU64>>,
+    /// `configure` messages received (answered with a success `response` when they carry an
+    /// id).
+    pub configures: Arc<Mutex<Vec<infinibay_core::protocol::message::Configure>>>,
 }
 
 impl Default for AgentOpts {
@@ -125,8 +130,20 @@ impl Default for AgentOpts {
             received: Arc::new(Mutex::new(Vec::new())),
             answer_commands: true,
             system_info: None,
+            cpu: None,
+            configures: Arc::new(Mutex::new(Vec::new())),
         }
     }
+}
+
+/// A shared cpu value for [`AgentOpts::cpu`].
+pub fn cpu_dial(value: f64) -> Arc<AtomicU64> {
+    Arc::new(AtomicU64::new(value.to_bits()))
+}
+
+/// Turn a [`cpu_dial`].
+pub fn set_cpu(dial: &AtomicU64, value: f64) {
+    dial.store(value.to_bits(), Ordering::SeqCst);
 }
 
 pub fn line(message: &GuestMessage) -> Vec<u8> {
@@ -216,7 +233,16 @@ async fn run_agent(stream: UnixStream, opts: AgentOpts) {
                                 }))
                             }
                         }
-                        HostMessage::Welcome(_) | HostMessage::Configure(_) => None,
+                        HostMessage::Configure(c) => {
+                            opts.configures.lock().await.push(c.clone());
+                            c.id.map(|id| GuestMessage::Response(CommandResponse {
+                                id, success: true,
+                                data: Some(serde_json::json!({"collection_interval": c.collection_interval})),
+                                command_type: Some("configure".into()),
+                                ..CommandResponse::default()
+                            }))
+                        }
+                        HostMessage::Welcome(_) => None,
                     };
                     if let Some(reply) = reply
                         && !send(wr.clone(), line(&reply)).await { return; }
@@ -225,7 +251,10 @@ async fn run_agent(stream: UnixStream, opts: AgentOpts) {
             _ = tick.tick() => {
                 let seq = opts.seq.fetch_add(1, Ordering::SeqCst);
                 let mut m = small_metrics(&mut jitter, seq);
-                m.metrics.cpu.usage_percent = cpu_for(seq);
+                m.metrics.cpu.usage_percent = match &opts.cpu {
+                    Some(dial) => f64::from_bits(dial.load(Ordering::SeqCst)),
+                    None => cpu_for(seq),
+                };
                 m.claimed_vm_id = opts.claimed_id.clone();
                 if !send(wr.clone(), line(&GuestMessage::SystemMetrics(m))).await { return; }
             }

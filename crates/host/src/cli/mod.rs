@@ -30,7 +30,7 @@ pub enum CliCommand {
     /// NATS and PostgreSQL; any number behind a load balancer.
     Api(ApiArgs),
     /// Check the socket directory, permissions, group membership and the database.
-    Doctor(ConfigArgs),
+    Doctor(DoctorArgs),
     /// Manage users in the database (configured like `serve`): add, list, passwd, grant, delete.
     User(user::UserArgs),
     /// Log in to an infinibay server; the token is kept in ~/.config/infinibay/token.
@@ -79,6 +79,18 @@ impl ApiArgs {
     pub fn load(&self) -> Result<crate::config::Config, crate::config::ConfigError> {
         self.config.load_with(self.nats.clone(), None)
     }
+}
+
+/// `infinibay doctor`.
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Configuration, as for `serve`.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Also repair what can be repaired here: remove the stale sockets of VMs that no longer
+    /// run.
+    #[arg(long)]
+    pub fix: bool,
 }
 
 #[cfg(test)]

@@ -211,14 +211,21 @@ pub async fn vm(args: VmArgs) -> anyhow::Result<()> {
             }
         }
         VmAction::Metrics { id, hours } => {
+            // `vmMetrics`, not `getVmMetrics`: that one answers in seed 001's shape, without
+            // the bucket's minimum and maximum shown here.
+            let to = chrono::Utc::now();
+            let from = to - chrono::Duration::hours(hours.clamp(1, 24 * 366).into());
             let data = api
                 .query(
-                    "query($id: ID!, $h: Int) { getVmMetrics(vmId: $id, hours: $h) \
-                     { at cpuAvg cpuMin cpuMax memUsedKb memTotalKb diskReadBps diskWriteBps netRxBps netTxBps samples } }",
-                    json!({"id": id, "h": hours}),
+                    "query($id: ID!, $f: DateTime!, $t: DateTime!) { vmMetrics(vmId: $id, from: $f, to: $t) \
+                     { points { at cpuAvg cpuMin cpuMax memUsedKb memTotalKb diskReadBps diskWriteBps netRxBps netTxBps samples } } }",
+                    json!({"id": id, "f": from.to_rfc3339(), "t": to.to_rfc3339()}),
                 )
                 .await?;
-            let points = data.get("getVmMetrics").cloned().unwrap_or(Value::Null);
+            let points = data
+                .pointer("/vmMetrics/points")
+                .cloned()
+                .unwrap_or(Value::Null);
             if args.json {
                 println!("{}", json_for_terminal(&points)?);
             } else {

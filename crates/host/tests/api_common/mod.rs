@@ -4,7 +4,7 @@
 
 // The core's test helpers (its settings for tests), shared rather than copied.
 #[path = "../../../core/tests/common/mod.rs"]
-mod core_common;
+pub mod core_common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ pub struct Server {
     /// `/metrics` lives on its own listener.
     pub metrics_url: String,
     pub data_dir: PathBuf,
+    /// Where the VMs' sockets are (the simulator's, and any fake guest a test adds).
+    pub socket_dir: PathBuf,
     pub vm_id: String,
     pub store: Arc<dyn Store>,
     pub secret: Vec<u8>,
@@ -68,6 +70,15 @@ async fn user(store: &dyn Store, name: &str, role: Role, permissions: &[&str]) -
 impl Server {
     /// Start everything with `vms` simulated VMs; the first is owned by `owner`.
     pub async fn start(vms: usize, interval: Duration) -> Self {
+        Self::start_with(vms, interval, |_| {}).await
+    }
+
+    /// [`Server::start`] with the API's settings changed by `tweak` first.
+    pub async fn start_with(
+        vms: usize,
+        interval: Duration,
+        tweak: impl FnOnce(&mut api::ApiSettings),
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ibapi")
             .tempdir_in("/tmp")
@@ -107,6 +118,7 @@ impl Server {
         let secret = api::auth::load_or_create_secret(&data_dir).expect("secret");
         let mut settings = api::settings_for(data_dir.clone(), secret.clone());
         settings.revocation_sweep = Duration::from_millis(500);
+        tweak(&mut settings);
 
         let config = Config {
             process: ProcessConfig {
@@ -149,6 +161,7 @@ impl Server {
             addr,
             metrics_url: format!("http://{metrics_addr}/metrics"),
             data_dir,
+            socket_dir: sockets,
             vm_id,
             store,
             secret,

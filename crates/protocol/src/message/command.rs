@@ -223,7 +223,7 @@ impl SafeAction {
     /// are refused.
     pub fn validate(&self) -> Result<(), String> {
         match self {
-            Self::ServiceControl { service, .. } => check_name("service", service),
+            Self::ServiceControl { service, .. } => check_service_name_of_any_os(service),
             Self::PackageSearch { query } => check_name("query", query),
             Self::PackageInstall { package } | Self::PackageRemove { package } => {
                 check_name("package", package)
@@ -346,6 +346,86 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Longest service name accepted: Windows allows 256 characters, systemd 255 bytes.
+pub const MAX_SERVICE_NAME_LEN: usize = 256;
+
+/// Whose service names a check follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceNaming {
+    /// systemd unit names, as `systemctl` receives them in argv (after `--`, never through a
+    /// shell): an ASCII letter or digit, then letters, digits and `. _ + : @ - \`, at most
+    /// 255 bytes. `\` is systemd's escape (`systemd-fsck@dev-disk-by\x2duuid-….service`).
+    Systemd,
+    /// Windows service names, as the Service Control Manager receives them (native calls, no
+    /// command line): what Windows allows, at most 256 UTF-16 units and neither `/` nor `\`
+    /// (`MSSQL$SQLEXPRESS`, `Apple Mobile Device Service`, `Intel(R) TPM Provisioning Service`),
+    /// except control characters (no real service has them; they would forge lines in logs)
+    /// and a leading `-` (none has it either, and it reads as an option).
+    Windows,
+}
+
+/// Checks a `ServiceControl` service name against one OS's rules ([`ServiceNaming`]).
+pub fn check_service_name(name: &str, naming: ServiceNaming) -> Result<(), String> {
+    let shown = name.escape_debug();
+    if name.is_empty() {
+        return Err("service is empty".into());
+    }
+    match naming {
+        ServiceNaming::Systemd => {
+            if name.len() > MAX_SERVICE_NAME_LEN - 1 {
+                return Err(format!(
+                    "service `{shown}` is longer than {} bytes",
+                    MAX_SERVICE_NAME_LEN - 1
+                ));
+            }
+            if !name.as_bytes()[0].is_ascii_alphanumeric() {
+                return Err(format!(
+                    "service `{shown}` must start with a letter or digit"
+                ));
+            }
+            match name
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || "._+:@-\\".contains(*c)))
+            {
+                Some(bad) => Err(format!(
+                    "service `{shown}` contains a character a systemd unit name cannot have ({bad:?})"
+                )),
+                None => Ok(()),
+            }
+        }
+        ServiceNaming::Windows => {
+            if name.encode_utf16().count() > MAX_SERVICE_NAME_LEN {
+                return Err(format!(
+                    "service `{shown}` is longer than {MAX_SERVICE_NAME_LEN} characters"
+                ));
+            }
+            if name.starts_with('-') {
+                return Err(format!("service `{shown}` must not start with `-`"));
+            }
+            match name
+                .chars()
+                .find(|c| matches!(c, '/' | '\\') || c.is_control())
+            {
+                Some(bad) => Err(format!(
+                    "service `{shown}` contains a character a Windows service name cannot have ({bad:?})"
+                )),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// What the host checks before it sends a `ServiceControl` (it need not know the guest's OS):
+/// a name that some OS's rules accept. Each agent then applies its own OS's rules
+/// ([`check_service_name`]) and answers `invalid` for the rest.
+pub fn check_service_name_of_any_os(name: &str) -> Result<(), String> {
+    let systemd = check_service_name(name, ServiceNaming::Systemd);
+    if systemd.is_ok() {
+        return systemd;
+    }
+    check_service_name(name, ServiceNaming::Windows)
 }
 
 /// Signals `ProcessKill` may send, by name or number.
@@ -567,6 +647,77 @@ mod tests {
         ] {
             assert!(check_name("package", good).is_ok(), "{good:?} refused");
         }
+    }
+
+    #[test]
+    fn service_names_follow_the_rules_of_their_os() {
+        use ServiceNaming::{Systemd, Windows};
+        let long_windows = "S".repeat(MAX_SERVICE_NAME_LEN);
+        // (name, systemd accepts, Windows accepts)
+        let cases: &[(&str, bool, bool)] = &[
+            ("ssh.service", true, true),
+            ("getty@tty1.service", true, true),
+            (
+                r"systemd-fsck@dev-disk-by\x2duuid-0a1b.service",
+                true,
+                false,
+            ),
+            ("MSSQL$SQLEXPRESS", false, true),
+            ("SQLAgent$SQLEXPRESS", false, true),
+            ("Apple Mobile Device Service", false, true),
+            ("Intel(R) TPM Provisioning Service", false, true),
+            ("{4F2A1E3B-0000-4C6D-9E8F-0123456789AB}", false, true),
+            ("!SASCORE", false, true),
+            ("Dienst für Überwachung", false, true),
+            (&long_windows, false, true),
+            ("", false, false),
+            ("--evil", false, false),
+            ("-x", false, false),
+            ("a/b", false, false),
+            ("../etc", false, false),
+            ("line\nbreak", false, false),
+            ("nul\0byte", false, false),
+            ("tab\there", false, false),
+        ];
+        for (name, systemd, windows) in cases {
+            assert_eq!(
+                check_service_name(name, Systemd).is_ok(),
+                *systemd,
+                "systemd: {name:?} {:?}",
+                check_service_name(name, Systemd)
+            );
+            assert_eq!(
+                check_service_name(name, Windows).is_ok(),
+                *windows,
+                "Windows: {name:?} {:?}",
+                check_service_name(name, Windows)
+            );
+            assert_eq!(
+                check_service_name_of_any_os(name).is_ok(),
+                *systemd || *windows,
+                "any OS: {name:?}"
+            );
+        }
+        let too_long = "S".repeat(MAX_SERVICE_NAME_LEN + 1);
+        assert!(check_service_name(&too_long, Windows).is_err());
+        assert!(check_service_name(&"s".repeat(MAX_SERVICE_NAME_LEN), Systemd).is_err());
+        // 200 characters outside the Basic Multilingual Plane are 400 UTF-16 units.
+        assert!(check_service_name(&"😀".repeat(200), Windows).is_err());
+    }
+
+    #[test]
+    fn service_control_with_a_windows_instance_name_passes_the_protocol_check() {
+        let action = SafeAction::from_json(
+            json!({"action":"ServiceControl","service":"MSSQL$SQLEXPRESS","operation":"restart"}),
+        )
+        .expect("decodes");
+        assert_eq!(action.validate(), Ok(()));
+        let evil = SafeAction::from_json(
+            json!({"action":"ServiceControl","service":"--evil","operation":"restart"}),
+        )
+        .expect("decodes");
+        let reason = evil.validate().expect_err("refused");
+        assert!(reason.contains("must not start with `-`"), "{reason}");
     }
 
     #[test]

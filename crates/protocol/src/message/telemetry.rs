@@ -27,13 +27,15 @@ pub struct SystemMetrics {
 }
 
 /// The body of a `system_metrics` message.
+///
+/// `cpu` (with `usage_percent`) and `memory` (with `total_kb` and `used_kb`) are required, as
+/// seed 001's `validateMetrics` requires them: a sample without them is refused whole rather
+/// than read as zeros, which would put invented 0 % points into charts and roll-ups.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct MetricsBody {
     /// CPU usage.
-    #[serde(default)]
     pub cpu: CpuMetrics,
     /// Memory and swap.
-    #[serde(default)]
     pub memory: MemoryMetrics,
     /// File systems and block-device throughput.
     #[serde(default)]
@@ -49,8 +51,7 @@ pub struct MetricsBody {
 /// CPU usage in percent (0–100), overall and per core.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct CpuMetrics {
-    /// Whole-machine busy time, percent of all cores.
-    #[serde(default)]
+    /// Whole-machine busy time, percent of all cores (required).
     pub usage_percent: f64,
     /// Busy time per core, percent of that core.
     #[serde(default)]
@@ -63,11 +64,9 @@ pub struct CpuMetrics {
 /// Memory in kB (1024 bytes), as /proc/meminfo counts it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct MemoryMetrics {
-    /// MemTotal.
-    #[serde(default)]
+    /// MemTotal (required).
     pub total_kb: u64,
-    /// Total minus available.
-    #[serde(default)]
+    /// Total minus available (required).
     pub used_kb: u64,
     /// MemAvailable.
     #[serde(default)]
@@ -344,7 +343,8 @@ pub struct Application {
     pub architecture: Option<String>,
 }
 
-/// `service_inventory`: system services (systemd units on Linux).
+/// `service_inventory`: system services (systemd units on Linux, the Service Control Manager's
+/// services on Windows).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ServiceInventory {
     /// When collected (guest clock).
@@ -358,12 +358,12 @@ pub struct ServiceInventory {
 /// One service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ServiceInfo {
-    /// Unit name (`ssh.service`).
+    /// Unit name (`ssh.service`), or the Windows service name (`Spooler`).
     pub name: String,
-    /// Human description.
+    /// Human description (on Windows the display name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// `loaded`, `not-found`, …
+    /// systemd's load state: `loaded`, `not-found`, … (absent on Windows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_state: Option<String>,
     /// `active`, `inactive`, `failed`, …
@@ -375,4 +375,10 @@ pub struct ServiceInfo {
     /// Whether it starts at boot, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// How it starts, in the OS's own words: on Linux systemd's unit-file state (`enabled`,
+    /// `disabled`, `static`, `masked`, `indirect`, `generated`, …), on Windows the start type
+    /// (`auto`, `auto-delayed`, `manual`, `disabled`, `boot`, `system`). Added after v1 first
+    /// shipped: older agents leave it out, and older hosts ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_type: Option<String>,
 }

@@ -24,6 +24,7 @@ use crate::{
     VmStatusUpdate,
 };
 
+mod alerts;
 mod rollups;
 mod rows;
 pub mod sql;

@@ -9,6 +9,7 @@ use crate::protocol::message::{MetricsBody, VmIdentification};
 use crate::users::{Role, UserRecord};
 use crate::{
     CommandLogEntry, MetricPoint, MetricSample, Result, StoreError, VmErrorRecord, VmRecord,
+    VmTelemetry,
 };
 
 /// `Dialect::VM_SELECT`: id, name, owner, department, status, last seen, agent, created.
@@ -141,6 +142,26 @@ pub fn vm_error<B: Connections>(vm_id: &str, row: VmErrorRow<B::Time>) -> Result
         code,
         message,
         details,
+    })
+}
+
+/// vm, interval, collectors (JSON text), updated by, updated at, applied at.
+pub type TelemetryRow<T> = (String, i64, String, Option<i64>, T, Option<T>);
+
+pub fn telemetry<B: Connections>(row: TelemetryRow<B::Time>) -> Result<VmTelemetry> {
+    let (vm_id, interval_secs, collectors, updated_by, updated_at, applied_at) = row;
+    Ok(VmTelemetry {
+        vm_id,
+        interval_secs: u32::try_from(interval_secs).map_err(|_| {
+            StoreError::Other(format!(
+                "stored collection interval {interval_secs} out of range"
+            ))
+        })?,
+        collectors: serde_json::from_str(&collectors)
+            .map_err(|e| json_error("stored collectors", e))?,
+        updated_by,
+        updated_at: B::from_db(updated_at)?,
+        applied_at: applied_at.map(B::from_db).transpose()?,
     })
 }
 

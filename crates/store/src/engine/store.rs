@@ -9,13 +9,14 @@ use sqlx::{ColumnIndex, Database, Encode, Executor, IntoArguments, Type};
 
 use super::sql::{AVERAGED_SAMPLES, MERGED_BUCKETS};
 use super::{AgentUpdate, Backend, Column, RowsAffected, TxKind, rows};
+use crate::alerts::AlertStore;
 use crate::common::{self, HOUR_MS, MINUTE_MS, Plan, ctx, db_error, floor_to, from_ms, json_error};
 use crate::protocol::message::VmIdentification;
 use crate::users::UserStore;
 use crate::{
     CommandLogEntry, Inventory, InventoryKind, MaintenanceReport, MetricSample, MetricSeries,
     Resolution, Result, Retention, ServiceStateChange, Store, StoreError, VmErrorRecord, VmRecord,
-    VmStatusUpdate,
+    VmStatusUpdate, VmTelemetry,
 };
 
 /// Raw rows deleted per statement by `delete_vm`.
@@ -65,6 +66,8 @@ where
     for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
     for<'q> Option<&'q str>: Encode<'q, B::Db>,
     for<'q> Option<i64>: Encode<'q, B::Db>,
+    for<'q> Option<f64>: Encode<'q, B::Db>,
+    for<'q> Option<B::Time>: Encode<'q, B::Db>,
     i64: Column<B::Db>,
     f64: Column<B::Db>,
     bool: Column<B::Db>,
@@ -96,6 +99,10 @@ where
     }
 
     fn users(&self) -> &dyn UserStore {
+        self
+    }
+
+    fn alerts(&self) -> &dyn AlertStore {
         self
     }
 
@@ -150,6 +157,20 @@ where
             .execute(&self.core().writer)
             .await
             .map_err(ctx("set_vm_owner"))?
+            .rows_affected();
+        if updated == 0 {
+            return Err(StoreError::NotFound(format!("vm {id}")));
+        }
+        Ok(())
+    }
+
+    async fn set_vm_name(&self, id: &str, name: &str) -> Result<()> {
+        let updated = sqlx::query("UPDATE vms SET name = $2, name_source = 'user' WHERE id = $1")
+            .bind(id)
+            .bind(name)
+            .execute(&self.core().writer)
+            .await
+            .map_err(ctx("set_vm_name"))?
             .rows_affected();
         if updated == 0 {
             return Err(StoreError::NotFound(format!("vm {id}")));
@@ -394,6 +415,54 @@ where
         core.hot.flushed(&pending);
         tx.commit().await.map_err(ctx("flush: commit"))?;
         Ok(())
+    }
+
+    // ----- Collection settings ---------------------------------------------------------
+
+    async fn set_vm_telemetry(&self, t: &VmTelemetry) -> Result<()> {
+        let collectors =
+            serde_json::to_string(&t.collectors).map_err(|e| json_error("collectors", e))?;
+        sqlx::query(&format!(
+            "INSERT INTO vm_telemetry (vm_id, interval_secs, collectors, updated_by, updated_at, \
+             applied_at) VALUES ($1, $2, $3{}, $4, $5, $6) ON CONFLICT (vm_id) DO UPDATE SET \
+             interval_secs = excluded.interval_secs, collectors = excluded.collectors, \
+             updated_by = excluded.updated_by, updated_at = excluded.updated_at, \
+             applied_at = excluded.applied_at",
+            B::JSON_PARAM
+        ))
+        .bind(t.vm_id.as_str())
+        .bind(i64::from(t.interval_secs))
+        .bind(collectors.as_str())
+        .bind(t.updated_by)
+        .bind(B::to_db(t.updated_at))
+        .bind(t.applied_at.map(B::to_db))
+        .execute(&self.core().writer)
+        .await
+        .map_err(ctx("set_vm_telemetry"))?;
+        Ok(())
+    }
+
+    async fn mark_vm_telemetry_applied(&self, vm_id: &str, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE vm_telemetry SET applied_at = $2 WHERE vm_id = $1")
+            .bind(vm_id)
+            .bind(B::to_db(at))
+            .execute(&self.core().writer)
+            .await
+            .map_err(ctx("mark_vm_telemetry_applied"))?;
+        Ok(())
+    }
+
+    async fn vm_telemetry(&self, vm_id: Option<&str>) -> Result<Vec<VmTelemetry>> {
+        let rows: Vec<rows::TelemetryRow<B::Time>> = sqlx::query_as(&format!(
+            "SELECT vm_id, interval_secs, collectors{}, updated_by, updated_at, applied_at \
+             FROM vm_telemetry WHERE ($1 IS NULL OR vm_id = $1) ORDER BY vm_id",
+            B::JSON_TEXT
+        ))
+        .bind(vm_id)
+        .fetch_all(&self.core().reader)
+        .await
+        .map_err(ctx("vm_telemetry"))?;
+        rows.into_iter().map(rows::telemetry::<B>).collect()
     }
 
     // ----- Commands ----------------------------------------------------------------------

@@ -205,14 +205,15 @@ where
         tx.commit().await.map_err(ctx("delete_user commit"))
     }
 
-    async fn ensure_department(&self, name: &str, now: DateTime<Utc>) -> Result<()> {
-        sqlx::query(ADD_DEPARTMENT)
+    async fn ensure_department(&self, name: &str, now: DateTime<Utc>) -> Result<bool> {
+        let created = sqlx::query(ADD_DEPARTMENT)
             .bind(name)
             .bind(B::to_db(now))
             .execute(&self.core().writer)
             .await
-            .map_err(ctx("ensure_department"))?;
-        Ok(())
+            .map_err(ctx("ensure_department"))?
+            .rows_affected();
+        Ok(created > 0)
     }
 
     async fn list_departments(&self) -> Result<Vec<String>> {

@@ -1,10 +1,11 @@
 //! The OS tools behind safe actions on Linux: which programs, with which arguments, and how to
 //! read their output. Every invocation is an argv (no shell); names reaching these functions
-//! were validated by `SafeAction::validate` (no leading `-`, strict character set).
+//! were validated by `SafeAction::validate` and [`validate`] (no leading `-`, strict character
+//! sets).
 
 use std::path::{Path, PathBuf};
 
-use infinibay_protocol::message::command::signal_number;
+use infinibay_protocol::message::command::{ServiceNaming, check_service_name, signal_number};
 use infinibay_protocol::message::{Application, ErrorCode, SafeAction, ServiceOperation};
 use serde::Serialize;
 use serde_json::json;
@@ -13,9 +14,15 @@ use super::collect::Roots;
 use crate::commands::{Programs, Work};
 use crate::exec::Invocation;
 
-/// Linux adds nothing to the protocol's validation: its names are package and unit names.
-pub fn validate(_action: &SafeAction) -> Result<(), String> {
-    Ok(())
+/// What Linux adds to the protocol's validation: a service must be a systemd unit name (the
+/// protocol also lets Windows names such as `MSSQL$SQLEXPRESS` through, for Windows guests).
+pub fn validate(action: &SafeAction) -> Result<(), String> {
+    match action {
+        SafeAction::ServiceControl { service, .. } => {
+            check_service_name(service, ServiceNaming::Systemd)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `ProcessKill`: kill(2) with `signal` (a name or number the protocol accepted), SIGKILL
@@ -330,6 +337,26 @@ mod tests {
         let dd = inv.args.iter().position(|a| a == "--").expect("has --");
         assert_eq!(inv.args[dd - 1], "restart");
         assert_eq!(inv.args[dd + 1], "ssh.service");
+    }
+
+    #[test]
+    fn service_control_takes_unit_names_and_refuses_windows_names() {
+        let control = |service: &str| SafeAction::ServiceControl {
+            service: service.into(),
+            operation: ServiceOperation::Status,
+        };
+        for unit in [
+            "ssh.service",
+            "getty@tty1.service",
+            r"systemd-fsck@dev-disk-by\x2duuid-0a1b.service",
+        ] {
+            assert_eq!(validate(&control(unit)), Ok(()), "{unit}");
+        }
+        for windows_only in ["MSSQL$SQLEXPRESS", "Apple Mobile Device Service"] {
+            assert!(control(windows_only).validate().is_ok(), "{windows_only}");
+            let reason = validate(&control(windows_only)).expect_err(windows_only);
+            assert!(reason.contains("systemd unit name"), "{reason}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
 use std::path::PathBuf;
 
+use infinibay_protocol::message::command::{ServiceNaming, check_service_name};
 use infinibay_protocol::message::{ErrorCode, SafeAction, ServiceOperation};
 use serde::Serialize;
 use serde_json::json;
@@ -42,6 +43,9 @@ const PROCESS_BREAK_ON_TERMINATION: PROCESSINFOCLASS = 29;
 /// stricter than the protocol's names, which also allow `:` and `@`.
 pub fn validate(action: &SafeAction) -> Result<(), String> {
     let (what, name) = match action {
+        SafeAction::ServiceControl { service, .. } => {
+            return check_service_name(service, ServiceNaming::Windows);
+        }
         SafeAction::PackageInstall { package } | SafeAction::PackageRemove { package } => {
             ("package id", package.as_str())
         }
@@ -494,6 +498,25 @@ mod tests {
         };
         assert!(validate(&install).is_err());
         assert!(validate(&SafeAction::ServiceList).is_ok());
+    }
+
+    #[test]
+    fn service_control_takes_windows_service_names_and_refuses_unit_escapes() {
+        let control = |service: &str| SafeAction::ServiceControl {
+            service: service.into(),
+            operation: ServiceOperation::Status,
+        };
+        for name in [
+            "Spooler",
+            "MSSQL$SQLEXPRESS",
+            "Apple Mobile Device Service",
+            "Intel(R) TPM Provisioning Service",
+        ] {
+            assert_eq!(validate(&control(name)), Ok(()), "{name}");
+        }
+        for bad in [r"dev-disk-by\x2duuid.service", "a/b", "-x"] {
+            assert!(validate(&control(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

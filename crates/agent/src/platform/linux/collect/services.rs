@@ -58,7 +58,9 @@ pub(crate) fn parse_list_units(json: &[u8]) -> Result<Vec<LoadedUnit>, String> {
         .collect())
 }
 
-/// Parses `list-unit-files` JSON: `[{"unit_file","state","preset"}, …]` → name → state.
+/// Parses `list-unit-files` JSON: `[{"unit_file","state","preset"}, …]` → name → state. The
+/// state is each service's `start_type` as systemd says it (`enabled`, `disabled`, `static`,
+/// `masked`, `indirect`, `generated`, `transient`, …).
 pub(crate) fn parse_unit_files(json: &[u8]) -> Result<BTreeMap<String, String>, String> {
     let value: Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
     let rows = value.as_array().ok_or("not a JSON array")?;
@@ -102,6 +104,7 @@ pub(crate) fn merge(units: Vec<LoadedUnit>, files: &BTreeMap<String, String>) ->
             .or_else(|| template_of(&unit.name).and_then(|t| files.get(&t)));
         let info = ServiceInfo {
             enabled: state.and_then(|s| enabled_from_state(s)),
+            start_type: state.cloned(),
             name: unit.name.clone(),
             description: unit.description,
             load_state: unit.load,
@@ -128,6 +131,7 @@ pub(crate) fn merge(units: Vec<LoadedUnit>, files: &BTreeMap<String, String>) ->
                 active_state: Some("inactive".into()),
                 sub_state: Some("dead".into()),
                 enabled: enabled_from_state(state),
+                start_type: Some(state.clone()),
             },
         );
     }
@@ -189,16 +193,33 @@ mod tests {
         let services = merge(units, &files);
         let summary: Vec<_> = services
             .iter()
-            .map(|s| (s.name.as_str(), s.active_state.as_deref(), s.enabled))
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.active_state.as_deref(),
+                    s.enabled,
+                    s.start_type.as_deref(),
+                )
+            })
             .collect();
         assert_eq!(
             summary,
             [
-                ("apt-daily.service", Some("inactive"), None),
-                ("cups.service", Some("inactive"), Some(false)),
-                ("getty@tty1.service", Some("active"), Some(true)),
-                ("ghost.service", Some("inactive"), None),
-                ("ssh.service", Some("active"), Some(true)),
+                ("apt-daily.service", Some("inactive"), None, Some("static")),
+                (
+                    "cups.service",
+                    Some("inactive"),
+                    Some(false),
+                    Some("disabled")
+                ),
+                (
+                    "getty@tty1.service",
+                    Some("active"),
+                    Some(true),
+                    Some("enabled")
+                ),
+                ("ghost.service", Some("inactive"), None, None),
+                ("ssh.service", Some("active"), Some(true), Some("enabled")),
             ]
         );
     }
@@ -239,7 +260,16 @@ mod tests {
         assert_eq!(nats.enabled, Some(true));
         assert_eq!(by_name("getty@tty1.service").enabled, Some(true));
         assert_eq!(by_name("cryptdisks.service").enabled, Some(false), "masked");
+        assert_eq!(
+            by_name("cryptdisks.service").start_type.as_deref(),
+            Some("masked")
+        );
         assert_eq!(by_name("systemd-journald.service").enabled, None, "static");
+        assert_eq!(
+            by_name("systemd-journald.service").start_type.as_deref(),
+            Some("static")
+        );
+        assert_eq!(nats.start_type.as_deref(), Some("enabled"));
         assert_eq!(
             by_name("smartmontools.service").active_state.as_deref(),
             Some("failed")

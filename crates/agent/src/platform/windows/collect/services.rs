@@ -10,8 +10,9 @@
 //! | `description` | the display name (`Print Spooler`) |
 //! | `active_state` | systemd's words for the state: `active` (running, paused, continue pending), `inactive` (stopped), `activating` (start pending), `deactivating` (stop and pause pending) |
 //! | `sub_state` | the SCM's own state: `running`, `stopped`, `start_pending`, `stop_pending`, `paused`, `pause_pending`, `continue_pending` |
-//! | `load_state` | the start type: `auto`, `auto-delayed`, `demand`, `disabled`, `boot`, `system` |
+//! | `start_type` | `auto`, `auto-delayed`, `manual` (`SERVICE_DEMAND_START`), `disabled`, `boot`, `system` |
 //! | `enabled` | starts at boot: true for `auto`, `auto-delayed`, `boot`, `system` |
+//! | `load_state` | absent: systemd's notion, Windows has none |
 
 use infinibay_protocol::message::ServiceInfo;
 use windows_sys::Win32::Foundation::{ERROR_MORE_DATA, GetLastError};
@@ -35,15 +36,16 @@ fn active_state(state: u32) -> &'static str {
     }
 }
 
-/// A start type (`Start` in the service's key) in words; `delayed` for auto-start services
-/// with `DelayedAutostart = 1`.
+/// A start type (`Start` in the service's key) in words, as the Services console says them
+/// (`manual` is `SERVICE_DEMAND_START`); `delayed` for auto-start services with
+/// `DelayedAutostart = 1`.
 pub fn start_type_name(start: u32, delayed: bool) -> &'static str {
     match (start, delayed) {
         (0, _) => "boot",
         (1, _) => "system",
         (2, true) => "auto-delayed",
         (2, false) => "auto",
-        (3, _) => "demand",
+        (3, _) => "manual",
         (4, _) => "disabled",
         _ => "unknown",
     }
@@ -105,10 +107,11 @@ pub fn list_services() -> std::io::Result<Vec<ServiceInfo>> {
                 // SAFETY: as above.
                 description: Some(unsafe { from_wide_ptr(entry.lpDisplayName) })
                     .filter(|d| !d.is_empty()),
-                load_state: start.map(String::from),
+                load_state: None,
                 active_state: Some(active_state(state).into()),
                 sub_state: Some(state_name(state).into()),
                 enabled: start.map(|s| matches!(s, "auto" | "auto-delayed" | "boot" | "system")),
+                start_type: start.map(String::from),
                 name,
             });
         }
@@ -130,7 +133,8 @@ mod tests {
     #[test]
     fn start_types_and_states_have_names() {
         assert_eq!(start_type_name(2, true), "auto-delayed");
-        assert_eq!(start_type_name(3, false), "demand");
+        assert_eq!(start_type_name(3, false), "manual");
+        assert_eq!(start_type_name(4, false), "disabled");
         assert_eq!(active_state(SERVICE_STOP_PENDING), "deactivating");
     }
 
@@ -144,8 +148,9 @@ mod tests {
                 .all(|s| s.sub_state.is_some() && s.active_state.is_some())
         );
         assert!(
-            services.iter().any(|s| s.load_state.is_some()),
+            services.iter().any(|s| s.start_type.is_some()),
             "{services:?}"
         );
+        assert!(services.iter().all(|s| s.load_state.is_none()));
     }
 }
