@@ -9,7 +9,10 @@
 //! | `subscribe` | a NATS subscription on the filter's subjects; status events from the directory |
 //! | `create_alert_rule` (one VM's), `set_telemetry` | a request to the VM's subject |
 //! | `delete_alert_rule` | every live node is asked; the one holding the rule deletes it |
-//! | `execute`, `log_refused`, `cancel_command`, `delete_vm` | a request to the VM's subject: nobody subscribed is "no responders", answered `Unreachable` at once |
+//! | `execute`, `log_refused`, `cancel_command` | a request to the VM's subject: nobody subscribed is "no responders", answered `Unreachable` at once |
+//! | `delete_vm`, `power`, `attach_agent_channel` | a request to the VM's subject, answered by the node's core; nobody subscribed is `LifecycleError::UnknownVm` at once |
+//! | `create_vm` | the live nodes whose libvirt is connected (and hold the base image) are asked for their hypervisor; the one with the fewest VMs creates it |
+//! | `hypervisor` | every live node is asked; the first whose libvirt is connected answers (its base images), else the first answer |
 //! | `stats` | the live nodes' heartbeat counters, added up |
 
 use std::sync::Arc;
@@ -21,8 +24,9 @@ use serde::de::DeserializeOwned;
 use infinibay_control::command::WAIT_MARGIN;
 use infinibay_control::event::{Filter, Subscription, Topic};
 use infinibay_control::{
-    CommandError, CommandSpec, ControlError, CoreStats, NewAlertRule, TelemetryOutcome,
-    TelemetryRequest, VmControl, VmSnapshot,
+    ChannelAttached, CommandError, CommandSpec, ControlError, CoreStats, CreateVmSpec,
+    DeleteOutcome, HypervisorInfo, HypervisorState, LifecycleError, NewAlertRule, PowerAction,
+    PowerOutcome, TelemetryOutcome, TelemetryRequest, VmControl, VmSnapshot,
 };
 use infinibay_protocol::message::CommandResponse;
 use infinibay_store::AlertRule;
@@ -38,6 +42,12 @@ use crate::wire::{self, NodeRequest, Page, VmRequest, WireError};
 /// How much longer than a command's own wait the API waits for its node's answer (the node
 /// answers a timed-out command itself, with `Timeout`).
 const NODE_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long the API waits for a node's answer to a lifecycle operation (create, power,
+/// delete, attach). The node bounds each libvirt call itself (an agent's shutdown waits 10 s,
+/// creating copies an overlay with qemu-img); this only keeps a request to a node that died
+/// mid-call from hanging.
+const LIFECYCLE_WAIT: Duration = Duration::from_secs(60);
 
 /// [`VmControl`] over NATS.
 #[derive(Clone)]
@@ -127,6 +137,23 @@ enum Unanswered {
 }
 
 impl Unanswered {
+    /// A lifecycle request without an answer. The API asks only about VMs of its store, so a
+    /// VM no node serves exists but its hypervisor is out of reach: `Unavailable`, at once.
+    fn into_lifecycle_error(self, vm_id: &str) -> LifecycleError {
+        match self {
+            Self::UnknownVm => LifecycleError::UnknownVm(vm_id.to_owned()),
+            Self::Rpc(RpcError::NoResponders) => LifecycleError::Unavailable(format!(
+                "no node serves VM {vm_id} now (its node is down or gone, or NATS is unreachable)"
+            )),
+            Self::Rpc(e) => {
+                LifecycleError::Unavailable(format!("the node serving VM {vm_id}: {e}"))
+            }
+            Self::Failed(m) => {
+                LifecycleError::Unavailable(format!("the node serving VM {vm_id}: {m}"))
+            }
+        }
+    }
+
     fn into_command_error(self, vm_id: &str) -> CommandError {
         match self {
             Self::UnknownVm => CommandError::UnknownVm(vm_id.to_owned()),
@@ -313,13 +340,14 @@ impl VmControl for NatsControl {
         .map_err(|e| e.into_command_error(vm_id))?
     }
 
-    async fn delete_vm(&self, vm_id: &str) -> Result<bool, ControlError> {
+    async fn delete_vm(
+        &self,
+        vm_id: &str,
+        issued_by: Option<i64>,
+    ) -> Result<DeleteOutcome, LifecycleError> {
+        let request = VmRequest::Delete { issued_by };
         let answer = self
-            .vm_request::<Result<bool, ControlError>>(
-                vm_id,
-                &VmRequest::Delete,
-                self.directory.request_timeout(),
-            )
+            .vm_request::<Result<DeleteOutcome, LifecycleError>>(vm_id, &request, LIFECYCLE_WAIT)
             .await;
         match answer {
             Ok(result) => {
@@ -328,12 +356,122 @@ impl VmControl for NatsControl {
                 }
                 result
             }
-            Err(Unanswered::UnknownVm) => Ok(false),
-            Err(Unanswered::Rpc(e)) => {
-                Err(ControlError::Unreachable(vm_id.to_owned(), e.to_string()))
-            }
-            Err(Unanswered::Failed(m)) => Err(ControlError::Unreachable(vm_id.to_owned(), m)),
+            // No node serves it: its domain may still exist on a node that is down, and the
+            // record is not deleted while the domain may exist (as the embedded core refuses
+            // while libvirt is unreachable).
+            Err(e) => Err(e.into_lifecycle_error(vm_id)),
         }
+    }
+
+    async fn create_vm(
+        &self,
+        spec: CreateVmSpec,
+        issued_by: Option<i64>,
+    ) -> Result<VmSnapshot, LifecycleError> {
+        // The node with libvirt connected (and the base image, when one is named) that knows
+        // the fewest VMs creates it.
+        let mut why_not = Vec::new();
+        for (node, _vms) in self.directory.alive_nodes_by_load() {
+            let info: Result<HypervisorInfo, String> = node_request(
+                self.link(),
+                &node,
+                NodeRequest::Hypervisor,
+                self.directory.request_timeout(),
+            )
+            .await;
+            match info {
+                Ok(info) if !matches!(info.state, HypervisorState::Connected { .. }) => {
+                    why_not.push(format!("{node}: libvirt {}", info.state.as_str()));
+                }
+                Ok(info)
+                    if spec
+                        .base_image
+                        .as_ref()
+                        .is_some_and(|image| !info.base_images.contains(image)) =>
+                {
+                    why_not.push(format!("{node}: no such base image"));
+                }
+                Ok(_) => {
+                    let answer: Result<Result<VmSnapshot, LifecycleError>, String> = node_request(
+                        self.link(),
+                        &node,
+                        NodeRequest::CreateVm { spec, issued_by },
+                        LIFECYCLE_WAIT,
+                    )
+                    .await;
+                    return answer.map_err(|e| {
+                        LifecycleError::Unavailable(format!(
+                            "node {node} did not answer the creation: {e}"
+                        ))
+                    })?;
+                }
+                Err(e) => why_not.push(format!("{node}: {e}")),
+            }
+        }
+        if why_not.is_empty() {
+            why_not.push("no live node".to_owned());
+        }
+        Err(LifecycleError::Unavailable(format!(
+            "no node can create the VM ({})",
+            why_not.join("; ")
+        )))
+    }
+
+    async fn power(
+        &self,
+        vm_id: &str,
+        action: PowerAction,
+        issued_by: Option<i64>,
+    ) -> Result<PowerOutcome, LifecycleError> {
+        let request = VmRequest::Power { action, issued_by };
+        self.vm_request::<Result<PowerOutcome, LifecycleError>>(vm_id, &request, LIFECYCLE_WAIT)
+            .await
+            .map_err(|e| e.into_lifecycle_error(vm_id))?
+    }
+
+    async fn attach_agent_channel(
+        &self,
+        vm_id: &str,
+        issued_by: Option<i64>,
+    ) -> Result<ChannelAttached, LifecycleError> {
+        let request = VmRequest::AttachAgentChannel { issued_by };
+        self.vm_request::<Result<ChannelAttached, LifecycleError>>(vm_id, &request, LIFECYCLE_WAIT)
+            .await
+            .map_err(|e| e.into_lifecycle_error(vm_id))?
+    }
+
+    async fn hypervisor(&self) -> HypervisorInfo {
+        // One answer for the fleet: the first live node whose libvirt is connected (its base
+        // images: `createVm` picks a node holding the image asked for), else the first answer.
+        let mut first = None;
+        for node in self.directory.alive_nodes() {
+            let info: Result<HypervisorInfo, String> = node_request(
+                self.link(),
+                &node,
+                NodeRequest::Hypervisor,
+                self.directory.request_timeout(),
+            )
+            .await;
+            match info {
+                Ok(info) if matches!(info.state, HypervisorState::Connected { .. }) => {
+                    return info;
+                }
+                Ok(info) => {
+                    first.get_or_insert(info);
+                }
+                Err(e) => {
+                    tracing::debug!(target: "infinibay::cluster", %node, "hypervisor not asked: {e}")
+                }
+            }
+        }
+        first.unwrap_or_else(|| HypervisorInfo {
+            state: HypervisorState::Disconnected {
+                uri: String::new(),
+                reason: "no live node answered (infinibay api reaches libvirt through the nodes)"
+                    .into(),
+            },
+            base_images: Vec::new(),
+        })
     }
 
     async fn stats(&self) -> CoreStats {

@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use infinibay_control::event::{BusEvent, StatusEvent, StatusReason, Topic};
-use infinibay_control::{CoreStats, Filter, VmSnapshot};
+use infinibay_control::{CoreStats, Filter, PowerState, VmSnapshot};
 use infinibay_store::VmStatus;
 
 use crate::link::{LinkState, NatsLink};
@@ -131,6 +131,11 @@ impl Directory {
         let agents = client
             .subscribe(subjects::events(&Filter::topic(Topic::Agent)).unwrap_or_default())
             .await?;
+        // Power changes are rare (a user's action or libvirt's lifecycle event): the view
+        // follows them live rather than at the node's next list.
+        let powers = client
+            .subscribe(subjects::events(&Filter::topic(Topic::Power)).unwrap_or_default())
+            .await?;
         let link_up_since = link.is_up().then(Instant::now);
         let inner = Arc::new(Inner {
             link,
@@ -143,7 +148,11 @@ impl Directory {
             statuses: broadcast::channel(STATUS_CHANNEL).0,
         });
         let directory = Self { inner };
-        tokio::spawn(directory.clone().run(heartbeats, statuses, agents, stop));
+        tokio::spawn(
+            directory
+                .clone()
+                .run(heartbeats, statuses, agents, powers, stop),
+        );
         Ok(directory)
     }
 
@@ -152,6 +161,7 @@ impl Directory {
         mut heartbeats: async_nats::Subscriber,
         mut statuses: async_nats::Subscriber,
         mut agents: async_nats::Subscriber,
+        mut powers: async_nats::Subscriber,
         stop: CancellationToken,
     ) {
         let mut link = self.inner.link.watch();
@@ -170,6 +180,10 @@ impl Directory {
                     Err(e) => tracing::debug!(target: TARGET, "{e}"),
                 },
                 Some(m) = agents.next() => match wire::decode::<Envelope>("agent event", &m.payload) {
+                    Ok(env) => self.on_event(env),
+                    Err(e) => tracing::debug!(target: TARGET, "{e}"),
+                },
+                Some(m) = powers.next() => match wire::decode::<Envelope>("power event", &m.payload) {
                     Ok(env) => self.on_event(env),
                     Err(e) => tracing::debug!(target: TARGET, "{e}"),
                 },
@@ -254,6 +268,7 @@ impl Directory {
                 }
             }
             BusEvent::Agent(a) => view.snapshot.agent = Some(a.agent.clone()),
+            BusEvent::Power(p) => view.snapshot.power_state = p.power_state,
             _ => return,
         }
         drop(st);
@@ -287,11 +302,17 @@ impl Directory {
                 let id = snapshot.id.clone();
                 match st.vms.get_mut(&id) {
                     Some(v) if v.node == node && v.seq > seq => {
-                        // An event newer than the list already set its status: keep that.
-                        let (status, last_seen) = (v.snapshot.status, v.snapshot.last_seen);
+                        // An event newer than the list already set its status (or power
+                        // state): keep that.
+                        let (status, last_seen, power_state) = (
+                            v.snapshot.status,
+                            v.snapshot.last_seen,
+                            v.snapshot.power_state,
+                        );
                         v.snapshot = VmSnapshot {
                             status,
                             last_seen,
+                            power_state,
                             ..snapshot
                         };
                     }
@@ -421,6 +442,21 @@ impl Directory {
         lock(&self.inner.state).vms.remove(vm_id);
     }
 
+    /// The live nodes with the number of VMs each knows (as of its last heartbeat), fewest
+    /// first (ties by name).
+    pub fn alive_nodes_by_load(&self) -> Vec<(String, usize)> {
+        let st = lock(&self.inner.state);
+        let mut out: Vec<(String, usize)> = st
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.alive)
+            .map(|(name, n)| (name.clone(), n.heartbeat.stats.vms))
+            .collect();
+        drop(st);
+        out.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+
     /// The nodes heard within the liveness window.
     pub fn alive_nodes(&self) -> Vec<String> {
         let st = lock(&self.inner.state);
@@ -539,6 +575,8 @@ fn blank_snapshot(vm_id: &str) -> VmSnapshot {
         id: vm_id.to_owned(),
         socket_path: Default::default(),
         status: VmStatus::Offline,
+        power_state: PowerState::Unknown,
+        domain_name: None,
         connected: false,
         socket_present: true,
         last_seen: None,

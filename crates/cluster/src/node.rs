@@ -282,7 +282,16 @@ async fn answer_vm(core: &Core, vm_id: &str, payload: &[u8]) -> Option<Bytes> {
             reply(Ok(VmControl::execute(core, vm_id, command, issued_by).await))
         }
         VmRequest::Cancel { command_id } => reply(Ok(core.cancel_command(vm_id, &command_id))),
-        VmRequest::Delete => reply(Ok(VmControl::delete_vm(core, vm_id).await)),
+        VmRequest::Delete { issued_by } => {
+            reply(Ok(VmControl::delete_vm(core, vm_id, issued_by).await))
+        }
+        VmRequest::Power { action, issued_by } => {
+            reply(Ok(VmControl::power(core, vm_id, action, issued_by).await))
+        }
+        VmRequest::AttachAgentChannel { issued_by } => reply(Ok(VmControl::attach_agent_channel(
+            core, vm_id, issued_by,
+        )
+        .await)),
         VmRequest::CreateAlertRule { rule, created_by } => reply(Ok(VmControl::create_alert_rule(
             core, rule, created_by,
         )
@@ -356,6 +365,10 @@ async fn answer_node(inner: &Inner, payload: &[u8]) -> Option<Bytes> {
     }
     match request {
         NodeRequest::Whoami => reply(Ok(heartbeat(inner))),
+        NodeRequest::Hypervisor => reply(Ok(inner.core.hypervisor().await)),
+        NodeRequest::CreateVm { spec, issued_by } => {
+            reply(Ok(inner.core.create_vm(spec, issued_by).await))
+        }
         NodeRequest::DeleteAlertRule { rule_id } => {
             reply(Ok(VmControl::delete_alert_rule(&inner.core, &rule_id).await))
         }

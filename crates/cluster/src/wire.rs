@@ -81,8 +81,25 @@ pub enum VmRequest {
         /// The command's id.
         command_id: String,
     },
-    /// Forget the VM and delete what is stored about it → `Result<bool, ControlError>`.
-    Delete,
+    /// Delete the VM on behalf of `issued_by`: its libvirt domain when it has one, then the
+    /// VM and what is stored about it → `Result<DeleteOutcome, LifecycleError>`.
+    Delete {
+        /// Who asked.
+        issued_by: Option<i64>,
+    },
+    /// A power action → `Result<PowerOutcome, LifecycleError>`.
+    Power {
+        /// What to do.
+        action: infinibay_control::PowerAction,
+        /// Who asked.
+        issued_by: Option<i64>,
+    },
+    /// Hot-plug the agent's channel into the VM's domain →
+    /// `Result<ChannelAttached, LifecycleError>`.
+    AttachAgentChannel {
+        /// Who asked.
+        issued_by: Option<i64>,
+    },
     /// Store an alert rule for this VM and evaluate it → `Result<AlertRule, ControlError>`.
     CreateAlertRule {
         /// The rule (its `vm_id` is this VM).
@@ -132,6 +149,15 @@ pub enum NodeRequest {
     },
     /// Who answers (a node starting checks that its name is free) → `Heartbeat`.
     Whoami,
+    /// Its hypervisor: libvirt's state and the base images → `HypervisorInfo`.
+    Hypervisor,
+    /// Create a VM in this node's libvirt → `Result<VmSnapshot, LifecycleError>`.
+    CreateVm {
+        /// What to create.
+        spec: infinibay_control::CreateVmSpec,
+        /// Who asked.
+        issued_by: Option<i64>,
+    },
 }
 
 /// A page of a node's list, cut to fit the server's message size.

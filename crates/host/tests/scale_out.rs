@@ -163,6 +163,9 @@ fn spawn_role(
             LIVENESS_SECS.to_string(),
         )
         .env("INFINIBAY_DISCOVERY__RESCAN_INTERVAL_SECS", "1")
+        // Socket discovery only: the simulator's VMs have no domain, and whether a libvirtd
+        // happens to run on this machine must not change the answers checked here.
+        .env("INFINIBAY_LIBVIRT", "none")
         .env(
             "INFINIBAY_API__METRICS_LISTEN",
             format!("127.0.0.1:{metrics_port}"),
@@ -499,6 +502,48 @@ async fn a_command_sent_through_api_b_reaches_a_vm_on_node_a(fleet: &Fleet) {
     .await;
 }
 
+async fn suspend(server: &str, token: &str, vm: &str) -> Value {
+    gql(
+        server,
+        Some(token),
+        "mutation($id:ID!){suspend(vmId:$id){action via}}",
+        json!({"id": vm}),
+    )
+    .await
+}
+
+fn error_code(r: &Value) -> Option<&str> {
+    r.pointer("/errors/0/extensions/code")
+        .and_then(Value::as_str)
+}
+
+/// A power action through API B is answered by node A's core (libvirt off there: refused
+/// with its code, not hung), and the fleet's hypervisor is what the nodes say.
+async fn a_power_action_through_api_b_is_answered_by_node_a(fleet: &Fleet) {
+    let r = suspend(fleet.api(1), &fleet.admin, &fleet.vm_a).await;
+    assert_eq!(error_code(&r), Some("LIBVIRT_UNAVAILABLE"), "{r}");
+    let message = r
+        .pointer("/errors/0/message")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    assert!(
+        !message.contains("no node serves"),
+        "the node's own answer, not the API's: {r}"
+    );
+    let r = gql(
+        fleet.api(1),
+        Some(&fleet.admin),
+        "{hypervisor{state}}",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        r.pointer("/data/hypervisor/state").and_then(Value::as_str),
+        Some("disabled"),
+        "{r}"
+    );
+}
+
 async fn a_socket_io_client_on_api_b_receives_metrics_of_node_a_and_revocation_holds_across_replicas(
     fleet: &Fleet,
 ) {
@@ -536,6 +581,21 @@ async fn node_a_killed_its_vms_go_offline_within_the_liveness_window(fleet: &mut
     assert!(
         asked.elapsed() < Duration::from_secs(5),
         "VM_UNREACHABLE after {:?} (the command's timeout is 30 s)",
+        asked.elapsed()
+    );
+    // A power action too: no node serves the VM, its hypervisor is out of reach, at once.
+    let asked = Instant::now();
+    let r = suspend(fleet.api(1), &fleet.admin, &fleet.vm_a).await;
+    assert_eq!(error_code(&r), Some("LIBVIRT_UNAVAILABLE"), "{r}");
+    assert!(
+        r.pointer("/errors/0/message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.contains("no node serves")),
+        "{r}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
         asked.elapsed()
     );
     // Node B's VM is untouched.
@@ -711,6 +771,7 @@ async fn two_nodes_and_two_api_replicas_over_nats_and_postgres_serve_one_fleet_a
     let mut fleet = Fleet::start().await;
     create_users(&fleet).await;
     a_command_sent_through_api_b_reaches_a_vm_on_node_a(&fleet).await;
+    a_power_action_through_api_b_is_answered_by_node_a(&fleet).await;
     a_socket_io_client_on_api_b_receives_metrics_of_node_a_and_revocation_holds_across_replicas(
         &fleet,
     )
