@@ -45,7 +45,9 @@ impl QueryRoot {
             .into_iter()
             .filter(|vm| authz::can_see_vm(&user, vm))
             .map(|vm| {
-                let facts = live.remove(&vm.id).or_else(|| unknown.map(LiveFacts::unknown));
+                let facts = live
+                    .remove(&vm.id)
+                    .or_else(|| unknown.map(LiveFacts::unknown));
                 Vm::new(vm, facts)
             })
             .collect())
