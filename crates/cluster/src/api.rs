@@ -126,6 +126,30 @@ impl NatsControl {
     }
 }
 
+impl NatsControl {
+    /// A lifecycle request about one VM, answered by its node's core.
+    async fn lifecycle_request<T: DeserializeOwned>(
+        &self,
+        vm_id: &str,
+        request: &VmRequest,
+    ) -> Result<T, LifecycleError> {
+        self.vm_request::<Result<T, LifecycleError>>(vm_id, request, LIFECYCLE_WAIT)
+            .await
+            .map_err(|e| e.into_lifecycle_error(vm_id))?
+    }
+
+    /// One node's hypervisor: libvirt's state and its base images.
+    async fn node_hypervisor(&self, node: &str) -> Result<HypervisorInfo, String> {
+        node_request(
+            self.link(),
+            node,
+            NodeRequest::Hypervisor,
+            self.directory.request_timeout(),
+        )
+        .await
+    }
+}
+
 /// Why a VM request got no usable answer.
 enum Unanswered {
     /// The id cannot name a VM.
@@ -345,22 +369,14 @@ impl VmControl for NatsControl {
         vm_id: &str,
         issued_by: Option<i64>,
     ) -> Result<DeleteOutcome, LifecycleError> {
-        let request = VmRequest::Delete { issued_by };
-        let answer = self
-            .vm_request::<Result<DeleteOutcome, LifecycleError>>(vm_id, &request, LIFECYCLE_WAIT)
-            .await;
-        match answer {
-            Ok(result) => {
-                if result.is_ok() {
-                    self.directory.forget(vm_id);
-                }
-                result
-            }
-            // No node serves it: its domain may still exist on a node that is down, and the
-            // record is not deleted while the domain may exist (as the embedded core refuses
-            // while libvirt is unreachable).
-            Err(e) => Err(e.into_lifecycle_error(vm_id)),
-        }
+        // No node serving it is `Unavailable`: its domain may still exist on a node that is
+        // down, and the record is not deleted while the domain may exist (as the embedded core
+        // refuses while libvirt is unreachable).
+        let done: DeleteOutcome = self
+            .lifecycle_request(vm_id, &VmRequest::Delete { issued_by })
+            .await?;
+        self.directory.forget(vm_id);
+        Ok(done)
     }
 
     async fn create_vm(
@@ -371,14 +387,8 @@ impl VmControl for NatsControl {
         // The node with libvirt connected (and the base image, when one is named) that knows
         // the fewest VMs creates it.
         let mut why_not = Vec::new();
-        for (node, _vms) in self.directory.alive_nodes_by_load() {
-            let info: Result<HypervisorInfo, String> = node_request(
-                self.link(),
-                &node,
-                NodeRequest::Hypervisor,
-                self.directory.request_timeout(),
-            )
-            .await;
+        for (node, _) in self.directory.alive_nodes_by_load() {
+            let info = self.node_hypervisor(&node).await;
             match info {
                 Ok(info) if !matches!(info.state, HypervisorState::Connected { .. }) => {
                     why_not.push(format!("{node}: libvirt {}", info.state.as_str()));
@@ -401,7 +411,7 @@ impl VmControl for NatsControl {
                     .await;
                     return answer.map_err(|e| {
                         LifecycleError::Unavailable(format!(
-                            "node {node} did not answer the creation: {e}"
+                            "node {node} did not answer the creation (it may still complete there): {e}"
                         ))
                     })?;
                 }
@@ -423,10 +433,8 @@ impl VmControl for NatsControl {
         action: PowerAction,
         issued_by: Option<i64>,
     ) -> Result<PowerOutcome, LifecycleError> {
-        let request = VmRequest::Power { action, issued_by };
-        self.vm_request::<Result<PowerOutcome, LifecycleError>>(vm_id, &request, LIFECYCLE_WAIT)
+        self.lifecycle_request(vm_id, &VmRequest::Power { action, issued_by })
             .await
-            .map_err(|e| e.into_lifecycle_error(vm_id))?
     }
 
     async fn attach_agent_channel(
@@ -434,10 +442,8 @@ impl VmControl for NatsControl {
         vm_id: &str,
         issued_by: Option<i64>,
     ) -> Result<ChannelAttached, LifecycleError> {
-        let request = VmRequest::AttachAgentChannel { issued_by };
-        self.vm_request::<Result<ChannelAttached, LifecycleError>>(vm_id, &request, LIFECYCLE_WAIT)
+        self.lifecycle_request(vm_id, &VmRequest::AttachAgentChannel { issued_by })
             .await
-            .map_err(|e| e.into_lifecycle_error(vm_id))?
     }
 
     async fn hypervisor(&self) -> HypervisorInfo {
@@ -445,13 +451,7 @@ impl VmControl for NatsControl {
         // images: `createVm` picks a node holding the image asked for), else the first answer.
         let mut first = None;
         for node in self.directory.alive_nodes() {
-            let info: Result<HypervisorInfo, String> = node_request(
-                self.link(),
-                &node,
-                NodeRequest::Hypervisor,
-                self.directory.request_timeout(),
-            )
-            .await;
+            let info = self.node_hypervisor(&node).await;
             match info {
                 Ok(info) if matches!(info.state, HypervisorState::Connected { .. }) => {
                     return info;
