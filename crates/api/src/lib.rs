@@ -43,7 +43,7 @@ use infinibay_control::VmControl;
 use infinibay_store::Store;
 
 pub use error::{ApiError, ApiResult};
-pub use state::{Api, ApiSettings};
+pub use state::{Api, ApiSettings, ExtraMetrics};
 
 use realtime::Realtime;
 
@@ -130,6 +130,7 @@ pub fn settings_for(data_dir: PathBuf, secret: Vec<u8>) -> ApiSettings {
         secret,
         token_ttl: auth::DEFAULT_TOKEN_TTL,
         revocation_sweep: Duration::from_secs(5),
+        extra_metrics: None,
         limits: limits::ApiConfig::default(),
         graphiql_page: None,
         cors_origins: Vec::new(),

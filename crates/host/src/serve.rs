@@ -218,21 +218,38 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let token = host_shutdown(&host);
     let (http, metrics) = listeners;
+    serve_listeners(http, Some(metrics), app, api, token).await;
+    host.stopped().await;
+    Ok(())
+}
+
+/// Serve `app` on `http`, and its `/metrics` alone on `metrics` when given, through the
+/// hardened accept loop (`api`'s header timeout and unauthenticated-connection bound) until
+/// `token` is cancelled; whatever ends the HTTP side cancels `token`. `serve` and the
+/// scale-out roles share it.
+pub(crate) async fn serve_listeners(
+    http: TcpListener,
+    metrics: Option<TcpListener>,
+    app: Router,
+    api: &ApiConfig,
+    token: CancellationToken,
+) {
     let tracker = ConnectionTracker::new(
         api.unauthenticated_connections_per_address,
         api.unauthenticated_connections,
     );
-    let metrics_app = infinibay_api::rest::metrics_only(app.clone());
-    let metrics_task = tokio::spawn(listener::serve(
-        metrics,
-        metrics_app,
-        ServeOptions {
-            header_timeout: api.header_timeout(),
-            tracker: tracker.clone(),
-            admit: false,
-        },
-        token.clone(),
-    ));
+    let metrics_task = metrics.map(|metrics| {
+        tokio::spawn(listener::serve(
+            metrics,
+            infinibay_api::rest::metrics_only(app.clone()),
+            ServeOptions {
+                header_timeout: api.header_timeout(),
+                tracker: tracker.clone(),
+                admit: false,
+            },
+            token.clone(),
+        ))
+    });
     listener::serve(
         http,
         app,
@@ -244,11 +261,11 @@ pub async fn serve(
         token.clone(),
     )
     .await;
-    // Whatever ended the HTTP side ends the host.
+    // Whatever ended the HTTP side ends the rest.
     token.cancel();
-    let _ = metrics_task.await;
-    host.stopped().await;
-    Ok(())
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
 }
 
 fn host_shutdown(host: &Core) -> CancellationToken {
@@ -282,15 +299,7 @@ pub async fn run_with_store(
         Some(l) => l,
         None => bind_metrics(config.api.metrics_listen).await?,
     };
-    match infinibay_core::system::raise_nofile_limit() {
-        Ok((before, after)) if before != after => {
-            tracing::info!(target: "infinibay::host", "open-files limit raised from {before} to {after}")
-        }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(target: "infinibay::host", "cannot raise the open-files limit: {e}")
-        }
-    }
+    raise_open_files_limit();
     let token = CancellationToken::new();
     let host = Core::start(config.core, store, token.clone());
     tokio::spawn(async move {
@@ -305,6 +314,19 @@ pub async fn run_with_store(
         tracing::info!(target: "infinibay::http", "metrics on http://{addr}/metrics");
     }
     serve(host, (http, metrics), app, &config.api).await
+}
+
+/// One socket per VM (and one per console): raise the open-files limit to its hard maximum.
+pub fn raise_open_files_limit() {
+    match infinibay_core::system::raise_nofile_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(target: "infinibay::host", "open-files limit raised from {before} to {after}")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(target: "infinibay::host", "cannot raise the open-files limit: {e}")
+        }
+    }
 }
 
 /// The API's routes on a running core: it reaches the core only through the
