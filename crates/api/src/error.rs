@@ -17,10 +17,10 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// without a code, and this type must only become one through its own conversion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `VM_OFFLINE`, `TIMEOUT`, `INVALID`,
-    /// `RATE_LIMITED`, `INTERNAL`, and for VM lifecycle operations `LIBVIRT_UNAVAILABLE`,
-    /// `NO_DOMAIN`, `ALREADY_RUNNING`, `NOT_RUNNING`, `INVALID_STATE`, `ALREADY_EXISTS`,
-    /// `LIBVIRT_ERROR`.
+    /// `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `VM_OFFLINE`, `VM_UNREACHABLE`, `TIMEOUT`,
+    /// `INVALID`, `RATE_LIMITED`, `INTERNAL`, and for VM lifecycle operations
+    /// `LIBVIRT_UNAVAILABLE`, `NO_DOMAIN`, `ALREADY_RUNNING`, `NOT_RUNNING`, `INVALID_STATE`,
+    /// `ALREADY_EXISTS`, `LIBVIRT_ERROR`.
     pub code: &'static str,
     /// For people.
     pub message: String,
@@ -100,6 +100,7 @@ impl From<infinibay_control::CommandError> for ApiError {
             C::Timeout { .. } => "TIMEOUT",
             C::TooManyPending { .. } | C::NoSuchCommand(..) => "INTERNAL",
             C::Invalid(_) => "INVALID",
+            C::Unreachable(..) => "VM_UNREACHABLE",
             C::Forbidden(_) => "FORBIDDEN",
         };
         Self::new(code, e.to_string())
@@ -110,6 +111,7 @@ impl From<infinibay_control::ControlError> for ApiError {
     fn from(e: infinibay_control::ControlError) -> Self {
         use infinibay_control::ControlError as C;
         match e {
+            C::Unreachable(..) => Self::new("VM_UNREACHABLE", e.to_string()),
             C::Invalid(m) => Self::invalid(m),
             C::NotFound(m) => Self::not_found(m),
             C::Storage(_) => Self::internal(e),

@@ -44,7 +44,7 @@ use infinibay_control::VmControl;
 use infinibay_store::Store;
 
 pub use error::{ApiError, ApiResult};
-pub use state::{Api, ApiSettings};
+pub use state::{Api, ApiSettings, ExtraMetrics};
 
 use realtime::Realtime;
 
@@ -164,6 +164,7 @@ pub fn settings_for(data_dir: PathBuf, secret: Vec<u8>) -> ApiSettings {
         revocation_sweep: Duration::from_secs(5),
         vnc: Arc::new(console::NoVnc),
         console: infinibay_console::ConsoleConfig::default(),
+        extra_metrics: None,
         limits: limits::ApiConfig::default(),
         graphiql_page: None,
         cors_origins: Vec::new(),

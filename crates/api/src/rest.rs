@@ -84,7 +84,7 @@ impl IntoResponse for ApiError {
             "FORBIDDEN" => StatusCode::FORBIDDEN,
             "NOT_FOUND" => StatusCode::NOT_FOUND,
             "INVALID" => StatusCode::BAD_REQUEST,
-            "VM_OFFLINE" | "INTERNAL" => StatusCode::SERVICE_UNAVAILABLE,
+            "VM_OFFLINE" | "VM_UNREACHABLE" | "INTERNAL" => StatusCode::SERVICE_UNAVAILABLE,
             "TIMEOUT" => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -113,9 +113,25 @@ type Gauge = (
 /// Prometheus text exposition of the VMs' latest samples and the host's counters.
 pub async fn render_metrics(api: &Api, realtime: &Realtime) -> String {
     let mut out = String::with_capacity(4096);
+    render_core_metrics(api.control(), &mut out).await;
+    let name = "infinibay_realtime_connections";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Connected Socket.IO clients\n# TYPE {name} gauge\n{name} {}",
+        realtime.connections()
+    );
+    render_api_metrics(api, realtime, &mut out);
+    if let Some(extra) = &api.settings().extra_metrics {
+        extra(&mut out);
+    }
+    out
+}
+
+/// The core's part of `/metrics`: each VM's newest sample and agent status, and the core's
+/// counters. An `infinibay node` serves it for its own VMs.
+pub async fn render_core_metrics(control: &dyn infinibay_control::VmControl, out: &mut String) {
     // The core's newest sample of each VM, ordered by VM: whether or not anyone listens on
     // Socket.IO.
-    let control = api.control();
     let samples = control.latest_samples().await;
     let vms = control.vms().await;
     let gauges: [Gauge; 8] = [
@@ -182,10 +198,12 @@ pub async fn render_metrics(api: &Api, realtime: &Realtime) -> String {
         }
         v.as_f64()
     };
-    let connections = vms.iter().filter(|v| v.connected).count() as f64;
-    let messages: f64 = vms.iter().map(|v| v.stats.messages as f64).sum();
-    let decode_errors: f64 = vms.iter().map(|v| v.stats.decode_errors as f64).sum();
-    let counters: [(&str, &str, &str, Option<f64>); 7] = [
+    // From the totals, not from the VM list: the list's counters may be a minute old when the
+    // core runs elsewhere (`infinibay api`); the totals are the nodes' last heartbeats.
+    let connections = number(&["totals", "connected"]).unwrap_or(0.0);
+    let messages = number(&["totals", "messages"]).unwrap_or(0.0);
+    let decode_errors = number(&["totals", "decode_errors"]).unwrap_or(0.0);
+    let counters: [(&str, &str, &str, Option<f64>); 8] = [
         (
             "infinibay_connections",
             "gauge",
@@ -219,10 +237,20 @@ pub async fn render_metrics(api: &Api, realtime: &Realtime) -> String {
                 .map(|c| c + number(&["queue", "samples_failed"]).unwrap_or(0.0)),
         ),
         (
-            "infinibay_realtime_connections",
+            "infinibay_store_backlog_samples",
             "gauge",
-            "Connected Socket.IO clients",
-            Some(realtime.connections() as f64),
+            "Samples kept for a later write because the database refused them",
+            number(&["queue", "backlog_samples"]),
+        ),
+        (
+            "infinibay_store_failing",
+            "gauge",
+            "1 while the database refuses writes",
+            stats
+                .get("queue")
+                .and_then(|q| q.get("store_failing"))
+                .and_then(|f| f.as_bool())
+                .map(|f| f64::from(u8::from(f))),
         ),
     ];
     for (name, kind, help, value) in counters {
@@ -233,13 +261,17 @@ pub async fn render_metrics(api: &Api, realtime: &Realtime) -> String {
             );
         }
     }
+}
+
+/// The API's own part of `/metrics`: command latencies and real-time publication delays.
+fn render_api_metrics(api: &Api, realtime: &Realtime, out: &mut String) {
     let name = "infinibay_command_duration_seconds";
     let _ = writeln!(
         out,
         "# HELP {name} Commands sent through the API, send to response\n# TYPE {name} histogram"
     );
     for (outcome, h) in api.command_latency() {
-        write_histogram(&mut out, name, ("outcome", outcome), &LATENCY_BUCKETS, &h);
+        write_histogram(out, name, ("outcome", outcome), &LATENCY_BUCKETS, &h);
     }
     let name = "infinibay_realtime_publish_seconds";
     let _ = writeln!(
@@ -251,9 +283,8 @@ pub async fn render_metrics(api: &Api, realtime: &Realtime) -> String {
         ("receipt", &delays.from_receipt),
         ("guest", &delays.from_guest),
     ] {
-        write_histogram(&mut out, name, ("from", from), &PUBLISH_BUCKETS, h);
+        write_histogram(out, name, ("from", from), &PUBLISH_BUCKETS, h);
     }
-    out
 }
 
 /// The `_bucket`, `_sum` and `_count` lines of one labelled Prometheus histogram.

@@ -38,6 +38,9 @@ pub struct ApiSettings {
     pub vnc: Arc<dyn VncLocator>,
     /// The console's bounds and clocks.
     pub console: ConsoleConfig,
+    /// More `/metrics` lines from the process that serves the API (`infinibay api`: its NATS
+    /// connection and the fleet's nodes).
+    pub extra_metrics: Option<ExtraMetrics>,
     /// The `[api]` section: limits, GraphiQL, the metrics listener.
     pub limits: ApiConfig,
     /// GraphiQL's page from the dashboard's web build (`infinibay_dashboard::graphiql_page`),
@@ -47,6 +50,9 @@ pub struct ApiSettings {
     /// credentials (seed 003 serves its frontend from `FRONTEND_URL`). Empty: no CORS headers.
     pub cors_origins: Vec<String>,
 }
+
+/// Writes more Prometheus lines into `/metrics`.
+pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 impl std::fmt::Debug for ApiSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,6 +138,16 @@ impl Api {
     /// The core.
     pub fn control(&self) -> &dyn VmControl {
         self.inner.control.as_ref()
+    }
+
+    /// The live status of a VM the core does not know: `None` (the store's status stands) in
+    /// one process, offline when VMs are served by nodes that can die without saying so
+    /// ([`VmControl::unknown_vms_are_offline`]).
+    pub fn status_of_unknown_vms(&self) -> Option<infinibay_store::VmStatus> {
+        self.inner
+            .control
+            .unknown_vms_are_offline()
+            .then_some(infinibay_store::VmStatus::Offline)
     }
 
     /// The log of refused connections.

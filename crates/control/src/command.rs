@@ -124,6 +124,10 @@ pub enum CommandError {
     /// The command cannot be expressed on the wire.
     #[error("invalid command: {0}")]
     Invalid(String),
+    /// No process serves the VM now (scale-out: no node answers for it, or the API has lost
+    /// its connection to NATS): the command was not sent.
+    #[error("VM {0} is unreachable: {1}")]
+    Unreachable(String, String),
     /// The user may not send it (the API's authorization refused it; only logged).
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -142,6 +146,7 @@ impl CommandError {
             Self::TooManyPending { .. } => "too_many_pending",
             Self::NoSuchCommand(..) => "no_such_command",
             Self::Invalid(_) => "invalid",
+            Self::Unreachable(..) => "unreachable",
             Self::Forbidden(_) => "forbidden",
         }
     }

@@ -70,10 +70,6 @@ impl Topic {
             Self::Power => "power",
         }
     }
-
-    fn parse(token: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == token)
-    }
 }
 
 /// Why a VM's status changed.
@@ -100,6 +96,14 @@ pub enum StatusReason {
     /// The host is stopping.
     #[serde(rename = "shutdown")]
     Shutdown,
+    /// The node that serves the VM stopped sending heartbeats (scale-out: the API concludes
+    /// it, since a node that died could not say so).
+    #[serde(rename = "node unreachable")]
+    NodeUnreachable,
+    /// The node's list of its VMs, fetched again after a gap (a node restart, a NATS outage),
+    /// says so: the event that changed it was missed.
+    #[serde(rename = "resync")]
+    Resync,
 }
 
 impl StatusReason {
@@ -113,6 +117,8 @@ impl StatusReason {
             Self::WriteFailed => "write failed",
             Self::SocketRemoved => "socket removed",
             Self::Shutdown => "shutdown",
+            Self::NodeUnreachable => "node unreachable",
+            Self::Resync => "resync",
         }
     }
 }
@@ -272,11 +278,6 @@ pub fn subject(vm_id: &str, topic: Topic) -> String {
     format!("{SUBJECT_PREFIX}.{vm_id}.{}", topic.as_str())
 }
 
-/// The request/reply subject for commands to a VM.
-pub fn command_subject(vm_id: &str) -> String {
-    format!("{SUBJECT_PREFIX}.{vm_id}.command")
-}
-
 /// Which events a subscription receives: one VM or all, one topic or all.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Filter {
@@ -285,13 +286,6 @@ pub struct Filter {
     /// `None`: every topic.
     pub topic: Option<Topic>,
 }
-
-/// A subject pattern that is not one this bus publishes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unsupported subject pattern `{0}` (expected infinibay.vm.<id|*>.<topic|*> or infinibay.vm.>)"
-)]
-pub struct BadPattern(pub String);
 
 impl Filter {
     /// Everything.
@@ -313,28 +307,6 @@ impl Filter {
             vm_id: Some(vm_id.into()),
             topic: None,
         }
-    }
-
-    /// From a NATS-style pattern: `infinibay.vm.*.status`, `infinibay.vm.<id>.>`, `infinibay.vm.>`.
-    pub fn from_pattern(pattern: &str) -> Result<Self, BadPattern> {
-        let bad = || BadPattern(pattern.to_owned());
-        let rest = pattern
-            .strip_prefix(SUBJECT_PREFIX)
-            .and_then(|r| r.strip_prefix('.'))
-            .ok_or_else(bad)?;
-        if rest == ">" {
-            return Ok(Self::all());
-        }
-        let (vm, topic) = rest.split_once('.').ok_or_else(bad)?;
-        if vm.is_empty() || vm == ">" {
-            return Err(bad());
-        }
-        let vm_id = (vm != "*").then(|| vm.to_owned());
-        let topic = match topic {
-            "*" | ">" => None,
-            t => Some(Topic::parse(t).ok_or_else(bad)?),
-        };
-        Ok(Self { vm_id, topic })
     }
 
     /// Whether `event` passes.
@@ -421,21 +393,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn patterns_parse_like_nats_subjects() {
-        assert_eq!(
-            Filter::from_pattern("infinibay.vm.*.status").expect("valid"),
-            Filter::topic(Topic::Status)
-        );
-        assert_eq!(
-            Filter::from_pattern("infinibay.vm.abc.>").expect("valid"),
-            Filter::vm("abc")
-        );
-        assert_eq!(
-            Filter::from_pattern("infinibay.vm.>").expect("valid"),
-            Filter::all()
-        );
-        assert!(Filter::from_pattern("infinibay.vm.abc.bogus").is_err());
-        assert!(Filter::from_pattern("other.vm.abc.status").is_err());
+    fn events_name_their_subject_and_come_back_the_same_over_the_wire() {
         let online = BusEvent::Status(StatusEvent {
             vm_id: "a".into(),
             status: VmStatus::Online,

@@ -61,6 +61,9 @@ pub enum ControlError {
     /// The core's storage refused or failed.
     #[error("storage failed: {0}")]
     Storage(String),
+    /// No process serves the VM now (scale-out: no node answers for it, or NATS is down).
+    #[error("VM {0} is unreachable: {1}")]
+    Unreachable(String, String),
     /// The request is malformed or out of range; nothing was stored.
     #[error("{0}")]
     Invalid(String),
@@ -163,6 +166,14 @@ pub trait VmControl: Send + Sync + 'static {
     /// The core's counters.
     async fn stats(&self) -> CoreStats;
 
+    /// Whether a VM that [`VmControl::vm`] does not know is offline. `false` (the embedded
+    /// core): the store's status is the truth, because the one core that writes it writes
+    /// `offline` when it loses a VM or stops. `true` (scale-out, `infinibay api`): VMs are
+    /// served by nodes that can die without writing anything, so a VM no live node serves is
+    /// offline whatever the store last heard.
+    fn unknown_vms_are_offline(&self) -> bool {
+        false
+    }
     /// Check and store an alert rule set by `created_by` (an administrator: the API decides
     /// that), and evaluate it from the next sample or event on. `Invalid` (out of range, too
     /// many rules) and `NotFound` (no such VM) store nothing.

@@ -135,7 +135,7 @@ pub struct QueueStats {
     pub samples_coalesced: u64,
     /// Samples the store accepted.
     pub samples_written: u64,
-    /// Samples lost to storage errors.
+    /// Samples lost to storage errors: dropped from a full backlog.
     pub samples_failed: u64,
     /// Waiting inventories replaced by a newer one of the same VM and kind.
     pub inventories_replaced: u64,
@@ -159,4 +159,11 @@ pub struct QueueStats {
     pub pending_inventory_items: usize,
     /// VM errors waiting now.
     pub pending_errors: usize,
+    /// Samples kept for a later write because the database refused the last one (bounded by
+    /// `store.backlog_samples_max`; written oldest first once the database answers again).
+    #[serde(default)]
+    pub backlog_samples: usize,
+    /// The last write to the database failed and the writer is retrying with backoff.
+    #[serde(default)]
+    pub store_failing: bool,
 }

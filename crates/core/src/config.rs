@@ -147,6 +147,7 @@ impl CoreConfig {
                 "store.pending_command_logs_max",
                 self.store.pending_command_logs_max,
             ),
+            ("store.backlog_samples_max", self.store.backlog_samples_max),
             (
                 "commands.max_pending_per_vm",
                 self.commands.max_pending_per_vm,
@@ -263,6 +264,10 @@ pub struct StoreConfig {
     pub pending_errors_per_vm: usize,
     /// Command log entries waiting (default 1,000).
     pub pending_command_logs_max: usize,
+    /// Samples kept for a later write while the database refuses writes (default 200,000:
+    /// 40 s of 5,000 VMs at 1 Hz, ~300 MB at worst). Beyond it the oldest are dropped and
+    /// counted (`samples_failed`).
+    pub backlog_samples_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -275,6 +280,7 @@ impl Default for StoreConfig {
             pending_errors_max: 1_000,
             pending_errors_per_vm: 10,
             pending_command_logs_max: 1_000,
+            backlog_samples_max: 200_000,
         }
     }
 }

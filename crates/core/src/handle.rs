@@ -226,6 +226,17 @@ impl Core {
         self.shared.registry.snapshots()
     }
 
+    /// The ids of every VM the core knows, unordered (cheaper than [`Core::vms`]).
+    pub fn vm_ids(&self) -> Vec<String> {
+        self.shared.registry.ids()
+    }
+
+    /// Changes to the set of VMs: the generation number grows whenever a VM is added or
+    /// forgotten (a scale-out node answers commands for exactly the core's VMs).
+    pub fn vm_membership(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.registry.membership()
+    }
+
     /// One VM with live status.
     pub fn vm(&self, id: &str) -> Option<VmSnapshot> {
         self.shared.registry.get(id).map(|v| v.snapshot())

@@ -82,12 +82,9 @@ impl StoreHealth {
     }
 }
 
-/// Pings the store every [`STORE_PROBE_EVERY`], each ping bounded by [`STORE_PROBE_TIMEOUT`].
-pub(crate) async fn probe_store(
-    store: Arc<dyn Store>,
-    health: Arc<StoreHealth>,
-    stop: CancellationToken,
-) {
+/// Pings the store every [`STORE_PROBE_EVERY`], each ping bounded by [`STORE_PROBE_TIMEOUT`],
+/// until `stop` (the core runs one; so does `infinibay api`, which has no core).
+pub async fn probe_store(store: Arc<dyn Store>, health: Arc<StoreHealth>, stop: CancellationToken) {
     loop {
         let started = Instant::now();
         let result = tokio::select! {

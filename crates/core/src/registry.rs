@@ -300,11 +300,24 @@ impl VmEntry {
 }
 
 /// All VMs by id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     vms: Mutex<HashMap<String, Arc<VmEntry>>>,
     /// Deleted through the API: their sockets are ignored until the files go away.
     forgotten: Mutex<HashSet<String>>,
+    /// Bumped whenever a VM is added or forgotten (a scale-out node then changes which VMs it
+    /// answers commands for).
+    membership: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            vms: Mutex::default(),
+            forgotten: Mutex::default(),
+            membership: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Registry {
@@ -318,6 +331,8 @@ impl Registry {
         }
         let vm = Arc::new(VmEntry::new(id.to_owned(), socket_path, true));
         vms.insert(id.to_owned(), vm.clone());
+        drop(vms);
+        self.membership.send_modify(|generation| *generation += 1);
         (vm, true)
     }
 
@@ -348,7 +363,21 @@ impl Registry {
     /// was known.
     pub(crate) fn forget(&self, id: &str) -> bool {
         lock(&self.forgotten).insert(id.to_owned());
-        lock(&self.vms).remove(id).is_some()
+        let known = lock(&self.vms).remove(id).is_some();
+        if known {
+            self.membership.send_modify(|generation| *generation += 1);
+        }
+        known
+    }
+
+    /// A receiver that sees a new generation number whenever a VM is added or forgotten.
+    pub fn membership(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.membership.subscribe()
+    }
+
+    /// The ids of every VM, unordered.
+    pub fn ids(&self) -> Vec<String> {
+        lock(&self.vms).keys().cloned().collect()
     }
 
     /// Whether discovery must ignore this VM's socket.

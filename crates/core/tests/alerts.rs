@@ -24,6 +24,10 @@ use infinibay_core::protocol::samples::{Jitter, identification, small_metrics};
 use infinibay_core::store::{AlertKind, AlertQuery, AlertRecord};
 use infinibay_core::{BusEvent, Core, CoreConfig, Filter, Topic};
 
+/// The timed tests take turns: each runs a host with sub-second alert timers, and several of
+/// them at once on a loaded 2-core machine starve each other's timers and guests.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
 /// A webhook receiver on a free local port: records what it accepts, refuses the first
 /// `fail_first` requests with 500.
 struct Receiver {
@@ -140,6 +144,7 @@ async fn wait_stored<F: Fn(&[AlertRecord]) -> bool>(host: &Core, what: &str, che
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cpu_rule_raises_after_its_duration_resolves_below_it_and_a_failing_webhook_is_retried() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let env = TestEnv::new();
     let receiver = Receiver::start(2).await;
     let dial = cpu_dial(20.0);
@@ -219,6 +224,13 @@ async fn a_cpu_rule_raises_after_its_duration_resolves_below_it_and_a_failing_we
         receiver.requests.load(Ordering::SeqCst) >= 4,
         "two refusals, then two deliveries"
     );
+    // The receiver records a body before it answers; the notifier counts the delivery after.
+    wait_for(
+        "both deliveries counted",
+        Duration::from_secs(10),
+        || async { host.stats().alerts.notifications_delivered == 2 },
+    )
+    .await;
     let stats = host.stats().alerts;
     assert_eq!((stats.raised, stats.resolved), (1, 1));
     assert_eq!(stats.notifications_delivered, 2);
@@ -270,6 +282,7 @@ fn impostor(victim: String) -> GuestFn {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_guest_raises_alerts_only_for_itself_and_cannot_flood_a_webhook() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let env = TestEnv::new();
     let receiver = Receiver::start(0).await;
     let victim = FakeVm::spawn(
@@ -356,6 +369,7 @@ async fn a_hostile_guest_raises_alerts_only_for_itself_and_cannot_flood_a_webhoo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_offline_alerts_follow_the_vms_socket_and_resolve_when_the_agent_returns() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let env = TestEnv::new();
     let receiver = Receiver::start(0).await;
     let opts = AgentOpts::default();
@@ -435,6 +449,7 @@ fn erring(errors: usize) -> GuestFn {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_errors_raise_one_alert_that_resolves_after_a_quiet_period() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let env = TestEnv::new();
     let receiver = Receiver::start(0).await;
     let host = env.start(alert_config(&env, 0.2)).await;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use infinibay_api::limits::ApiConfig;
+use infinibay_cluster::ClusterConfig;
 use infinibay_core::config::CoreConfig;
 
 /// Prefix of the environment variables read as configuration.
@@ -21,7 +22,7 @@ pub const ENV_PREFIX: &str = "INFINIBAY_";
 
 /// `INFINIBAY_*` variables that belong to other parts of the system, not to this
 /// configuration: the config file's path, the first administrator's password, the CLI's
-/// server, token and password inputs, the test suite's PostgreSQL URL, and the guest agent's
+/// server, token and password inputs, the test suite's PostgreSQL and NATS servers, and the guest agent's
 /// VM id (set on machines running both).
 const NOT_SETTINGS: &[&str] = &[
     "CONFIG",
@@ -31,6 +32,8 @@ const NOT_SETTINGS: &[&str] = &[
     "SERVER",
     "TOKEN",
     "TEST_PG_URL",
+    "TEST_NATS_URL",
+    "TEST_NATS_SERVER",
     "VM_ID",
 ];
 
@@ -60,14 +63,16 @@ pub enum ConfigError {
 
 /// The whole configuration of the host: where it listens and keeps its state, which database,
 /// the core's sections (`socket_dir`, `libvirt`, `image_dir`, `[discovery]`, `[connection]`,
-/// `[ingest]`, `[store]`, `[maintenance]`, `[commands]`) at the same places in the file, and the
-/// API's `[api]`.
+/// `[ingest]`, `[store]`, `[maintenance]`, `[commands]`) at the same places in the file, the API's
+/// `[api]`, and `[cluster]` (NATS, for `infinibay node` and `infinibay api`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     /// HTTP listen address, data directory and database.
     pub process: ProcessConfig,
     /// The core's settings.
     pub core: CoreConfig,
+    /// Scale-out: NATS and liveness (`[cluster]`).
+    pub cluster: ClusterConfig,
     /// The user-facing side: limits, GraphiQL, the metrics listener (`[api]`).
     pub api: ApiConfig,
 }
@@ -121,8 +126,10 @@ impl Default for ProcessConfig {
 }
 
 /// Top-level keys of the file that belong to [`ProcessConfig`]; the rest are the core's (but
-/// [`API_SECTION`]).
+/// [`API_SECTION`] and [`CLUSTER_KEY`]).
 const PROCESS_KEYS: [&str; 4] = ["listen", "data_dir", "database", "cors_origins"];
+/// The section of [`ClusterConfig`].
+const CLUSTER_KEY: &str = "cluster";
 
 /// The section of the file that belongs to [`ApiConfig`].
 const API_SECTION: &str = "api";
@@ -142,6 +149,10 @@ pub struct Overrides {
     pub image_dir: Option<PathBuf>,
     /// `--database`.
     pub database: Option<String>,
+    /// `--nats`.
+    pub nats_url: Option<String>,
+    /// `--node-id`.
+    pub node_id: Option<String>,
 }
 
 impl Config {
@@ -200,8 +211,18 @@ impl Config {
         if let Some(url) = &overrides.database {
             config.process.database = Some(url.clone());
         }
+        if let Some(url) = &overrides.nats_url {
+            config.cluster.nats_url = url.clone();
+        }
+        if let Some(id) = &overrides.node_id {
+            config.cluster.node_id = Some(id.clone());
+        }
         config
             .core
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config
+            .cluster
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.api.validate().map_err(ConfigError::Invalid)?;
@@ -215,6 +236,10 @@ impl Config {
     fn to_table(&self) -> Result<toml::Table, toml::ser::Error> {
         let mut table = toml::Table::try_from(&self.core)?;
         table.extend(toml::Table::try_from(&self.process)?);
+        table.insert(
+            CLUSTER_KEY.to_owned(),
+            toml::Value::Table(toml::Table::try_from(&self.cluster)?),
+        );
         table.insert(
             API_SECTION.to_owned(),
             toml::Value::Table(toml::Table::try_from(&self.api)?),
@@ -233,6 +258,12 @@ impl Config {
         let process: ProcessConfig = toml::Value::Table(process)
             .try_into()
             .map_err(|e: toml::de::Error| e.to_string())?;
+        let cluster: ClusterConfig = match table.remove(CLUSTER_KEY) {
+            Some(value) => value
+                .try_into()
+                .map_err(|e: toml::de::Error| format!("[cluster]: {e}"))?,
+            None => ClusterConfig::default(),
+        };
         let api: ApiConfig = match table.remove(API_SECTION) {
             Some(section) => section
                 .try_into()
@@ -246,7 +277,12 @@ impl Config {
                     // The core's message lists only its own keys; name the process's too.
                     format!("{e} (or one of the top-level {})", PROCESS_KEYS.join(", "))
                 })?;
-        Ok(Self { process, core, api })
+        Ok(Self {
+            process,
+            core,
+            api,
+            cluster,
+        })
     }
 
     /// The database URL: the configured one, else an SQLite file in the data directory.
@@ -350,6 +386,15 @@ pub struct ConfigArgs {
 impl ConfigArgs {
     /// Build the configuration from the file, the process environment and these flags.
     pub fn load(&self) -> Result<Config, ConfigError> {
+        self.load_with(None, None)
+    }
+
+    /// [`ConfigArgs::load`] with the scale-out flags (`--nats`, `--node-id`) on top.
+    pub fn load_with(
+        &self,
+        nats_url: Option<String>,
+        node_id: Option<String>,
+    ) -> Result<Config, ConfigError> {
         Config::load(
             self.config.as_deref(),
             std::env::vars(),
@@ -360,6 +405,8 @@ impl ConfigArgs {
                 libvirt: self.libvirt.clone(),
                 image_dir: self.image_dir.clone(),
                 database: self.database.clone(),
+                nats_url,
+                node_id,
             },
         )
     }
@@ -544,6 +591,37 @@ mod tests {
         assert!(
             Config::load(None, env(&[("INFINIBAY_NOPE", "1")]), &Overrides::default()).is_err()
         );
+    }
+
+    #[test]
+    fn the_cluster_section_reads_from_file_env_and_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[cluster]\nnats_url = \"nats://file:4222\"\nliveness_window_secs = 9\n",
+        )
+        .expect("write config");
+        let c = Config::load(
+            Some(&file),
+            env(&[("INFINIBAY_CLUSTER__HEARTBEAT_INTERVAL_SECS", "2")]),
+            &Overrides {
+                node_id: Some("hv-7".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("config loads");
+        assert_eq!(c.cluster.nats_url, "nats://file:4222");
+        assert_eq!(c.cluster.liveness_window_secs, 9.0);
+        assert_eq!(c.cluster.heartbeat_interval_secs, 2.0);
+        assert_eq!(c.cluster.node_id.as_deref(), Some("hv-7"));
+        let err = Config::load(
+            None,
+            env(&[("INFINIBAY_CLUSTER__NODE_ID", "a.b")]),
+            &Overrides::default(),
+        )
+        .expect_err("a dotted node id is refused");
+        assert!(err.to_string().contains("node_id"), "{err}");
     }
 
     #[test]

@@ -89,8 +89,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             socket_dir: Some(socket_dir.clone()),
             // The demo's VMs are its own agents on sockets, not this machine's domains.
             libvirt: Some(infinibay_core::config::LIBVIRT_DISABLED.to_owned()),
-            image_dir: None,
-            database: None,
+            ..Overrides::default()
         },
     )
     .context("demo configuration")?;

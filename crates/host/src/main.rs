@@ -44,6 +44,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             CliCommand::Serve(args) => serve(args).await,
+            CliCommand::Node(args) => node(args).await,
+            CliCommand::Api(args) => api(args).await,
             CliCommand::Doctor(args) => doctor(args).await,
             CliCommand::User(args) => infinibay::cli::user::run(args)
                 .await
@@ -97,6 +99,28 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn node(args: infinibay::cli::NodeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.load().context("configuration")?;
+    let listener = infinibay::serve::bind(config.process.listen).await?;
+    infinibay::roles::node::run(config, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn api(args: infinibay::cli::ApiArgs) -> anyhow::Result<ExitCode> {
+    let config = args.load().context("configuration")?;
+    let listener = infinibay::serve::bind(config.process.listen).await?;
+    let prepared = infinibay::serve::prepare(&config).await?;
+    if let Some(banner) = prepared
+        .first_admin
+        .as_ref()
+        .and_then(infinibay::api::users::first_admin_banner)
+    {
+        println!("{banner}");
+    }
+    infinibay::roles::api::run(config, prepared, listener, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

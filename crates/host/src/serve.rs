@@ -279,21 +279,39 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let token = host_shutdown(&host);
     let (http, metrics) = listeners;
+    serve_listeners(http, Some(metrics), app, api, console, token).await;
+    host.stopped().await;
+    Ok(())
+}
+
+/// Serve `app` on `http`, and its `/metrics` alone on `metrics` when given, through the
+/// hardened accept loop (`api`'s header timeout and unauthenticated-connection bound) until
+/// `token` is cancelled; whatever ends the HTTP side ends `console`'s sessions (when given),
+/// then cancels `token`. `serve` and the scale-out roles share it.
+pub(crate) async fn serve_listeners(
+    http: TcpListener,
+    metrics: Option<TcpListener>,
+    app: Router,
+    api: &ApiConfig,
+    console: Option<Arc<Console>>,
+    token: CancellationToken,
+) {
     let tracker = ConnectionTracker::new(
         api.unauthenticated_connections_per_address,
         api.unauthenticated_connections,
     );
-    let metrics_app = infinibay_api::rest::metrics_only(app.clone());
-    let metrics_task = tokio::spawn(listener::serve(
-        metrics,
-        metrics_app,
-        ServeOptions {
-            header_timeout: api.header_timeout(),
-            tracker: tracker.clone(),
-            admit: false,
-        },
-        token.clone(),
-    ));
+    let metrics_task = metrics.map(|metrics| {
+        tokio::spawn(listener::serve(
+            metrics,
+            infinibay_api::rest::metrics_only(app.clone()),
+            ServeOptions {
+                header_timeout: api.header_timeout(),
+                tracker: tracker.clone(),
+                admit: false,
+            },
+            token.clone(),
+        ))
+    });
     listener::serve(
         http,
         app,
@@ -305,16 +323,16 @@ pub async fn serve(
         token.clone(),
     )
     .await;
-    // Whatever ended the HTTP side ends the host. Upgraded connections (consoles) are not
+    // Whatever ended the HTTP side ends the rest. Upgraded connections (consoles) are not
     // waited for by the graceful shutdown: they are ended here, if the shutdown signal has not
     // already ended them.
     if let Some(console) = &console {
         end_consoles(console).await;
     }
     token.cancel();
-    let _ = metrics_task.await;
-    host.stopped().await;
-    Ok(())
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
 }
 
 fn host_shutdown(host: &Core) -> CancellationToken {
@@ -354,15 +372,7 @@ where
         Some(l) => l,
         None => bind_metrics(config.api.metrics_listen).await?,
     };
-    match infinibay_core::system::raise_nofile_limit() {
-        Ok((before, after)) if before != after => {
-            tracing::info!(target: "infinibay::host", "open-files limit raised from {before} to {after}")
-        }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(target: "infinibay::host", "cannot raise the open-files limit: {e}")
-        }
-    }
+    raise_open_files_limit();
     let token = CancellationToken::new();
     let host = Core::start(config.core, store, token.clone());
     let mounted: Mounted = extra(&host).into();
@@ -383,6 +393,19 @@ where
         tracing::info!(target: "infinibay::http", "metrics on http://{addr}/metrics");
     }
     serve(host, (http, metrics), app, &config.api, mounted.console).await
+}
+
+/// One socket per VM (and one per console): raise the open-files limit to its hard maximum.
+pub fn raise_open_files_limit() {
+    match infinibay_core::system::raise_nofile_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(target: "infinibay::host", "open-files limit raised from {before} to {after}")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(target: "infinibay::host", "cannot raise the open-files limit: {e}")
+        }
+    }
 }
 
 /// The API's routes on a running core: it reaches the core only through the

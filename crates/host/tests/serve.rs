@@ -23,6 +23,7 @@ fn host_config(env: &TestEnv) -> infinibay::Config {
             metrics_listen: "127.0.0.1:0".parse().expect("address"),
             ..Default::default()
         },
+        ..Default::default()
     }
 }
 

@@ -122,6 +122,7 @@ async fn serve(uri: String, ready: std::sync::mpsc::Sender<Fixture>) {
             metrics_listen: "127.0.0.1:0".parse().expect("address"),
             ..Default::default()
         },
+        cluster: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -40,11 +40,14 @@ impl QueryRoot {
             .iter()
             .map(|v| (v.id.clone(), LiveFacts::from(v)))
             .collect();
+        let unknown = api.status_of_unknown_vms();
         Ok(all
             .into_iter()
             .filter(|vm| authz::can_see_vm(&user, vm))
             .map(|vm| {
-                let facts = live.remove(&vm.id);
+                let facts = live
+                    .remove(&vm.id)
+                    .or_else(|| unknown.map(LiveFacts::unknown));
                 Vm::new(vm, facts)
             })
             .collect())

@@ -305,6 +305,17 @@ pub(crate) struct LiveFacts {
     pub domain_name: Option<String>,
 }
 
+impl LiveFacts {
+    /// A VM no live source knows (scale-out: no node serves it now): `status`, power unknown.
+    pub(crate) fn unknown(status: StoreStatus) -> Self {
+        Self {
+            status,
+            power_state: lifecycle::PowerState::Unknown,
+            domain_name: None,
+        }
+    }
+}
+
 impl From<&VmSnapshot> for LiveFacts {
     fn from(v: &VmSnapshot) -> Self {
         Self {
@@ -396,7 +407,8 @@ pub(crate) async fn vm_object(api: &Api, record: VmRecord) -> Vm {
         .control()
         .vm(&record.id)
         .await
-        .map(|v| LiveFacts::from(&v));
+        .map(|v| LiveFacts::from(&v))
+        .or_else(|| api.status_of_unknown_vms().map(LiveFacts::unknown));
     Vm::new(record, live)
 }
 

@@ -42,6 +42,12 @@ pub fn channel_xml(args: &ChannelXmlArgs) -> anyhow::Result<()> {
 pub enum CliCommand {
     /// Run the host: watch the socket directory, ingest, store, serve HTTP.
     Serve(ConfigArgs),
+    /// Scale-out: this hypervisor's share (discovery, ingest, storage in PostgreSQL), its VMs'
+    /// events and commands over NATS, heartbeats; /healthz and /metrics on --listen.
+    Node(NodeArgs),
+    /// Scale-out: an API replica for the whole fleet (GraphQL, Socket.IO, REST, dashboard) over
+    /// NATS and PostgreSQL; any number behind a load balancer.
+    Api(ApiArgs),
     /// Check the socket directory, permissions, group membership and the database.
     Doctor(DoctorArgs),
     /// Manage users in the database (configured like `serve`): add, list, passwd, grant, delete.
@@ -56,6 +62,46 @@ pub enum CliCommand {
     ChannelXml(ChannelXmlArgs),
     /// Everything on this machine: the server in a fresh data dir and N real agents.
     Demo(crate::demo::DemoArgs),
+}
+
+/// `infinibay node`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Where the configuration comes from.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// NATS server URL(s), comma-separated (default nats://127.0.0.1:4222).
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// This node's name on NATS (default: the host name).
+    #[arg(long)]
+    pub node_id: Option<String>,
+}
+
+impl NodeArgs {
+    /// The configuration with these flags on top.
+    pub fn load(&self) -> Result<crate::config::Config, crate::config::ConfigError> {
+        self.config
+            .load_with(self.nats.clone(), self.node_id.clone())
+    }
+}
+
+/// `infinibay api`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// Where the configuration comes from.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// NATS server URL(s), comma-separated (default nats://127.0.0.1:4222).
+    #[arg(long)]
+    pub nats: Option<String>,
+}
+
+impl ApiArgs {
+    /// The configuration with these flags on top.
+    pub fn load(&self) -> Result<crate::config::Config, crate::config::ConfigError> {
+        self.config.load_with(self.nats.clone(), None)
+    }
 }
 
 /// `infinibay doctor`.
@@ -93,5 +139,21 @@ mod tests {
             panic!("serve expected")
         };
         assert_eq!(args.socket_dir, Some(PathBuf::from("/tmp/s")));
+        let cli = Cli::try_parse_from([
+            "infinibay",
+            "node",
+            "--nats",
+            "nats://127.0.0.1:4222",
+            "--node-id",
+            "hv1",
+            "--database",
+            "postgres://x@h/db",
+        ])
+        .expect("parses");
+        let CliCommand::Node(args) = cli.command else {
+            panic!("node expected")
+        };
+        assert_eq!(args.node_id.as_deref(), Some("hv1"));
+        assert_eq!(args.config.database.as_deref(), Some("postgres://x@h/db"));
     }
 }

@@ -129,6 +129,7 @@ impl Server {
             },
             core: core_common::test_config(&sockets),
             api: settings.limits.clone(),
+            ..Config::default()
         };
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

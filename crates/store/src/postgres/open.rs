@@ -46,7 +46,10 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .min_connections(1)
-            .acquire_timeout(StdDuration::from_secs(30))
+            // A dead server must fail a write within seconds: the store writer then keeps the
+            // samples in its backlog (bounded), while a write waiting longer lets the per-VM
+            // queue coalesce (lose) what arrives meanwhile (docs/scale-out.md, faults).
+            .acquire_timeout(StdDuration::from_secs(5))
             .connect_with(options)
             .await
             .map_err(unavailable)?;
