@@ -1,6 +1,6 @@
 //! infinibay's user-facing API, on the host's one HTTP listener: GraphQL at `/graphql`,
 //! Socket.IO at `/socket.io/`, REST (`/metrics`, `/infiniservice/…`). The contract is
-//! `docs/api.md`. The console joins it later.
+//! `docs/api.md`; the web console's `/console/{vm_id}` (`docs/console.md`) beside them.
 //!
 //! [`auth`] says who a request is, [`authz`] what they may do (the one rule set every
 //! surface asks), [`users`] keeps the accounts, and [`graphql`], [`realtime`], [`rest`] are the
@@ -8,7 +8,7 @@
 //!
 //! It reaches the core only through [`infinibay_control::VmControl`] (it does not depend on
 //! the core crate at all), and reads history, VM records and users from the store; the only
-//! things it writes there are accounts and VM ownership.
+//! things it writes there are accounts, VM ownership and console tickets.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -18,6 +18,7 @@ pub mod auth;
 pub mod authz;
 pub mod client;
 pub mod connections;
+pub mod console;
 pub mod error;
 pub mod graphql;
 pub mod histogram;
@@ -47,16 +48,21 @@ pub use state::{Api, ApiSettings, ExtraMetrics};
 
 use realtime::Realtime;
 
-/// Every API route, ready to be merged into the host's router. Spawns the real-time fan-out
-/// and revocation sweep; they stop when `stop` is cancelled.
-pub fn router(
+/// Every API route, ready to be merged into the host's router, and the console service (the
+/// host ends its sessions before it stops: upgraded connections outlive axum's graceful
+/// shutdown). Spawns the real-time fan-out and revocation sweep; they stop when `stop` is
+/// cancelled. Serve it so that requests carry `ConnectInfo<SocketAddr>` (the host's listener
+/// does; with `axum::serve`, `into_make_service_with_connect_info`), so that console refusals
+/// log the remote address.
+pub fn routes(
     control: Arc<dyn VmControl>,
     store: Arc<dyn Store>,
     settings: ApiSettings,
     stop: CancellationToken,
-) -> Router {
+) -> Routes {
     let cors = cors_layer(&settings.cors_origins);
     let api = Api::new(control, store, settings);
+    let console = api.console().console().clone();
     let (realtime, io_layer) = Realtime::start(api.clone(), stop);
     // GraphQL reads its body under the same cap itself (limits::read_body); this covers axum's
     // own extractors on any route.
@@ -64,16 +70,42 @@ pub fn router(
     let router = Router::new()
         .merge(graphql::routes(api.clone(), realtime.clone()))
         .merge(rest::routes(api.clone(), realtime))
+        .merge(console.router())
         .layer(io_layer)
         .layer(body_limit)
         .layer(axum::middleware::from_fn_with_state(
             api,
             refusals::log_refused_upgrades,
         ));
-    match cors {
+    let router = match cors {
         // Outside the Socket.IO layer, so that its polling transport gets the headers too.
         Some(cors) => router.layer(cors),
         None => router,
+    };
+    Routes { router, console }
+}
+
+/// [`routes`] without the console handle.
+pub fn router(
+    control: Arc<dyn VmControl>,
+    store: Arc<dyn Store>,
+    settings: ApiSettings,
+    stop: CancellationToken,
+) -> Router {
+    routes(control, store, settings, stop).router
+}
+
+/// What [`routes`] gives the host.
+pub struct Routes {
+    /// Every API route.
+    pub router: Router,
+    /// The console service: `shutdown()` then `closed().await` on the way out.
+    pub console: Arc<infinibay_console::Console>,
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes").finish_non_exhaustive()
     }
 }
 
@@ -130,6 +162,8 @@ pub fn settings_for(data_dir: PathBuf, secret: Vec<u8>) -> ApiSettings {
         secret,
         token_ttl: auth::DEFAULT_TOKEN_TTL,
         revocation_sweep: Duration::from_secs(5),
+        vnc: Arc::new(console::NoVnc),
+        console: infinibay_console::ConsoleConfig::default(),
         extra_metrics: None,
         limits: limits::ApiConfig::default(),
         graphiql_page: None,

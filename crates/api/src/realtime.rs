@@ -200,6 +200,10 @@ impl Realtime {
         if closed > 0 {
             tracing::info!(target: TARGET, user = user_id, count = closed, "graphql-ws connections of a revoked user closed");
         }
+        let consoles = self.api.console().console().end_user(user_id);
+        if consoles > 0 {
+            tracing::info!(target: TARGET, user = user_id, count = consoles, "console sessions of a revoked user ended");
+        }
         self.reload_users().await;
     }
 
@@ -373,6 +377,11 @@ impl Realtime {
                 s.leave(room.clone());
             }
         }
+        // Consoles of users who may no longer see the VM end (4002).
+        self.api
+            .console()
+            .revoke_stale(self.api.store().as_ref())
+            .await;
         let data = self.vm_data(vm).await;
         if old_owner.is_some() && old_owner != vm.owner_id {
             self.lifecycle(old_owner, "delete", &data).await;
@@ -382,6 +391,7 @@ impl Realtime {
 
     /// A VM was deleted: its room is emptied and `vms:delete` announced.
     pub async fn vm_deleted(&self, vm: &VmRecord) {
+        self.api.console().console().end_vm(&vm.id);
         let room = vm_room(&vm.id);
         for s in self.io.to(room.clone()).sockets() {
             s.leave(room.clone());
@@ -764,8 +774,8 @@ async fn fan_out(rt: Arc<Realtime>) {
 }
 
 /// Close sockets and graphql-ws connections whose user was deleted, changed password or whose
-/// token expired — also when that happened outside this process (`infinibay user
-/// delete|passwd`).
+/// token expired, and end console sessions whose user was deleted, changed password or lost
+/// the VM — also when that happened outside this process (`infinibay user delete|passwd`).
 async fn sweep(rt: Arc<Realtime>) {
     let api = &rt.api;
     let every = api
@@ -800,6 +810,7 @@ async fn sweep(rt: Arc<Realtime>) {
         if closed > 0 {
             tracing::info!(target: TARGET, count = closed, "graphql-ws connections of revoked or expired tokens closed");
         }
+        api.console().revoke_stale(api.store().as_ref()).await;
         {
             let mut limits = rt.limits.lock().unwrap_or_else(|p| p.into_inner());
             limits.retain(|_, (start, _)| start.elapsed() < Duration::from_secs(60));

@@ -10,8 +10,11 @@ use std::time::Duration;
 use infinibay_control::VmControl;
 use infinibay_store::{MetricSample, Store, UserRecord, VmRecord};
 
+use infinibay_console::ConsoleConfig;
+
 use super::auth::{self, AuthError, Authenticator};
 use super::authz;
+use super::console::{ConsoleService, VncLocator};
 use super::error::ApiError;
 use super::histogram::{Histogram, LATENCY_BUCKETS};
 use super::limits::ApiConfig;
@@ -31,6 +34,10 @@ pub struct ApiSettings {
     /// How often open real-time connections are checked against the user table (catches
     /// `infinibay user delete|passwd` run beside a running server).
     pub revocation_sweep: Duration,
+    /// Where VMs' VNC servers are (the console's gate asks it).
+    pub vnc: Arc<dyn VncLocator>,
+    /// The console's bounds and clocks.
+    pub console: ConsoleConfig,
     /// More `/metrics` lines from the process that serves the API (`infinibay api`: its NATS
     /// connection and the fleet's nodes).
     pub extra_metrics: Option<ExtraMetrics>,
@@ -52,6 +59,7 @@ impl std::fmt::Debug for ApiSettings {
         f.debug_struct("ApiSettings")
             .field("data_dir", &self.data_dir)
             .field("token_ttl", &self.token_ttl)
+            .field("console", &self.console)
             .finish_non_exhaustive()
     }
 }
@@ -59,7 +67,8 @@ impl std::fmt::Debug for ApiSettings {
 pub(crate) struct Inner {
     /// The core, reached only through its interface.
     pub control: Arc<dyn VmControl>,
-    /// History, VM records and users (the API writes only accounts and ownership).
+    /// History, VM records and users (the API writes only accounts, ownership and console
+    /// tickets).
     pub store: Arc<dyn Store>,
     pub auth: Authenticator,
     pub settings: ApiSettings,
@@ -69,6 +78,8 @@ pub(crate) struct Inner {
     pub latency: Mutex<HashMap<&'static str, Histogram>>,
     /// Open graphql-ws connections (revocation closes them).
     pub sessions: Sessions,
+    /// The web console (tickets, the `/console/{vm_id}` route, its sessions).
+    pub console: ConsoleService,
     /// Failed logins per account and address.
     pub throttle: LoginThrottle,
     /// Database turns per user.
@@ -94,6 +105,12 @@ impl Api {
     /// VM records and users.
     pub fn new(control: Arc<dyn VmControl>, store: Arc<dyn Store>, settings: ApiSettings) -> Self {
         let auth = Authenticator::new(&settings.secret, settings.token_ttl, store.clone());
+        let console = ConsoleService::new(
+            control.clone(),
+            store.clone(),
+            settings.vnc.clone(),
+            settings.console.clone(),
+        );
         let limits = &settings.limits;
         crate::password_work::configure(
             limits.password_hash_concurrency,
@@ -110,6 +127,7 @@ impl Api {
                 owners: RwLock::new(HashMap::new()),
                 latency: Mutex::new(HashMap::new()),
                 sessions: Sessions::default(),
+                console,
                 throttle,
                 work,
                 refusals: crate::refusals::RefusalLog::default(),
@@ -315,6 +333,11 @@ impl Api {
     /// Open graphql-ws connections.
     pub fn sessions(&self) -> &Sessions {
         &self.inner.sessions
+    }
+
+    /// The web console.
+    pub fn console(&self) -> &ConsoleService {
+        &self.inner.console
     }
 }
 

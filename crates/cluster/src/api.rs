@@ -285,12 +285,21 @@ impl VmControl for NatsControl {
             .vm_request::<()>(vm_id, &request, self.directory.request_timeout())
             .await
         {
-            let why = match e {
-                Unanswered::UnknownVm => "no such VM".to_owned(),
-                Unanswered::Rpc(e) => e.to_string(),
-                Unanswered::Failed(m) => m,
-            };
+            let why = unanswered_reason(e);
             tracing::debug!(target: "infinibay::cluster", vm = %vm_id, "refused command not logged: {why}");
+        }
+    }
+
+    async fn record_console_session(&self, session: infinibay_control::ConsoleSession) {
+        // Like a refused command: the node serving the VM writes it.
+        let vm_id = session.vm_id.clone();
+        let request = VmRequest::RecordConsole { session };
+        if let Err(e) = self
+            .vm_request::<()>(&vm_id, &request, self.directory.request_timeout())
+            .await
+        {
+            let why = unanswered_reason(e);
+            tracing::debug!(target: "infinibay::cluster", vm = %vm_id, "console session not logged: {why}");
         }
     }
 
@@ -480,5 +489,14 @@ impl VmControl for NatsControl {
 
     fn unknown_vms_are_offline(&self) -> bool {
         true
+    }
+}
+
+/// Why a request that only writes a log entry on the node went unanswered, for a debug line.
+fn unanswered_reason(e: Unanswered) -> String {
+    match e {
+        Unanswered::UnknownVm => "no such VM".to_owned(),
+        Unanswered::Rpc(e) => e.to_string(),
+        Unanswered::Failed(m) => m,
     }
 }

@@ -311,6 +311,10 @@ async fn answer_vm(core: &Core, vm_id: &str, payload: &[u8]) -> Option<Bytes> {
             VmControl::log_refused(core, vm_id, command, issued_by, &reason).await;
             reply(Ok(()))
         }
+        VmRequest::RecordConsole { session } => {
+            VmControl::record_console_session(core, session).await;
+            reply(Ok(()))
+        }
     }
 }
 

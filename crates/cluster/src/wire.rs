@@ -125,6 +125,12 @@ pub enum VmRequest {
         /// Why the API refused it.
         reason: String,
     },
+    /// Write a web console session (or a refused attempt) to the command log (the node's
+    /// core is its one writer) → `()`.
+    RecordConsole {
+        /// The session as the API's console service ended it.
+        session: infinibay_control::ConsoleSession,
+    },
 }
 
 /// A request to one node, on `infinibay.rpc.node.<node>`.

@@ -6,8 +6,11 @@
 //!     console-bench latency TARGET --count N        1x1 update round trips
 //!     console-bench hold TARGET --count N           N open consoles until stdin closes
 //!
-//! TARGET: `unix:PATH` (direct), `ws:URL` (a WebSocket proxy such as websockify), or
-//! `relay:HOST:PORT/VM` (our relay: a fresh ticket from its bench endpoint per connection).
+//! TARGET: `unix:PATH` (direct), `ws:URL` (a WebSocket proxy such as websockify),
+//! `relay:HOST:PORT/VM` (our relay: a fresh ticket from its bench endpoint per connection), or
+//! `serve:HOST:PORT/VM` (the real `infinibay serve`: a fresh ticket from GraphQL
+//! `vmConsoleTicket` per connection, with the token in `CONSOLE_BENCH_TOKEN`; `takeover=1`, so
+//! that a console the previous run just closed never refuses the next with 4423).
 
 #[path = "../tests/common/rfb.rs"]
 mod rfb;
@@ -61,6 +64,10 @@ async fn open(target: &str) -> anyhow::Result<Rfb> {
         let (host, vm) = rest.split_once('/').context("relay:HOST:PORT/VM")?;
         let path = mint(host, vm).await?;
         Link::websocket(&format!("ws://{host}{path}")).await?
+    } else if let Some(rest) = target.strip_prefix("serve:") {
+        let (host, vm) = rest.split_once('/').context("serve:HOST:PORT/VM")?;
+        let path = mint_on_serve(host, vm).await?;
+        Link::websocket(&format!("ws://{host}{path}&takeover=1")).await?
     } else {
         bail!("unknown target {target}");
     };
@@ -86,6 +93,40 @@ async fn mint(host: &str, vm: &str) -> anyhow::Result<String> {
         bail!("minting a ticket: {head}");
     }
     Ok(body.trim().to_owned())
+}
+
+/// GraphQL `vmConsoleTicket` on `infinibay serve`: the path with a fresh ticket.
+async fn mint_on_serve(host: &str, vm: &str) -> anyhow::Result<String> {
+    let token = std::env::var("CONSOLE_BENCH_TOKEN").context("CONSOLE_BENCH_TOKEN")?;
+    let body = serde_json::json!({
+        "query": "mutation($id: ID!) { vmConsoleTicket(vmId: $id) { path } }",
+        "variables": { "id": vm },
+    })
+    .to_string();
+    let mut tcp = tokio::net::TcpStream::connect(host).await?;
+    tcp.write_all(
+        format!(
+            // HTTP/1.0: the answer comes whole, never chunked.
+            "POST /graphql HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answer).await?;
+    let (head, body) = answer.split_once("\r\n\r\n").context("HTTP answer")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("minting a ticket: {head}");
+    }
+    let reply: serde_json::Value =
+        serde_json::from_str(body.trim()).with_context(|| format!("GraphQL answer {body}"))?;
+    reply
+        .pointer("/data/vmConsoleTicket/path")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .with_context(|| format!("vmConsoleTicket: {reply}"))
 }
 
 async fn full_frame(rfb: &mut Rfb) -> anyhow::Result<u64> {

@@ -44,7 +44,6 @@ pub use close::CloseCode;
 pub use registry::OpenSession;
 pub use service::{
     CONSOLE_ROUTE, Console, ConsoleConfig, ConsoleGate, GateRefusal, IssuedTicket, VncEndpoint,
-    vnc_socket_path,
 };
 pub use ticket::{
     MemoryTicketStore, Redemption, TICKET_BYTES, TICKET_LEN, Ticket, TicketHash, TicketRefusal,

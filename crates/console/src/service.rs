@@ -1,7 +1,7 @@
 //! The console service: mint tickets, admit upgrades, run sessions, end them from outside.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,17 +84,6 @@ pub enum VncEndpoint {
     Unix(PathBuf),
     /// A TCP address: the domain XML's `listen`/`port` when libvirt gave VNC a port.
     Tcp(SocketAddr),
-}
-
-/// `<dir>/vnc-<vm_id>.sock`, the VNC socket next to the agent's `vm-<vm_id>.sock`. `None`
-/// for a VM id that could escape the directory or is not a plain file name.
-pub fn vnc_socket_path(dir: &Path, vm_id: &str) -> Option<PathBuf> {
-    let plain = !vm_id.is_empty()
-        && !vm_id.starts_with('.')
-        && vm_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    plain.then(|| dir.join(format!("vnc-{vm_id}.sock")))
 }
 
 /// Why the gate turns a redeemed ticket away.
@@ -656,20 +645,6 @@ fn viewer_halves(upgraded: Upgraded) -> (ViewerIn, ViewerOut) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vnc_socket_paths_stay_in_their_directory() {
-        let dir = Path::new("/run/infinibay");
-        assert_eq!(
-            vnc_socket_path(dir, "8d2c6a4e-1f0b-4c7a-9e51-2b3c4d5e6f70"),
-            Some(PathBuf::from(
-                "/run/infinibay/vnc-8d2c6a4e-1f0b-4c7a-9e51-2b3c4d5e6f70.sock"
-            ))
-        );
-        for bad in ["", "..", "../etc", "a/b", ".hidden", "a b", "é"] {
-            assert_eq!(vnc_socket_path(dir, bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn path_segments_keep_uuids_and_encode_the_rest() {

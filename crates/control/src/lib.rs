@@ -11,14 +11,15 @@
 //!   why one produced no response ([`CommandError`]);
 //! - [`vm`]: the live state and counters of VMs;
 //! - [`alert`]: alert rules as an administrator asks for them, and alert events;
-//! - [`telemetry`]: collection settings as a user asks for them.
+//! - [`telemetry`]: collection settings as a user asks for them;
+//! - [`console`]: a web console session, for the command log;
 //! - [`lifecycle`]: the VM in the hypervisor — power state, power actions, `createVm`, and why
 //!   one of them could not be done ([`LifecycleError`]).
 //!
 //! **What each side must never do.** The API never opens a guest socket, never writes what the
 //! core writes (samples, statuses, inventories, VM errors, the command log) and never reaches
 //! the core but through this trait; it reads history, VM records and users from the store
-//! directly, and writes only accounts and VM ownership. The core never decides who may see or
+//! directly, and writes only accounts, VM ownership and console tickets. The core never decides who may see or
 //! do what (that is the API's `authz`), never trusts a guest's claim about which VM it is, and
 //! never waits for a consumer of its events.
 #![deny(missing_docs)]
@@ -26,6 +27,7 @@
 
 pub mod alert;
 pub mod command;
+pub mod console;
 pub mod event;
 pub mod lifecycle;
 pub mod telemetry;
@@ -41,6 +43,7 @@ use infinibay_store::{AlertRule, MetricSample};
 
 pub use alert::{AlertEvent, AlertTransition, NewAlertRule};
 pub use command::{Command, CommandError, CommandEvent, CommandKind, CommandSpec, CommandStatus};
+pub use console::{CONSOLE_KIND, ConsoleSession};
 pub use event::{
     BusEvent, Filter, PowerCause, PowerEvent, Received, StatusEvent, StatusReason, Subscription,
     Topic,
@@ -99,6 +102,10 @@ pub trait VmControl: Send + Sync + 'static {
         command: CommandSpec,
         issued_by: Option<i64>,
     ) -> Result<CommandResponse, CommandError>;
+
+    /// Write a web console session (or a refused attempt) to the command log, as kind
+    /// `console`: the core is the log's one writer. Queued, never waited for.
+    async fn record_console_session(&self, session: ConsoleSession);
 
     /// Write a command the API refused before asking the core (the user may not command this
     /// VM, or not this kind of command) to the command log, with the user and `reason`: the

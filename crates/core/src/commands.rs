@@ -31,6 +31,7 @@ use crate::bus::Bus;
 use crate::registry::{PendingSlot, Registry, VmCounters, VmEntry};
 use crate::store_writer::StoreQueue;
 use infinibay_control::command::{Command, CommandError, CommandEvent, CommandSpec, CommandStatus};
+use infinibay_control::console::{CONSOLE_KIND, ConsoleSession};
 use infinibay_control::event::BusEvent;
 use infinibay_control::lifecycle::LifecycleError;
 
@@ -223,6 +224,13 @@ impl CommandCenter {
         Ok((vm, rx))
     }
 
+    /// Write a web console session (or a refused attempt) to the command log: kind `console`,
+    /// `command` = where from and whether it took over, `response` = how it ended and how many
+    /// bytes went each way, `success` = whether it opened. Queued like every other entry.
+    pub fn record_console(&self, session: ConsoleSession) {
+        self.queue.push_command_log(console_entry(session));
+    }
+
     /// Log a lifecycle action like a command. A VM the host does not know (a `createVm` that
     /// failed, a deleted VM) has nothing to log it under: the host's log line is its record.
     pub(crate) fn record_action(&self, log: &ActionLog, outcome: Result<Value, &LifecycleError>) {
@@ -265,6 +273,29 @@ fn send_cancel(vm: &VmEntry, id: &str) -> Result<(), CommandError> {
         TrySendError::Full(_) => CommandError::QueueFull(vm.id().to_owned()),
         TrySendError::Closed(_) => CommandError::NotConnected(vm.id().to_owned()),
     })
+}
+
+/// The command log entry of a console session (the log's one shape, see [`LogContext`]).
+fn console_entry(session: ConsoleSession) -> CommandLogEntry {
+    CommandLogEntry {
+        id: uuid::Uuid::new_v4().to_string(),
+        vm_id: session.vm_id,
+        user_id: session.user_id,
+        kind: CONSOLE_KIND.to_owned(),
+        command: serde_json::json!({
+            "console": { "remote": session.remote, "took_over": session.took_over },
+        }),
+        response: Some(serde_json::json!({
+            "code": session.end_code,
+            "reason": session.end_reason,
+            "opened": session.opened,
+            "bytes_to_viewer": session.bytes_to_viewer,
+            "bytes_from_viewer": session.bytes_from_viewer,
+        })),
+        success: session.opened,
+        duration_ms: i64::try_from(session.duration_ms).unwrap_or(i64::MAX),
+        created_at: session.started_at,
+    }
 }
 
 /// The receiving end of a waiting command's slot.

@@ -16,8 +16,8 @@ use infinibay_control::lifecycle::{
     PowerAction, PowerOutcome,
 };
 use infinibay_control::{
-    ControlError, CoreStats, NewAlertRule, TelemetryOutcome, TelemetryRequest, VmControl,
-    VmSnapshot,
+    ConsoleSession, ControlError, CoreStats, NewAlertRule, TelemetryOutcome, TelemetryRequest,
+    VmControl, VmSnapshot,
 };
 use infinibay_protocol::message::CommandResponse;
 use infinibay_store::{AlertRule, MetricSample, Store};
@@ -425,6 +425,10 @@ impl VmControl for Core {
         issued_by: Option<i64>,
     ) -> Result<CommandResponse, CommandError> {
         self.commands.execute(vm_id, command, issued_by).await
+    }
+
+    async fn record_console_session(&self, session: ConsoleSession) {
+        self.commands.record_console(session);
     }
 
     async fn log_refused(

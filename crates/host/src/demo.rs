@@ -156,7 +156,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let result =
         crate::serve::run_with_store(config, prepared.store, listeners, shutdown, move |core| {
-            infinibay_dashboard::mount(crate::serve::api_router(core, api_settings))
+            crate::serve::Mounted::from(crate::serve::api_router(core, api_settings))
+                .map_router(infinibay_dashboard::mount)
         })
         .await;
     stop_agents(agents).await;

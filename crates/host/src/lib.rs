@@ -14,6 +14,7 @@ pub use infinibay_store as store;
 
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod doctor;
 pub mod http;

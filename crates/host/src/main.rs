@@ -94,7 +94,8 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         shutdown_signal(),
         move |core| {
             // `mount` keeps the API router's fallback (Socket.IO answers there), see the crate.
-            infinibay_dashboard::mount(infinibay::serve::api_router(core, api))
+            infinibay::serve::Mounted::from(infinibay::serve::api_router(core, api))
+                .map_router(infinibay_dashboard::mount)
         },
     )
     .await?;

@@ -6,6 +6,7 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use thiserror::Error;
@@ -14,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use infinibay_api::auth::{self, SecretError};
 use infinibay_api::users::{self, FirstAdmin, UserError};
-use infinibay_api::{ApiSettings, settings_for};
+use infinibay_api::{ApiSettings, Routes, settings_for};
+use infinibay_console::Console;
 use infinibay_core::Core;
 use infinibay_store::Store;
 
@@ -22,6 +24,7 @@ use infinibay_api::connections::ConnectionTracker;
 use infinibay_api::limits::ApiConfig;
 
 use crate::config::Config;
+use crate::console::SocketDirVnc;
 use crate::listener::{self, ServeOptions};
 
 /// The listeners `serve` serves: the main one (API, dashboard, `/healthz`) and the metrics
@@ -208,30 +211,89 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     Ok(store)
 }
 
+/// What the host serves beside `/healthz`: the API's routes (and the dashboard), and the
+/// console service when the API has one (its sessions are ended before the core stops, so that
+/// their audit records still reach the command log).
+pub struct Mounted {
+    /// Routes merged beside `/healthz`.
+    pub router: Router,
+    /// The console service of those routes.
+    pub console: Option<Arc<Console>>,
+}
+
+impl From<Router> for Mounted {
+    fn from(router: Router) -> Self {
+        Self {
+            router,
+            console: None,
+        }
+    }
+}
+
+impl From<Routes> for Mounted {
+    fn from(routes: Routes) -> Self {
+        Self {
+            router: routes.router,
+            console: Some(routes.console),
+        }
+    }
+}
+
+impl Mounted {
+    /// The same, with the router changed (e.g. the dashboard mounted around it).
+    pub fn map_router(self, f: impl FnOnce(Router) -> Router) -> Self {
+        Self {
+            router: f(self.router),
+            console: self.console,
+        }
+    }
+}
+
+/// How long open consoles get to close (1001, their viewers' close replies, their audit
+/// records) before the core stops: the console's own close timeout, and a little more.
+const CONSOLE_CLOSE_GRACE: Duration = Duration::from_secs(6);
+
+/// End every console session and wait (bounded) until they are closed and recorded.
+async fn end_consoles(console: &Console) {
+    let open = console.shutdown();
+    if open > 0 {
+        tracing::info!(target: "infinibay::host", "closing {open} console sessions");
+    }
+    if tokio::time::timeout(CONSOLE_CLOSE_GRACE, console.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(target: "infinibay::host", "console sessions still closing after {CONSOLE_CLOSE_GRACE:?}");
+    }
+}
+
 /// Serve `app` on the main listener and its `/metrics` on the metrics listener until `host`
-/// is shut down, then wait for the host to stop.
+/// is shut down, then end the consoles and wait for the host to stop. The listeners give every
+/// request the peer's address (`ConnectInfo`), so that console refusals log where they came from.
 pub async fn serve(
     host: Core,
     listeners: (TcpListener, TcpListener),
     app: Router,
     api: &ApiConfig,
+    console: Option<Arc<Console>>,
 ) -> Result<(), StartError> {
     let token = host_shutdown(&host);
     let (http, metrics) = listeners;
-    serve_listeners(http, Some(metrics), app, api, token).await;
+    serve_listeners(http, Some(metrics), app, api, console, token).await;
     host.stopped().await;
     Ok(())
 }
 
 /// Serve `app` on `http`, and its `/metrics` alone on `metrics` when given, through the
 /// hardened accept loop (`api`'s header timeout and unauthenticated-connection bound) until
-/// `token` is cancelled; whatever ends the HTTP side cancels `token`. `serve` and the
-/// scale-out roles share it.
+/// `token` is cancelled; whatever ends the HTTP side ends `console`'s sessions (when given),
+/// then cancels `token`. `serve` and the scale-out roles share it.
 pub(crate) async fn serve_listeners(
     http: TcpListener,
     metrics: Option<TcpListener>,
     app: Router,
     api: &ApiConfig,
+    console: Option<Arc<Console>>,
     token: CancellationToken,
 ) {
     let tracker = ConnectionTracker::new(
@@ -261,7 +323,12 @@ pub(crate) async fn serve_listeners(
         token.clone(),
     )
     .await;
-    // Whatever ended the HTTP side ends the rest.
+    // Whatever ended the HTTP side ends the rest. Upgraded connections (consoles) are not
+    // waited for by the graceful shutdown: they are ended here, if the shutdown signal has not
+    // already ended them.
+    if let Some(console) = &console {
+        end_consoles(console).await;
+    }
     token.cancel();
     if let Some(task) = metrics_task {
         let _ = task.await;
@@ -275,25 +342,31 @@ fn host_shutdown(host: &Core) -> CancellationToken {
 /// The whole `serve` command for an already bound listener: open the store, start the core,
 /// serve `/healthz` (plus the routes `extra` adds, e.g. [`api_router`]) until `shutdown`
 /// completes.
-pub async fn run(
+pub async fn run<R>(
     config: Config,
     listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    extra: impl FnOnce(&Core) -> Router,
-) -> Result<(), StartError> {
+    extra: impl FnOnce(&Core) -> R,
+) -> Result<(), StartError>
+where
+    R: Into<Mounted>,
+{
     let store = open_store(&config).await?;
     run_with_store(config, store, listeners, shutdown, extra).await
 }
 
 /// [`run`] on a store the caller already opened ([`prepare`] opens it to create the first
 /// admin).
-pub async fn run_with_store(
+pub async fn run_with_store<R>(
     config: Config,
     store: Arc<dyn Store>,
     listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    extra: impl FnOnce(&Core) -> Router,
-) -> Result<(), StartError> {
+    extra: impl FnOnce(&Core) -> R,
+) -> Result<(), StartError>
+where
+    R: Into<Mounted>,
+{
     let Listeners { http, metrics } = listeners.into();
     let metrics = match metrics {
         Some(l) => l,
@@ -302,18 +375,24 @@ pub async fn run_with_store(
     raise_open_files_limit();
     let token = CancellationToken::new();
     let host = Core::start(config.core, store, token.clone());
+    let mounted: Mounted = extra(&host).into();
+    let console = mounted.console.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Consoles first: their audit records go through the core's writer.
+        if let Some(console) = &console {
+            end_consoles(console).await;
+        }
         token.cancel();
     });
-    let app = crate::http::router(host.clone()).merge(extra(&host));
+    let app = crate::http::router(host.clone()).merge(mounted.router);
     if let Ok(addr) = http.local_addr() {
         tracing::info!(target: "infinibay::http", "listening on http://{addr}");
     }
     if let Ok(addr) = metrics.local_addr() {
         tracing::info!(target: "infinibay::http", "metrics on http://{addr}/metrics");
     }
-    serve(host, (http, metrics), app, &config.api).await
+    serve(host, (http, metrics), app, &config.api, mounted.console).await
 }
 
 /// One socket per VM (and one per console): raise the open-files limit to its hard maximum.
@@ -331,9 +410,10 @@ pub fn raise_open_files_limit() {
 
 /// The API's routes on a running core: it reaches the core only through the
 /// [`infinibay_control::VmControl`] interface, reads the same store, and its background tasks
-/// stop with the core.
-pub fn api_router(core: &Core, settings: ApiSettings) -> Router {
-    infinibay_api::router(
+/// stop with the core. The console finds VNC sockets in the core's socket directory.
+pub fn api_router(core: &Core, mut settings: ApiSettings) -> Routes {
+    settings.vnc = Arc::new(SocketDirVnc::new(core.config().socket_dir.clone()));
+    infinibay_api::routes(
         Arc::new(core.clone()),
         core.store(),
         settings,

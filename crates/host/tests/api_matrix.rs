@@ -251,6 +251,11 @@ async fn graphql_case(
             server.scratch_vm(&id, Some(server.owner.record.id)).await;
             ("mutation($id: ID!) { deleteVm(vmId: $id) }".into(), json!({"id": id}), Rule::VmScoped)
         }
+        ("MutationRoot", "vmConsoleTicket") => (
+            "mutation($id: ID!) { vmConsoleTicket(vmId: $id) { ticket expiresAt path } }".into(),
+            json!({"id": vm}),
+            Rule::VmScoped,
+        ),
         ("MutationRoot", "createVm") => (
             "mutation { createVm(input: {name: \"matrix\", memoryMib: 64, kernel: {kernel: \"vmlinuz\", initrd: \"initrd\"}}) { id powerState } }".into(),
             json!({}),

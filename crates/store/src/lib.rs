@@ -26,6 +26,8 @@ pub mod sqlite;
 pub mod users;
 
 pub use alerts::{AlertChange, AlertKind, AlertQuery, AlertRecord, AlertRule, AlertStore};
+pub use engine::TICKET_RETENTION;
+pub use infinibay_console::{Redemption, Ticket, TicketRefusal, TicketStore};
 pub use open::{open, open_with_retention};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -388,6 +390,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Users, departments and permissions of the same database.
     fn users(&self) -> &dyn UserStore;
+
+    /// The web console's single-use tickets (`console_tickets`, see `docs/console.md`): any
+    /// process on the same database redeems what another minted. Maintenance deletes tickets
+    /// that expired more than [`TICKET_RETENTION`] ago.
+    fn tickets(&self) -> &dyn TicketStore;
 
     /// Alert rules and records of the same database.
     fn alerts(&self) -> &dyn AlertStore;

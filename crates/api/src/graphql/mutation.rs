@@ -9,8 +9,8 @@ use chrono::Utc;
 use super::context::{admin, api, caller, parse_user_id, realtime};
 use super::guards::Peer;
 use super::types::{
-    AgentChannel, AuthPayload, CommandInput, CommandResponse, CommandType, CreateUserInput,
-    CreateVmInput, PowerActionResult, User, Vm, vm_object,
+    AgentChannel, AuthPayload, CommandInput, CommandResponse, CommandType, ConsoleTicket,
+    CreateUserInput, CreateVmInput, PowerActionResult, User, Vm, vm_object,
 };
 use crate::authz;
 use crate::error::{ApiError, ApiResult};
@@ -314,6 +314,21 @@ impl MutationRoot {
         api.forget_cached(&vm_id);
         realtime(ctx)?.vm_deleted(&vm).await;
         Ok(true)
+    }
+
+    /// A single-use ticket (30 s) to open a VM's console, for whoever may see the VM (owner
+    /// or ADMIN). Whether the console then opens is decided at the WebSocket upgrade and
+    /// answered with a close code (docs/console.md).
+    async fn vm_console_ticket(&self, ctx: &Context<'_>, vm_id: ID) -> ApiResult<ConsoleTicket> {
+        let user = caller(ctx)?;
+        let api = api(ctx)?;
+        api.visible_vm(&user, &vm_id).await?;
+        let issued = api.console().issue(user.id, &vm_id).await?;
+        Ok(ConsoleTicket {
+            ticket: issued.ticket.as_str().to_owned(),
+            expires_at: issued.expires_at,
+            path: issued.path,
+        })
     }
 }
 

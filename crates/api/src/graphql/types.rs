@@ -153,6 +153,18 @@ pub struct AuthPayload {
     pub(crate) user: User,
 }
 
+/// A single-use ticket to open a VM's console (docs/console.md): open `path` as a WebSocket
+/// on this server before `expiresAt`, offering the subprotocol `binary`.
+#[derive(SimpleObject)]
+pub struct ConsoleTicket {
+    /// 43 characters of base64url (256 random bits); shown once, never stored.
+    pub(crate) ticket: String,
+    /// 30 s after minting.
+    pub(crate) expires_at: DateTime<Utc>,
+    /// `/console/<vmId>?ticket=<ticket>`.
+    pub(crate) path: String,
+}
+
 /// What the agent said of itself.
 #[derive(SimpleObject)]
 pub struct AgentInfo {

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use infinibay_console::{
     AuditRecord, AuditSink, Console, ConsoleConfig, ConsoleGate, GateRefusal, IssuedTicket,
-    MemoryTicketStore, Ticket, TicketStore, VncEndpoint, vnc_socket_path,
+    MemoryTicketStore, Ticket, TicketStore, VncEndpoint,
 };
 use tokio::net::{TcpStream, UnixListener};
 use tokio::sync::Notify;
@@ -68,9 +68,7 @@ impl ConsoleGate for TestGate {
             None | Some(VmConsole::None) => Err(GateRefusal::NoConsole),
             Some(VmConsole::Stopped) => Err(GateRefusal::NotRunning),
             Some(VmConsole::Tcp(addr)) => Ok(VncEndpoint::Tcp(addr)),
-            Some(VmConsole::Socket) => vnc_socket_path(&self.dir, vm_id)
-                .map(VncEndpoint::Unix)
-                .ok_or(GateRefusal::NoConsole),
+            Some(VmConsole::Socket) => Ok(VncEndpoint::Unix(vnc_path(&self.dir, vm_id))),
         }
     }
 }
@@ -225,7 +223,7 @@ impl Harness {
     }
 
     pub fn vnc_path(&self, vm_id: &str) -> PathBuf {
-        vnc_socket_path(&self.dir, vm_id).expect("plain VM id")
+        vnc_path(&self.dir, vm_id)
     }
 
     pub async fn ticket(&self, user_id: i64, vm_id: &str) -> IssuedTicket {
@@ -392,4 +390,9 @@ pub async fn wait_for_log(needles: &[&str]) -> String {
     })
     .await;
     found.unwrap_or_else(|_| panic!("no log line with {needles:?}"))
+}
+
+/// Where the test gate puts a VM's VNC socket: `<dir>/vnc-<vm>.sock`, as the host does.
+pub fn vnc_path(dir: &std::path::Path, vm_id: &str) -> PathBuf {
+    dir.join(format!("vnc-{vm_id}.sock"))
 }

@@ -87,7 +87,7 @@ async fn serve_http(
     if let Some(addr) = metrics.as_ref().and_then(|m| m.local_addr().ok()) {
         tracing::info!(target: "infinibay::http", "metrics on http://{addr}/metrics");
     }
-    crate::serve::serve_listeners(http, metrics, app, api, stop).await;
+    crate::serve::serve_listeners(http, metrics, app, api, None, stop).await;
     Ok(())
 }
 

@@ -33,7 +33,8 @@ pub struct Server {
     /// `/metrics` lives on its own listener.
     pub metrics_url: String,
     pub data_dir: PathBuf,
-    /// Where the VMs' sockets are (the simulator's, and any fake guest a test adds).
+    /// Where the VMs' sockets are (the simulator's, and any fake guest a test adds); the
+    /// console looks for `vnc-<vm>.sock` there.
     pub socket_dir: PathBuf,
     pub vm_id: String,
     pub store: Arc<dyn Store>,

@@ -29,7 +29,10 @@ mod rollups;
 mod rows;
 pub mod sql;
 mod store;
+mod tickets;
 mod users;
+
+pub use tickets::TICKET_RETENTION;
 
 /// A value a backend both binds and reads (names the three sqlx traits once).
 pub trait Column<DB: Database>: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> {}

@@ -18,6 +18,7 @@ use crate::{
     NameSource, Resolution, Result, Retention, ServiceStateChange, Store, StoreError,
     VmErrorRecord, VmRecord, VmStatusUpdate, VmTelemetry,
 };
+use infinibay_console::TicketStore;
 
 /// Raw rows deleted per statement by `delete_vm`.
 const DELETE_VM_BATCH: i64 = 10_000;
@@ -72,6 +73,7 @@ where
     f64: Column<B::Db>,
     bool: Column<B::Db>,
     String: Column<B::Db>,
+    B: TicketStore,
 {
     fn backend(&self) -> &'static str {
         B::NAME
@@ -99,6 +101,10 @@ where
     }
 
     fn users(&self) -> &dyn UserStore {
+        self
+    }
+
+    fn tickets(&self) -> &dyn TicketStore {
         self
     }
 
@@ -713,6 +719,13 @@ where
     ) -> Result<MaintenanceReport> {
         self.core().set_retention(retention);
         self.flush().await?;
-        common::maintain(self, now, retention, batch).await
+        let mut report = common::maintain(self, now, retention, batch).await?;
+        // Console tickets live minutes, not days: whatever expired more than
+        // `TICKET_RETENTION` ago goes, whatever the configured retention.
+        report.pruned += self
+            .purge_expired(now - super::TICKET_RETENTION)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(report)
     }
 }
