@@ -18,9 +18,15 @@ impl Qmp {
         let deadline = Instant::now() + timeout;
         let lines = LineStream::connect(path, deadline, "QMP")?;
         let mut qmp = Self { lines };
-        let greeting = qmp.read_json(deadline)?;
-        if greeting.get("QMP").is_none() {
-            return Err(Error::protocol("QMP greeting", greeting.to_string()));
+        // An asynchronous event (VNC_INITIALIZED was seen in a loaded run) may come first.
+        loop {
+            let greeting = qmp.read_json(deadline)?;
+            if greeting.get("QMP").is_some() {
+                break;
+            }
+            if greeting.get("event").is_none() {
+                return Err(Error::protocol("QMP greeting", greeting.to_string()));
+            }
         }
         qmp.execute("qmp_capabilities", deadline)?;
         Ok(qmp)
