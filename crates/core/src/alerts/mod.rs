@@ -156,6 +156,10 @@ struct Counters {
 /// The engine. Cheap to share (`Arc`).
 pub struct AlertEngine {
     rules: RwLock<Arc<RuleSet>>,
+    /// Taken by whatever reads the store's rules and installs them (the start-up load, creating
+    /// and deleting a rule): otherwise a load that read the store before a new rule was written
+    /// could install its older list over the new one, and the rule would silently do nothing.
+    rule_changes: tokio::sync::Mutex<()>,
     /// The store's rules and open alerts were read ([`AlertEngine::load`]).
     loaded: std::sync::atomic::AtomicBool,
     /// Open alerts read from the store at start, by VM, merged into a VM's state when it is
@@ -200,6 +204,7 @@ impl AlertEngine {
     ) -> Self {
         Self {
             rules: RwLock::new(Arc::new(RuleSet::default())),
+            rule_changes: tokio::sync::Mutex::new(()),
             loaded: std::sync::atomic::AtomicBool::new(false),
             restored: std::sync::Mutex::new(HashMap::new()),
             registry,
@@ -224,6 +229,7 @@ impl AlertEngine {
     /// Read the rules and the open alerts from the store (once, at start). Open alerts of
     /// rules that no longer exist are resolved.
     pub(crate) async fn load(&self, store: &dyn Store) -> Result<(), infinibay_store::StoreError> {
+        let _changing = self.rule_changes.lock().await;
         let rules = store.alerts().alert_rules().await?;
         let open = store
             .alerts()
@@ -263,6 +269,7 @@ impl AlertEngine {
         created_by: Option<i64>,
     ) -> Result<AlertRule, RuleError> {
         request.validate().map_err(RuleError::Invalid)?;
+        let _changing = self.rule_changes.lock().await;
         // Known to this core (perhaps not flushed yet) or to the store.
         if let Some(vm) = &request.vm_id
             && self.registry.get(vm).is_none()
@@ -313,6 +320,7 @@ impl AlertEngine {
         store: &dyn Store,
         rule_id: &str,
     ) -> Result<bool, RuleError> {
+        let _changing = self.rule_changes.lock().await;
         let existed = store
             .alerts()
             .delete_alert_rule(rule_id)
