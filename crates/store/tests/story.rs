@@ -1504,46 +1504,7 @@ mod story {
     }
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?; reopening: $($reopen:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = crate::support::sqlite().await;
-                    crate::story::$name(db.store.clone()).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $reopen() {
-                    let crate::support::TestDb { store, url, dir } = crate::support::sqlite().await;
-                    crate::story::$reopen(store, url).await;
-                    drop(dir);
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = crate::support::postgres().await;
-                    crate::story::$name(db.store.clone()).await;
-                }
-            )*
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $reopen() {
-                    let crate::support::TestDb { store, url, dir } = crate::support::postgres().await;
-                    crate::story::$reopen(store, url).await;
-                    drop(dir);
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+support::both_backends!(
     vms_register_once_and_keep_status_agent_and_owner,
     a_persons_name_beats_the_domain_name_which_beats_the_agents_host_name,
     samples_land_and_latest_sample_keeps_full_detail,

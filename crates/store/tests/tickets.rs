@@ -197,30 +197,7 @@ mod story {
     }
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = crate::support::sqlite().await;
-                    crate::story::$name(db.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = crate::support::postgres().await;
-                    crate::story::$name(db.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+support::both_backends!(
     a_ticket_is_redeemed_once_whatever_the_vm_and_refusals_say_why,
     of_sixteen_concurrent_redemptions_exactly_one_wins,
     tickets_go_with_their_user_or_vm_and_maintenance_purges_old_ones,

@@ -174,30 +174,7 @@ mod story {
     }
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = crate::support::sqlite().await;
-                    crate::story::$name(db.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = crate::support::postgres().await;
-                    crate::story::$name(db.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+support::both_backends!(
     users_are_created_found_listed_and_unique,
     password_change_moves_the_cutoff_and_permissions_are_idempotent,
     deleting_a_user_removes_them_and_frees_their_vms,

@@ -271,3 +271,51 @@ pub async fn count(url: &str, sql: &str) -> i64 {
             .expect("count query")
     }
 }
+
+/// One test per story function, on SQLite and on PostgreSQL: `$name(store)`, and after
+/// `reopening:` the stories that also take the database URL to open it again.
+// Not every test file that shares this module runs stories (`open.rs` does not).
+#[allow(unused_macros)]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $crate::support::both_backends!($($name),*; reopening:);
+    };
+    ($($name:ident),* $(,)?; reopening: $($reopen:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = crate::support::sqlite().await;
+                    crate::story::$name(db.store.clone()).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $reopen() {
+                    let crate::support::TestDb { store, url, dir } = crate::support::sqlite().await;
+                    crate::story::$reopen(store, url).await;
+                    drop(dir);
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = crate::support::postgres().await;
+                    crate::story::$name(db.store.clone()).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $reopen() {
+                    let crate::support::TestDb { store, url, dir } = crate::support::postgres().await;
+                    crate::story::$reopen(store, url).await;
+                    drop(dir);
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both_backends;
